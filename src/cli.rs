@@ -1,0 +1,68 @@
+//! Command line. Flag names and meanings follow pgclone.sh so that its users switch without relearning.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pgclone",
+    version,
+    about = "Turn an empty directory into a ready-to-start physical standby of a live PostgreSQL 15+ primary",
+    after_help = "Connection settings not given here come from libpq as usual: PGHOST, PGPORT, PGUSER, \
+                  PGPASSWORD, PGDATABASE, PGSSLMODE..., ~/.pgpass and service files.\n\
+                  ssh honours ~/.ssh/config, the ssh agent and known_hosts; host keys are checked strictly."
+)]
+pub struct Args {
+    /// Primary's host name or address: used for PostgreSQL and as the ssh host [default: $PGHOST]
+    #[arg(long, value_name = "HOST")]
+    pub pghost: Option<String>,
+
+    /// Primary's PostgreSQL port [default: $PGPORT or 5432]
+    #[arg(long, value_name = "PORT")]
+    pub pgport: Option<u16>,
+
+    /// Role with REPLICATION that may run pg_backup_start/pg_backup_stop [default: $PGUSER]
+    #[arg(long, value_name = "USER")]
+    pub pguser: Option<String>,
+
+    /// Data directory of the primary, on the primary host
+    #[arg(long, value_name = "DIR")]
+    pub primary_pgdata: PathBuf,
+
+    /// Data directory to create here; must be absent or empty [default: --primary-pgdata]
+    #[arg(long, value_name = "DIR")]
+    pub replica_pgdata: Option<PathBuf>,
+
+    /// ssh login on the primary host; it must be able to read the primary's data directory
+    #[arg(long, value_name = "USER")]
+    pub ssh_user: Option<String>,
+
+    /// Private key for ssh [default: ssh's own choice: agent, ~/.ssh/config, ~/.ssh/id_*]
+    #[arg(long, value_name = "FILE")]
+    pub ssh_key: Option<PathBuf>,
+
+    /// ssh port on the primary host [default: ssh's own choice]
+    #[arg(long, value_name = "PORT")]
+    pub ssh_port: Option<u16>,
+
+    /// ssh client configuration file used instead of ~/.ssh/config (ssh -F)
+    #[arg(long, value_name = "FILE")]
+    pub ssh_config: Option<PathBuf>,
+
+    /// Do not check the primary's ssh host key (StrictHostKeyChecking=no); exposes the copy to a man in the middle
+    #[arg(long)]
+    pub insecure_ssh: bool,
+
+    /// Parallel copy workers, each its own connection [default: number of CPUs]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub parallel: Option<u16>,
+
+    /// Seconds between progress lines while copying
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub progress_interval: u64,
+
+    /// Say what each phase does
+    #[arg(long, short)]
+    pub verbose: bool,
+}

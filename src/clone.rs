@@ -1,0 +1,241 @@
+//! One clone, phase by phase. Every resource a phase opens is a value owned here, so any early return
+//! (error, signal, WAL stream failure) drops them in reverse order: rsync daemon gone, backup aborted by
+//! closing its session, temporary slot gone with the replication connection, run directory removed.
+
+use std::fmt;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::backup_session::{BackupError, BackupSession};
+use crate::cancel::Cancel;
+use crate::cli::Args;
+use crate::finalize::{Finalize, FinalizeError};
+use crate::lsn::Lsn;
+use crate::pg::Conn;
+use crate::preflight::{self, PreflightError};
+use crate::progress::{self, Progress};
+use crate::ssh::SshTarget;
+use crate::transfer::{self, TransferError, CONTROL_FILE};
+use crate::transport::rsync::RsyncTransport;
+use crate::transport::{Transport, TransportError};
+use crate::wal_stream::{WalStream, WalStreamError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CloneError {
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    #[error(transparent)]
+    WalStream(#[from] WalStreamError),
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error(transparent)]
+    Transfer(#[from] TransferError),
+    #[error(transparent)]
+    Finalize(#[from] FinalizeError),
+    #[error("no primary host: give --pghost (or set PGHOST) to a host name or address, it is also the ssh host")]
+    NoHost,
+    #[error(
+        "the primary has tablespaces ({0}); this pgclone version clones only clusters without tablespaces"
+    )]
+    Tablespaces(String),
+    #[error("backup started at {start}, before the WAL stream's start {stream}: the stream would miss WAL")]
+    StreamTooLate { start: Lsn, stream: Lsn },
+    #[error("{what} {path}: {source}")]
+    Local { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Cancelled(String),
+}
+
+pub struct Summary {
+    pub files: u64,
+    pub bytes: u64,
+    pub vanished: u64,
+    pub wal_segments: u64,
+    pub elapsed: Duration,
+    pub start_lsn: Lsn,
+    pub stop_lsn: Lsn,
+    pub timeline: u32,
+    pub replica: PathBuf,
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.elapsed.as_secs_f64();
+        write!(
+            f,
+            "cloned {} files, {} in {secs:.1} s ({}/s) into {}; WAL {}..{} on timeline {} ({} segments)",
+            self.files,
+            progress::bytes(self.bytes),
+            progress::bytes((self.bytes as f64 / secs.max(0.001)) as u64),
+            self.replica.display(),
+            self.start_lsn,
+            self.stop_lsn,
+            self.timeline,
+            self.wal_segments,
+        )?;
+        if self.vanished > 0 {
+            write!(f, "; {} files vanished on the primary during the copy (normal; WAL replay covers them)", self.vanished)?;
+        }
+        Ok(())
+    }
+}
+
+/// libpq keywords for the connections to the primary: only what the user gave on our command line, so
+/// that everything else (PG* variables, service files, .pgpass, sslmode) stays libpq's business.
+fn conn_params(args: &Args) -> Vec<(&'static str, String)> {
+    let mut p = Vec::new();
+    if let Some(h) = &args.pghost {
+        p.push(("host", h.clone()));
+    }
+    if let Some(port) = args.pgport {
+        p.push(("port", port.to_string()));
+    }
+    if let Some(u) = &args.pguser {
+        p.push(("user", u.clone()));
+    }
+    // An unreachable primary must fail in seconds, not after the kernel's TCP timeout.
+    if std::env::var_os("PGCONNECT_TIMEOUT").is_none() {
+        p.push(("connect_timeout", "10".into()));
+    }
+    p.push(("fallback_application_name", "pgclone".into()));
+    p
+}
+
+fn borrowed<'a>(p: &'a [(&'static str, String)]) -> Vec<(&'a str, &'a str)> {
+    p.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+fn check(cancel: &Cancel) -> Result<(), CloneError> {
+    cancel.reason().map_or(Ok(()), |r| Err(CloneError::Cancelled(r)))
+}
+
+pub fn run(args: &Args, cancel: &Cancel) -> Result<Summary, CloneError> {
+    let started = Instant::now();
+    let replica = args.replica_pgdata.clone().unwrap_or_else(|| args.primary_pgdata.clone());
+    preflight::local(&replica)?;
+    let host = args
+        .pghost
+        .clone()
+        .or_else(|| std::env::var("PGHOST").ok())
+        .filter(|h| !h.is_empty() && !h.starts_with('/'))
+        .ok_or(CloneError::NoHost)?;
+
+    let params = conn_params(args);
+    let mut sql_params = params.clone();
+    // The SQL session needs some database; libpq's default (the user name) rarely exists on a primary.
+    if std::env::var_os("PGDATABASE").is_none() {
+        sql_params.push(("dbname", "postgres".into()));
+    }
+    let mut sql = Conn::connect(&borrowed(&sql_params)).map_err(PreflightError::Connect)?;
+    let primary = preflight::primary(&mut sql)?;
+    tracing::info!("primary {}@{} runs PostgreSQL {}", sql.user(), sql.host(), primary.major);
+
+    let ssh = SshTarget {
+        host,
+        user: args.ssh_user.clone(),
+        port: args.ssh_port,
+        key: args.ssh_key.clone(),
+        config: args.ssh_config.clone(),
+        insecure: args.insecure_ssh,
+    };
+    let pgdata_system_id = preflight::primary_pgdata(&ssh, &args.primary_pgdata)?;
+    check(cancel)?;
+
+    let run_dir = tempfile::Builder::new()
+        .prefix("pgclone-")
+        .tempdir()
+        .map_err(|source| CloneError::Local { what: "creating a run directory in", path: std::env::temp_dir(), source })?;
+    let streamed = run_dir.path().join("wal");
+    mkdir(&streamed)?;
+
+    let slot = format!("pgclone_{}_{:04x}", std::process::id(), rand_u16());
+    let stream = WalStream::start(&borrowed(&params), &streamed, primary.seg, &slot, cancel.clone())?;
+    preflight::same_cluster(&args.primary_pgdata, pgdata_system_id, stream.start.system_id)?;
+    tracing::info!("streaming WAL from {} on timeline {} into slot {slot}", stream.start.lsn, stream.start.timeline);
+
+    let transport = RsyncTransport::start(&ssh, &args.primary_pgdata, run_dir.path())?;
+    check(cancel)?;
+
+    mkdir(&replica)?;
+    let backup = BackupSession::start(sql, &format!("pgclone to {}", replica.display()))?;
+    if backup.start_lsn < stream.start.lsn {
+        return Err(CloneError::StreamTooLate { start: backup.start_lsn, stream: stream.start.lsn });
+    }
+    tracing::info!("backup started at {}", backup.start_lsn);
+
+    let plan = transfer::plan(&transport.list()?, primary.major);
+    if !plan.tablespaces.is_empty() {
+        let list: Vec<String> = plan.tablespaces.iter().map(|t| t.display().to_string()).collect();
+        return Err(CloneError::Tablespaces(list.join(", ")));
+    }
+    transfer::lay_out(&plan, &replica)?;
+    let parallel = args
+        .parallel
+        .map(usize::from)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get()));
+    tracing::info!(
+        "copying {} files, {}, with {parallel} workers",
+        plan.files.len(),
+        progress::bytes(plan.total_bytes)
+    );
+    let progress = Progress::new(plan.total_bytes);
+    let copied = std::thread::scope(|s| {
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let progress = &progress;
+        s.spawn(move || progress.report_until(Duration::from_secs(args.progress_interval), &stop_rx));
+        let copied = transfer::copy(&plan, &transport, &replica, parallel, &progress, cancel);
+        drop(stop_tx);
+        copied
+    })?;
+    check(cancel)?;
+
+    let start_lsn = backup.start_lsn;
+    let end = backup.stop()?;
+    tracing::info!("backup stopped at {}", end.stop_lsn);
+    // pg_control is taken after pg_backup_stop, so it is at least as new as every copied file.
+    let control = run_dir.path().join("pg_control");
+    transport.fetch_file(Path::new(CONTROL_FILE), &control)?;
+    drop(transport);
+
+    let timeline = stream.start.timeline;
+    let received = stream.finish(end.stop_lsn, cancel)?;
+    tracing::info!("WAL received through {received}");
+    let wal_segments = Finalize {
+        replica: &replica,
+        streamed: &streamed,
+        seg: primary.seg,
+        timeline,
+        system_id: pgdata_system_id,
+        start: start_lsn,
+        end: &end,
+        control: &control,
+    }
+    .run()?;
+    Ok(Summary {
+        files: copied.files,
+        bytes: copied.bytes,
+        vanished: copied.vanished,
+        wal_segments,
+        elapsed: started.elapsed(),
+        start_lsn,
+        stop_lsn: end.stop_lsn,
+        timeline,
+        replica,
+    })
+}
+
+fn mkdir(path: &Path) -> Result<(), CloneError> {
+    match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path) {
+        Ok(()) => Ok(()),
+        Err(source) => Err(CloneError::Local { what: "creating directory", path: path.to_path_buf(), source }),
+    }
+}
+
+fn rand_u16() -> u16 {
+    let mut b = [0u8; 2];
+    let _ = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
+    u16::from_ne_bytes(b)
+}

@@ -1,0 +1,185 @@
+//! Finalize: turn the copied files into a data directory that starts, and only then.
+//!
+//! Order matters. `global/pg_control` goes in last, after everything else is durable: a directory without
+//! it cannot start, so an interrupted clone can never be mistaken for a complete one. backup_label tells
+//! recovery to begin at the backup's checkpoint rather than at pg_control's (backup.sgml), and the
+//! streamed WAL in pg_wal carries recovery from there to a consistent state past the stop position.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::backup_session::BackupEnd;
+use crate::lsn::{history_file_name, Lsn, SegSize};
+use crate::transfer::CONTROL_FILE;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FinalizeError {
+    #[error("streamed WAL lacks segment {0}: the WAL stream did not deliver everything from the backup start")]
+    MissingSegment(String),
+    #[error("the fetched pg_control belongs to system {found}, not to the streamed cluster {expected}")]
+    ControlMismatch { found: u64, expected: u64 },
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> FinalizeError {
+    let path = path.to_path_buf();
+    move |source| FinalizeError::Io { what, path, source }
+}
+
+pub struct Finalize<'a> {
+    pub replica: &'a Path,
+    /// Where the WAL stream wrote its segments.
+    pub streamed: &'a Path,
+    pub seg: SegSize,
+    pub timeline: u32,
+    pub system_id: u64,
+    pub start: Lsn,
+    pub end: &'a BackupEnd,
+    /// pg_control as fetched from the primary after pg_backup_stop.
+    pub control: &'a Path,
+}
+
+impl Finalize<'_> {
+    /// Returns the number of WAL segments laid into pg_wal.
+    pub fn run(&self) -> Result<u64, FinalizeError> {
+        let control = std::fs::read(self.control).map_err(io("reading", self.control))?;
+        let found = control.get(..8).map(|b| u64::from_ne_bytes(b.try_into().expect("8 bytes"))).unwrap_or(0);
+        if found != self.system_id {
+            return Err(FinalizeError::ControlMismatch { found, expected: self.system_id });
+        }
+        let segments = self.lay_wal()?;
+        self.write_file("backup_label", &self.end.backup_label)?;
+        if !self.end.tablespace_map.is_empty() {
+            self.write_file("tablespace_map", &self.end.tablespace_map)?;
+        }
+        // One syncfs makes every copied file durable (the copy itself does not fsync), far faster than a
+        // per-file walk; PostgreSQL offers the same choice as recovery_init_sync_method = syncfs.
+        let root = File::open(self.replica).map_err(io("opening", self.replica))?;
+        rustix::fs::syncfs(&root).map_err(|e| FinalizeError::Io {
+            what: "syncing the filesystem of",
+            path: self.replica.to_path_buf(),
+            source: e.into(),
+        })?;
+        self.install_control(&control)?;
+        std::fs::set_permissions(self.replica, std::fs::Permissions::from_mode(0o700))
+            .map_err(io("setting permissions of", self.replica))?;
+        Ok(segments)
+    }
+
+    /// Moves the segments from the backup's start through the one holding the last byte before the stop
+    /// position into pg_wal. The last may still be `.partial` when the stream ended mid-segment (a primary
+    /// forces a segment switch in pg_backup_stop; a standby does not): its remaining bytes are zeros,
+    /// which recovery reads as the end of WAL, exactly as pg_basebackup's last segment.
+    fn lay_wal(&self) -> Result<u64, FinalizeError> {
+        let pg_wal = self.replica.join("pg_wal");
+        let first = self.seg.segno(self.start);
+        let last = self.seg.segno(Lsn(self.end.stop_lsn.0.saturating_sub(1)));
+        for segno in first..=last {
+            let name = self.seg.file_name(self.timeline, segno);
+            let complete = self.streamed.join(&name);
+            let partial = self.streamed.join(format!("{name}.partial"));
+            let src = if complete.exists() {
+                complete
+            } else if segno == last && partial.exists() {
+                partial
+            } else {
+                return Err(FinalizeError::MissingSegment(name));
+            };
+            move_file(&src, &pg_wal.join(&name))?;
+        }
+        let history = self.streamed.join(history_file_name(self.timeline));
+        if history.exists() {
+            move_file(&history, &pg_wal.join(history_file_name(self.timeline)))?;
+        }
+        Ok(last - first + 1)
+    }
+
+    fn write_file(&self, name: &str, content: &str) -> Result<(), FinalizeError> {
+        let path = self.replica.join(name);
+        let mut f = File::create(&path).map_err(io("creating", &path))?;
+        f.write_all(content.as_bytes()).and_then(|()| f.sync_all()).map_err(io("writing", &path))
+    }
+
+    /// Writes pg_control under a temporary name, syncs it, renames it into place and syncs the directory:
+    /// the real name appears only complete and durable.
+    fn install_control(&self, control: &[u8]) -> Result<(), FinalizeError> {
+        let target = self.replica.join(CONTROL_FILE);
+        let tmp = target.with_extension("pgclone-new");
+        let mut f = File::create(&tmp).map_err(io("creating", &tmp))?;
+        f.write_all(control).and_then(|()| f.sync_all()).map_err(io("writing", &tmp))?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io("setting permissions of", &tmp))?;
+        std::fs::rename(&tmp, &target).map_err(io("renaming into place", &target))?;
+        let dir = target.parent().expect("global/");
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io("syncing", dir))
+    }
+}
+
+/// Renames, or copies when the streamed WAL lives on another filesystem.
+fn move_file(from: &Path, to: &Path) -> Result<(), FinalizeError> {
+    match std::fs::rename(from, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
+            std::fs::copy(from, to).map_err(io("copying", to))?;
+            std::fs::remove_file(from).map_err(io("removing", from))
+        }
+        Err(e) => Err(io("moving", to)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup(stop: Lsn, files: &[&str]) -> (tempfile::TempDir, tempfile::TempDir, BackupEnd) {
+        let (replica, streamed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::create_dir_all(replica.path().join("pg_wal")).unwrap();
+        std::fs::create_dir_all(replica.path().join("global")).unwrap();
+        for f in files {
+            std::fs::write(streamed.path().join(f), b"wal").unwrap();
+        }
+        std::fs::write(streamed.path().join("pg_control"), 42u64.to_ne_bytes()).unwrap();
+        let end = BackupEnd { stop_lsn: stop, backup_label: "START WAL LOCATION: x\n".into(), tablespace_map: String::new() };
+        (replica, streamed, end)
+    }
+
+    fn finalize<'a>(r: &'a Path, s: &'a Path, c: &'a Path, end: &'a BackupEnd, sysid: u64) -> Finalize<'a> {
+        let seg = SegSize::new(1 << 20).unwrap();
+        Finalize { replica: r, streamed: s, seg, timeline: 1, system_id: sysid, start: Lsn(2 << 20), end, control: c }
+    }
+
+    #[test]
+    fn lays_start_through_stop_segment_and_control_last() {
+        let names = ["000000010000000000000001", "000000010000000000000002", "000000010000000000000003", "000000010000000000000004.partial"];
+        let (r, s, end) = setup(Lsn((4 << 20) + 100), &names);
+        let c = s.path().join("pg_control");
+        assert_eq!(finalize(r.path(), s.path(), &c, &end, 42).run().unwrap(), 3);
+        let mut got: Vec<_> = std::fs::read_dir(r.path().join("pg_wal")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        got.sort();
+        assert_eq!(got, ["000000010000000000000002", "000000010000000000000003", "000000010000000000000004"]);
+        assert_eq!(std::fs::read(r.path().join("global/pg_control")).unwrap(), 42u64.to_ne_bytes());
+        assert!(r.path().join("backup_label").exists());
+        assert!(!r.path().join("tablespace_map").exists());
+    }
+
+    #[test]
+    fn stop_at_a_segment_boundary_needs_no_next_segment() {
+        let (r, s, end) = setup(Lsn(4 << 20), &["000000010000000000000002", "000000010000000000000003"]);
+        let c = s.path().join("pg_control");
+        assert_eq!(finalize(r.path(), s.path(), &c, &end, 42).run().unwrap(), 2);
+    }
+
+    #[test]
+    fn a_gap_or_a_foreign_control_file_fails_without_pg_control() {
+        let (r, s, end) = setup(Lsn((4 << 20) + 1), &["000000010000000000000002", "000000010000000000000004"]);
+        let c = s.path().join("pg_control");
+        let err = finalize(r.path(), s.path(), &c, &end, 42).run().unwrap_err();
+        assert!(err.to_string().contains("lacks segment 000000010000000000000003"), "{err}");
+        assert!(!r.path().join("global/pg_control").exists());
+        let err = finalize(r.path(), s.path(), &c, &end, 7).run().unwrap_err();
+        assert!(matches!(err, FinalizeError::ControlMismatch { found: 42, expected: 7 }));
+        assert!(!r.path().join("global/pg_control").exists());
+    }
+}

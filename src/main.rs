@@ -1,0 +1,73 @@
+//! pgclone: turn an empty directory into a ready-to-start physical standby of a live PostgreSQL primary.
+
+mod backup_session;
+mod cancel;
+mod cli;
+mod clone;
+mod finalize;
+mod lsn;
+mod pg;
+mod preflight;
+mod proc;
+mod progress;
+mod ssh;
+mod transfer;
+mod transport;
+mod wal_stream;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+use crate::cancel::Cancel;
+
+fn main() -> ExitCode {
+    let args = cli::Args::parse();
+    let level = if args.verbose { "pgclone=debug" } else { "pgclone=info" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PGCLONE_LOG").unwrap_or_else(|_| level.into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+
+    let cancel = Cancel::default();
+    if let Err(e) = watch_signals(cancel.clone()) {
+        eprintln!("pgclone: error: cannot install signal handlers: {e}");
+        return ExitCode::FAILURE;
+    }
+    match clone::run(&args, &cancel) {
+        Ok(summary) => {
+            eprintln!("pgclone: {summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pgclone: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The first SIGINT/SIGTERM/SIGHUP cancels the clone, which then unwinds and cleans up the primary
+/// (backup session closed, slot gone, rsync daemon ended). A second one exits at once: the kernel still
+/// kills our children (PDEATHSIG) and closes our connections, which ends everything on the primary too.
+fn watch_signals(cancel: Cancel) -> std::io::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        for sig in signals.forever() {
+            if cancel.is_cancelled() {
+                std::process::exit(128 + sig);
+            }
+            let name = match sig {
+                SIGINT => "SIGINT",
+                SIGTERM => "SIGTERM",
+                _ => "SIGHUP",
+            };
+            cancel.cancel(format!("interrupted by {name}"));
+        }
+    })?;
+    Ok(())
+}

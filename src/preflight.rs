@@ -1,0 +1,173 @@
+//! Preflight: everything that can be checked before anything is written, here or on the primary.
+//! Each failure is one line that names the problem and what fixes it.
+
+use std::path::{Path, PathBuf};
+
+use crate::lsn::SegSize;
+use crate::pg::{Conn, PgError};
+use crate::ssh::{last_line, quote, SshError, SshTarget};
+
+/// Oldest supported major: pg_backup_start/pg_backup_stop replaced the exclusive-backup API in 15.
+const MIN_MAJOR: u32 = 15;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    #[error("pgclone must not run as root: run it as the OS user that will own the replica (usually postgres)")]
+    Root,
+    #[error("a postmaster is running in {dir} (pid {pid}): stop it, or choose another --replica-pgdata")]
+    PostmasterRunning { dir: PathBuf, pid: i32 },
+    #[error("replica directory {0} is not empty: pgclone clones only into an absent or empty directory")]
+    NotEmpty(PathBuf),
+    #[error("replica directory {path}: {source}")]
+    ReplicaDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot connect to the primary: {0}")]
+    Connect(PgError),
+    #[error("PostgreSQL {0} is not supported: the primary must run PostgreSQL {MIN_MAJOR} or newer")]
+    Unsupported(u32),
+    #[error("checking the primary's settings failed: {0}")]
+    Query(PgError),
+    #[error("role \"{0}\" lacks the REPLICATION attribute: ALTER ROLE \"{0}\" REPLICATION")]
+    NoReplication(String),
+    #[error(
+        "role \"{0}\" may not execute pg_backup_start/pg_backup_stop: GRANT EXECUTE ON FUNCTION \
+         pg_backup_start(text, boolean), pg_backup_stop(boolean) TO \"{0}\""
+    )]
+    NoBackupPrivilege(String),
+    #[error("wal_level is minimal on the primary: set wal_level = replica and restart it")]
+    WalLevelMinimal,
+    #[error("no free WAL sender on the primary: max_wal_senders = {max} and {used} in use")]
+    NoWalSender { max: i64, used: i64 },
+    #[error("no free replication slot on the primary: max_replication_slots = {max} and {used} in use")]
+    NoSlot { max: i64, used: i64 },
+    #[error("the primary reported an invalid wal_segment_size: {0:?}")]
+    SegSize(String),
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+    #[error("--primary-pgdata {dir} does not exist on {host} or {user} may not enter it")]
+    NoPgdata { dir: PathBuf, host: String, user: String },
+    #[error("--primary-pgdata {dir} on {host} is not a data directory {user} can read (no readable global/pg_control)")]
+    NotPgdata { dir: PathBuf, host: String, user: String },
+    #[error("checking --primary-pgdata on {host} failed: {reason}")]
+    Probe { host: String, reason: String },
+    #[error(
+        "--primary-pgdata {dir} belongs to another cluster (system identifier {found}) than the server \
+         pgclone connected to ({expected})"
+    )]
+    OtherCluster { dir: PathBuf, found: u64, expected: u64 },
+}
+
+/// Checks on this host: who we are and that the target directory may be filled.
+pub fn local(replica: &Path) -> Result<(), PreflightError> {
+    if rustix::process::geteuid().is_root() {
+        return Err(PreflightError::Root);
+    }
+    let dir_err = |source| PreflightError::ReplicaDir { path: replica.to_path_buf(), source };
+    let mut entries = match std::fs::read_dir(replica) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(dir_err(e)),
+    };
+    if let Some(pid) = live_postmaster(replica) {
+        return Err(PreflightError::PostmasterRunning { dir: replica.to_path_buf(), pid });
+    }
+    if entries.next().is_some() {
+        return Err(PreflightError::NotEmpty(replica.to_path_buf()));
+    }
+    Ok(())
+}
+
+/// The pid in `postmaster.pid` if that process exists (owned by anyone: EPERM still means alive).
+fn live_postmaster(dir: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(dir.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    let p = rustix::process::Pid::from_raw(pid)?;
+    match rustix::process::test_kill_process(p) {
+        Ok(()) | Err(rustix::io::Errno::PERM) => Some(pid),
+        Err(_) => None,
+    }
+}
+
+/// What the rest of the clone needs to know about the primary.
+#[derive(Debug, Clone, Copy)]
+pub struct Primary {
+    pub major: u32,
+    pub seg: SegSize,
+}
+
+/// Checks the primary over the SQL session: version, privileges, WAL settings, free sender and slot.
+pub fn primary(conn: &mut Conn) -> Result<Primary, PreflightError> {
+    // PQserverVersion needs no query, so even a server too old for the queries below gets a clear answer.
+    let major = (conn.server_version() / 10000) as u32;
+    if major < MIN_MAJOR {
+        return Err(PreflightError::Unsupported(major));
+    }
+    let rows = conn
+        .query(
+            "SELECT current_user, r.rolreplication OR r.rolsuper, \
+                    has_function_privilege('pg_backup_start(text, boolean)', 'EXECUTE') \
+                    AND has_function_privilege('pg_backup_stop(boolean)', 'EXECUTE'), \
+                    current_setting('wal_level'), \
+                    current_setting('max_wal_senders')::bigint, \
+                    (SELECT count(*) FROM pg_stat_replication), \
+                    current_setting('max_replication_slots')::bigint, \
+                    (SELECT count(*) FROM pg_replication_slots), \
+                    (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size') \
+             FROM pg_roles r WHERE r.rolname = current_user",
+        )
+        .map_err(PreflightError::Query)?;
+    let get = |i| rows.get(0, i).unwrap_or_default();
+    let num = |i| get(i).parse::<i64>().unwrap_or(0);
+    let role = get(0).to_string();
+    if get(1) != "t" {
+        return Err(PreflightError::NoReplication(role));
+    }
+    if get(2) != "t" {
+        return Err(PreflightError::NoBackupPrivilege(role));
+    }
+    if get(3) == "minimal" {
+        return Err(PreflightError::WalLevelMinimal);
+    }
+    let (max, used) = (num(4), num(5));
+    if used >= max {
+        return Err(PreflightError::NoWalSender { max, used });
+    }
+    let (max, used) = (num(6), num(7));
+    if used >= max {
+        return Err(PreflightError::NoSlot { max, used });
+    }
+    // pg_settings reports wal_segment_size in bytes (unit "B"), unlike SHOW's "16MB".
+    let seg = get(8).parse().ok().and_then(SegSize::new).ok_or_else(|| PreflightError::SegSize(get(8).into()))?;
+    Ok(Primary { major, seg })
+}
+
+/// Logs in over ssh and checks that --primary-pgdata is a data directory the ssh user can read.
+/// Returns the system identifier stored in its pg_control, to be matched with the server's.
+pub fn primary_pgdata(ssh: &SshTarget, pgdata: &Path) -> Result<u64, PreflightError> {
+    // od prints the first 8 bytes of ControlFileData (system_identifier) as one unsigned number in the
+    // primary's byte order, which is the order PostgreSQL wrote it in.
+    let script = format!(
+        "cd -- {} 2>/dev/null || exit 3; test -r global/pg_control || exit 4; LC_ALL=C od -An -N8 -tu8 global/pg_control",
+        quote(pgdata)
+    );
+    let out = ssh.run(&script, b"")?;
+    let (dir, host) = (pgdata.to_path_buf(), ssh.host.clone());
+    let user = ssh.user.clone().unwrap_or_else(|| "the ssh user".into());
+    match out.status.code() {
+        Some(0) => String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .map_err(|_| PreflightError::Probe { host, reason: "could not read global/pg_control".into() }),
+        Some(3) => Err(PreflightError::NoPgdata { dir, host, user }),
+        Some(4) => Err(PreflightError::NotPgdata { dir, host, user }),
+        _ => Err(PreflightError::Probe { host, reason: last_line(&out.stderr) }),
+    }
+}
+
+/// The directory we copy from must be the cluster we stream WAL from and back up.
+pub fn same_cluster(pgdata: &Path, found: u64, expected: u64) -> Result<(), PreflightError> {
+    if found == expected {
+        Ok(())
+    } else {
+        Err(PreflightError::OtherCluster { dir: pgdata.to_path_buf(), found, expected })
+    }
+}

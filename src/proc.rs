@@ -1,0 +1,71 @@
+//! Child processes we start, each owned by a value that ends it.
+
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+/// A running child process that is killed when this value drops, and that the kernel kills if pgclone itself
+/// dies (PR_SET_PDEATHSIG), so even `kill -9 pgclone` leaves none of our local processes behind.
+/// The child also gets its own process group: a terminal's Ctrl-C reaches only pgclone, which then ends
+/// the children in an order that leaves the primary clean.
+pub struct OwnedChild {
+    child: Child,
+    what: String,
+}
+
+impl OwnedChild {
+    pub fn spawn(mut cmd: Command, what: impl Into<String>) -> io::Result<OwnedChild> {
+        prepare(&mut cmd);
+        let child = cmd.spawn()?;
+        Ok(OwnedChild { child, what: what.into() })
+    }
+
+    pub fn child_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    pub fn what(&self) -> &str {
+        &self.what
+    }
+
+    /// Waits up to `timeout` for the child to exit by itself.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> io::Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for OwnedChild {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Applies PDEATHSIG and a fresh process group to a command about to be spawned, for children
+/// that are run to completion with `Command::output` rather than held as `OwnedChild`.
+pub fn prepare(cmd: &mut Command) {
+    cmd.process_group(0);
+    // SAFETY: the closure only makes async-signal-safe system calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+            // The parent may have died between fork and prctl; then nobody would ever send the signal.
+            if rustix::process::getppid().is_none() {
+                return Err(io::Error::other("parent exited"));
+            }
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,134 @@
+//! The system `ssh` client, so that ~/.ssh/config, the agent, known_hosts and ProxyJump all keep working.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use crate::proc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error("ssh to {target} failed: {reason}")]
+    Connect { target: String, reason: String },
+    #[error("could not run ssh: {0}")]
+    Spawn(#[from] std::io::Error),
+}
+
+/// Where and how to reach the primary host.
+#[derive(Clone, Debug)]
+pub struct SshTarget {
+    pub host: String,
+    pub user: Option<String>,
+    pub port: Option<u16>,
+    pub key: Option<PathBuf>,
+    pub config: Option<PathBuf>,
+    /// Skip host-key verification; only when the user asked for it.
+    pub insecure: bool,
+}
+
+impl SshTarget {
+    /// `user@host:port` as a DBA would write it in a message.
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        if let Some(u) = &self.user {
+            s.push_str(u);
+            s.push('@');
+        }
+        s.push_str(&self.host);
+        if let Some(p) = self.port {
+            s.push_str(&format!(":{p}"));
+        }
+        s
+    }
+
+    /// An `ssh` command that runs `remote` (a shell command line) on the primary host.
+    /// BatchMode: never prompt, a missing key must fail, not hang. ServerAlive*: a dead link ends the
+    /// session within a minute, and with it everything we started on the primary.
+    pub fn command(&self, remote: &str) -> Command {
+        let mut cmd = Command::new("ssh");
+        let mut opt = |o: &str| {
+            cmd.arg("-o").arg(o);
+        };
+        opt("BatchMode=yes");
+        opt("ServerAliveInterval=15");
+        opt("ServerAliveCountMax=4");
+        if self.insecure {
+            opt("StrictHostKeyChecking=no");
+            opt("UserKnownHostsFile=/dev/null");
+        } else {
+            opt("StrictHostKeyChecking=yes");
+        }
+        if let Some(cfg) = &self.config {
+            cmd.arg("-F").arg(cfg);
+        }
+        if let Some(key) = &self.key {
+            cmd.arg("-i").arg(key).arg("-o").arg("IdentitiesOnly=yes");
+        }
+        if let Some(p) = self.port {
+            cmd.arg("-p").arg(p.to_string());
+        }
+        if let Some(u) = &self.user {
+            cmd.arg("-l").arg(u);
+        }
+        cmd.arg("--").arg(&self.host).arg(remote);
+        cmd
+    }
+
+    /// Runs `remote` to completion, feeding `input` on its standard input. ssh's own failures
+    /// (exit 255: unreachable, key refused, unknown host key) become `SshError::Connect`.
+    pub fn run(&self, remote: &str, input: &[u8]) -> Result<Output, SshError> {
+        let mut cmd = self.command(remote);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        proc::prepare(&mut cmd);
+        let mut child = cmd.spawn()?;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        // A remote command that exits without reading gives EPIPE here: its exit status tells more.
+        let _ = stdin.write_all(input);
+        drop(stdin);
+        let out = child.wait_with_output()?;
+        if out.status.code() == Some(255) {
+            return Err(self.connect_error(&out.stderr));
+        }
+        Ok(out)
+    }
+
+    pub fn connect_error(&self, stderr: &[u8]) -> SshError {
+        SshError::Connect { target: self.describe(), reason: last_line(stderr) }
+    }
+}
+
+/// The last non-empty line of a program's stderr: where ssh, rsync and find put the reason.
+pub fn last_line(stderr: &[u8]) -> String {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .unwrap_or("no message")
+        .to_string()
+}
+
+/// Quotes one word for a POSIX shell: ssh hands the remote side a single command line.
+pub fn quote(word: impl Into<OsString>) -> String {
+    let word = word.into().to_string_lossy().into_owned();
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quote_survives_a_shell() {
+        for w in ["plain", "with space", "it's", "$(rm -rf /)", "ümlaut dir", "a\nb", ""] {
+            let out = Command::new("sh").arg("-c").arg(format!("printf %s {}", quote(w))).output().unwrap();
+            assert_eq!(String::from_utf8(out.stdout).unwrap(), w);
+        }
+    }
+
+    #[test]
+    fn last_line_skips_blank_lines() {
+        assert_eq!(last_line(b"Warning: x\nPermission denied (publickey).\n\n"), "Permission denied (publickey).");
+        assert_eq!(last_line(b""), "no message");
+    }
+}

@@ -1,0 +1,321 @@
+//! What a clone copies, creates empty, and skips, following PostgreSQL's own base backup
+//! (src/backend/backup/basebackup.c: excludeDirContents, excludeFiles, sendDir) so that a pgclone copy
+//! holds exactly what a pg_basebackup copy would.
+
+use std::collections::{BTreeSet, HashSet};
+use std::ffi::OsStr;
+use std::path::{Component, Path, PathBuf};
+
+use crate::transport::{EntryKind, RemoteEntry};
+
+/// Directories whose contents are runtime state, recreated by the server: copied empty
+/// (basebackup.c excludeDirContents). Matched by name at any depth, as sendDir does.
+const EMPTY_DIRS: &[&str] =
+    &["pg_stat_tmp", "pg_replslot", "pg_dynshmem", "pg_notify", "pg_serial", "pg_snapshots", "pg_subtrans"];
+
+/// Files never copied (basebackup.c excludeFiles): leftovers of running processes, and the files a
+/// backup writes itself (backup_label, tablespace_map, backup_manifest come from pg_backup_stop, not
+/// from a primary that may have them from an earlier restore).
+const SKIP_FILES: &[&str] = &[
+    "postgresql.auto.conf.tmp",
+    "current_logfiles.tmp",
+    "backup_label",
+    "tablespace_map",
+    "backup_manifest",
+    "postmaster.pid",
+    "postmaster.opts",
+];
+
+/// Relation cache init files are rebuilt at startup; excluded by prefix (RELCACHE_INIT_FILENAME).
+const SKIP_PREFIX: &str = "pg_internal.init";
+
+/// Temporary files and directories of running queries (PG_TEMP_FILE_PREFIX), anywhere.
+const TEMP_PREFIX: &str = "pgsql_tmp";
+
+/// The control file: written last by finalize, fetched after pg_backup_stop (XLOG_CONTROL_FILE).
+pub const CONTROL_FILE: &str = "global/pg_control";
+
+/// What finalize needs that the planner found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Directories to create, parents first, with the primary's permission bits.
+    pub dirs: Vec<(PathBuf, u32)>,
+    /// Symbolic links to recreate as they are.
+    pub symlinks: Vec<(PathBuf, PathBuf)>,
+    /// Files to copy, largest first, so the longest copies start first and workers finish together.
+    pub files: Vec<(PathBuf, u64)>,
+    pub total_bytes: u64,
+    /// Entries under pg_tblspc: tablespaces live outside the data directory.
+    pub tablespaces: Vec<PathBuf>,
+}
+
+/// Builds the plan. `major` is the primary's major version: PG 17 added pg_wal/summaries.
+pub fn plan(entries: &[RemoteEntry], major: u32) -> Plan {
+    // Unlogged relations: the relfilenodes of each database directory that have an init fork.
+    let init_forks: HashSet<(PathBuf, &str)> = entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::File && in_db_dir(&e.path))
+        .filter_map(|e| {
+            let name = e.path.file_name()?.to_str()?;
+            let rel = name.strip_suffix("_init")?;
+            rel.bytes().all(|b| b.is_ascii_digit()).then(|| (parent(&e.path), rel))
+        })
+        .collect();
+
+    let mut p = Plan::default();
+    let mut emptied: BTreeSet<PathBuf> = BTreeSet::new();
+    for e in entries {
+        if excluded_by_ancestor(&e.path, &emptied) {
+            continue;
+        }
+        let name = e.path.file_name().unwrap_or(OsStr::new("")).to_string_lossy();
+        if name.starts_with(TEMP_PREFIX) {
+            continue;
+        }
+        let top = e.path.components().count() == 1;
+        // pg_wal may be a symlink on the primary (initdb -X); the copy gets a real directory that our own
+        // WAL stream fills, never the primary's segments.
+        if top && name == "pg_wal" {
+            p.dirs.push((e.path.clone(), 0o700));
+            p.dirs.push((e.path.join("archive_status"), 0o700));
+            if major >= 17 {
+                p.dirs.push((e.path.join("summaries"), 0o700));
+            }
+            emptied.insert(e.path.clone());
+            continue;
+        }
+        if EMPTY_DIRS.contains(&name.as_ref()) && matches!(e.kind, EntryKind::Dir | EntryKind::Symlink(_)) {
+            p.dirs.push((e.path.clone(), dir_mode(e)));
+            emptied.insert(e.path.clone());
+            continue;
+        }
+        if e.path.parent() == Some(Path::new("pg_tblspc")) {
+            p.tablespaces.push(e.path.clone());
+            emptied.insert(e.path.clone());
+            continue;
+        }
+        match &e.kind {
+            EntryKind::Dir => p.dirs.push((e.path.clone(), e.mode)),
+            EntryKind::Symlink(target) => p.symlinks.push((e.path.clone(), target.clone())),
+            EntryKind::Other => {}
+            EntryKind::File => {
+                if SKIP_FILES.contains(&name.as_ref())
+                    || name.starts_with(SKIP_PREFIX)
+                    || e.path == Path::new(CONTROL_FILE)
+                {
+                    continue;
+                }
+                if in_db_dir(&e.path) {
+                    if looks_like_temp_rel(&name) {
+                        continue;
+                    }
+                    if let Some((rel, fork)) = relation_file(&name) {
+                        if fork != Some("init") && init_forks.contains(&(parent(&e.path), rel)) {
+                            continue;
+                        }
+                    }
+                }
+                p.total_bytes += e.size;
+                p.files.push((e.path.clone(), e.size));
+            }
+        }
+    }
+    p.dirs.sort_by(|a, b| a.0.cmp(&b.0));
+    p.files.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    p
+}
+
+fn parent(p: &Path) -> PathBuf {
+    p.parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn dir_mode(e: &RemoteEntry) -> u32 {
+    // A symlinked runtime directory (e.g. pg_stat_tmp on tmpfs) becomes a plain private directory,
+    // as basebackup.c's convert_link_to_directory does.
+    if e.kind == EntryKind::Dir {
+        e.mode
+    } else {
+        0o700
+    }
+}
+
+fn excluded_by_ancestor(path: &Path, emptied: &BTreeSet<PathBuf>) -> bool {
+    path.ancestors().skip(1).any(|a| emptied.contains(a))
+}
+
+/// Database directories hold relation files: `global/` and `base/<oid>/` (basebackup.c sendDir isDbDir).
+fn in_db_dir(path: &Path) -> bool {
+    let dir: Vec<Component> = path.parent().map(|p| p.components().collect()).unwrap_or_default();
+    match dir.as_slice() {
+        [Component::Normal(g)] => *g == "global",
+        [Component::Normal(b), Component::Normal(oid)] => *b == "base" && all_digits(oid),
+        _ => false,
+    }
+}
+
+fn all_digits(s: &OsStr) -> bool {
+    let s = s.as_encoded_bytes();
+    !s.is_empty() && s.iter().all(u8::is_ascii_digit)
+}
+
+/// `<relfilenode>[_<fork>][.<segment>]` → (relfilenode, fork) (parse_filename_for_nontemp_relation).
+fn relation_file(name: &str) -> Option<(&str, Option<&str>)> {
+    let base = match name.split_once('.') {
+        Some((b, seg)) if !seg.is_empty() && seg.bytes().all(|c| c.is_ascii_digit()) => b,
+        Some(_) => return None,
+        None => name,
+    };
+    let (rel, fork) = match base.split_once('_') {
+        Some((r, f)) if ["fsm", "vm", "init"].contains(&f) => (r, Some(f)),
+        Some(_) => return None,
+        None => (base, None),
+    };
+    (!rel.is_empty() && rel.bytes().all(|c| c.is_ascii_digit())).then_some((rel, fork))
+}
+
+/// `t<backend>_<relfilenode>[_<fork>][.<segment>]`: a temporary relation (looks_like_temp_rel_name).
+fn looks_like_temp_rel(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('t') else { return false };
+    let Some((backend, relfile)) = rest.split_once('_') else { return false };
+    !backend.is_empty() && backend.bytes().all(|c| c.is_ascii_digit()) && relation_file(relfile).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(path: &str, size: u64) -> RemoteEntry {
+        RemoteEntry { path: path.into(), kind: EntryKind::File, size, mode: 0o600 }
+    }
+    fn d(path: &str) -> RemoteEntry {
+        RemoteEntry { path: path.into(), kind: EntryKind::Dir, size: 4096, mode: 0o700 }
+    }
+    fn files(p: &Plan) -> Vec<&str> {
+        p.files.iter().map(|(f, _)| f.to_str().unwrap()).collect()
+    }
+
+    #[test]
+    fn runtime_dirs_are_created_empty_and_wal_is_ours() {
+        let entries = vec![
+            d("pg_wal"),
+            f("pg_wal/000000010000000000000001", 16 << 20),
+            d("pg_wal/archive_status"),
+            d("pg_subtrans"),
+            f("pg_subtrans/0000", 8192),
+            RemoteEntry { path: "pg_stat_tmp".into(), kind: EntryKind::Symlink("/run/x".into()), size: 6, mode: 0o777 },
+            d("pg_replslot"),
+            d("pg_replslot/s1"),
+            f("pg_replslot/s1/state", 200),
+            d("pg_xact"),
+            f("pg_xact/0000", 8192),
+        ];
+        let p = plan(&entries, 15);
+        assert_eq!(files(&p), vec!["pg_xact/0000"]);
+        let dirs: Vec<_> = p.dirs.iter().map(|(d, m)| (d.to_str().unwrap(), *m)).collect();
+        assert_eq!(
+            dirs,
+            vec![
+                ("pg_replslot", 0o700),
+                ("pg_stat_tmp", 0o700),
+                ("pg_subtrans", 0o700),
+                ("pg_wal", 0o700),
+                ("pg_wal/archive_status", 0o700),
+                ("pg_xact", 0o700)
+            ]
+        );
+        assert!(p.symlinks.is_empty());
+        let p17 = plan(&entries, 17);
+        assert!(p17.dirs.iter().any(|(d, _)| d == Path::new("pg_wal/summaries")));
+    }
+
+    #[test]
+    fn skipped_files_and_control_file() {
+        let entries = vec![
+            f("postmaster.pid", 90),
+            f("postmaster.opts", 30),
+            f("backup_label", 200),
+            f("backup_label.old", 200),
+            f("tablespace_map", 0),
+            f("backup_manifest", 0),
+            f("postgresql.auto.conf.tmp", 1),
+            f("postgresql.auto.conf", 100),
+            f("current_logfiles.tmp", 1),
+            f("global/pg_control", 8192),
+            f("global/pg_internal.init", 100),
+            f("base/1/pg_internal.init.1234", 100),
+            d("base/pgsql_tmp"),
+            f("base/pgsql_tmp/pgsql_tmp123.0", 1 << 20),
+            f("base/1/pgsql_tmp999", 5),
+            f("PG_VERSION", 3),
+        ];
+        let p = plan(&entries, 15);
+        assert_eq!(files(&p), vec!["backup_label.old", "postgresql.auto.conf", "PG_VERSION"]);
+        assert_eq!(p.total_bytes, 303);
+        assert!(p.dirs.is_empty(), "pgsql_tmp directories are not created: {:?}", p.dirs);
+    }
+
+    #[test]
+    fn unlogged_relations_keep_only_their_init_fork() {
+        let entries = vec![
+            d("base/5"),
+            f("base/5/16384", 1 << 30),
+            f("base/5/16384.1", 100),
+            f("base/5/16384_fsm", 24576),
+            f("base/5/16384_vm", 8192),
+            f("base/5/16384_init", 0),
+            f("base/5/16390", 8192),
+            f("base/6/16384", 8192),
+        ];
+        let p = plan(&entries, 15);
+        assert_eq!(files(&p), vec!["base/5/16390", "base/6/16384", "base/5/16384_init"]);
+    }
+
+    #[test]
+    fn temporary_relations_are_skipped_only_in_database_dirs() {
+        let entries = vec![
+            f("base/5/t3_16400", 8192),
+            f("base/5/t3_16400_fsm", 8192),
+            f("base/5/t12_16401.2", 8192),
+            f("base/5/t3_x", 1),
+            f("global/t1_1", 1),
+            f("t3_16400", 2),
+        ];
+        let p = plan(&entries, 15);
+        assert_eq!(files(&p), vec!["t3_16400", "base/5/t3_x"]);
+    }
+
+    #[test]
+    fn largest_first_and_tablespaces_reported() {
+        let entries = vec![
+            f("a", 1),
+            f("b", 300),
+            f("c", 20),
+            d("pg_tblspc"),
+            RemoteEntry {
+                path: "pg_tblspc/16390".into(),
+                kind: EntryKind::Symlink("/srv/ts".into()),
+                size: 7,
+                mode: 0o777,
+            },
+            RemoteEntry { path: "logs".into(), kind: EntryKind::Symlink("/var/log/pg".into()), size: 11, mode: 0o777 },
+        ];
+        let p = plan(&entries, 15);
+        assert_eq!(files(&p), vec!["b", "c", "a"]);
+        assert_eq!(p.tablespaces, vec![PathBuf::from("pg_tblspc/16390")]);
+        assert_eq!(p.symlinks, vec![(PathBuf::from("logs"), PathBuf::from("/var/log/pg"))]);
+    }
+
+    #[test]
+    fn relation_file_names() {
+        assert_eq!(relation_file("16384"), Some(("16384", None)));
+        assert_eq!(relation_file("16384.12"), Some(("16384", None)));
+        assert_eq!(relation_file("16384_vm"), Some(("16384", Some("vm"))));
+        assert_eq!(relation_file("16384_init.1"), Some(("16384", Some("init"))));
+        assert_eq!(relation_file("16384_foo"), None);
+        assert_eq!(relation_file("16384."), None);
+        assert_eq!(relation_file("PG_VERSION"), None);
+        assert!(looks_like_temp_rel("t3_16400_fsm.1"));
+        assert!(!looks_like_temp_rel("t_16400"));
+        assert!(!looks_like_temp_rel("ta_16400"));
+    }
+}

@@ -1,0 +1,94 @@
+//! How file contents get from the primary's data directory to ours. The phases only see this trait:
+//! which transport runs (rsync daemon, native agent) is decided once, by the clone orchestration.
+
+pub mod rsync;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use crate::cancel::Cancel;
+use crate::ssh::SshError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink(PathBuf),
+    /// Sockets, FIFOs, devices: never part of a data directory's contents worth copying.
+    Other,
+}
+
+/// One entry of the primary's data directory, path relative to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteEntry {
+    pub path: PathBuf,
+    pub kind: EntryKind,
+    pub size: u64,
+    /// Permission bits (st_mode & 0o7777).
+    pub mode: u32,
+}
+
+/// What one copy request achieved.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Copied {
+    pub files: u64,
+    pub bytes: u64,
+    /// Files listed earlier that the primary has since removed (dropped relations, temp files): normal on a
+    /// live server, and WAL replay recreates whatever must exist.
+    pub vanished: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+    #[error("listing {dir} on the primary failed: {reason}")]
+    List { dir: String, reason: String },
+    #[error("could not start the rsync daemon on the primary: {0}")]
+    Daemon(String),
+    #[error("copy worker failed: {0}")]
+    Worker(String),
+    #[error("fetching {file} from the primary failed: {reason}")]
+    Fetch { file: String, reason: String },
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("cancelled")]
+    Cancelled,
+}
+
+pub trait Transport: Sync {
+    /// Every entry under the primary's data directory (not following symlinks).
+    fn list(&self) -> Result<Vec<RemoteEntry>, TransportError>;
+
+    /// A copy worker: its own connection to the primary, used by one thread.
+    fn worker(&self) -> Result<Box<dyn Worker + '_>, TransportError>;
+
+    /// Fetches one file (path relative to the primary's data directory) to the local path `to`.
+    fn fetch_file(&self, rel: &Path, to: &Path) -> Result<(), TransportError>;
+}
+
+pub trait Worker: Send {
+    /// Copies the given files (relative paths) into `dest`, whose directories already exist.
+    /// Returns early with `Cancelled` once `cancel` fires.
+    fn copy(&mut self, files: &[PathBuf], dest: &Path, cancel: &Cancel) -> Result<Copied, TransportError>;
+}
+
+/// Counts what a finished copy left in `dest`: files the primary removed meanwhile are simply absent.
+pub fn count_copied(files: &[PathBuf], dest: &Path) -> Copied {
+    let mut c = Copied::default();
+    for f in files {
+        match std::fs::symlink_metadata(dest.join(f)) {
+            Ok(m) => {
+                c.files += 1;
+                c.bytes += m.len();
+            }
+            Err(_) => c.vanished += 1,
+        }
+    }
+    c
+}
+
+pub(crate) fn os(bytes: &[u8]) -> OsString {
+    use std::os::unix::ffi::OsStringExt;
+    OsString::from_vec(bytes.to_vec())
+}

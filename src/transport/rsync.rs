@@ -1,0 +1,340 @@
+//! rsync transport: a throwaway rsync daemon on the primary, as pgclone.sh runs it, fed by parallel
+//! local rsync clients.
+//!
+//! The daemon is started by a shell over one ssh session and lives exactly as long as that session:
+//! the shell waits for end-of-file on its standard input, which comes when we close it, when pgclone
+//! dies (the kernel closes the pipe) or when the link drops (sshd closes the session). It then kills
+//! the daemon and removes its private directory. Its port is random, it binds only to the address ssh
+//! reached, accepts only the address we came from, and requires a secret made for this run that never
+//! appears on a command line.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, Command, Stdio};
+use std::time::Duration;
+
+use super::{count_copied, os, Copied, EntryKind, RemoteEntry, Transport, TransportError, Worker};
+use crate::cancel::Cancel;
+use crate::proc::OwnedChild;
+use crate::ssh::{last_line, quote, SshTarget};
+
+/// The remote half. `$1` is the data directory. Prints `PGCLONE-RSYNCD <addr> <port>` once listening.
+const DAEMON_SCRIPT: &str = r#"
+set -u
+umask 077
+pgdata=$1
+command -v rsync >/dev/null 2>&1 || { echo "rsync is not installed on the primary host" >&2; exit 11; }
+dir=$(mktemp -d "${TMPDIR:-/tmp}/pgclone-rsyncd.XXXXXX") || exit 12
+pid=
+trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$dir"' EXIT
+trap 'exit 1' HUP INT TERM PIPE
+IFS= read -r secret || exit 13
+set -- ${SSH_CONNECTION:-}
+[ $# -eq 4 ] || { echo "SSH_CONNECTION is not set by sshd" >&2; exit 14; }
+client=$1 addr=$3
+printf 'pgclone:%s\n' "$secret" > "$dir/secrets"
+# As root the daemon would switch to "nobody" and fail to read the data directory; as anyone else
+# naming a uid makes it call setgroups(), which fails.
+ids=
+[ "$(id -u)" -eq 0 ] && ids="uid = 0
+gid = 0"
+cat > "$dir/rsyncd.conf" <<EOF
+$ids
+use chroot = no
+reverse lookup = no
+[pgdata]
+path = $pgdata
+read only = yes
+list = no
+auth users = pgclone
+secrets file = $dir/secrets
+hosts allow = $client
+EOF
+tries=0
+while [ $tries -lt 20 ]; do
+  tries=$((tries + 1))
+  port=$(( $(od -An -N2 -tu2 /dev/urandom) % 40000 + 20000 ))
+  rsync --daemon --no-detach --address="$addr" --port="$port" --config="$dir/rsyncd.conf" \
+        --log-file="$dir/log" </dev/null >/dev/null 2>&1 &
+  pid=$!
+  sleep 0.3
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "PGCLONE-RSYNCD $addr $port"
+    cat >/dev/null
+    exit 0
+  fi
+  wait "$pid" 2>/dev/null
+  pid=
+done
+echo "no free port found for the rsync daemon after $tries tries" >&2
+exit 15
+"#;
+
+pub struct RsyncTransport {
+    ssh: SshTarget,
+    pgdata: PathBuf,
+    url: String,
+    password_file: PathBuf,
+    /// Closing this ends the daemon (see the module comment); dropped before `daemon` is waited for.
+    daemon_stdin: Option<ChildStdin>,
+    daemon: OwnedChild,
+}
+
+impl RsyncTransport {
+    /// Starts the daemon on the primary. `run_dir` is our private (0700) directory for the secret.
+    pub fn start(ssh: &SshTarget, pgdata: &Path, run_dir: &Path) -> Result<RsyncTransport, TransportError> {
+        let secret = random_secret()?;
+        let password_file = run_dir.join("rsync.secret");
+        let io = |what: &str| {
+            let what = what.to_string();
+            move |source| TransportError::Io { what, source }
+        };
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&password_file)
+            .and_then(|mut f| f.write_all(secret.as_bytes()))
+            .map_err(io("writing the rsync password file"))?;
+
+        let stderr_path = run_dir.join("rsyncd-ssh.stderr");
+        let stderr = std::fs::File::create(&stderr_path).map_err(io("creating the ssh log"))?;
+        let remote = format!("sh -c {} pgclone-rsyncd {}", quote(DAEMON_SCRIPT), quote(pgdata));
+        let mut cmd = ssh.command(&remote);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(stderr);
+        let mut daemon = OwnedChild::spawn(cmd, "rsync daemon over ssh").map_err(io("starting ssh"))?;
+        let mut stdin = daemon.child_mut().stdin.take().expect("piped stdin");
+        writeln!(stdin, "{secret}").map_err(io("sending the rsync secret"))?;
+        stdin.flush().map_err(io("sending the rsync secret"))?;
+
+        let stdout = daemon.child_mut().stdout.take().expect("piped stdout");
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let failed = |daemon: &mut OwnedChild| {
+            let _ = daemon.wait_timeout(Duration::from_secs(2));
+            let err = std::fs::read(&stderr_path).unwrap_or_default();
+            if daemon.child_mut().try_wait().ok().flatten().and_then(|s| s.code()) == Some(255) {
+                TransportError::Ssh(ssh.connect_error(&err))
+            } else {
+                TransportError::Daemon(last_line(&err))
+            }
+        };
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => line,
+            Err(_) => return Err(TransportError::Daemon("no answer within 60 s".into())),
+        };
+        let mut words = line.split_whitespace();
+        let (Some("PGCLONE-RSYNCD"), Some(addr), Some(port)) = (words.next(), words.next(), words.next()) else {
+            return Err(failed(&mut daemon));
+        };
+        let host = if addr.contains(':') { format!("[{addr}]") } else { addr.to_string() };
+        tracing::debug!(addr, port, "rsync daemon listening on the primary");
+        Ok(RsyncTransport {
+            ssh: ssh.clone(),
+            pgdata: pgdata.to_path_buf(),
+            url: format!("rsync://pgclone@{host}:{port}/pgdata/"),
+            password_file,
+            daemon_stdin: Some(stdin),
+            daemon,
+        })
+    }
+
+    fn rsync(&self) -> Command {
+        let mut cmd = Command::new("rsync");
+        cmd.arg(format!("--password-file={}", self.password_file.display()))
+            // A stalled link fails the worker instead of hanging the clone.
+            .arg("--timeout=120")
+            .arg("--contimeout=30");
+        cmd
+    }
+}
+
+impl Drop for RsyncTransport {
+    fn drop(&mut self) {
+        self.daemon_stdin.take();
+        if let Ok(None) = self.daemon.wait_timeout(Duration::from_secs(5)) {
+            tracing::warn!("{} did not end within 5 s of closing it; killing it", self.daemon.what());
+        }
+    }
+}
+
+impl Transport for RsyncTransport {
+    fn list(&self) -> Result<Vec<RemoteEntry>, TransportError> {
+        // LC_ALL=C: find's messages are matched below and must not be translated. A file removed while
+        // find walks the tree is normal on a live server; any other complaint is a real failure.
+        let remote = format!(
+            "cd -- {} && LC_ALL=C find . -mindepth 1 -printf '%y\\0%s\\0%m\\0%P\\0%l\\0'",
+            quote(&self.pgdata)
+        );
+        let out = self.ssh.run(&remote, b"")?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let real_errors: Vec<&str> =
+            stderr.lines().filter(|l| !l.trim().is_empty() && !l.ends_with("No such file or directory")).collect();
+        if !out.status.success() && (out.stdout.is_empty() || !real_errors.is_empty()) {
+            let reason = real_errors.last().copied().unwrap_or("find failed").to_string();
+            return Err(TransportError::List { dir: self.pgdata.display().to_string(), reason });
+        }
+        parse_listing(&out.stdout)
+            .map_err(|reason| TransportError::List { dir: self.pgdata.display().to_string(), reason })
+    }
+
+    fn worker(&self) -> Result<Box<dyn Worker + '_>, TransportError> {
+        Ok(Box::new(RsyncWorker { transport: self }))
+    }
+
+    fn fetch_file(&self, rel: &Path, to: &Path) -> Result<(), TransportError> {
+        let mut cmd = self.rsync();
+        cmd.arg("--times").arg(format!("{}{}", self.url, rel.display())).arg(to);
+        let out = run_rsync(cmd, None, &Cancel::default())?;
+        if out.0.success() {
+            Ok(())
+        } else {
+            Err(TransportError::Fetch { file: rel.display().to_string(), reason: out.1 })
+        }
+    }
+}
+
+struct RsyncWorker<'a> {
+    transport: &'a RsyncTransport,
+}
+
+impl Worker for RsyncWorker<'_> {
+    fn copy(&mut self, files: &[PathBuf], dest: &Path, cancel: &Cancel) -> Result<Copied, TransportError> {
+        let mut cmd = self.transport.rsync();
+        // -lpt: links, permissions, times; never owners (we are not root) nor devices.
+        // --ignore-missing-args: a listed file dropped since the listing is not an error (see Copied::vanished).
+        cmd.args(["-lpt", "--files-from=-", "--from0", "--no-implied-dirs", "--ignore-missing-args"])
+            .arg(&self.transport.url)
+            .arg(format!("{}/", dest.display()));
+        let mut list = Vec::new();
+        for f in files {
+            list.extend_from_slice(f.as_os_str().as_encoded_bytes());
+            list.push(0);
+        }
+        let (status, reason) = run_rsync(cmd, Some(&list), cancel)?;
+        // Exit 24: "some files vanished before they could be transferred": normal while PostgreSQL runs.
+        match status.code() {
+            Some(0) | Some(24) => Ok(count_copied(files, dest)),
+            _ => Err(TransportError::Worker(format!("rsync {status}: {reason}"))),
+        }
+    }
+}
+
+/// Runs one rsync client to completion (or until cancelled) and returns its status and last stderr line.
+fn run_rsync(
+    mut cmd: Command,
+    input: Option<&[u8]>,
+    cancel: &Cancel,
+) -> Result<(std::process::ExitStatus, String), TransportError> {
+    let io = |source| TransportError::Io { what: "running rsync".into(), source };
+    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = OwnedChild::spawn(cmd, "rsync").map_err(io)?;
+    if let Some(input) = input {
+        let mut stdin = child.child_mut().stdin.take().expect("piped stdin");
+        // rsync reads the whole list before it starts; a write error means it died, which its status tells.
+        let _ = stdin.write_all(input);
+    }
+    let mut stderr = child.child_mut().stderr.take().expect("piped stderr");
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stderr, &mut buf);
+        buf
+    });
+    loop {
+        if cancel.is_cancelled() {
+            drop(child);
+            return Err(TransportError::Cancelled);
+        }
+        if let Some(status) = child.wait_timeout(Duration::from_millis(100)).map_err(io)? {
+            let err = reader.join().unwrap_or_default();
+            return Ok((status, rsync_reason(&err)));
+        }
+    }
+}
+
+/// rsync's last line is a generic "rsync error: ... (code N)"; the daemon's own "@ERROR: ..." line or
+/// the first "rsync: ..." line says what went wrong.
+fn rsync_reason(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    text.lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("@ERROR") || l.starts_with("rsync: "))
+        .map_or_else(|| last_line(stderr), str::to_string)
+}
+
+/// Parses `find -printf '%y\0%s\0%m\0%P\0%l\0'`: type letter, size, octal mode, path, link target.
+fn parse_listing(bytes: &[u8]) -> Result<Vec<RemoteEntry>, String> {
+    let fields: Vec<&[u8]> = bytes.split(|b| *b == 0).collect();
+    // A trailing NUL leaves one empty field at the end.
+    let fields = &fields[..fields.len().saturating_sub(1)];
+    if fields.len() % 5 != 0 {
+        return Err("truncated listing".into());
+    }
+    fields
+        .chunks(5)
+        .map(|f| {
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            let size = text(f[1]).parse::<u64>().map_err(|_| format!("bad size {:?}", text(f[1])))?;
+            let mode = u32::from_str_radix(&text(f[2]), 8).map_err(|_| format!("bad mode {:?}", text(f[2])))?;
+            let kind = match f[0] {
+                b"f" => EntryKind::File,
+                b"d" => EntryKind::Dir,
+                b"l" => EntryKind::Symlink(PathBuf::from(os(f[4]))),
+                _ => EntryKind::Other,
+            };
+            Ok(RemoteEntry { path: PathBuf::from(os(f[3])), kind, size, mode })
+        })
+        .collect()
+}
+
+fn random_secret() -> Result<String, TransportError> {
+    let mut raw = [0u8; 24];
+    rustix::rand::getrandom(&mut raw, rustix::rand::GetRandomFlags::empty())
+        .map_err(|e| TransportError::Io { what: "reading random bytes".into(), source: e.into() })?;
+    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listing_parses_every_kind_and_odd_names() {
+        let raw = b"d\x004096\x00700\x00base\x00\x00\
+f\x008192\x00600\x00base/1/1259\x00\x00\
+l\x0018\x00777\x00pg_tblspc/16390\x00/srv/ts one\x00\
+f\x000\x00600\x00dir with space/\xc3\xbc\x00\x00\
+s\x000\x00777\x00sock\x00\x00";
+        let l = parse_listing(raw).unwrap();
+        assert_eq!(l.len(), 5);
+        assert_eq!(l[0], RemoteEntry { path: "base".into(), kind: EntryKind::Dir, size: 4096, mode: 0o700 });
+        assert_eq!(l[1].size, 8192);
+        assert_eq!(l[2].kind, EntryKind::Symlink("/srv/ts one".into()));
+        assert_eq!(l[3].path, PathBuf::from("dir with space/ü"));
+        assert_eq!(l[4].kind, EntryKind::Other);
+        assert!(parse_listing(b"f\x001\x00600\x00x\x00").is_err());
+        assert!(parse_listing(b"").unwrap().is_empty());
+    }
+
+    #[test]
+    fn rsync_reason_prefers_the_specific_line() {
+        let err = b"@ERROR: auth failed on module pgdata\nrsync error: error starting client-server protocol (code 5)\n";
+        assert_eq!(rsync_reason(err), "@ERROR: auth failed on module pgdata");
+        assert_eq!(rsync_reason(b"something else\n"), "something else");
+    }
+
+    #[test]
+    fn secrets_are_random_hex() {
+        let (a, b) = (random_secret().unwrap(), random_secret().unwrap());
+        assert_eq!(a.len(), 48);
+        assert_ne!(a, b);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+    }
+}

@@ -1,0 +1,353 @@
+//! WAL stream: receives the primary's WAL over a physical replication connection from before
+//! pg_backup_start until past the backup's stop position, into segment files of our own.
+//!
+//! Protocol: protocol-replication.sgml (IDENTIFY_SYSTEM, CREATE_REPLICATION_SLOT, START_REPLICATION,
+//! XLogData 'w', keepalive 'k', standby status update 'r'); client behaviour as in
+//! src/bin/pg_basebackup/receivelog.c.
+//!
+//! The stream holds a TEMPORARY physical slot: from its creation the primary keeps every segment we have
+//! not confirmed, so a checkpoint (pg_backup_start's fast one included) cannot remove WAL the clone needs,
+//! and the slot disappears with the connection whatever happens to pgclone.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::cancel::Cancel;
+use crate::lsn::{history_file_name, Lsn, SegSize};
+use crate::pg::{Conn, CopyData, PgError};
+
+/// Standby status updates keep wal_sender_timeout (60 s by default) from killing us and let the slot
+/// advance; pg_receivewal's default is 10 s, we answer faster.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the stream may make no progress towards the stop position before we give up.
+const STALL_LIMIT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalStreamError {
+    #[error("cannot open a replication connection to the primary: {0}")]
+    Connect(PgError),
+    #[error("{what} failed on the replication connection: {source}")]
+    Command { what: &'static str, source: PgError },
+    #[error("replication protocol: {0}")]
+    Protocol(String),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("the primary ended the WAL stream at {0} (timeline switch or shutdown)")]
+    ServerEnded(Lsn),
+    #[error("WAL stream stalled at {at} for {secs} s while waiting for {want}")]
+    Stalled { at: Lsn, want: Lsn, secs: u64 },
+    #[error("{0}")]
+    Failed(String),
+    #[error("{0}")]
+    Cancelled(String),
+}
+
+/// Where the stream began, as the server reported it.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamStart {
+    pub system_id: u64,
+    pub timeline: u32,
+    /// Start of the segment holding the server's position when we connected.
+    pub lsn: Lsn,
+}
+
+pub struct WalStream {
+    pub start: StreamStart,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    received: Lsn,
+    stop_at: Option<Lsn>,
+    quit: bool,
+    outcome: Option<Result<Lsn, String>>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl WalStream {
+    /// Connects (replication=true), creates the temporary slot, and starts streaming into `dir`.
+    /// Returns once the server has accepted START_REPLICATION, so the caller may run pg_backup_start.
+    /// A failure later on cancels the clone through `cancel` with the reason.
+    pub fn start(
+        params: &[(&str, &str)],
+        dir: &Path,
+        seg: SegSize,
+        slot: &str,
+        cancel: Cancel,
+    ) -> Result<WalStream, WalStreamError> {
+        let mut p = params.to_vec();
+        p.push(("replication", "true"));
+        let mut conn = Conn::connect(&p).map_err(WalStreamError::Connect)?;
+        let cmd = |what| move |source| WalStreamError::Command { what, source };
+
+        // The slot first, then the position: the slot reserves WAL from the last checkpoint's redo
+        // pointer, which lies at or before any position the server reports afterwards.
+        conn.query(&format!("CREATE_REPLICATION_SLOT {slot} TEMPORARY PHYSICAL (RESERVE_WAL)"))
+            .map_err(cmd("CREATE_REPLICATION_SLOT"))?;
+        let rows = conn.query("IDENTIFY_SYSTEM").map_err(cmd("IDENTIFY_SYSTEM"))?;
+        let field = |i| rows.get(0, i).ok_or_else(|| WalStreamError::Protocol("short IDENTIFY_SYSTEM answer".into()));
+        let system_id: u64 =
+            field(0)?.parse().map_err(|_| WalStreamError::Protocol("bad system identifier".into()))?;
+        let timeline: u32 = field(1)?.parse().map_err(|_| WalStreamError::Protocol("bad timeline".into()))?;
+        let xlogpos: Lsn = field(2)?.parse().map_err(|e| WalStreamError::Protocol(format!("{e}")))?;
+        let start = StreamStart { system_id, timeline, lsn: seg.segment_start(xlogpos) };
+
+        // Recovery of the clone reads the history of its timeline from pg_wal (receivelog.c fetches it too).
+        if timeline > 1 {
+            let rows = conn.query(&format!("TIMELINE_HISTORY {timeline}")).map_err(cmd("TIMELINE_HISTORY"))?;
+            let content = rows.get(0, 1).unwrap_or_default();
+            let path = dir.join(history_file_name(timeline));
+            std::fs::write(&path, content).map_err(|source| io(format!("writing {}", path.display()), source))?;
+        }
+        conn.start_copy_both(&format!("START_REPLICATION SLOT {slot} PHYSICAL {} TIMELINE {timeline}", start.lsn))
+            .map_err(cmd("START_REPLICATION"))?;
+        tracing::debug!(%start.lsn, timeline, slot, "WAL stream started");
+
+        let shared = Arc::new(Shared::default());
+        shared.lock().received = start.lsn;
+        let writer = SegmentWriter { dir: dir.to_path_buf(), seg, timeline, open: None };
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("wal-stream".into())
+            .spawn(move || {
+                let outcome = receive(conn, writer, &thread_shared, start.lsn).map_err(|e| e.to_string());
+                let mut st = thread_shared.lock();
+                if let Err(e) = &outcome {
+                    if !st.quit {
+                        cancel.cancel(format!("WAL stream from the primary failed: {e}"));
+                    }
+                }
+                st.outcome = Some(outcome);
+                thread_shared.changed.notify_all();
+            })
+            .map_err(|source| io("starting the WAL stream thread".into(), source))?;
+        Ok(WalStream { start, shared, thread: Some(thread) })
+    }
+
+    /// Receives through `stop` (pg_backup_stop's position), then ends the stream properly.
+    /// Returns the position received up to.
+    pub fn finish(mut self, stop: Lsn, cancel: &Cancel) -> Result<Lsn, WalStreamError> {
+        let mut st = self.shared.lock();
+        st.stop_at = Some(stop);
+        let (mut seen, mut since) = (st.received, Instant::now());
+        let outcome = loop {
+            if let Some(o) = st.outcome.take() {
+                break o;
+            }
+            if let Some(reason) = cancel.reason() {
+                return Err(WalStreamError::Cancelled(reason));
+            }
+            if st.received > seen {
+                (seen, since) = (st.received, Instant::now());
+            } else if since.elapsed() > STALL_LIMIT {
+                return Err(WalStreamError::Stalled { at: seen, want: stop, secs: STALL_LIMIT.as_secs() });
+            }
+            st = self.shared.changed.wait_timeout(st, Duration::from_millis(200)).unwrap_or_else(|e| e.into_inner()).0;
+        };
+        drop(st);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        outcome.map_err(WalStreamError::Failed)
+    }
+}
+
+impl Drop for WalStream {
+    /// Abandons the stream (on failure paths): the thread drops the connection, and with it the slot.
+    fn drop(&mut self) {
+        self.shared.lock().quit = true;
+        self.shared.changed.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn io(what: String, source: std::io::Error) -> WalStreamError {
+    WalStreamError::Io { what, source }
+}
+
+/// The receive loop, on its own thread. Returns the position received up to when asked to stop.
+fn receive(mut conn: Conn, mut writer: SegmentWriter, shared: &Shared, start: Lsn) -> Result<Lsn, WalStreamError> {
+    let mut received = start;
+    let mut flushed = start;
+    let mut last_status: Option<Instant> = None;
+    loop {
+        {
+            let st = shared.lock();
+            if st.quit {
+                return Ok(received);
+            }
+            if st.stop_at.is_some_and(|stop| received >= stop) {
+                drop(st);
+                writer.sync()?;
+                conn.end_copy().map_err(|source| WalStreamError::Command { what: "ending the stream", source })?;
+                return Ok(received);
+            }
+        }
+        let mut reply_now = false;
+        match conn.get_copy_data().map_err(|source| WalStreamError::Command { what: "receiving WAL", source })? {
+            CopyData::Message(m) => match m.first() {
+                Some(b'w') if m.len() >= 25 => {
+                    let data_start = Lsn(be64(&m[1..9]));
+                    if data_start != received {
+                        return Err(WalStreamError::Protocol(format!(
+                            "WAL data at {data_start}, expected {received}"
+                        )));
+                    }
+                    writer.write(data_start, &m[25..])?;
+                    received = Lsn(data_start.0 + (m.len() - 25) as u64);
+                    shared.lock().received = received;
+                    shared.changed.notify_all();
+                }
+                Some(b'k') if m.len() >= 18 => reply_now = m[17] == 1,
+                _ => return Err(WalStreamError::Protocol(format!("unexpected message {:?}", m.first()))),
+            },
+            CopyData::WouldBlock => conn
+                .wait_readable(Duration::from_millis(100))
+                .map_err(|source| WalStreamError::Command { what: "waiting for WAL", source })?,
+            CopyData::Done => return Err(WalStreamError::ServerEnded(received)),
+        }
+        if reply_now || last_status.is_none_or(|t| t.elapsed() >= STATUS_INTERVAL) {
+            if received > flushed {
+                writer.sync()?;
+                flushed = received;
+            }
+            conn.put_copy_data(&status_update(received, flushed))
+                .map_err(|source| WalStreamError::Command { what: "sending status", source })?;
+            last_status = Some(Instant::now());
+        }
+    }
+}
+
+fn be64(b: &[u8]) -> u64 {
+    u64::from_be_bytes(b.try_into().expect("8 bytes"))
+}
+
+/// Standby status update ('r'): written, flushed and applied positions, our clock, no reply wanted.
+/// We apply nothing, so "applied" is InvalidXLogRecPtr as pg_receivewal sends.
+fn status_update(written: Lsn, flushed: Lsn) -> Vec<u8> {
+    // Microseconds since the PostgreSQL epoch, 2000-01-01 00:00:00 UTC.
+    const PG_EPOCH_UNIX_SECS: u64 = 946_684_800;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let pg_now = now.as_micros() as i64 - (PG_EPOCH_UNIX_SECS as i64) * 1_000_000;
+    let mut m = Vec::with_capacity(34);
+    m.push(b'r');
+    m.extend_from_slice(&written.0.to_be_bytes());
+    m.extend_from_slice(&flushed.0.to_be_bytes());
+    m.extend_from_slice(&0u64.to_be_bytes());
+    m.extend_from_slice(&pg_now.to_be_bytes());
+    m.push(0);
+    m
+}
+
+/// Writes streamed WAL into segment files: `NAME.partial` while open, pre-sized to the segment size,
+/// renamed to `NAME` once its last byte is written and synced (as pg_receivewal does).
+struct SegmentWriter {
+    dir: PathBuf,
+    seg: SegSize,
+    timeline: u32,
+    open: Option<(u64, File)>,
+}
+
+impl SegmentWriter {
+    fn write(&mut self, mut pos: Lsn, mut data: &[u8]) -> Result<(), WalStreamError> {
+        while !data.is_empty() {
+            let segno = self.seg.segno(pos);
+            let offset = self.seg.offset(pos);
+            let file = match &self.open {
+                Some((n, f)) if *n == segno => f,
+                _ => {
+                    let path = self.partial(segno);
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&path)
+                        .map_err(|e| io(format!("creating {}", path.display()), e))?;
+                    f.set_len(self.seg.bytes()).map_err(|e| io(format!("sizing {}", path.display()), e))?;
+                    &self.open.insert((segno, f)).1
+                }
+            };
+            let n = data.len().min((self.seg.bytes() - offset) as usize);
+            file.write_all_at(&data[..n], offset).map_err(|e| io("writing streamed WAL".into(), e))?;
+            pos = Lsn(pos.0 + n as u64);
+            data = &data[n..];
+            if offset + n as u64 == self.seg.bytes() {
+                self.complete(segno)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), WalStreamError> {
+        if let Some((_, f)) = &self.open {
+            f.sync_data().map_err(|e| io("syncing streamed WAL".into(), e))?;
+        }
+        Ok(())
+    }
+
+    fn complete(&mut self, segno: u64) -> Result<(), WalStreamError> {
+        self.sync()?;
+        self.open = None;
+        let done = self.dir.join(self.seg.file_name(self.timeline, segno));
+        std::fs::rename(self.partial(segno), &done).map_err(|e| io(format!("renaming {}", done.display()), e))?;
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io("syncing the WAL directory".into(), e))
+    }
+
+    fn partial(&self, segno: u64) -> PathBuf {
+        self.dir.join(format!("{}.partial", self.seg.file_name(self.timeline, segno)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_are_partial_until_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = SegSize::new(1 << 20).unwrap();
+        let mut w = SegmentWriter { dir: dir.path().into(), seg, timeline: 1, open: None };
+        let start = Lsn(3 << 20);
+        w.write(start, &vec![7u8; 600 << 10]).unwrap();
+        assert!(dir.path().join("000000010000000000000003.partial").exists());
+        // Crosses into the next segment: the first completes and is renamed.
+        w.write(Lsn(start.0 + (600 << 10)), &vec![9u8; 600 << 10]).unwrap();
+        let done = std::fs::read(dir.path().join("000000010000000000000003")).unwrap();
+        assert_eq!(done.len(), 1 << 20);
+        assert_eq!(done[0], 7);
+        assert_eq!(done[(1 << 20) - 1], 9);
+        let next = dir.path().join("000000010000000000000004.partial");
+        assert_eq!(std::fs::metadata(&next).unwrap().len(), 1 << 20, "pre-sized");
+        assert!(!dir.path().join("000000010000000000000003.partial").exists());
+    }
+
+    #[test]
+    fn status_update_layout() {
+        let m = status_update(Lsn(0x1_0000_0010), Lsn(0x20));
+        assert_eq!(m.len(), 34);
+        assert_eq!(m[0], b'r');
+        assert_eq!(be64(&m[1..9]), 0x1_0000_0010);
+        assert_eq!(be64(&m[9..17]), 0x20);
+        assert_eq!(be64(&m[17..25]), 0);
+        assert!(be64(&m[25..33]) > 0);
+        assert_eq!(m[33], 0);
+    }
+}
