@@ -45,8 +45,13 @@ impl OwnedChild {
 }
 
 impl Drop for OwnedChild {
+    /// Kills the child's whole process group: rsync, for one, forks a receiver that would otherwise
+    /// outlive the process we started and keep pulling data.
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
+            if let Some(pgid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+                let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+            }
             let _ = self.child.kill();
         }
         let _ = self.child.wait();

@@ -26,8 +26,9 @@ umask 077
 pgdata=$1
 command -v rsync >/dev/null 2>&1 || { echo "rsync is not installed on the primary host" >&2; exit 11; }
 dir=$(mktemp -d "${TMPDIR:-/tmp}/pgclone-rsyncd.XXXXXX") || exit 12
-pid=
-trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$dir"' EXIT
+# sshd runs the session in a process group of its own: on the way out, TERM the whole group, which
+# takes the daemon and every per-connection child it forked, not just the listener.
+trap 'trap "" HUP INT TERM; kill -TERM 0 2>/dev/null; rm -rf "$dir"' EXIT
 trap 'exit 1' HUP INT TERM PIPE
 IFS= read -r secret || exit 13
 set -- ${SSH_CONNECTION:-}
@@ -65,7 +66,6 @@ while [ $tries -lt 20 ]; do
     exit 0
   fi
   wait "$pid" 2>/dev/null
-  pid=
 done
 echo "no free port found for the rsync daemon after $tries tries" >&2
 exit 15
