@@ -15,6 +15,7 @@ use crate::lsn::Lsn;
 use crate::pg::Conn;
 use crate::preflight::{self, PreflightError};
 use crate::progress::{self, Progress};
+use crate::run_dir::{LockError, ReplicaLock, RunDir};
 use crate::ssh::SshTarget;
 use crate::transfer::{self, TransferError, CONTROL_FILE};
 use crate::transport::rsync::RsyncTransport;
@@ -45,6 +46,8 @@ pub enum CloneError {
     StreamTooLate { start: Lsn, stream: Lsn },
     #[error("{what} {path}: {source}")]
     Local { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Lock(#[from] LockError),
     #[error("{0}")]
     Cancelled(String),
 }
@@ -113,9 +116,24 @@ fn check(cancel: &Cancel) -> Result<(), CloneError> {
 }
 
 pub fn run(args: &Args, cancel: &Cancel) -> Result<Summary, CloneError> {
-    let started = Instant::now();
+    preflight::not_root()?;
     let replica = args.replica_pgdata.clone().unwrap_or_else(|| args.primary_pgdata.clone());
-    preflight::local(&replica)?;
+    let created = !replica.exists();
+    mkdir(&replica)?;
+    let result = ReplicaLock::acquire(&replica)
+        .map_err(CloneError::from)
+        .and_then(|lock| run_locked(args, &replica, lock, cancel));
+    // A directory we made for a run that failed before copying anything is removed again, so a failed
+    // preflight changes nothing; remove_dir leaves a non-empty one alone.
+    if result.is_err() && created {
+        let _ = std::fs::remove_dir(replica);
+    }
+    result
+}
+
+fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) -> Result<Summary, CloneError> {
+    let started = Instant::now();
+    preflight::replica_dir(replica)?;
     let host = args
         .pghost
         .clone()
@@ -144,9 +162,7 @@ pub fn run(args: &Args, cancel: &Cancel) -> Result<Summary, CloneError> {
     let pgdata_system_id = preflight::primary_pgdata(&ssh, &args.primary_pgdata)?;
     check(cancel)?;
 
-    let run_dir = tempfile::Builder::new()
-        .prefix("pgclone-")
-        .tempdir()
+    let run_dir = RunDir::create(false)
         .map_err(|source| CloneError::Local { what: "creating a run directory in", path: std::env::temp_dir(), source })?;
     let streamed = run_dir.path().join("wal");
     mkdir(&streamed)?;
@@ -159,7 +175,6 @@ pub fn run(args: &Args, cancel: &Cancel) -> Result<Summary, CloneError> {
     let transport = RsyncTransport::start(&ssh, &args.primary_pgdata, run_dir.path())?;
     check(cancel)?;
 
-    mkdir(&replica)?;
     let backup = BackupSession::start(sql, &format!("pgclone to {}", replica.display()))?;
     if backup.start_lsn < stream.start.lsn {
         return Err(CloneError::StreamTooLate { start: backup.start_lsn, stream: stream.start.lsn });
@@ -171,7 +186,7 @@ pub fn run(args: &Args, cancel: &Cancel) -> Result<Summary, CloneError> {
         let list: Vec<String> = plan.tablespaces.iter().map(|t| t.display().to_string()).collect();
         return Err(CloneError::Tablespaces(list.join(", ")));
     }
-    transfer::lay_out(&plan, &replica)?;
+    transfer::lay_out(&plan, replica)?;
     let parallel = args
         .parallel
         .map(usize::from)
@@ -186,7 +201,7 @@ pub fn run(args: &Args, cancel: &Cancel) -> Result<Summary, CloneError> {
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let progress = &progress;
         s.spawn(move || progress.report_until(Duration::from_secs(args.progress_interval), &stop_rx));
-        let copied = transfer::copy(&plan, &transport, &replica, parallel, &progress, cancel);
+        let copied = transfer::copy(&plan, &transport, replica, parallel, &progress, cancel);
         drop(stop_tx);
         copied
     })?;
@@ -204,7 +219,7 @@ pub fn run(args: &Args, cancel: &Cancel) -> Result<Summary, CloneError> {
     let received = stream.finish(end.stop_lsn, cancel)?;
     tracing::info!("WAL received through {received}");
     let wal_segments = Finalize {
-        replica: &replica,
+        replica: replica,
         streamed: &streamed,
         seg: primary.seg,
         timeline,
@@ -223,7 +238,7 @@ pub fn run(args: &Args, cancel: &Cancel) -> Result<Summary, CloneError> {
         start_lsn,
         stop_lsn: end.stop_lsn,
         timeline,
-        replica,
+        replica: replica.to_path_buf(),
     })
 }
 

@@ -10,6 +10,7 @@ mod pg;
 mod preflight;
 mod proc;
 mod progress;
+mod run_dir;
 mod ssh;
 mod transfer;
 mod transport;

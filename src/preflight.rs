@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use crate::lsn::SegSize;
 use crate::pg::{Conn, PgError};
 use crate::ssh::{last_line, quote, SshError, SshTarget};
+use crate::transfer::CONTROL_FILE;
 
 /// Oldest supported major: pg_backup_start/pg_backup_stop replaced the exclusive-backup API in 15.
 const MIN_MAJOR: u32 = 15;
@@ -18,6 +19,11 @@ pub enum PreflightError {
     PostmasterRunning { dir: PathBuf, pid: i32 },
     #[error("replica directory {0} is not empty: pgclone clones only into an absent or empty directory")]
     NotEmpty(PathBuf),
+    #[error(
+        "replica directory {0} holds an unfinished clone (no global/pg_control: an earlier run was interrupted); \
+         it cannot start: remove it to clone again"
+    )]
+    Unfinished(PathBuf),
     #[error("replica directory {path}: {source}")]
     ReplicaDir { path: PathBuf, source: std::io::Error },
     #[error("cannot connect to the primary: {0}")]
@@ -56,24 +62,31 @@ pub enum PreflightError {
     OtherCluster { dir: PathBuf, found: u64, expected: u64 },
 }
 
-/// Checks on this host: who we are and that the target directory may be filled.
-pub fn local(replica: &Path) -> Result<(), PreflightError> {
+/// PostgreSQL refuses to run as root, so a replica made by root would have to be re-owned by hand.
+pub fn not_root() -> Result<(), PreflightError> {
     if rustix::process::geteuid().is_root() {
         return Err(PreflightError::Root);
     }
+    Ok(())
+}
+
+/// The replica directory (existing, locked by us) must be empty: never a running cluster, never a
+/// half-copied one mistaken for free space.
+pub fn replica_dir(replica: &Path) -> Result<(), PreflightError> {
     let dir_err = |source| PreflightError::ReplicaDir { path: replica.to_path_buf(), source };
-    let mut entries = match std::fs::read_dir(replica) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(dir_err(e)),
-    };
+    let mut entries = std::fs::read_dir(replica).map_err(dir_err)?;
+    if entries.next().is_none() {
+        return Ok(());
+    }
     if let Some(pid) = live_postmaster(replica) {
         return Err(PreflightError::PostmasterRunning { dir: replica.to_path_buf(), pid });
     }
-    if entries.next().is_some() {
-        return Err(PreflightError::NotEmpty(replica.to_path_buf()));
+    // A clone lays out the directory tree (global/ among it) before copying, largest files first, and
+    // writes global/pg_control last: global/ without pg_control is an interrupted clone.
+    if replica.join("global").is_dir() && !replica.join(CONTROL_FILE).exists() {
+        return Err(PreflightError::Unfinished(replica.to_path_buf()));
     }
-    Ok(())
+    Err(PreflightError::NotEmpty(replica.to_path_buf()))
 }
 
 /// The pid in `postmaster.pid` if that process exists (owned by anyone: EPERM still means alive).
