@@ -24,9 +24,7 @@ struct Inner {
 impl Default for Cancel {
     fn default() -> Self {
         let (tx, rx) = crossbeam_channel::bounded(0);
-        Cancel {
-            inner: Arc::new(Inner { reason: Mutex::new(None), sender: Mutex::new(Some(tx)), receiver: rx }),
-        }
+        Cancel { inner: Arc::new(Inner { reason: Mutex::new(None), sender: Mutex::new(Some(tx)), receiver: rx }) }
     }
 }
 

@@ -34,6 +34,25 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub replica_pgdata: Option<PathBuf>,
 
+    /// Put the replica's WAL here and make pg_wal a symlink to it (must be absent or empty)
+    #[arg(long, value_name = "DIR")]
+    pub replica_waldir: Option<PathBuf>,
+
+    /// Where streamed WAL waits during the clone [default: a private directory under $TMPDIR]. pgclone works
+    /// in a private subdirectory and removes it afterwards; whatever else is in DIR is left alone
+    #[arg(long, value_name = "DIR")]
+    pub temp_waldir: Option<PathBuf>,
+
+    /// DANGEROUS: first delete everything in --replica-pgdata and --replica-waldir (never the directories
+    /// themselves, never anything outside them); refused for /, a home directory or a running cluster
+    #[arg(long)]
+    pub drop_existing: bool,
+
+    /// Accepted for pgclone.sh compatibility: pgclone always streams WAL through a temporary replication slot,
+    /// visible in pg_replication_slots during the run and gone with the connection afterwards
+    #[arg(long)]
+    pub slot: bool,
+
     /// ssh login on the primary host; it must be able to read the primary's data directory
     #[arg(long, value_name = "USER")]
     pub ssh_user: Option<String>,
@@ -62,7 +81,15 @@ pub struct Args {
     #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub progress_interval: u64,
 
-    /// Say what each phase does
+    /// Keep the run's private temporary directory (streamed WAL, logs) for inspection
+    #[arg(long)]
+    pub keep_run_tmp: bool,
+
+    /// Debug logging
     #[arg(long, short)]
     pub verbose: bool,
+
+    /// Trace logging: every protocol step (pgclone.sh's shell trace)
+    #[arg(long)]
+    pub debug: bool,
 }

@@ -3,7 +3,6 @@
 //! closing its session, temporary slot gone with the replication connection, run directory removed.
 
 use std::fmt;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,8 @@ use crate::lsn::Lsn;
 use crate::pg::Conn;
 use crate::preflight::{self, PreflightError};
 use crate::progress::{self, Progress};
-use crate::run_dir::{LockError, ReplicaLock, RunDir};
+use crate::replica::{self, ReplicaError, ReplicaLock};
+use crate::run_dir::RunDir;
 use crate::ssh::SshTarget;
 use crate::transfer::{self, TransferError, CONTROL_FILE};
 use crate::transport::rsync::RsyncTransport;
@@ -38,16 +38,14 @@ pub enum CloneError {
     Finalize(#[from] FinalizeError),
     #[error("no primary host: give --pghost (or set PGHOST) to a host name or address, it is also the ssh host")]
     NoHost,
-    #[error(
-        "the primary has tablespaces ({0}); this pgclone version clones only clusters without tablespaces"
-    )]
+    #[error("the primary has tablespaces ({0}); this pgclone version clones only clusters without tablespaces")]
     Tablespaces(String),
     #[error("backup started at {start}, before the WAL stream's start {stream}: the stream would miss WAL")]
     StreamTooLate { start: Lsn, stream: Lsn },
     #[error("{what} {path}: {source}")]
     Local { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error(transparent)]
-    Lock(#[from] LockError),
+    Replica(#[from] ReplicaError),
     #[error("{0}")]
     Cancelled(String),
 }
@@ -80,7 +78,11 @@ impl fmt::Display for Summary {
             self.wal_segments,
         )?;
         if self.vanished > 0 {
-            write!(f, "; {} files vanished on the primary during the copy (normal; WAL replay covers them)", self.vanished)?;
+            write!(
+                f,
+                "; {} files vanished on the primary during the copy (normal; WAL replay covers them)",
+                self.vanished
+            )?;
         }
         Ok(())
     }
@@ -119,7 +121,7 @@ pub fn run(args: &Args, cancel: &Cancel) -> Result<Summary, CloneError> {
     preflight::not_root()?;
     let replica = args.replica_pgdata.clone().unwrap_or_else(|| args.primary_pgdata.clone());
     let created = !replica.exists();
-    mkdir(&replica)?;
+    replica::mkdir(&replica)?;
     let result = ReplicaLock::acquire(&replica)
         .map_err(CloneError::from)
         .and_then(|lock| run_locked(args, &replica, lock, cancel));
@@ -133,7 +135,10 @@ pub fn run(args: &Args, cancel: &Cancel) -> Result<Summary, CloneError> {
 
 fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) -> Result<Summary, CloneError> {
     let started = Instant::now();
-    preflight::replica_dir(replica)?;
+    preflight::replica_dir(replica, args.drop_existing)?;
+    if let Some(w) = &args.replica_waldir {
+        preflight::waldir(w, args.drop_existing)?;
+    }
     let host = args
         .pghost
         .clone()
@@ -162,10 +167,32 @@ fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) 
     let pgdata_system_id = preflight::primary_pgdata(&ssh, &args.primary_pgdata)?;
     check(cancel)?;
 
-    let run_dir = RunDir::create(false)
-        .map_err(|source| CloneError::Local { what: "creating a run directory in", path: std::env::temp_dir(), source })?;
-    let streamed = run_dir.path().join("wal");
-    mkdir(&streamed)?;
+    let run_dir = RunDir::create(None, args.keep_run_tmp).map_err(|source| CloneError::Local {
+        what: "creating a run directory in",
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    // With --temp-waldir the stream gets a private subdirectory there, so whatever else the directory
+    // holds can never be mistaken for streamed WAL.
+    let wal_run_dir = match &args.temp_waldir {
+        Some(dir) => {
+            replica::mkdir(dir)?;
+            Some(RunDir::create(Some(dir), args.keep_run_tmp).map_err(|source| CloneError::Local {
+                what: "creating a directory in",
+                path: dir.clone(),
+                source,
+            })?)
+        }
+        None => None,
+    };
+    let streamed = match &wal_run_dir {
+        Some(d) => d.path().to_path_buf(),
+        None => {
+            let p = run_dir.path().join("wal");
+            replica::mkdir(&p)?;
+            p
+        }
+    };
 
     let slot = format!("pgclone_{}_{:04x}", std::process::id(), rand_u16());
     let stream = WalStream::start(&borrowed(&params), &streamed, primary.seg, &slot, cancel.clone())?;
@@ -174,6 +201,15 @@ fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) 
 
     let transport = RsyncTransport::start(&ssh, &args.primary_pgdata, run_dir.path())?;
     check(cancel)?;
+
+    // Destroy nothing before every check has passed: a failed preflight leaves the old replica alone.
+    if args.drop_existing {
+        let n = replica::clear(replica)? + args.replica_waldir.as_deref().map_or(Ok(0), replica::clear)?;
+        tracing::info!("--drop-existing: removed {n} entries from the replica directories");
+    }
+    if let Some(w) = &args.replica_waldir {
+        replica::link_waldir(replica, w)?;
+    }
 
     let backup = BackupSession::start(sql, &format!("pgclone to {}", replica.display()))?;
     if backup.start_lsn < stream.start.lsn {
@@ -187,10 +223,8 @@ fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) 
         return Err(CloneError::Tablespaces(list.join(", ")));
     }
     transfer::lay_out(&plan, replica)?;
-    let parallel = args
-        .parallel
-        .map(usize::from)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get()));
+    let parallel =
+        args.parallel.map(usize::from).unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get()));
     tracing::info!(
         "copying {} files, {}, with {parallel} workers",
         plan.files.len(),
@@ -201,7 +235,7 @@ fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) 
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let progress = &progress;
         s.spawn(move || progress.report_until(Duration::from_secs(args.progress_interval), &stop_rx));
-        let copied = transfer::copy(&plan, &transport, replica, parallel, &progress, cancel);
+        let copied = transfer::copy(&plan, &transport, replica, parallel, progress, cancel);
         drop(stop_tx);
         copied
     })?;
@@ -219,7 +253,7 @@ fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) 
     let received = stream.finish(end.stop_lsn, cancel)?;
     tracing::info!("WAL received through {received}");
     let wal_segments = Finalize {
-        replica: replica,
+        replica,
         streamed: &streamed,
         seg: primary.seg,
         timeline,
@@ -240,13 +274,6 @@ fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) 
         timeline,
         replica: replica.to_path_buf(),
     })
-}
-
-fn mkdir(path: &Path) -> Result<(), CloneError> {
-    match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path) {
-        Ok(()) => Ok(()),
-        Err(source) => Err(CloneError::Local { what: "creating directory", path: path.to_path_buf(), source }),
-    }
 }
 
 fn rand_u16() -> u16 {

@@ -57,12 +57,15 @@ impl Finalize<'_> {
         }
         // One syncfs makes every copied file durable (the copy itself does not fsync), far faster than a
         // per-file walk; PostgreSQL offers the same choice as recovery_init_sync_method = syncfs.
-        let root = File::open(self.replica).map_err(io("opening", self.replica))?;
-        rustix::fs::syncfs(&root).map_err(|e| FinalizeError::Io {
-            what: "syncing the filesystem of",
-            path: self.replica.to_path_buf(),
-            source: e.into(),
-        })?;
+        // pg_wal may be a symlink to another filesystem (--replica-waldir): sync that one too.
+        for dir in [self.replica.to_path_buf(), self.replica.join("pg_wal")] {
+            let f = File::open(&dir).map_err(io("opening", &dir))?;
+            rustix::fs::syncfs(&f).map_err(|e| FinalizeError::Io {
+                what: "syncing the filesystem of",
+                path: dir.clone(),
+                source: e.into(),
+            })?;
+        }
         self.install_control(&control)?;
         std::fs::set_permissions(self.replica, std::fs::Permissions::from_mode(0o700))
             .map_err(io("setting permissions of", self.replica))?;
@@ -141,7 +144,8 @@ mod tests {
             std::fs::write(streamed.path().join(f), b"wal").unwrap();
         }
         std::fs::write(streamed.path().join("pg_control"), 42u64.to_ne_bytes()).unwrap();
-        let end = BackupEnd { stop_lsn: stop, backup_label: "START WAL LOCATION: x\n".into(), tablespace_map: String::new() };
+        let end =
+            BackupEnd { stop_lsn: stop, backup_label: "START WAL LOCATION: x\n".into(), tablespace_map: String::new() };
         (replica, streamed, end)
     }
 
@@ -152,11 +156,17 @@ mod tests {
 
     #[test]
     fn lays_start_through_stop_segment_and_control_last() {
-        let names = ["000000010000000000000001", "000000010000000000000002", "000000010000000000000003", "000000010000000000000004.partial"];
+        let names = [
+            "000000010000000000000001",
+            "000000010000000000000002",
+            "000000010000000000000003",
+            "000000010000000000000004.partial",
+        ];
         let (r, s, end) = setup(Lsn((4 << 20) + 100), &names);
         let c = s.path().join("pg_control");
         assert_eq!(finalize(r.path(), s.path(), &c, &end, 42).run().unwrap(), 3);
-        let mut got: Vec<_> = std::fs::read_dir(r.path().join("pg_wal")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let mut got: Vec<_> =
+            std::fs::read_dir(r.path().join("pg_wal")).unwrap().map(|e| e.unwrap().file_name()).collect();
         got.sort();
         assert_eq!(got, ["000000010000000000000002", "000000010000000000000003", "000000010000000000000004"]);
         assert_eq!(std::fs::read(r.path().join("global/pg_control")).unwrap(), 42u64.to_ne_bytes());

@@ -10,6 +10,7 @@ mod pg;
 mod preflight;
 mod proc;
 mod progress;
+mod replica;
 mod run_dir;
 mod ssh;
 mod transfer;
@@ -25,11 +26,13 @@ use crate::cancel::Cancel;
 
 fn main() -> ExitCode {
     let args = cli::Args::parse();
-    let level = if args.verbose { "pgclone=debug" } else { "pgclone=info" };
+    let level = match (args.debug, args.verbose) {
+        (true, _) => "pgclone=trace",
+        (false, true) => "pgclone=debug",
+        (false, false) => "pgclone=info",
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PGCLONE_LOG").unwrap_or_else(|_| level.into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PGCLONE_LOG").unwrap_or_else(|_| level.into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)

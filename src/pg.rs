@@ -66,10 +66,8 @@ impl Conn {
     /// Connects with the given keywords; anything not given comes from libpq's own defaults
     /// (PG* environment, service file, .pgpass).
     pub fn connect(params: &[(&str, &str)]) -> Result<Conn, PgError> {
-        let owned: Vec<(CString, CString)> = params
-            .iter()
-            .map(|(k, v)| Ok((cstring(k)?, cstring(v)?)))
-            .collect::<Result<_, PgError>>()?;
+        let owned: Vec<(CString, CString)> =
+            params.iter().map(|(k, v)| Ok((cstring(k)?, cstring(v)?))).collect::<Result<_, PgError>>()?;
         let mut keys: Vec<*const CChar> = owned.iter().map(|(k, _)| k.as_ptr()).collect();
         let mut values: Vec<*const CChar> = owned.iter().map(|(_, v)| v.as_ptr()).collect();
         keys.push(std::ptr::null());
@@ -147,13 +145,7 @@ impl Conn {
             let rows = (0..n)
                 .map(|r| {
                     (0..m)
-                        .map(|c| {
-                            if ffi::PQgetisnull(raw, r, c) == 1 {
-                                None
-                            } else {
-                                text(ffi::PQgetvalue(raw, r, c))
-                            }
-                        })
+                        .map(|c| if ffi::PQgetisnull(raw, r, c) == 1 { None } else { text(ffi::PQgetvalue(raw, r, c)) })
                         .collect()
                 })
                 .collect();
@@ -255,10 +247,8 @@ impl Conn {
         // SAFETY: libpq keeps the socket open while the connection lives, which outlasts this call.
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
         let mut fds = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
-        let ts = rustix::time::Timespec {
-            tv_sec: timeout.as_secs() as i64,
-            tv_nsec: i64::from(timeout.subsec_nanos()),
-        };
+        let ts =
+            rustix::time::Timespec { tv_sec: timeout.as_secs() as i64, tv_nsec: i64::from(timeout.subsec_nanos()) };
         match rustix::event::poll(&mut fds, Some(&ts)) {
             Ok(_) | Err(rustix::io::Errno::INTR) => self.consume_input(),
             Err(e) => Err(PgError::new(format!("poll on the server connection failed: {e}"))),
@@ -288,9 +278,8 @@ impl OwnedResult {
         let Some(r) = self.0 else { return PgError::new(conn.error_message()) };
         // SAFETY: valid result; returned strings are owned by it.
         unsafe {
-            let message = text(ffi::PQresultErrorMessage(r))
-                .filter(|m| !m.is_empty())
-                .unwrap_or_else(|| conn.error_message());
+            let message =
+                text(ffi::PQresultErrorMessage(r)).filter(|m| !m.is_empty()).unwrap_or_else(|| conn.error_message());
             PgError { message: one_line(&message) }
         }
     }

@@ -24,6 +24,8 @@ pub enum PreflightError {
          it cannot start: remove it to clone again"
     )]
     Unfinished(PathBuf),
+    #[error("--drop-existing refuses to empty {0}: it is / or a home directory")]
+    WontDrop(PathBuf),
     #[error("replica directory {path}: {source}")]
     ReplicaDir { path: PathBuf, source: std::io::Error },
     #[error("cannot connect to the primary: {0}")]
@@ -51,7 +53,9 @@ pub enum PreflightError {
     Ssh(#[from] SshError),
     #[error("--primary-pgdata {dir} does not exist on {host} or {user} may not enter it")]
     NoPgdata { dir: PathBuf, host: String, user: String },
-    #[error("--primary-pgdata {dir} on {host} is not a data directory {user} can read (no readable global/pg_control)")]
+    #[error(
+        "--primary-pgdata {dir} on {host} is not a data directory {user} can read (no readable global/pg_control)"
+    )]
     NotPgdata { dir: PathBuf, host: String, user: String },
     #[error("checking --primary-pgdata on {host} failed: {reason}")]
     Probe { host: String, reason: String },
@@ -71,15 +75,17 @@ pub fn not_root() -> Result<(), PreflightError> {
 }
 
 /// The replica directory (existing, locked by us) must be empty: never a running cluster, never a
-/// half-copied one mistaken for free space.
-pub fn replica_dir(replica: &Path) -> Result<(), PreflightError> {
-    let dir_err = |source| PreflightError::ReplicaDir { path: replica.to_path_buf(), source };
-    let mut entries = std::fs::read_dir(replica).map_err(dir_err)?;
-    if entries.next().is_none() {
-        return Ok(());
-    }
+/// half-copied one mistaken for free space. --drop-existing accepts anything but a running cluster,
+/// / and a home directory.
+pub fn replica_dir(replica: &Path, drop_existing: bool) -> Result<(), PreflightError> {
     if let Some(pid) = live_postmaster(replica) {
         return Err(PreflightError::PostmasterRunning { dir: replica.to_path_buf(), pid });
+    }
+    if drop_existing {
+        return may_drop(replica);
+    }
+    if is_empty(replica)? {
+        return Ok(());
     }
     // A clone lays out the directory tree (global/ among it) before copying, largest files first, and
     // writes global/pg_control last: global/ without pg_control is an interrupted clone.
@@ -87,6 +93,34 @@ pub fn replica_dir(replica: &Path) -> Result<(), PreflightError> {
         return Err(PreflightError::Unfinished(replica.to_path_buf()));
     }
     Err(PreflightError::NotEmpty(replica.to_path_buf()))
+}
+
+/// --replica-waldir: absent or empty, or anything but / and a home directory with --drop-existing.
+pub fn waldir(waldir: &Path, drop_existing: bool) -> Result<(), PreflightError> {
+    if !waldir.exists() {
+        Ok(())
+    } else if drop_existing {
+        may_drop(waldir)
+    } else if is_empty(waldir)? {
+        Ok(())
+    } else {
+        Err(PreflightError::NotEmpty(waldir.to_path_buf()))
+    }
+}
+
+fn is_empty(dir: &Path) -> Result<bool, PreflightError> {
+    let mut entries =
+        std::fs::read_dir(dir).map_err(|source| PreflightError::ReplicaDir { path: dir.to_path_buf(), source })?;
+    Ok(entries.next().is_none())
+}
+
+fn may_drop(dir: &Path) -> Result<(), PreflightError> {
+    let real = dir.canonicalize().map_err(|source| PreflightError::ReplicaDir { path: dir.to_path_buf(), source })?;
+    let home = std::env::home_dir().and_then(|h| h.canonicalize().ok());
+    if real == Path::new("/") || Some(&real) == home.as_ref() {
+        return Err(PreflightError::WontDrop(dir.to_path_buf()));
+    }
+    Ok(())
 }
 
 /// The pid in `postmaster.pid` if that process exists (owned by anyone: EPERM still means alive).

@@ -100,12 +100,7 @@ impl SshTarget {
 
 /// The last non-empty line of a program's stderr: where ssh, rsync and find put the reason.
 pub fn last_line(stderr: &[u8]) -> String {
-    String::from_utf8_lossy(stderr)
-        .lines()
-        .map(str::trim)
-        .rfind(|l| !l.is_empty())
-        .unwrap_or("no message")
-        .to_string()
+    String::from_utf8_lossy(stderr).lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("no message").to_string()
 }
 
 /// Quotes one word for a POSIX shell: ssh hands the remote side a single command line.

@@ -103,8 +103,7 @@ impl WalStream {
             .map_err(cmd("CREATE_REPLICATION_SLOT"))?;
         let rows = conn.query("IDENTIFY_SYSTEM").map_err(cmd("IDENTIFY_SYSTEM"))?;
         let field = |i| rows.get(0, i).ok_or_else(|| WalStreamError::Protocol("short IDENTIFY_SYSTEM answer".into()));
-        let system_id: u64 =
-            field(0)?.parse().map_err(|_| WalStreamError::Protocol("bad system identifier".into()))?;
+        let system_id: u64 = field(0)?.parse().map_err(|_| WalStreamError::Protocol("bad system identifier".into()))?;
         let timeline: u32 = field(1)?.parse().map_err(|_| WalStreamError::Protocol("bad timeline".into()))?;
         let xlogpos: Lsn = field(2)?.parse().map_err(|e| WalStreamError::Protocol(format!("{e}")))?;
         let start = StreamStart { system_id, timeline, lsn: seg.segment_start(xlogpos) };
@@ -208,9 +207,7 @@ fn receive(mut conn: Conn, mut writer: SegmentWriter, shared: &Shared, start: Ls
                 Some(b'w') if m.len() >= 25 => {
                     let data_start = Lsn(be64(&m[1..9]));
                     if data_start != received {
-                        return Err(WalStreamError::Protocol(format!(
-                            "WAL data at {data_start}, expected {received}"
-                        )));
+                        return Err(WalStreamError::Protocol(format!("WAL data at {data_start}, expected {received}")));
                     }
                     writer.write(data_start, &m[25..])?;
                     received = Lsn(data_start.0 + (m.len() - 25) as u64);

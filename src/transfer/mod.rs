@@ -43,8 +43,11 @@ pub fn lay_out(plan: &Plan, dest: &Path) -> Result<(), TransferError> {
     }
     for (link, target) in &plan.symlinks {
         let path = dest.join(link);
-        std::os::unix::fs::symlink(target, &path)
-            .map_err(|source| TransferError::Local { what: "creating symlink", path, source })?;
+        std::os::unix::fs::symlink(target, &path).map_err(|source| TransferError::Local {
+            what: "creating symlink",
+            path,
+            source,
+        })?;
     }
     Ok(())
 }
@@ -145,8 +148,7 @@ mod tests {
 
     #[test]
     fn big_files_alone_small_files_batched_largest_first() {
-        let mut p = Plan::default();
-        p.files = vec![("big".into(), 40 << 20), ("mid".into(), 16 << 20)];
+        let mut p = Plan { files: vec![("big".into(), 40 << 20), ("mid".into(), 16 << 20)], ..Default::default() };
         p.files.extend((0..2500).map(|i| (PathBuf::from(format!("s{i}")), 1)));
         p.files.extend((0..3).map(|i| (PathBuf::from(format!("m{i}")), 6 << 20)));
         let j = jobs(&p);

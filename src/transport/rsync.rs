@@ -167,10 +167,8 @@ impl Transport for RsyncTransport {
     fn list(&self) -> Result<Vec<RemoteEntry>, TransportError> {
         // LC_ALL=C: find's messages are matched below and must not be translated. A file removed while
         // find walks the tree is normal on a live server; any other complaint is a real failure.
-        let remote = format!(
-            "cd -- {} && LC_ALL=C find . -mindepth 1 -printf '%y\\0%s\\0%m\\0%P\\0%l\\0'",
-            quote(&self.pgdata)
-        );
+        let remote =
+            format!("cd -- {} && LC_ALL=C find . -mindepth 1 -printf '%y\\0%s\\0%m\\0%P\\0%l\\0'", quote(&self.pgdata));
         let out = self.ssh.run(&remote, b"")?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         let real_errors: Vec<&str> =
@@ -274,7 +272,7 @@ fn parse_listing(bytes: &[u8]) -> Result<Vec<RemoteEntry>, String> {
     let fields: Vec<&[u8]> = bytes.split(|b| *b == 0).collect();
     // A trailing NUL leaves one empty field at the end.
     let fields = &fields[..fields.len().saturating_sub(1)];
-    if fields.len() % 5 != 0 {
+    if !fields.len().is_multiple_of(5) {
         return Err("truncated listing".into());
     }
     fields
@@ -325,7 +323,8 @@ s\x000\x00777\x00sock\x00\x00";
 
     #[test]
     fn rsync_reason_prefers_the_specific_line() {
-        let err = b"@ERROR: auth failed on module pgdata\nrsync error: error starting client-server protocol (code 5)\n";
+        let err =
+            b"@ERROR: auth failed on module pgdata\nrsync error: error starting client-server protocol (code 5)\n";
         assert_eq!(rsync_reason(err), "@ERROR: auth failed on module pgdata");
         assert_eq!(rsync_reason(b"something else\n"), "something else");
     }

