@@ -12,6 +12,8 @@ pub enum BackupError {
     Start(PgError),
     #[error("pg_backup_stop failed: {0}")]
     Stop(PgError),
+    #[error("the backup session on the primary ended: {0}")]
+    Lost(PgError),
     #[error("unexpected answer from {0}")]
     Answer(&'static str),
 }
@@ -36,6 +38,12 @@ impl BackupSession {
         let rows = conn.query_params("SELECT pg_backup_start($1, true)", &[label]).map_err(BackupError::Start)?;
         let start_lsn = rows.get(0, 0).and_then(|s| s.parse().ok()).ok_or(BackupError::Answer("pg_backup_start"))?;
         Ok(BackupSession { conn, start_lsn })
+    }
+
+    /// Fails once the server has ended our session: the backup is then already aborted on the primary,
+    /// and copying on would only produce a clone that cannot be finished.
+    pub fn check_alive(&mut self) -> Result<(), BackupError> {
+        self.conn.check_alive().map_err(BackupError::Lost)
     }
 
     /// Ends the backup. wait_for_archive = false: the clone carries its own streamed WAL and must not

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use crate::progress;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "pgclone",
@@ -77,7 +79,16 @@ pub struct Args {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub parallel: Option<u16>,
 
-    /// Seconds between progress lines while copying
+    /// One network budget for all copy workers together, in bytes/s (K, M, G: binary multiples; at least
+    /// 10000); a worker that finishes leaves its share to the others
+    #[arg(long, value_name = "RATE", value_parser = crate::bandwidth::parse_rate)]
+    pub limit_net_bw: Option<u64>,
+
+    /// How to show copy progress
+    #[arg(long, value_enum, default_value_t = progress::Mode::Auto)]
+    pub progress: progress::Mode,
+
+    /// Seconds between progress lines in plain mode
     #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub progress_interval: u64,
 

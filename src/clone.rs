@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::backup_session::{BackupError, BackupSession};
+use crate::bandwidth::Budget;
 use crate::cancel::Cancel;
 use crate::cli::Args;
 use crate::finalize::{Finalize, FinalizeError};
@@ -60,6 +61,7 @@ pub struct Summary {
     pub stop_lsn: Lsn,
     pub timeline: u32,
     pub replica: PathBuf,
+    pub phases: Vec<(&'static str, Duration)>,
 }
 
 impl fmt::Display for Summary {
@@ -77,6 +79,9 @@ impl fmt::Display for Summary {
             self.timeline,
             self.wal_segments,
         )?;
+        let phases: Vec<String> =
+            self.phases.iter().map(|(name, d)| format!("{name} {:.1} s", d.as_secs_f64())).collect();
+        write!(f, "; time: {}", phases.join(", "))?;
         if self.vanished > 0 {
             write!(
                 f,
@@ -135,6 +140,7 @@ pub fn run(args: &Args, cancel: &Cancel) -> Result<Summary, CloneError> {
 
 fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) -> Result<Summary, CloneError> {
     let started = Instant::now();
+    let mut phases = Phases::new();
     preflight::replica_dir(replica, args.drop_existing)?;
     if let Some(w) = &args.replica_waldir {
         preflight::waldir(w, args.drop_existing)?;
@@ -166,6 +172,7 @@ fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) 
     };
     let pgdata_system_id = preflight::primary_pgdata(&ssh, &args.primary_pgdata)?;
     check(cancel)?;
+    phases.end("preflight");
 
     let run_dir = RunDir::create(None, args.keep_run_tmp).map_err(|source| CloneError::Local {
         what: "creating a run directory in",
@@ -199,8 +206,10 @@ fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) 
     preflight::same_cluster(&args.primary_pgdata, pgdata_system_id, stream.start.system_id)?;
     tracing::info!("streaming WAL from {} on timeline {} into slot {slot}", stream.start.lsn, stream.start.timeline);
 
-    let transport = RsyncTransport::start(&ssh, &args.primary_pgdata, run_dir.path())?;
+    let budget = args.limit_net_bw.map(Budget::new);
+    let transport = RsyncTransport::start(&ssh, &args.primary_pgdata, run_dir.path(), budget)?;
     check(cancel)?;
+    phases.end("connect");
 
     // Destroy nothing before every check has passed: a failed preflight leaves the old replica alone.
     if args.drop_existing {
@@ -211,11 +220,12 @@ fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) 
         replica::link_waldir(replica, w)?;
     }
 
-    let backup = BackupSession::start(sql, &format!("pgclone to {}", replica.display()))?;
+    let mut backup = BackupSession::start(sql, &format!("pgclone to {}", replica.display()))?;
     if backup.start_lsn < stream.start.lsn {
         return Err(CloneError::StreamTooLate { start: backup.start_lsn, stream: stream.start.lsn });
     }
     tracing::info!("backup started at {}", backup.start_lsn);
+    phases.end("backup start");
 
     let plan = transfer::plan(&transport.list()?, primary.major);
     if !plan.tablespaces.is_empty() {
@@ -230,16 +240,32 @@ fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) 
         plan.files.len(),
         progress::bytes(plan.total_bytes)
     );
-    let progress = Progress::new(plan.total_bytes);
+    let progress = Progress::new(plan.total_bytes, args.progress, Duration::from_secs(args.progress_interval));
     let copied = std::thread::scope(|s| {
-        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
-        let progress = &progress;
-        s.spawn(move || progress.report_until(Duration::from_secs(args.progress_interval), &stop_rx));
-        let copied = transfer::copy(&plan, &transport, replica, parallel, progress, cancel);
-        drop(stop_tx);
-        copied
-    })?;
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        let (plan, transport, progress) = (&plan, &transport, &progress);
+        s.spawn(move || done_tx.send(transfer::copy(plan, transport, replica, parallel, progress, cancel)));
+        // This thread supervises: the backup session sits idle during the copy, and a server that ends
+        // it (pg_terminate_backend, restart) must stop the clone now, not at pg_backup_stop.
+        loop {
+            match done_rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(result) => break result,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    if let Err(e) = backup.check_alive() {
+                        cancel.cancel(e.to_string());
+                    }
+                    progress.tick();
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    break Err(TransferError::Cancelled("the copy thread died".into()))
+                }
+            }
+        }
+    });
+    progress.finish();
+    let copied = copied?;
     check(cancel)?;
+    phases.end("copy");
 
     let start_lsn = backup.start_lsn;
     let end = backup.stop()?;
@@ -248,6 +274,7 @@ fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) 
     let control = run_dir.path().join("pg_control");
     transport.fetch_file(Path::new(CONTROL_FILE), &control)?;
     drop(transport);
+    phases.end("backup stop");
 
     let timeline = stream.start.timeline;
     let received = stream.finish(end.stop_lsn, cancel)?;
@@ -263,6 +290,7 @@ fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) 
         control: &control,
     }
     .run()?;
+    phases.end("finalize");
     Ok(Summary {
         files: copied.files,
         bytes: copied.bytes,
@@ -273,7 +301,25 @@ fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) 
         stop_lsn: end.stop_lsn,
         timeline,
         replica: replica.to_path_buf(),
+        phases: phases.done,
     })
+}
+
+/// Wall-clock time per phase, for the summary: where a slow clone spent its time.
+struct Phases {
+    done: Vec<(&'static str, Duration)>,
+    mark: Instant,
+}
+
+impl Phases {
+    fn new() -> Phases {
+        Phases { done: Vec::new(), mark: Instant::now() }
+    }
+
+    fn end(&mut self, name: &'static str) {
+        self.done.push((name, self.mark.elapsed()));
+        self.mark = Instant::now();
+    }
 }
 
 fn rand_u16() -> u16 {

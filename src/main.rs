@@ -1,6 +1,7 @@
 //! pgclone: turn an empty directory into a ready-to-start physical standby of a live PostgreSQL primary.
 
 mod backup_session;
+mod bandwidth;
 mod cancel;
 mod cli;
 mod clone;

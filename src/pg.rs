@@ -237,6 +237,18 @@ impl Conn {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// Checks, without blocking, that an idle session still stands: a session ended by the server
+    /// (pg_terminate_backend, shutdown, restart) sends its FATAL message and closes, which only shows
+    /// once we read. Returns the reason when it is gone.
+    pub fn check_alive(&mut self) -> Result<(), PgError> {
+        self.wait_readable(Duration::ZERO)?;
+        // SAFETY: valid connection.
+        if unsafe { ffi::PQstatus(self.raw.as_ptr()) } != ffi::ConnStatusType::CONNECTION_OK {
+            return Err(PgError::new(self.error_message()));
+        }
+        Ok(())
+    }
+
     /// Waits until the connection's socket is readable (or the timeout passes), then consumes input.
     pub fn wait_readable(&mut self, timeout: Duration) -> Result<(), PgError> {
         // SAFETY: valid connection.

@@ -1,26 +1,89 @@
 //! Progress of the copy: totals are known from the plan before the first byte moves, so the percentage
 //! and ETA never jump backwards.
 
+use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
 use crate::transport::Copied;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// A bar on a terminal, plain lines otherwise
+    Auto,
+    /// A live bar (bytes, rate, ETA), redrawn in place
+    Bar,
+    /// A line every --progress-interval seconds, for logs
+    Plain,
+    /// Nothing until the final summary
+    None,
+}
 
 pub struct Progress {
     total_bytes: u64,
     bytes: AtomicU64,
     files: AtomicU64,
     started: Instant,
+    view: View,
+}
+
+enum View {
+    Bar(ProgressBar),
+    Plain { every: Duration, last: std::sync::Mutex<Instant> },
+    Silent,
 }
 
 impl Progress {
-    pub fn new(total_bytes: u64) -> Progress {
-        Progress { total_bytes, bytes: AtomicU64::new(0), files: AtomicU64::new(0), started: Instant::now() }
+    pub fn new(total_bytes: u64, mode: Mode, interval: Duration) -> Progress {
+        let bar = match mode {
+            Mode::Auto => std::io::stderr().is_terminal(),
+            Mode::Bar => true,
+            Mode::Plain | Mode::None => false,
+        };
+        let view = if bar {
+            let b = ProgressBar::with_draw_target(Some(total_bytes), ProgressDrawTarget::stderr());
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{elapsed_precise} [{wide_bar}] {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec} ETA {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            b.enable_steady_tick(Duration::from_millis(250));
+            View::Bar(b)
+        } else if mode == Mode::None {
+            View::Silent
+        } else {
+            View::Plain { every: interval, last: std::sync::Mutex::new(Instant::now()) }
+        };
+        Progress { total_bytes, bytes: AtomicU64::new(0), files: AtomicU64::new(0), started: Instant::now(), view }
     }
 
     pub fn add(&self, c: Copied) {
-        self.bytes.fetch_add(c.bytes, Ordering::Relaxed);
+        let done = self.bytes.fetch_add(c.bytes, Ordering::Relaxed) + c.bytes;
         self.files.fetch_add(c.files, Ordering::Relaxed);
+        if let View::Bar(b) = &self.view {
+            b.set_position(done);
+        }
+    }
+
+    /// Called about once a second by the supervising thread: plain mode logs when its interval is up.
+    pub fn tick(&self) {
+        if let View::Plain { every, last } = &self.view {
+            let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+            if last.elapsed() >= *every {
+                *last = Instant::now();
+                tracing::info!("{}", self.line());
+            }
+        }
+    }
+
+    pub fn finish(&self) {
+        if let View::Bar(b) = &self.view {
+            b.finish_and_clear();
+        }
     }
 
     /// One plain line: for logs, not a terminal redraw.
@@ -41,13 +104,6 @@ impl Progress {
             self.files.load(Ordering::Relaxed),
             bytes(rate as u64)
         )
-    }
-
-    /// Logs a line every `interval` until `stop` fires (it is a cancel-style receiver: disconnect ends it).
-    pub fn report_until(&self, interval: Duration, stop: &crossbeam_channel::Receiver<()>) {
-        while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stop.recv_timeout(interval) {
-            tracing::info!("{}", self.line());
-        }
     }
 }
 
@@ -80,7 +136,7 @@ mod tests {
 
     #[test]
     fn line_counts_what_was_added() {
-        let p = Progress::new(1000);
+        let p = Progress::new(1000, Mode::None, Duration::from_secs(1));
         p.add(Copied { files: 2, bytes: 500, vanished: 0 });
         let l = p.line();
         assert!(l.starts_with("copied 500 B of 1.0 kB (50%), 2 files"), "{l}");

@@ -9,12 +9,15 @@
 //! appears on a command line.
 
 use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{count_copied, os, Copied, EntryKind, RemoteEntry, Transport, TransportError, Worker};
+use crate::bandwidth::{Budget, Proxy};
 use crate::cancel::Cancel;
 use crate::proc::OwnedChild;
 use crate::ssh::{last_line, quote, SshTarget};
@@ -73,6 +76,8 @@ exit 15
 
 pub struct RsyncTransport {
     ssh: SshTarget,
+    /// With --limit-net-bw every rsync connection runs through this proxy, which holds them all to one rate.
+    _proxy: Option<Proxy>,
     pgdata: PathBuf,
     url: String,
     password_file: PathBuf,
@@ -83,7 +88,12 @@ pub struct RsyncTransport {
 
 impl RsyncTransport {
     /// Starts the daemon on the primary. `run_dir` is our private (0700) directory for the secret.
-    pub fn start(ssh: &SshTarget, pgdata: &Path, run_dir: &Path) -> Result<RsyncTransport, TransportError> {
+    pub fn start(
+        ssh: &SshTarget,
+        pgdata: &Path,
+        run_dir: &Path,
+        budget: Option<Arc<Budget>>,
+    ) -> Result<RsyncTransport, TransportError> {
         let secret = random_secret()?;
         let password_file = run_dir.join("rsync.secret");
         let io = |what: &str| {
@@ -132,12 +142,20 @@ impl RsyncTransport {
         let (Some("PGCLONE-RSYNCD"), Some(addr), Some(port)) = (words.next(), words.next(), words.next()) else {
             return Err(failed(&mut daemon));
         };
-        let host = if addr.contains(':') { format!("[{addr}]") } else { addr.to_string() };
         tracing::debug!(addr, port, "rsync daemon listening on the primary");
+        let daemon_addr: SocketAddr = format!("{}:{port}", bracket(addr))
+            .parse()
+            .map_err(|_| TransportError::Daemon(format!("unusable daemon address {addr} port {port}")))?;
+        let proxy = budget
+            .map(|b| Proxy::start(daemon_addr, b))
+            .transpose()
+            .map_err(|source| TransportError::Io { what: "starting the bandwidth proxy".into(), source })?;
+        let connect = proxy.as_ref().map_or(daemon_addr, |p| p.addr);
         Ok(RsyncTransport {
             ssh: ssh.clone(),
+            _proxy: proxy,
             pgdata: pgdata.to_path_buf(),
-            url: format!("rsync://pgclone@{host}:{port}/pgdata/"),
+            url: format!("rsync://pgclone@{}:{}/pgdata/", bracket(&connect.ip().to_string()), connect.port()),
             password_file,
             daemon_stdin: Some(stdin),
             daemon,
@@ -290,6 +308,15 @@ fn parse_listing(bytes: &[u8]) -> Result<Vec<RemoteEntry>, String> {
             Ok(RemoteEntry { path: PathBuf::from(os(f[3])), kind, size, mode })
         })
         .collect()
+}
+
+/// IPv6 addresses need brackets in host:port forms.
+fn bracket(addr: &str) -> String {
+    if addr.contains(':') {
+        format!("[{addr}]")
+    } else {
+        addr.to_string()
+    }
 }
 
 fn random_secret() -> Result<String, TransportError> {

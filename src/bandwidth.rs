@@ -1,0 +1,175 @@
+//! One network budget shared by every copy worker (--limit-net-bw).
+//!
+//! A static split (rate / workers per rsync, as pgclone.sh did) wastes the share of every worker that is
+//! idle or done, so the tail of a clone crawls. Here each worker takes from one bucket as it moves bytes:
+//! whoever is still moving gets the whole rate.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Lowest accepted limit, as pgclone.sh: below it TCP and protocol overhead dominate.
+pub const MIN_RATE: u64 = 10_000;
+
+/// Parses `5000000`, `500k`, `200M`, `1G` (binary multiples, as rsync's --bwlimit) into bytes per second.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&s[..i], 1u64 << 10),
+        Some((i, 'm' | 'M')) => (&s[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("not a rate: {s:?} (bytes/s, optionally with K, M or G)"))?;
+    let rate = n.checked_mul(mult).ok_or_else(|| format!("rate too large: {s:?}"))?;
+    if rate < MIN_RATE {
+        return Err(format!("{s:?} is below the minimum of {MIN_RATE} bytes/s"));
+    }
+    Ok(rate)
+}
+
+/// A token bucket that may go into debt: a taker pays for its bytes by sleeping until the debt is repaid,
+/// so many takers together never exceed the rate, and one alone gets all of it.
+pub struct Budget {
+    rate: f64,
+    /// Unused allowance (positive) or debt (negative), in bytes, as of `at`.
+    state: Mutex<(f64, Instant)>,
+}
+
+impl Budget {
+    pub fn new(rate: u64) -> Arc<Budget> {
+        Arc::new(Budget { rate: rate as f64, state: Mutex::new((0.0, Instant::now())) })
+    }
+
+    /// Accounts for `n` bytes, sleeping as long as the budget requires.
+    pub fn take(&self, n: usize) {
+        let wait = {
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            // Unused time is not saved up beyond a tenth of a second: no bursts after idling.
+            let allowance = (st.0 + now.duration_since(st.1).as_secs_f64() * self.rate).min(self.rate / 10.0);
+            *st = (allowance - n as f64, now);
+            if st.0 < 0.0 {
+                Duration::from_secs_f64(-st.0 / self.rate)
+            } else {
+                Duration::ZERO
+            }
+        };
+        std::thread::sleep(wait);
+    }
+}
+
+/// A local TCP proxy to `target` whose server-to-client direction draws from `budget`: the way to hold
+/// programs we do not control (rsync) to one shared rate. Ends its listener when dropped; connections end
+/// when either side closes.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    pub fn start(target: SocketAddr, budget: Arc<Budget>) -> std::io::Result<Proxy> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::Builder::new().name("bw-proxy".into()).spawn(move || {
+            for conn in listener.incoming() {
+                if stopped.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(client) = conn else { continue };
+                match TcpStream::connect(target) {
+                    Ok(server) => relay(client, server, budget.clone()),
+                    Err(e) => tracing::warn!("bandwidth proxy cannot reach {target}: {e}"),
+                }
+            }
+        })?;
+        Ok(Proxy { addr, stop })
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop so that it sees the flag.
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn relay(client: TcpStream, server: TcpStream, budget: Arc<Budget>) {
+    let pair = client.try_clone().and_then(|c| server.try_clone().map(|s| (c, s)));
+    let Ok((client2, server2)) = pair else { return };
+    std::thread::spawn(move || pump(client2, server2, None));
+    std::thread::spawn(move || pump(server, client, Some(budget)));
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream, budget: Option<Arc<Budget>>) {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Some(b) = &budget {
+            b.take(n);
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+    let _ = from.shutdown(Shutdown::Read);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse_with_binary_suffixes_and_a_minimum() {
+        assert_eq!(parse_rate("5000000"), Ok(5_000_000));
+        assert_eq!(parse_rate("500k"), Ok(512_000));
+        assert_eq!(parse_rate("200M"), Ok(200 << 20));
+        assert_eq!(parse_rate("1G"), Ok(1 << 30));
+        assert!(parse_rate("9999").is_err());
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("").is_err());
+    }
+
+    #[test]
+    fn takers_share_one_rate() {
+        let b = Budget::new(2_000_000);
+        let t = Instant::now();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let b = b.clone();
+                std::thread::spawn(move || (0..10).for_each(|_| b.take(25_000)))
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        // 1 MB at 2 MB/s with at most a tenth of a second of allowance: about 0.45 s, not 0.5/4.
+        let secs = t.elapsed().as_secs_f64();
+        assert!((0.4..1.5).contains(&secs), "{secs}");
+    }
+
+    #[test]
+    fn proxy_relays_both_ways() {
+        let server = TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = server.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = server.accept().unwrap();
+            let mut got = [0u8; 4];
+            s.read_exact(&mut got).unwrap();
+            s.write_all(&[got, got].concat()).unwrap();
+        });
+        let proxy = Proxy::start(target, Budget::new(1 << 20)).unwrap();
+        let mut c = TcpStream::connect(proxy.addr).unwrap();
+        c.write_all(b"ping").unwrap();
+        let mut back = Vec::new();
+        c.read_to_end(&mut back).unwrap();
+        assert_eq!(back, b"pingping");
+    }
+}
