@@ -50,6 +50,11 @@ pub struct Args {
     #[arg(long)]
     pub drop_existing: bool,
 
+    /// Compare files already in the replica (a re-run) with the primary's by content, never by size and
+    /// modification time; slower, as every such file is read on both sides
+    #[arg(long)]
+    pub paranoid: bool,
+
     /// Accepted for pgclone.sh compatibility: pgclone always streams WAL through a temporary replication slot,
     /// visible in pg_replication_slots during the run and gone with the connection afterwards
     #[arg(long)]

@@ -10,15 +10,16 @@ use crate::backup_session::{BackupError, BackupSession};
 use crate::bandwidth::Budget;
 use crate::cancel::Cancel;
 use crate::cli::Args;
+use crate::control_file::CONTROL_FILE;
 use crate::finalize::{Finalize, FinalizeError};
 use crate::lsn::Lsn;
 use crate::pg::Conn;
-use crate::preflight::{self, PreflightError};
+use crate::preflight::{self, PreflightError, ReplicaState};
 use crate::progress::{self, Progress};
 use crate::replica::{self, ReplicaError, ReplicaLock};
 use crate::run_dir::RunDir;
 use crate::ssh::SshTarget;
-use crate::transfer::{self, TransferError, CONTROL_FILE};
+use crate::transfer::{self, TransferError};
 use crate::transport::rsync::RsyncTransport;
 use crate::transport::{Transport, TransportError};
 use crate::wal_stream::{WalStream, WalStreamError};
@@ -55,6 +56,8 @@ pub struct Summary {
     pub files: u64,
     pub bytes: u64,
     pub vanished: u64,
+    /// Bytes a re-run found already in place (a resumed or re-synced replica).
+    pub reused: u64,
     pub wal_segments: u64,
     pub elapsed: Duration,
     pub start_lsn: Lsn,
@@ -79,6 +82,9 @@ impl fmt::Display for Summary {
             self.timeline,
             self.wal_segments,
         )?;
+        if self.reused > 0 {
+            write!(f, "; {} of it was already in place", progress::bytes(self.reused))?;
+        }
         let phases: Vec<String> =
             self.phases.iter().map(|(name, d)| format!("{name} {:.1} s", d.as_secs_f64())).collect();
         write!(f, "; time: {}", phases.join(", "))?;
@@ -141,9 +147,9 @@ pub fn run(args: &Args, cancel: &Cancel) -> Result<Summary, CloneError> {
 fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) -> Result<Summary, CloneError> {
     let started = Instant::now();
     let mut phases = Phases::new();
-    preflight::replica_dir(replica, args.drop_existing)?;
+    let state = preflight::replica_dir(replica, args.drop_existing)?;
     if let Some(w) = &args.replica_waldir {
-        preflight::waldir(w, args.drop_existing)?;
+        preflight::waldir(w, replica, args.drop_existing)?;
     }
     let host = args
         .pghost
@@ -171,6 +177,7 @@ fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) 
         insecure: args.insecure_ssh,
     };
     let pgdata_system_id = preflight::primary_pgdata(&ssh, &args.primary_pgdata)?;
+    preflight::replica_matches(replica, state, pgdata_system_id)?;
     check(cancel)?;
     phases.end("preflight");
 
@@ -207,14 +214,31 @@ fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) 
     tracing::info!("streaming WAL from {} on timeline {} into slot {slot}", stream.start.lsn, stream.start.timeline);
 
     let budget = args.limit_net_bw.map(Budget::new);
-    let transport = RsyncTransport::start(&ssh, &args.primary_pgdata, run_dir.path(), budget)?;
+    let transport = RsyncTransport::start(&ssh, &args.primary_pgdata, run_dir.path(), budget, args.paranoid)?;
     check(cancel)?;
     phases.end("connect");
 
     // Destroy nothing before every check has passed: a failed preflight leaves the old replica alone.
-    if args.drop_existing {
-        let n = replica::clear(replica)? + args.replica_waldir.as_deref().map_or(Ok(0), replica::clear)?;
-        tracing::info!("--drop-existing: removed {n} entries from the replica directories");
+    let resync = matches!(state, ReplicaState::Unfinished | ReplicaState::Cluster(_));
+    match state {
+        ReplicaState::Dropped => {
+            let n = replica::clear(replica)? + args.replica_waldir.as_deref().map_or(Ok(0), replica::clear)?;
+            tracing::info!("--drop-existing: removed {n} entries from the replica directories");
+        }
+        ReplicaState::Unfinished | ReplicaState::Cluster(_) => {
+            // From here until finalize puts the new one in place, the directory must not start.
+            let control = replica.join(CONTROL_FILE);
+            if control.exists() {
+                std::fs::remove_file(&control).map_err(|source| CloneError::Local {
+                    what: "removing",
+                    path: control,
+                    source,
+                })?;
+            }
+            let what = if state == ReplicaState::Unfinished { "an unfinished clone" } else { "a replica" };
+            tracing::info!("{} holds {what} of this primary: re-syncing it", replica.display());
+        }
+        ReplicaState::Empty => {}
     }
     if let Some(w) = &args.replica_waldir {
         replica::link_waldir(replica, w)?;
@@ -232,6 +256,18 @@ fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) 
         let list: Vec<String> = plan.tablespaces.iter().map(|t| t.display().to_string()).collect();
         return Err(CloneError::Tablespaces(list.join(", ")));
     }
+    let reusable = if resync {
+        let (removed, present) = transfer::prune(&plan, replica)?;
+        tracing::info!(
+            "re-sync: removed {removed} entries the primary does not have; {} already here",
+            progress::bytes(present)
+        );
+        present
+    } else {
+        0
+    };
+    // Room for the WAL segments of the run and rsync's temporary copies besides the data itself.
+    transfer::check_space(&plan, replica, reusable, 8 * primary.seg.bytes())?;
     transfer::lay_out(&plan, replica)?;
     let parallel =
         args.parallel.map(usize::from).unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get()));
@@ -295,6 +331,7 @@ fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) 
         files: copied.files,
         bytes: copied.bytes,
         vanished: copied.vanished,
+        reused: reusable,
         wal_segments,
         elapsed: started.elapsed(),
         start_lsn,

@@ -11,8 +11,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::backup_session::BackupEnd;
+use crate::control_file::{self, CONTROL_FILE};
 use crate::lsn::{history_file_name, Lsn, SegSize};
-use crate::transfer::CONTROL_FILE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FinalizeError {
@@ -46,7 +46,7 @@ impl Finalize<'_> {
     /// Returns the number of WAL segments laid into pg_wal.
     pub fn run(&self) -> Result<u64, FinalizeError> {
         let control = std::fs::read(self.control).map_err(io("reading", self.control))?;
-        let found = control.get(..8).map(|b| u64::from_ne_bytes(b.try_into().expect("8 bytes"))).unwrap_or(0);
+        let found = control_file::system_id(&control);
         if found != self.system_id {
             return Err(FinalizeError::ControlMismatch { found, expected: self.system_id });
         }

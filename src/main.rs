@@ -5,6 +5,7 @@ mod bandwidth;
 mod cancel;
 mod cli;
 mod clone;
+mod control_file;
 mod finalize;
 mod lsn;
 mod pg;

@@ -3,10 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::control_file::{self, CONTROL_FILE};
 use crate::lsn::SegSize;
 use crate::pg::{Conn, PgError};
 use crate::ssh::{last_line, quote, SshError, SshTarget};
-use crate::transfer::CONTROL_FILE;
 
 /// Oldest supported major: pg_backup_start/pg_backup_stop replaced the exclusive-backup API in 15.
 const MIN_MAJOR: u32 = 15;
@@ -20,10 +20,10 @@ pub enum PreflightError {
     #[error("replica directory {0} is not empty: pgclone clones only into an absent or empty directory")]
     NotEmpty(PathBuf),
     #[error(
-        "replica directory {0} holds an unfinished clone (no global/pg_control: an earlier run was interrupted); \
-         it cannot start: remove it to clone again"
+        "replica directory {dir} holds a different cluster (system identifier {found}, the primary's is \
+         {expected}): use --drop-existing to replace it"
     )]
-    Unfinished(PathBuf),
+    OtherReplica { dir: PathBuf, found: u64, expected: u64 },
     #[error("--drop-existing refuses to empty {0}: it is / or a home directory")]
     WontDrop(PathBuf),
     #[error("replica directory {path}: {source}")]
@@ -74,30 +74,58 @@ pub fn not_root() -> Result<(), PreflightError> {
     Ok(())
 }
 
-/// The replica directory (existing, locked by us) must be empty: never a running cluster, never a
-/// half-copied one mistaken for free space. --drop-existing accepts anything but a running cluster,
-/// / and a home directory.
-pub fn replica_dir(replica: &Path, drop_existing: bool) -> Result<(), PreflightError> {
+/// What the replica directory (existing, locked by us) holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaState {
+    Empty,
+    /// An interrupted clone: a clone lays out the tree (global/ among it) first and writes
+    /// global/pg_control last, so global/ without pg_control is one. It cannot start; a re-run resumes it.
+    Unfinished,
+    /// A complete data directory of the cluster with this system identifier: a re-run re-syncs it, but only
+    /// from the same cluster.
+    Cluster(u64),
+    /// Emptied by --drop-existing before the copy.
+    Dropped,
+}
+
+/// Never a running cluster; never something that is not a data directory unless --drop-existing (and then
+/// not / or a home directory).
+pub fn replica_dir(replica: &Path, drop_existing: bool) -> Result<ReplicaState, PreflightError> {
     if let Some(pid) = live_postmaster(replica) {
         return Err(PreflightError::PostmasterRunning { dir: replica.to_path_buf(), pid });
     }
     if drop_existing {
-        return may_drop(replica);
+        return may_drop(replica).map(|()| ReplicaState::Dropped);
     }
     if is_empty(replica)? {
-        return Ok(());
+        return Ok(ReplicaState::Empty);
     }
-    // A clone lays out the directory tree (global/ among it) before copying, largest files first, and
-    // writes global/pg_control last: global/ without pg_control is an interrupted clone.
-    if replica.join("global").is_dir() && !replica.join(CONTROL_FILE).exists() {
-        return Err(PreflightError::Unfinished(replica.to_path_buf()));
+    if !replica.join("global").is_dir() {
+        return Err(PreflightError::NotEmpty(replica.to_path_buf()));
     }
-    Err(PreflightError::NotEmpty(replica.to_path_buf()))
+    match std::fs::read(replica.join(CONTROL_FILE)) {
+        Ok(control) => Ok(ReplicaState::Cluster(control_file::system_id(&control))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ReplicaState::Unfinished),
+        Err(source) => Err(PreflightError::ReplicaDir { path: replica.join(CONTROL_FILE), source }),
+    }
+}
+
+/// A re-run may only re-sync a replica of the same cluster.
+pub fn replica_matches(replica: &Path, state: ReplicaState, primary: u64) -> Result<(), PreflightError> {
+    match state {
+        ReplicaState::Cluster(id) if id != primary => {
+            Err(PreflightError::OtherReplica { dir: replica.to_path_buf(), found: id, expected: primary })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// --replica-waldir: absent or empty, or anything but / and a home directory with --drop-existing.
-pub fn waldir(waldir: &Path, drop_existing: bool) -> Result<(), PreflightError> {
-    if !waldir.exists() {
+/// A re-run may also reuse the directory the replica's pg_wal already links to.
+pub fn waldir(waldir: &Path, replica: &Path, drop_existing: bool) -> Result<(), PreflightError> {
+    let linked =
+        |w: &Path| w.canonicalize().ok().is_some_and(|w| replica.join("pg_wal").canonicalize().ok() == Some(w));
+    if !waldir.exists() || linked(waldir) {
         Ok(())
     } else if drop_existing {
         may_drop(waldir)

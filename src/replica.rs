@@ -81,10 +81,17 @@ pub fn clear(dir: &Path) -> Result<usize, ReplicaError> {
 
 /// Makes `replica/pg_wal` a symlink to `waldir` (--replica-waldir), as initdb -X and pg_basebackup
 /// --waldir do; PostgreSQL follows it. The target is absolute so the link survives moving the replica.
+/// A re-run replaces whatever pg_wal was: its contents are stale WAL that our stream supersedes.
 pub fn link_waldir(replica: &Path, waldir: &Path) -> Result<(), ReplicaError> {
     mkdir(waldir)?;
     let target = std::path::absolute(waldir).map_err(io_err("resolving", waldir))?;
     let link = replica.join("pg_wal");
+    match std::fs::symlink_metadata(&link) {
+        Ok(m) if m.is_symlink() && std::fs::read_link(&link).ok().as_deref() == Some(&target) => return Ok(()),
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&link).map_err(io_err("removing", &link))?,
+        Ok(_) => std::fs::remove_file(&link).map_err(io_err("removing", &link))?,
+        Err(_) => {}
+    }
     std::os::unix::fs::symlink(&target, &link).map_err(io_err("creating symlink", &link))
 }
 

@@ -3,15 +3,16 @@
 
 pub mod plan;
 
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crossbeam_channel::select;
 
 use crate::cancel::Cancel;
-use crate::progress::Progress;
+use crate::progress::{self, Progress};
 use crate::transport::{Copied, Transport, TransportError};
-pub use plan::{plan, Plan, CONTROL_FILE};
+pub use plan::{plan, Plan};
 
 /// Small files travel together so that thousands of catalog files do not cost a request each.
 const BATCH_BYTES: u64 = 16 << 20;
@@ -23,6 +24,11 @@ pub enum TransferError {
     Transport(#[from] TransportError),
     #[error("{what} {path}: {source}")]
     Local { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error(
+        "not enough space for the clone in {}: it needs about {} more, the filesystem has {} free",
+        dir.display(), progress::bytes(*need), progress::bytes(*free)
+    )]
+    NoSpace { dir: PathBuf, need: u64, free: u64 },
     #[error("{0}")]
     Cancelled(String),
 }
@@ -48,6 +54,62 @@ pub fn lay_out(plan: &Plan, dest: &Path) -> Result<(), TransferError> {
             path,
             source,
         })?;
+    }
+    Ok(())
+}
+
+/// Makes an existing replica (a re-run) hold nothing the plan does not: files the primary no longer has
+/// (dropped tables), files a clone never copies (postmaster.pid, pg_internal.init), stale WAL and runtime
+/// state, and entries of the wrong kind. Never follows a symlink except pg_wal's (--replica-waldir), whose
+/// stale contents go too. Returns the bytes of planned files already present, which the copy may reuse.
+pub fn prune(plan: &Plan, dest: &Path) -> Result<(usize, u64), TransferError> {
+    let files: HashSet<&Path> = plan.files.iter().map(|(p, _)| p.as_path()).collect();
+    let dirs: HashSet<&Path> = plan.dirs.iter().map(|(p, _)| p.as_path()).collect();
+    let links: HashMap<&Path, &Path> = plan.symlinks.iter().map(|(l, t)| (l.as_path(), t.as_path())).collect();
+    let (mut removed, mut present) = (0, 0);
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = dest.join(&rel);
+        let local = |what, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| TransferError::Local { what, path, source }
+        };
+        for entry in std::fs::read_dir(&dir).map_err(local("reading", &dir))? {
+            let entry = entry.map_err(local("reading", &dir))?;
+            let (rel, path) = (rel.join(entry.file_name()), entry.path());
+            let meta = std::fs::symlink_metadata(&path).map_err(local("reading", &path))?;
+            let wal_link = rel == Path::new("pg_wal") && meta.is_symlink() && path.is_dir();
+            let planned_dir = dirs.contains(rel.as_path()) && (meta.is_dir() || wal_link);
+            let planned_file = meta.is_file() && files.contains(rel.as_path());
+            let planned_link = meta.is_symlink()
+                && links.get(rel.as_path()).is_some_and(|t| std::fs::read_link(&path).ok().as_deref() == Some(*t));
+            if planned_dir {
+                stack.push(rel);
+            } else if planned_file {
+                present += meta.len();
+            } else if !planned_link {
+                if meta.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) }
+                    .map_err(local("removing", &path))?;
+                removed += 1;
+            }
+        }
+    }
+    Ok((removed, present))
+}
+
+/// Refuses to start a copy the replica's filesystem cannot hold: failing after hours on ENOSPC helps
+/// nobody. `reusable` bytes are already there; some room is kept for the WAL segments and rsync's
+/// temporary copies.
+pub fn check_space(plan: &Plan, dest: &Path, reusable: u64, margin: u64) -> Result<(), TransferError> {
+    let st = rustix::fs::statvfs(dest).map_err(|e| TransferError::Local {
+        what: "checking free space of",
+        path: dest.into(),
+        source: e.into(),
+    })?;
+    let free = st.f_bavail * st.f_frsize;
+    let need = plan.total_bytes.saturating_sub(reusable) + margin;
+    if need > free {
+        return Err(TransferError::NoSpace { dir: dest.to_path_buf(), need, free });
     }
     Ok(())
 }
@@ -145,6 +207,44 @@ pub fn copy(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prune_keeps_only_what_the_plan_has() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        for dir in ["base/1", "pg_wal/archive_status", "pg_replslot/old"] {
+            std::fs::create_dir_all(r.join(dir)).unwrap();
+        }
+        for (f, len) in
+            [("base/1/100", 5), ("base/1/200", 7), ("postmaster.pid", 1), ("pg_wal/000000010000000000000001", 3)]
+        {
+            std::fs::write(r.join(f), vec![0u8; len]).unwrap();
+        }
+        std::fs::write(r.join("pg_replslot/old/state"), b"x").unwrap();
+        std::os::unix::fs::symlink("/elsewhere", r.join("link")).unwrap();
+        let plan = Plan {
+            dirs: ["base", "base/1", "pg_wal", "pg_wal/archive_status", "pg_replslot"]
+                .iter()
+                .map(|d| (PathBuf::from(d), 0o700))
+                .collect(),
+            files: vec![("base/1/100".into(), 5), ("base/1/300".into(), 9)],
+            ..Default::default()
+        };
+        let (removed, present) = prune(&plan, r).unwrap();
+        assert_eq!(present, 5);
+        assert_eq!(removed, 5, "base/1/200, postmaster.pid, the WAL segment, pg_replslot/old, link");
+        assert!(r.join("base/1/100").exists() && r.join("pg_wal/archive_status").is_dir());
+        assert!(!r.join("base/1/200").exists() && !r.join("pg_replslot/old").exists() && !r.join("link").exists());
+    }
+
+    #[test]
+    fn space_check_counts_what_is_already_there() {
+        let d = tempfile::tempdir().unwrap();
+        let plan = Plan { total_bytes: u64::MAX / 2, ..Default::default() };
+        let err = check_space(&plan, d.path(), 0, 0).unwrap_err().to_string();
+        assert!(err.starts_with("not enough space for the clone in"), "{err}");
+        check_space(&plan, d.path(), u64::MAX / 2, 0).unwrap();
+    }
 
     #[test]
     fn big_files_alone_small_files_batched_largest_first() {

@@ -6,6 +6,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::ffi::OsStr;
 use std::path::{Component, Path, PathBuf};
 
+use crate::control_file::CONTROL_FILE;
 use crate::transport::{EntryKind, RemoteEntry};
 
 /// Directories whose contents are runtime state, recreated by the server: copied empty
@@ -31,9 +32,6 @@ const SKIP_PREFIX: &str = "pg_internal.init";
 
 /// Temporary files and directories of running queries (PG_TEMP_FILE_PREFIX), anywhere.
 const TEMP_PREFIX: &str = "pgsql_tmp";
-
-/// The control file: written last by finalize, fetched after pg_backup_stop (XLOG_CONTROL_FILE).
-pub const CONTROL_FILE: &str = "global/pg_control";
 
 /// What finalize needs that the planner found.
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -81,6 +81,8 @@ pub struct RsyncTransport {
     pgdata: PathBuf,
     url: String,
     password_file: PathBuf,
+    /// --paranoid: compare existing files by content (rsync --checksum), never by size and mtime.
+    paranoid: bool,
     /// Closing this ends the daemon (see the module comment); dropped before `daemon` is waited for.
     daemon_stdin: Option<ChildStdin>,
     daemon: OwnedChild,
@@ -93,6 +95,7 @@ impl RsyncTransport {
         pgdata: &Path,
         run_dir: &Path,
         budget: Option<Arc<Budget>>,
+        paranoid: bool,
     ) -> Result<RsyncTransport, TransportError> {
         let secret = random_secret()?;
         let password_file = run_dir.join("rsync.secret");
@@ -157,6 +160,7 @@ impl RsyncTransport {
             pgdata: pgdata.to_path_buf(),
             url: format!("rsync://pgclone@{}:{}/pgdata/", bracket(&connect.ip().to_string()), connect.port()),
             password_file,
+            paranoid,
             daemon_stdin: Some(stdin),
             daemon,
         })
@@ -168,6 +172,9 @@ impl RsyncTransport {
             // A stalled link fails the worker instead of hanging the clone.
             .arg("--timeout=120")
             .arg("--contimeout=30");
+        if self.paranoid {
+            cmd.arg("--checksum");
+        }
         cmd
     }
 }
@@ -224,7 +231,9 @@ impl Worker for RsyncWorker<'_> {
         let mut cmd = self.transport.rsync();
         // -lpt: links, permissions, times; never owners (we are not root) nor devices.
         // --ignore-missing-args: a listed file dropped since the listing is not an error (see Copied::vanished).
-        cmd.args(["-lpt", "--files-from=-", "--from0", "--no-implied-dirs", "--ignore-missing-args"])
+        // --inplace: an interrupted copy leaves its partial file, the basis rsync's delta transfer resumes
+        // from on a re-run; nothing can start from the directory meanwhile (no pg_control).
+        cmd.args(["-lpt", "--inplace", "--files-from=-", "--from0", "--no-implied-dirs", "--ignore-missing-args"])
             .arg(&self.transport.url)
             .arg(format!("{}/", dest.display()));
         let mut list = Vec::new();
