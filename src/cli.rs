@@ -36,6 +36,11 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub replica_pgdata: Option<PathBuf>,
 
+    /// Put the tablespace at OLD on the primary at NEW here (repeatable; a literal = is written \=)
+    /// [default: the same path as on the primary]
+    #[arg(short = 'T', long, value_name = "OLD=NEW", value_parser = crate::tablespace::parse_mapping)]
+    pub tablespace_mapping: Vec<crate::tablespace::Mapping>,
+
     /// Put the replica's WAL here and make pg_wal a symlink to it (must be absent or empty)
     #[arg(long, value_name = "DIR")]
     pub replica_waldir: Option<PathBuf>,

@@ -40,8 +40,6 @@ pub enum CloneError {
     Finalize(#[from] FinalizeError),
     #[error("no primary host: give --pghost (or set PGHOST) to a host name or address, it is also the ssh host")]
     NoHost,
-    #[error("the primary has tablespaces ({0}); this pgclone version clones only clusters without tablespaces")]
-    Tablespaces(String),
     #[error("backup started at {start}, before the WAL stream's start {stream}: the stream would miss WAL")]
     StreamTooLate { start: Lsn, stream: Lsn },
     #[error("{what} {path}: {source}")]
@@ -251,11 +249,7 @@ fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) 
     tracing::info!("backup started at {}", backup.start_lsn);
     phases.end("backup start");
 
-    let plan = transfer::plan(&transport.list()?, primary.major);
-    if !plan.tablespaces.is_empty() {
-        let list: Vec<String> = plan.tablespaces.iter().map(|t| t.display().to_string()).collect();
-        return Err(CloneError::Tablespaces(list.join(", ")));
-    }
+    let plan = transfer::plan(&transport.list()?, primary.major, &args.tablespace_mapping);
     let reusable = if resync {
         let (removed, present) = transfer::prune(&plan, replica)?;
         tracing::info!(
@@ -268,7 +262,7 @@ fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) 
     };
     // Room for the WAL segments of the run and rsync's temporary copies besides the data itself.
     transfer::check_space(&plan, replica, reusable, 8 * primary.seg.bytes())?;
-    transfer::lay_out(&plan, replica)?;
+    transfer::lay_out(&plan, replica, resync)?;
     let parallel =
         args.parallel.map(usize::from).unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get()));
     tracing::info!(
@@ -324,6 +318,8 @@ fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) 
         start: start_lsn,
         end: &end,
         control: &control,
+        tablespaces: &plan.tablespaces,
+        mappings: &args.tablespace_mapping,
     }
     .run()?;
     phases.end("finalize");

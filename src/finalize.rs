@@ -7,12 +7,14 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::backup_session::BackupEnd;
 use crate::control_file::{self, CONTROL_FILE};
 use crate::lsn::{history_file_name, Lsn, SegSize};
+use crate::tablespace::{self, Mapping};
+use crate::transfer::Tablespace;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FinalizeError {
@@ -40,6 +42,8 @@ pub struct Finalize<'a> {
     pub end: &'a BackupEnd,
     /// pg_control as fetched from the primary after pg_backup_stop.
     pub control: &'a Path,
+    pub tablespaces: &'a [Tablespace],
+    pub mappings: &'a [Mapping],
 }
 
 impl Finalize<'_> {
@@ -53,12 +57,13 @@ impl Finalize<'_> {
         let segments = self.lay_wal()?;
         self.write_file("backup_label", &self.end.backup_label)?;
         if !self.end.tablespace_map.is_empty() {
-            self.write_file("tablespace_map", &self.end.tablespace_map)?;
+            self.write_file("tablespace_map", &tablespace::rewrite_map(self.mappings, &self.end.tablespace_map))?;
         }
         // One syncfs makes every copied file durable (the copy itself does not fsync), far faster than a
         // per-file walk; PostgreSQL offers the same choice as recovery_init_sync_method = syncfs.
-        // pg_wal may be a symlink to another filesystem (--replica-waldir): sync that one too.
-        for dir in [self.replica.to_path_buf(), self.replica.join("pg_wal")] {
+        // pg_wal (--replica-waldir) and tablespaces may live on other filesystems: sync those too.
+        let dirs = [self.replica.to_path_buf(), self.replica.join("pg_wal")];
+        for dir in dirs.into_iter().chain(self.tablespaces.iter().map(|t| t.local.clone())) {
             let f = File::open(&dir).map_err(io("opening", &dir))?;
             rustix::fs::syncfs(&f).map_err(|e| FinalizeError::Io {
                 what: "syncing the filesystem of",
@@ -102,7 +107,7 @@ impl Finalize<'_> {
 
     fn write_file(&self, name: &str, content: &str) -> Result<(), FinalizeError> {
         let path = self.replica.join(name);
-        let mut f = File::create(&path).map_err(io("creating", &path))?;
+        let mut f = private_file(&path)?;
         f.write_all(content.as_bytes()).and_then(|()| f.sync_all()).map_err(io("writing", &path))
     }
 
@@ -111,13 +116,23 @@ impl Finalize<'_> {
     fn install_control(&self, control: &[u8]) -> Result<(), FinalizeError> {
         let target = self.replica.join(CONTROL_FILE);
         let tmp = target.with_extension("pgclone-new");
-        let mut f = File::create(&tmp).map_err(io("creating", &tmp))?;
+        let mut f = private_file(&tmp)?;
         f.write_all(control).and_then(|()| f.sync_all()).map_err(io("writing", &tmp))?;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io("setting permissions of", &tmp))?;
         std::fs::rename(&tmp, &target).map_err(io("renaming into place", &target))?;
         let dir = target.parent().expect("global/");
         File::open(dir).and_then(|d| d.sync_all()).map_err(io("syncing", dir))
     }
+}
+
+/// A new file readable by its owner only (0600), as PostgreSQL creates its files (pg_file_create_mode).
+fn private_file(path: &Path) -> Result<File, FinalizeError> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io("creating", path))
 }
 
 /// Renames, or copies when the streamed WAL lives on another filesystem.
@@ -151,7 +166,18 @@ mod tests {
 
     fn finalize<'a>(r: &'a Path, s: &'a Path, c: &'a Path, end: &'a BackupEnd, sysid: u64) -> Finalize<'a> {
         let seg = SegSize::new(1 << 20).unwrap();
-        Finalize { replica: r, streamed: s, seg, timeline: 1, system_id: sysid, start: Lsn(2 << 20), end, control: c }
+        Finalize {
+            replica: r,
+            streamed: s,
+            seg,
+            timeline: 1,
+            system_id: sysid,
+            start: Lsn(2 << 20),
+            end,
+            control: c,
+            tablespaces: &[],
+            mappings: &[],
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod progress;
 mod replica;
 mod run_dir;
 mod ssh;
+mod tablespace;
 mod transfer;
 mod transport;
 mod wal_stream;

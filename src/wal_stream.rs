@@ -10,7 +10,7 @@
 //! and the slot disappears with the connection whatever happens to pgclone.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -273,9 +273,11 @@ impl SegmentWriter {
                 Some((n, f)) if *n == segno => f,
                 _ => {
                     let path = self.partial(segno);
+                    // 0600, as PostgreSQL creates its files (pg_file_create_mode), whatever our umask.
                     let f = OpenOptions::new()
                         .write(true)
                         .create_new(true)
+                        .mode(0o600)
                         .open(&path)
                         .map_err(|e| io(format!("creating {}", path.display()), e))?;
                     f.set_len(self.seg.bytes()).map_err(|e| io(format!("sizing {}", path.display()), e))?;

@@ -12,7 +12,7 @@ use crossbeam_channel::select;
 use crate::cancel::Cancel;
 use crate::progress::{self, Progress};
 use crate::transport::{Copied, Transport, TransportError};
-pub use plan::{plan, Plan};
+pub use plan::{plan, Plan, Tablespace};
 
 /// Small files travel together so that thousands of catalog files do not cost a request each.
 const BATCH_BYTES: u64 = 16 << 20;
@@ -29,12 +29,37 @@ pub enum TransferError {
         dir.display(), progress::bytes(*need), progress::bytes(*free)
     )]
     NoSpace { dir: PathBuf, need: u64, free: u64 },
+    #[error("tablespace location {0} is not empty (map it elsewhere with -T OLD=NEW)")]
+    TablespaceNotEmpty(PathBuf),
     #[error("{0}")]
     Cancelled(String),
 }
 
-/// Creates the planned directories (with the primary's permission bits) and symbolic links under `dest`.
-pub fn lay_out(plan: &Plan, dest: &Path) -> Result<(), TransferError> {
+/// Creates the tablespace locations and their pg_tblspc links, then the planned directories (with the
+/// primary's permission bits, through those links where they lead) and symbolic links under `dest`.
+/// A tablespace location must be empty unless this run re-syncs an earlier clone that uses it.
+pub fn lay_out(plan: &Plan, dest: &Path, resync: bool) -> Result<(), TransferError> {
+    for ts in &plan.tablespaces {
+        let link = dest.join(&ts.link);
+        let local = |what, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| TransferError::Local { what, path, source }
+        };
+        if std::fs::read_link(&link).ok().as_deref() == Some(&ts.local) {
+            continue;
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&ts.local)
+            .map_err(local("creating", &ts.local))?;
+        if !resync && std::fs::read_dir(&ts.local).map_err(local("reading", &ts.local))?.next().is_some() {
+            return Err(TransferError::TablespaceNotEmpty(ts.local.clone()));
+        }
+        let parent = link.parent().expect("pg_tblspc");
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent).map_err(local("creating", parent))?;
+        std::os::unix::fs::symlink(&ts.local, &link).map_err(local("creating symlink", &link))?;
+    }
     for (dir, mode) in &plan.dirs {
         let path = dest.join(dir);
         let local = |what, source| TransferError::Local { what, path: path.clone(), source };
@@ -66,6 +91,8 @@ pub fn prune(plan: &Plan, dest: &Path) -> Result<(usize, u64), TransferError> {
     let files: HashSet<&Path> = plan.files.iter().map(|(p, _)| p.as_path()).collect();
     let dirs: HashSet<&Path> = plan.dirs.iter().map(|(p, _)| p.as_path()).collect();
     let links: HashMap<&Path, &Path> = plan.symlinks.iter().map(|(l, t)| (l.as_path(), t.as_path())).collect();
+    let tablespaces: HashMap<&Path, &Path> =
+        plan.tablespaces.iter().map(|t| (t.link.as_path(), t.local.as_path())).collect();
     let (mut removed, mut present) = (0, 0);
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
@@ -81,9 +108,13 @@ pub fn prune(plan: &Plan, dest: &Path) -> Result<(usize, u64), TransferError> {
             let wal_link = rel == Path::new("pg_wal") && meta.is_symlink() && path.is_dir();
             let planned_dir = dirs.contains(rel.as_path()) && (meta.is_dir() || wal_link);
             let planned_file = meta.is_file() && files.contains(rel.as_path());
-            let planned_link = meta.is_symlink()
-                && links.get(rel.as_path()).is_some_and(|t| std::fs::read_link(&path).ok().as_deref() == Some(*t));
-            if planned_dir {
+            let points_to = |map: &HashMap<&Path, &Path>| {
+                meta.is_symlink()
+                    && map.get(rel.as_path()).is_some_and(|t| std::fs::read_link(&path).ok().as_deref() == Some(*t))
+            };
+            let planned_link = points_to(&links);
+            // A tablespace's location is ours to prune like the data directory; other links' targets are not.
+            if planned_dir || points_to(&tablespaces) {
                 stack.push(rel);
             } else if planned_file {
                 present += meta.len();

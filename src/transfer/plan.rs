@@ -7,6 +7,7 @@ use std::ffi::OsStr;
 use std::path::{Component, Path, PathBuf};
 
 use crate::control_file::CONTROL_FILE;
+use crate::tablespace::{local_path, Mapping};
 use crate::transport::{EntryKind, RemoteEntry};
 
 /// Directories whose contents are runtime state, recreated by the server: copied empty
@@ -43,12 +44,21 @@ pub struct Plan {
     /// Files to copy, largest first, so the longest copies start first and workers finish together.
     pub files: Vec<(PathBuf, u64)>,
     pub total_bytes: u64,
-    /// Entries under pg_tblspc: tablespaces live outside the data directory.
-    pub tablespaces: Vec<PathBuf>,
+    /// Tablespaces: the link pg_tblspc/<oid> and the local directory it is to point to.
+    pub tablespaces: Vec<Tablespace>,
 }
 
-/// Builds the plan. `major` is the primary's major version: PG 17 added pg_wal/summaries.
-pub fn plan(entries: &[RemoteEntry], major: u32) -> Plan {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tablespace {
+    pub link: PathBuf,
+    pub local: PathBuf,
+}
+
+/// Builds the plan. `major` is the primary's major version: PG 17 added pg_wal/summaries, and a tablespace
+/// holds one directory per major (PG_<major>_<catversion>) of which only ours is copied, as basebackup.c
+/// sends only TABLESPACE_VERSION_DIRECTORY. `mappings` relocates tablespaces (-T).
+pub fn plan(entries: &[RemoteEntry], major: u32, mappings: &[Mapping]) -> Plan {
+    let version_dir = format!("PG_{major}_");
     // Unlogged relations: the relfilenodes of each database directory that have an init fork.
     let init_forks: HashSet<(PathBuf, &str)> = entries
         .iter()
@@ -87,10 +97,18 @@ pub fn plan(entries: &[RemoteEntry], major: u32) -> Plan {
             emptied.insert(e.path.clone());
             continue;
         }
-        if e.path.parent() == Some(Path::new("pg_tblspc")) {
-            p.tablespaces.push(e.path.clone());
-            emptied.insert(e.path.clone());
-            continue;
+        if let (Some(parent), EntryKind::Symlink(target)) = (e.path.parent(), &e.kind) {
+            if parent == Path::new("pg_tblspc") {
+                p.tablespaces.push(Tablespace { link: e.path.clone(), local: local_path(mappings, target) });
+                continue;
+            }
+        }
+        if let [Component::Normal(t), Component::Normal(_), Component::Normal(v), ..] =
+            e.path.components().collect::<Vec<_>>()[..]
+        {
+            if t == "pg_tblspc" && !v.to_string_lossy().starts_with(&version_dir) {
+                continue;
+            }
         }
         match &e.kind {
             EntryKind::Dir => p.dirs.push((e.path.clone(), e.mode)),
@@ -141,12 +159,16 @@ fn excluded_by_ancestor(path: &Path, emptied: &BTreeSet<PathBuf>) -> bool {
     path.ancestors().skip(1).any(|a| emptied.contains(a))
 }
 
-/// Database directories hold relation files: `global/` and `base/<oid>/` (basebackup.c sendDir isDbDir).
+/// Database directories hold relation files: `global/`, `base/<oid>/` and a tablespace's
+/// `pg_tblspc/<oid>/PG_<version>/<oid>/` (basebackup.c sendDir isDbDir).
 fn in_db_dir(path: &Path) -> bool {
     let dir: Vec<Component> = path.parent().map(|p| p.components().collect()).unwrap_or_default();
     match dir.as_slice() {
         [Component::Normal(g)] => *g == "global",
         [Component::Normal(b), Component::Normal(oid)] => *b == "base" && all_digits(oid),
+        [Component::Normal(t), Component::Normal(_), Component::Normal(v), Component::Normal(oid)] => {
+            *t == "pg_tblspc" && v.to_string_lossy().starts_with("PG_") && all_digits(oid)
+        }
         _ => false,
     }
 }
@@ -207,7 +229,7 @@ mod tests {
             d("pg_xact"),
             f("pg_xact/0000", 8192),
         ];
-        let p = plan(&entries, 15);
+        let p = plan(&entries, 15, &[]);
         assert_eq!(files(&p), vec!["pg_xact/0000"]);
         let dirs: Vec<_> = p.dirs.iter().map(|(d, m)| (d.to_str().unwrap(), *m)).collect();
         assert_eq!(
@@ -222,7 +244,7 @@ mod tests {
             ]
         );
         assert!(p.symlinks.is_empty());
-        let p17 = plan(&entries, 17);
+        let p17 = plan(&entries, 17, &[]);
         assert!(p17.dirs.iter().any(|(d, _)| d == Path::new("pg_wal/summaries")));
     }
 
@@ -246,7 +268,7 @@ mod tests {
             f("base/1/pgsql_tmp999", 5),
             f("PG_VERSION", 3),
         ];
-        let p = plan(&entries, 15);
+        let p = plan(&entries, 15, &[]);
         assert_eq!(files(&p), vec!["backup_label.old", "postgresql.auto.conf", "PG_VERSION"]);
         assert_eq!(p.total_bytes, 303);
         assert!(p.dirs.is_empty(), "pgsql_tmp directories are not created: {:?}", p.dirs);
@@ -264,7 +286,7 @@ mod tests {
             f("base/5/16390", 8192),
             f("base/6/16384", 8192),
         ];
-        let p = plan(&entries, 15);
+        let p = plan(&entries, 15, &[]);
         assert_eq!(files(&p), vec!["base/5/16390", "base/6/16384", "base/5/16384_init"]);
     }
 
@@ -278,7 +300,7 @@ mod tests {
             f("global/t1_1", 1),
             f("t3_16400", 2),
         ];
-        let p = plan(&entries, 15);
+        let p = plan(&entries, 15, &[]);
         assert_eq!(files(&p), vec!["t3_16400", "base/5/t3_x"]);
     }
 
@@ -297,10 +319,37 @@ mod tests {
             },
             RemoteEntry { path: "logs".into(), kind: EntryKind::Symlink("/var/log/pg".into()), size: 11, mode: 0o777 },
         ];
-        let p = plan(&entries, 15);
+        let p = plan(&entries, 15, &[]);
         assert_eq!(files(&p), vec!["b", "c", "a"]);
-        assert_eq!(p.tablespaces, vec![PathBuf::from("pg_tblspc/16390")]);
+        assert_eq!(p.tablespaces, vec![Tablespace { link: "pg_tblspc/16390".into(), local: "/srv/ts".into() }]);
         assert_eq!(p.symlinks, vec![(PathBuf::from("logs"), PathBuf::from("/var/log/pg"))]);
+    }
+
+    #[test]
+    fn tablespaces_copy_only_this_major_and_follow_mappings() {
+        let link =
+            |p: &str, t: &str| RemoteEntry { path: p.into(), kind: EntryKind::Symlink(t.into()), size: 0, mode: 0o777 };
+        let entries = vec![
+            d("pg_tblspc"),
+            link("pg_tblspc/16390", "/srv/ts"),
+            d("pg_tblspc/16390/PG_15_202209061"),
+            d("pg_tblspc/16390/PG_15_202209061/5"),
+            f("pg_tblspc/16390/PG_15_202209061/5/16400", 8192),
+            f("pg_tblspc/16390/PG_15_202209061/5/t3_16401", 8192),
+            d("pg_tblspc/16390/PG_14_202107181"),
+            f("pg_tblspc/16390/PG_14_202107181/5/123", 8192),
+            d("pg_tblspc/16391"),
+            f("pg_tblspc/16391/PG_15_202209061/5/777", 1),
+        ];
+        let m = [crate::tablespace::parse_mapping("/srv/ts=/data/ts").unwrap()];
+        let p = plan(&entries, 15, &m);
+        assert_eq!(p.tablespaces, vec![Tablespace { link: "pg_tblspc/16390".into(), local: "/data/ts".into() }]);
+        assert_eq!(files(&p), vec!["pg_tblspc/16390/PG_15_202209061/5/16400", "pg_tblspc/16391/PG_15_202209061/5/777"]);
+        assert!(
+            p.dirs.iter().any(|(d, _)| d == Path::new("pg_tblspc/16391")),
+            "an in-place tablespace is a plain directory"
+        );
+        assert!(!p.dirs.iter().any(|(d, _)| d.starts_with("pg_tblspc/16390/PG_14_202107181")));
     }
 
     #[test]

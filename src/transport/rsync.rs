@@ -8,6 +8,7 @@
 //! reached, accepts only the address we came from, and requires a secret made for this run that never
 //! appears on a command line.
 
+use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
@@ -22,7 +23,8 @@ use crate::cancel::Cancel;
 use crate::proc::OwnedChild;
 use crate::ssh::{last_line, quote, SshTarget};
 
-/// The remote half. `$1` is the data directory. Prints `PGCLONE-RSYNCD <addr> <port>` once listening.
+/// The remote half. `$1` is the data directory. Prints `PGCLONE-RSYNCD <addr> <port> [<tablespace oid>...]`
+/// once listening.
 const DAEMON_SCRIPT: &str = r#"
 set -u
 umask 077
@@ -55,6 +57,16 @@ auth users = pgclone
 secrets file = $dir/secrets
 hosts allow = $client
 EOF
+# A daemon resolves module paths without following symlinks, so each tablespace (a pg_tblspc link) is
+# a module of its own; the list of them is announced with the port.
+mods=
+for l in "$pgdata"/pg_tblspc/*; do
+  [ -L "$l" ] || continue
+  oid=${l##*/}
+  printf '[ts_%s]\npath = %s\nread only = yes\nlist = no\nauth users = pgclone\nsecrets file = %s\nhosts allow = %s\n' \
+    "$oid" "$(readlink -- "$l")" "$dir/secrets" "$client" >> "$dir/rsyncd.conf"
+  mods="$mods $oid"
+done
 tries=0
 while [ $tries -lt 20 ]; do
   tries=$((tries + 1))
@@ -64,7 +76,7 @@ while [ $tries -lt 20 ]; do
   pid=$!
   sleep 0.3
   if kill -0 "$pid" 2>/dev/null; then
-    echo "PGCLONE-RSYNCD $addr $port"
+    echo "PGCLONE-RSYNCD $addr $port$mods"
     cat >/dev/null
     exit 0
   fi
@@ -79,7 +91,9 @@ pub struct RsyncTransport {
     /// With --limit-net-bw every rsync connection runs through this proxy, which holds them all to one rate.
     _proxy: Option<Proxy>,
     pgdata: PathBuf,
+    /// `rsync://pgclone@host:port/`: modules `pgdata` and `ts_<oid>` for each tablespace link.
     url: String,
+    tablespaces: HashSet<String>,
     password_file: PathBuf,
     /// --paranoid: compare existing files by content (rsync --checksum), never by size and mtime.
     paranoid: bool,
@@ -158,7 +172,8 @@ impl RsyncTransport {
             ssh: ssh.clone(),
             _proxy: proxy,
             pgdata: pgdata.to_path_buf(),
-            url: format!("rsync://pgclone@{}:{}/pgdata/", bracket(&connect.ip().to_string()), connect.port()),
+            url: format!("rsync://pgclone@{}:{}/", bracket(&connect.ip().to_string()), connect.port()),
+            tablespaces: words.map(str::to_string).collect(),
             password_file,
             paranoid,
             daemon_stdin: Some(stdin),
@@ -190,10 +205,15 @@ impl Drop for RsyncTransport {
 
 impl Transport for RsyncTransport {
     fn list(&self) -> Result<Vec<RemoteEntry>, TransportError> {
+        // Tablespaces are walked through their pg_tblspc links (a trailing slash makes find follow a link
+        // given as a starting point); in-place tablespaces are plain directories, found anyway.
         // LC_ALL=C: find's messages are matched below and must not be translated. A file removed while
         // find walks the tree is normal on a live server; any other complaint is a real failure.
-        let remote =
-            format!("cd -- {} && LC_ALL=C find . -mindepth 1 -printf '%y\\0%s\\0%m\\0%P\\0%l\\0'", quote(&self.pgdata));
+        let remote = format!(
+            "cd -- {} || exit 3; set --; for l in pg_tblspc/*; do [ -L \"$l\" ] && set -- \"$@\" \"$l/\"; done; \
+                 LC_ALL=C exec find . \"$@\" -mindepth 1 -printf '%y\\0%s\\0%m\\0%p\\0%l\\0'",
+            quote(&self.pgdata)
+        );
         let out = self.ssh.run(&remote, b"")?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         let real_errors: Vec<&str> =
@@ -212,7 +232,7 @@ impl Transport for RsyncTransport {
 
     fn fetch_file(&self, rel: &Path, to: &Path) -> Result<(), TransportError> {
         let mut cmd = self.rsync();
-        cmd.arg("--times").arg(format!("{}{}", self.url, rel.display())).arg(to);
+        cmd.arg("--times").arg(format!("{}pgdata/{}", self.url, rel.display())).arg(to);
         let out = run_rsync(cmd, None, &Cancel::default())?;
         if out.0.success() {
             Ok(())
@@ -228,13 +248,42 @@ struct RsyncWorker<'a> {
 
 impl Worker for RsyncWorker<'_> {
     fn copy(&mut self, files: &[PathBuf], dest: &Path, cancel: &Cancel) -> Result<Copied, TransportError> {
+        // Files inside a tablespace go through its module, into the local pg_tblspc/<oid> link.
+        let mut by_module: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+        for f in files {
+            let (module, rel) = match tablespace_file(f) {
+                Some((oid, rest)) if self.transport.tablespaces.contains(oid) => (format!("ts_{oid}"), rest),
+                _ => ("pgdata".to_string(), f.clone()),
+            };
+            by_module.entry(module).or_default().push(rel);
+        }
+        for (module, rels) in &by_module {
+            let local = match module.strip_prefix("ts_") {
+                Some(oid) => dest.join("pg_tblspc").join(oid),
+                None => dest.to_path_buf(),
+            };
+            self.copy_module(module, rels, &local, cancel)?;
+        }
+        Ok(count_copied(files, dest))
+    }
+}
+
+/// `pg_tblspc/<oid>/<rest>` → (oid, rest).
+fn tablespace_file(path: &Path) -> Option<(&str, PathBuf)> {
+    let rest = path.strip_prefix("pg_tblspc").ok()?;
+    let oid = rest.components().next()?.as_os_str().to_str()?;
+    Some((oid, rest.strip_prefix(oid).ok()?.to_path_buf()))
+}
+
+impl RsyncWorker<'_> {
+    fn copy_module(&self, module: &str, files: &[PathBuf], dest: &Path, cancel: &Cancel) -> Result<(), TransportError> {
         let mut cmd = self.transport.rsync();
         // -lpt: links, permissions, times; never owners (we are not root) nor devices.
         // --ignore-missing-args: a listed file dropped since the listing is not an error (see Copied::vanished).
         // --inplace: an interrupted copy leaves its partial file, the basis rsync's delta transfer resumes
         // from on a re-run; nothing can start from the directory meanwhile (no pg_control).
         cmd.args(["-lpt", "--inplace", "--files-from=-", "--from0", "--no-implied-dirs", "--ignore-missing-args"])
-            .arg(&self.transport.url)
+            .arg(format!("{}{module}/", self.transport.url))
             .arg(format!("{}/", dest.display()));
         let mut list = Vec::new();
         for f in files {
@@ -244,7 +293,7 @@ impl Worker for RsyncWorker<'_> {
         let (status, reason) = run_rsync(cmd, Some(&list), cancel)?;
         // Exit 24: "some files vanished before they could be transferred": normal while PostgreSQL runs.
         match status.code() {
-            Some(0) | Some(24) => Ok(count_copied(files, dest)),
+            Some(0) | Some(24) => Ok(()),
             _ => Err(TransportError::Worker(format!("rsync {status}: {reason}"))),
         }
     }
@@ -294,7 +343,7 @@ fn rsync_reason(stderr: &[u8]) -> String {
         .map_or_else(|| last_line(stderr), str::to_string)
 }
 
-/// Parses `find -printf '%y\0%s\0%m\0%P\0%l\0'`: type letter, size, octal mode, path, link target.
+/// Parses `find -printf '%y\0%s\0%m\0%p\0%l\0'`: type letter, size, octal mode, path, link target.
 fn parse_listing(bytes: &[u8]) -> Result<Vec<RemoteEntry>, String> {
     let fields: Vec<&[u8]> = bytes.split(|b| *b == 0).collect();
     // A trailing NUL leaves one empty field at the end.
@@ -314,7 +363,9 @@ fn parse_listing(bytes: &[u8]) -> Result<Vec<RemoteEntry>, String> {
                 b"l" => EntryKind::Symlink(PathBuf::from(os(f[4]))),
                 _ => EntryKind::Other,
             };
-            Ok(RemoteEntry { path: PathBuf::from(os(f[3])), kind, size, mode })
+            // find prints paths under "." as "./x" and under a tablespace link as "pg_tblspc/<oid>/x".
+            let path = f[3].strip_prefix(b"./").unwrap_or(f[3]);
+            Ok(RemoteEntry { path: PathBuf::from(os(path)), kind, size, mode })
         })
         .collect()
 }
@@ -341,7 +392,7 @@ mod tests {
 
     #[test]
     fn listing_parses_every_kind_and_odd_names() {
-        let raw = b"d\x004096\x00700\x00base\x00\x00\
+        let raw = b"d\x004096\x00700\x00./base\x00\x00\
 f\x008192\x00600\x00base/1/1259\x00\x00\
 l\x0018\x00777\x00pg_tblspc/16390\x00/srv/ts one\x00\
 f\x000\x00600\x00dir with space/\xc3\xbc\x00\x00\
@@ -355,6 +406,15 @@ s\x000\x00777\x00sock\x00\x00";
         assert_eq!(l[4].kind, EntryKind::Other);
         assert!(parse_listing(b"f\x001\x00600\x00x\x00").is_err());
         assert!(parse_listing(b"").unwrap().is_empty());
+    }
+
+    #[test]
+    fn tablespace_files_split_into_oid_and_rest() {
+        assert_eq!(
+            tablespace_file(Path::new("pg_tblspc/16406/PG_15_202209061/5/16407")),
+            Some(("16406", PathBuf::from("PG_15_202209061/5/16407")))
+        );
+        assert_eq!(tablespace_file(Path::new("base/5/16407")), None);
     }
 
     #[test]
