@@ -81,6 +81,11 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub ssh_config: Option<PathBuf>,
 
+    /// Send PostgreSQL connections through an ssh tunnel to the primary host's loopback (127.0.0.1:--pgport),
+    /// for primaries that accept only local connections
+    #[arg(long)]
+    pub bypass_rep_traffic: bool,
+
     /// Do not check the primary's ssh host key (StrictHostKeyChecking=no); exposes the copy to a man in the middle
     #[arg(long)]
     pub insecure_ssh: bool,

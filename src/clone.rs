@@ -99,13 +99,19 @@ impl fmt::Display for Summary {
 
 /// libpq keywords for the connections to the primary: only what the user gave on our command line, so
 /// that everything else (PG* variables, service files, .pgpass, sslmode) stays libpq's business.
-fn conn_params(args: &Args) -> Vec<(&'static str, String)> {
+/// `forwarded`: the local end of an ssh tunnel to the primary's PostgreSQL port (--bypass-rep-traffic).
+fn conn_params(args: &Args, forwarded: Option<u16>) -> Vec<(&'static str, String)> {
     let mut p = Vec::new();
-    if let Some(h) = &args.pghost {
-        p.push(("host", h.clone()));
-    }
-    if let Some(port) = args.pgport {
+    if let Some(port) = forwarded {
+        p.push(("host", "127.0.0.1".into()));
         p.push(("port", port.to_string()));
+    } else {
+        if let Some(h) = &args.pghost {
+            p.push(("host", h.clone()));
+        }
+        if let Some(port) = args.pgport {
+            p.push(("port", port.to_string()));
+        }
     }
     if let Some(u) = &args.pguser {
         p.push(("user", u.clone()));
@@ -156,16 +162,6 @@ fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) 
         .filter(|h| !h.is_empty() && !h.starts_with('/'))
         .ok_or(CloneError::NoHost)?;
 
-    let params = conn_params(args);
-    let mut sql_params = params.clone();
-    // The SQL session needs some database; libpq's default (the user name) rarely exists on a primary.
-    if std::env::var_os("PGDATABASE").is_none() {
-        sql_params.push(("dbname", "postgres".into()));
-    }
-    let mut sql = Conn::connect(&borrowed(&sql_params)).map_err(PreflightError::Connect)?;
-    let primary = preflight::primary(&mut sql)?;
-    tracing::info!("primary {}@{} runs PostgreSQL {}", sql.user(), sql.host(), primary.major);
-
     let ssh = SshTarget {
         host,
         user: args.ssh_user.clone(),
@@ -174,6 +170,27 @@ fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) 
         config: args.ssh_config.clone(),
         insecure: args.insecure_ssh,
     };
+    let forward = if args.bypass_rep_traffic {
+        let remote_port = args.pgport.or_else(|| std::env::var("PGPORT").ok()?.parse().ok()).unwrap_or(5432);
+        let f = ssh.forward(remote_port).map_err(PreflightError::from)?;
+        tracing::info!(
+            "PostgreSQL connections go through ssh: 127.0.0.1:{} -> primary's 127.0.0.1:{remote_port}",
+            f.port
+        );
+        Some(f)
+    } else {
+        None
+    };
+    let params = conn_params(args, forward.as_ref().map(|f| f.port));
+    let mut sql_params = params.clone();
+    // The SQL session needs some database; libpq's default (the user name) rarely exists on a primary.
+    if std::env::var_os("PGDATABASE").is_none() {
+        sql_params.push(("dbname", "postgres".into()));
+    }
+    let mut sql = Conn::connect(&borrowed(&sql_params)).map_err(preflight::connect_error)?;
+    let primary = preflight::primary(&mut sql)?;
+    tracing::info!("primary {}@{} runs PostgreSQL {}", sql.user(), sql.host(), primary.major);
+
     let pgdata_system_id = preflight::primary_pgdata(&ssh, &args.primary_pgdata)?;
     preflight::replica_matches(replica, state, pgdata_system_id)?;
     check(cancel)?;

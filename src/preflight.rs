@@ -28,8 +28,8 @@ pub enum PreflightError {
     WontDrop(PathBuf),
     #[error("replica directory {path}: {source}")]
     ReplicaDir { path: PathBuf, source: std::io::Error },
-    #[error("cannot connect to the primary: {0}")]
-    Connect(PgError),
+    #[error("cannot connect to the primary: {0}{1}")]
+    Connect(PgError, &'static str),
     #[error("PostgreSQL {0} is not supported: the primary must run PostgreSQL {MIN_MAJOR} or newer")]
     Unsupported(u32),
     #[error("checking the primary's settings failed: {0}")]
@@ -64,6 +64,16 @@ pub enum PreflightError {
          pgclone connected to ({expected})"
     )]
     OtherCluster { dir: PathBuf, found: u64, expected: u64 },
+}
+
+/// libpq's "no password supplied" does not say where a password could come from.
+pub fn connect_error(e: PgError) -> PreflightError {
+    let hint = if e.message.contains("no password supplied") {
+        " (set PGPASSWORD or add the primary to ~/.pgpass)"
+    } else {
+        ""
+    };
+    PreflightError::Connect(e, hint)
 }
 
 /// PostgreSQL refuses to run as root, so a replica made by root would have to be re-owned by hand.

@@ -4,8 +4,9 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
-use crate::proc;
+use crate::proc::{self, OwnedChild};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {
@@ -46,6 +47,13 @@ impl SshTarget {
     /// BatchMode: never prompt, a missing key must fail, not hang. ServerAlive*: a dead link ends the
     /// session within a minute, and with it everything we started on the primary.
     pub fn command(&self, remote: &str) -> Command {
+        let mut cmd = self.options();
+        cmd.arg("--").arg(&self.host).arg(remote);
+        cmd
+    }
+
+    /// `ssh` with our options, before the host.
+    fn options(&self) -> Command {
         let mut cmd = Command::new("ssh");
         let mut opt = |o: &str| {
             cmd.arg("-o").arg(o);
@@ -71,8 +79,46 @@ impl SshTarget {
         if let Some(u) = &self.user {
             cmd.arg("-l").arg(u);
         }
-        cmd.arg("--").arg(&self.host).arg(remote);
         cmd
+    }
+
+    /// Forwards a local loopback port to `remote_port` on the primary host's loopback (--bypass-rep-traffic):
+    /// PostgreSQL traffic then rides the ssh connection, for primaries that accept only local connections.
+    /// The forward lives as long as the returned value.
+    pub fn forward(&self, remote_port: u16) -> Result<Forward, SshError> {
+        let mut last = String::new();
+        // The free port we pick may be taken before ssh binds it: then ssh exits and we try another.
+        for _ in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let mut cmd = self.options();
+            cmd.args(["-N", "-o", "ExitOnForwardFailure=yes", "-L"])
+                .arg(format!("127.0.0.1:{port}:127.0.0.1:{remote_port}"))
+                .arg("--")
+                .arg(&self.host)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            let mut child = OwnedChild::spawn(cmd, "ssh port forward")?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Some(status) = child.child_mut().try_wait()? {
+                    let mut err = Vec::new();
+                    if let Some(mut e) = child.child_mut().stderr.take() {
+                        let _ = std::io::Read::read_to_end(&mut e, &mut err);
+                    }
+                    if status.code() == Some(255) && !String::from_utf8_lossy(&err).contains("forwarding") {
+                        return Err(self.connect_error(&err));
+                    }
+                    last = last_line(&err);
+                    break;
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Ok(Forward { _child: child, port });
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Err(SshError::Connect { target: self.describe(), reason: format!("port forward failed: {last}") })
     }
 
     /// Runs `remote` to completion, feeding `input` on its standard input. ssh's own failures
@@ -96,6 +142,12 @@ impl SshTarget {
     pub fn connect_error(&self, stderr: &[u8]) -> SshError {
         SshError::Connect { target: self.describe(), reason: last_line(stderr) }
     }
+}
+
+/// A local port forwarded to the primary host; the forward ends when this drops.
+pub struct Forward {
+    _child: OwnedChild,
+    pub port: u16,
 }
 
 /// The last non-empty line of a program's stderr: where ssh, rsync and find put the reason.
