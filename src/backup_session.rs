@@ -48,16 +48,18 @@ impl BackupSession {
 
     /// Ends the backup. wait_for_archive = false: the clone carries its own streamed WAL and must not
     /// depend on the primary's archive_command.
-    pub fn stop(mut self) -> Result<BackupEnd, BackupError> {
+    /// Returns the session's connection for what follows (slot, watching the standby).
+    pub fn stop(mut self) -> Result<(BackupEnd, Conn), BackupError> {
         let rows = self
             .conn
             .query("SELECT lsn, labelfile, spcmapfile FROM pg_backup_stop(false)")
             .map_err(BackupError::Stop)?;
         let stop_lsn = rows.get(0, 0).and_then(|s| s.parse().ok()).ok_or(BackupError::Answer("pg_backup_stop"))?;
-        Ok(BackupEnd {
+        let end = BackupEnd {
             stop_lsn,
             backup_label: rows.get(0, 1).ok_or(BackupError::Answer("pg_backup_stop"))?.to_string(),
             tablespace_map: rows.get(0, 2).unwrap_or_default().to_string(),
-        })
+        };
+        Ok((end, self.conn))
     }
 }

@@ -107,6 +107,44 @@ pub struct Args {
     #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub progress_interval: u64,
 
+    /// Make the clone a standby of the primary: standby.signal, and primary_conninfo (host, port, user,
+    /// sslmode, application_name of the connection pgclone used) in postgresql.auto.conf
+    #[arg(short = 'R', long)]
+    pub write_recovery_conf: bool,
+
+    /// With -R: also write the password into primary_conninfo (otherwise the standby reads ~/.pgpass as libpq does)
+    #[arg(long)]
+    pub conninfo_password: bool,
+
+    /// application_name the standby uses towards the primary, as seen in pg_stat_replication [default: this host's name]
+    #[arg(long, value_name = "NAME")]
+    pub application_name: Option<String>,
+
+    /// Create this permanent physical replication slot for the standby (and, with -R, use it): it keeps the
+    /// WAL the standby needs between the clone and its first start; never left behind by a failed run
+    #[arg(long, value_name = "NAME")]
+    pub create_slot: Option<String>,
+
+    /// Start the standby when the clone is done (implies -R) and wait until the primary sees it streaming
+    #[arg(long)]
+    pub start: bool,
+
+    /// With -R: the standby's own port
+    #[arg(long, value_name = "PORT")]
+    pub replica_port: Option<u16>,
+
+    /// With --start: how long to wait for the standby to stream
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    pub wait_streaming: u64,
+
+    /// Directory holding pg_ctl of the primary's major, for --start [default: /usr/lib/postgresql/<major>/bin, then PATH]
+    #[arg(long, value_name = "DIR")]
+    pub pg_bindir: Option<PathBuf>,
+
+    /// Print a machine-readable summary (JSON) on stdout; human logs stay on stderr
+    #[arg(long)]
+    pub json: bool,
+
     /// Keep the run's private temporary directory (streamed WAL, logs) for inspection
     #[arg(long)]
     pub keep_run_tmp: bool,

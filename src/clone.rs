@@ -19,6 +19,7 @@ use crate::progress::{self, Progress};
 use crate::replica::{self, ReplicaError, ReplicaLock};
 use crate::run_dir::RunDir;
 use crate::ssh::SshTarget;
+use crate::standby::{self, Recovery, StandbyError};
 use crate::transfer::{self, TransferError};
 use crate::transport::rsync::RsyncTransport;
 use crate::transport::{Transport, TransportError};
@@ -46,6 +47,8 @@ pub enum CloneError {
     Local { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Replica(#[from] ReplicaError),
+    #[error(transparent)]
+    Standby(#[from] StandbyError),
     #[error("{0}")]
     Cancelled(String),
 }
@@ -63,6 +66,8 @@ pub struct Summary {
     pub timeline: u32,
     pub replica: PathBuf,
     pub phases: Vec<(&'static str, Duration)>,
+    /// With --start: the standby's application_name and its replay lag in bytes when first seen streaming.
+    pub standby: Option<(String, u64)>,
 }
 
 impl fmt::Display for Summary {
@@ -83,6 +88,9 @@ impl fmt::Display for Summary {
         if self.reused > 0 {
             write!(f, "; {} of it was already in place", progress::bytes(self.reused))?;
         }
+        if let Some((name, lag)) = &self.standby {
+            write!(f, "; standby {name} is streaming, replay lag {}", progress::bytes(*lag))?;
+        }
         let phases: Vec<String> =
             self.phases.iter().map(|(name, d)| format!("{name} {:.1} s", d.as_secs_f64())).collect();
         write!(f, "; time: {}", phases.join(", "))?;
@@ -95,6 +103,55 @@ impl fmt::Display for Summary {
         }
         Ok(())
     }
+}
+
+impl Summary {
+    /// The summary for machines (--json): one object on stdout.
+    pub fn json(&self) -> String {
+        let phases: Vec<String> =
+            self.phases.iter().map(|(n, d)| format!("{}:{:.3}", json_str(n), d.as_secs_f64())).collect();
+        let standby = match &self.standby {
+            Some((name, lag)) => format!("{{\"application_name\":{},\"replay_lag_bytes\":{lag}}}", json_str(name)),
+            None => "null".into(),
+        };
+        let warnings: Vec<String> = (self.vanished > 0)
+            .then(|| json_str(&format!("{} files vanished on the primary during the copy", self.vanished)))
+            .into_iter()
+            .collect();
+        format!(
+            "{{\"ok\":true,\"replica\":{},\"files\":{},\"bytes\":{},\"reused_bytes\":{},\"vanished_files\":{},\
+             \"elapsed_seconds\":{:.3},\"start_lsn\":\"{}\",\"stop_lsn\":\"{}\",\"timeline\":{},\"wal_segments\":{},\
+             \"phases\":{{{}}},\"standby\":{standby},\"warnings\":[{}]}}",
+            json_str(&self.replica.to_string_lossy()),
+            self.files,
+            self.bytes,
+            self.reused,
+            self.vanished,
+            self.elapsed.as_secs_f64(),
+            self.start_lsn,
+            self.stop_lsn,
+            self.timeline,
+            self.wal_segments,
+            phases.join(","),
+            warnings.join(","),
+        )
+    }
+}
+
+/// A JSON string literal (RFC 8259: quote, backslash and control characters escaped).
+pub fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// libpq keywords for the connections to the primary: only what the user gave on our command line, so
@@ -190,6 +247,27 @@ fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) 
     let mut sql = Conn::connect(&borrowed(&sql_params)).map_err(preflight::connect_error)?;
     let primary = preflight::primary(&mut sql)?;
     tracing::info!("primary {}@{} runs PostgreSQL {}", sql.user(), sql.host(), primary.major);
+    if let Some(name) = &args.create_slot {
+        preflight::slot_free(&mut sql, name)?;
+    }
+    let pg_ctl = args.start.then(|| standby::find_pg_ctl(args.pg_bindir.as_deref(), primary.major)).transpose()?;
+    // What -R writes: the primary as this run reached it, or as its host when the run went through a tunnel.
+    let recovery = (args.write_recovery_conf || args.start).then(|| Recovery {
+        host: if forward.is_some() { ssh.host.clone() } else { sql.host() },
+        port: match &forward {
+            Some(_) => args.pgport.map_or_else(|| sql.option("port").unwrap_or_default(), |p| p.to_string()),
+            None => sql.option("port").unwrap_or_default(),
+        },
+        user: sql.user(),
+        sslmode: sql.option("sslmode"),
+        password: if args.conninfo_password { sql.option("password") } else { None },
+        application_name: args
+            .application_name
+            .clone()
+            .unwrap_or_else(|| rustix::system::uname().nodename().to_string_lossy().into_owned()),
+        slot: args.create_slot.clone(),
+        port_setting: args.replica_port,
+    });
 
     let pgdata_system_id = preflight::primary_pgdata(&ssh, &args.primary_pgdata)?;
     preflight::replica_matches(replica, state, pgdata_system_id)?;
@@ -315,7 +393,7 @@ fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) 
     phases.end("copy");
 
     let start_lsn = backup.start_lsn;
-    let end = backup.stop()?;
+    let (end, mut sql) = backup.stop()?;
     tracing::info!("backup stopped at {}", end.stop_lsn);
     // pg_control is taken after pg_backup_stop, so it is at least as new as every copied file.
     let control = run_dir.path().join("pg_control");
@@ -323,23 +401,50 @@ fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) 
     drop(transport);
     phases.end("backup stop");
 
-    let timeline = stream.start.timeline;
-    let received = stream.finish(end.stop_lsn, cancel)?;
-    tracing::info!("WAL received through {received}");
-    let wal_segments = Finalize {
-        replica,
-        streamed: &streamed,
-        seg: primary.seg,
-        timeline,
-        system_id: pgdata_system_id,
-        start: start_lsn,
-        end: &end,
-        control: &control,
-        tablespaces: &plan.tablespaces,
-        mappings: &args.tablespace_mapping,
+    // The permanent slot is copied while the stream's temporary one still holds the WAL; from here on a
+    // failure must drop it again.
+    if let Some(name) = &args.create_slot {
+        standby::copy_slot(&mut sql, &slot, name)?;
+        tracing::info!("created replication slot {name} for the standby");
     }
-    .run()?;
+    let timeline = stream.start.timeline;
+    let finish = || -> Result<u64, CloneError> {
+        let received = stream.finish(end.stop_lsn, cancel)?;
+        tracing::info!("WAL received through {received}");
+        // Before pg_control: a copy that can start must never start as a second primary.
+        if let Some(r) = &recovery {
+            r.write(replica)?;
+        }
+        Ok(Finalize {
+            replica,
+            streamed: &streamed,
+            seg: primary.seg,
+            timeline,
+            system_id: pgdata_system_id,
+            start: start_lsn,
+            end: &end,
+            control: &control,
+            tablespaces: &plan.tablespaces,
+            mappings: &args.tablespace_mapping,
+        }
+        .run()?)
+    };
+    let wal_segments = finish().inspect_err(|_| {
+        if let Some(name) = &args.create_slot {
+            standby::drop_slot(&mut sql, name);
+        }
+    })?;
     phases.end("finalize");
+
+    let standby = match (&pg_ctl, &recovery) {
+        (Some(pg_ctl), Some(r)) => {
+            standby::start(pg_ctl, replica, &replica.join("startup.log"))?;
+            let lag = standby::wait_streaming(&mut sql, &r.application_name, args.wait_streaming, cancel)?;
+            phases.end("standby start");
+            Some((r.application_name.clone(), lag))
+        }
+        _ => None,
+    };
     Ok(Summary {
         files: copied.files,
         bytes: copied.bytes,
@@ -352,6 +457,7 @@ fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) 
         timeline,
         replica: replica.to_path_buf(),
         phases: phases.done,
+        standby,
     })
 }
 
@@ -376,4 +482,14 @@ fn rand_u16() -> u16 {
     let mut b = [0u8; 2];
     let _ = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
     u16::from_ne_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_str("a\"b\\c\nd ü"), "\"a\\\"b\\\\c\\u000ad ü\"");
+    }
 }

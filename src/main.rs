@@ -15,6 +15,7 @@ mod progress;
 mod replica;
 mod run_dir;
 mod ssh;
+mod standby;
 mod tablespace;
 mod transfer;
 mod transport;
@@ -49,10 +50,16 @@ fn main() -> ExitCode {
     match clone::run(&args, &cancel) {
         Ok(summary) => {
             eprintln!("pgclone: {summary}");
+            if args.json {
+                println!("{}", summary.json());
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("pgclone: error: {e}");
+            if args.json {
+                println!("{{\"ok\":false,\"error\":{}}}", clone::json_str(&e.to_string()));
+            }
             ExitCode::FAILURE
         }
     }

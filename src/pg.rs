@@ -93,15 +93,35 @@ impl Conn {
         unsafe { ffi::PQserverVersion(self.raw.as_ptr()) }
     }
 
-    /// Host, port and user libpq actually used, whatever their source (flag, environment, service file).
     pub fn host(&self) -> String {
-        // SAFETY: valid connection; the returned string is owned by it.
-        unsafe { text(ffi::PQhost(self.raw.as_ptr())) }.unwrap_or_default()
+        self.option("host").unwrap_or_default()
     }
 
     pub fn user(&self) -> String {
-        // SAFETY: as above.
-        unsafe { text(ffi::PQuser(self.raw.as_ptr())) }.unwrap_or_default()
+        self.option("user").unwrap_or_default()
+    }
+
+    /// The value libpq actually used for a connection option (PQconninfo), whatever its source: flag,
+    /// environment, service file or default. None when unset.
+    pub fn option(&self, keyword: &str) -> Option<String> {
+        // SAFETY: PQconninfo returns an array terminated by a NULL keyword, owned by us until PQconninfoFree.
+        unsafe {
+            let opts = ffi::PQconninfo(self.raw.as_ptr());
+            if opts.is_null() {
+                return None;
+            }
+            let mut found = None;
+            let mut o = opts;
+            while !(*o).keyword.is_null() {
+                if text((*o).keyword).as_deref() == Some(keyword) {
+                    found = text((*o).val).filter(|v| !v.is_empty());
+                    break;
+                }
+                o = o.add(1);
+            }
+            ffi::PQconninfoFree(opts);
+            found
+        }
     }
 
     /// Runs a query (simple protocol) and returns its rows; an error result becomes `PgError`.

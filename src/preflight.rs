@@ -47,6 +47,8 @@ pub enum PreflightError {
     NoWalSender { max: i64, used: i64 },
     #[error("no free replication slot on the primary: max_replication_slots = {max} and {used} in use")]
     NoSlot { max: i64, used: i64 },
+    #[error("replication slot \"{0}\" already exists on the primary: choose another --create-slot name or drop it")]
+    SlotExists(String),
     #[error("the primary reported an invalid wal_segment_size: {0:?}")]
     SegSize(String),
     #[error(transparent)]
@@ -223,6 +225,17 @@ pub fn primary(conn: &mut Conn) -> Result<Primary, PreflightError> {
     // pg_settings reports wal_segment_size in bytes (unit "B"), unlike SHOW's "16MB".
     let seg = get(8).parse().ok().and_then(SegSize::new).ok_or_else(|| PreflightError::SegSize(get(8).into()))?;
     Ok(Primary { major, seg })
+}
+
+/// --create-slot must name a slot that does not exist yet: finding out after the copy would waste it.
+pub fn slot_free(conn: &mut Conn, name: &str) -> Result<(), PreflightError> {
+    let rows = conn
+        .query_params("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", &[name])
+        .map_err(PreflightError::Query)?;
+    match rows.get(0, 0) {
+        Some("0") => Ok(()),
+        _ => Err(PreflightError::SlotExists(name.to_string())),
+    }
 }
 
 /// Logs in over ssh and checks that --primary-pgdata is a data directory the ssh user can read.

@@ -1,0 +1,237 @@
+//! Standby setup: what turns a finished copy into a running standby (-R, --create-slot, --start).
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::cancel::Cancel;
+use crate::pg::{Conn, PgError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StandbyError {
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("creating replication slot {slot} failed: {source}")]
+    Slot { slot: String, source: PgError },
+    #[error(
+        "no pg_ctl for PostgreSQL {major} found (looked in --pg-bindir, /usr/lib/postgresql/{major}/bin and PATH)"
+    )]
+    NoPgCtl { major: u32 },
+    #[error("pg_ctl could not start the standby in {dir}: {reason}")]
+    Start { dir: PathBuf, reason: String },
+    #[error("the standby did not show up streaming in the primary's pg_stat_replication within {secs} s{last}")]
+    NotStreaming { secs: u64, last: String },
+    #[error("watching the standby failed: {0}")]
+    Watch(PgError),
+    #[error("{0}")]
+    Cancelled(String),
+}
+
+/// What -R writes: how the standby reaches the primary.
+pub struct Recovery {
+    pub host: String,
+    pub port: String,
+    pub user: String,
+    pub sslmode: Option<String>,
+    pub password: Option<String>,
+    pub application_name: String,
+    pub slot: Option<String>,
+    /// --replica-port: the standby's own port.
+    pub port_setting: Option<u16>,
+}
+
+impl Recovery {
+    /// The lines appended to postgresql.auto.conf. primary_conninfo follows libpq's quoting (values in single
+    /// quotes, \ and ' escaped), and the whole setting is a single-quoted GUC string ('' for ').
+    pub fn settings(&self) -> String {
+        let mut conninfo = vec![("host", self.host.as_str()), ("port", &self.port), ("user", &self.user)];
+        if let Some(m) = &self.sslmode {
+            conninfo.push(("sslmode", m));
+        }
+        if let Some(p) = &self.password {
+            conninfo.push(("password", p));
+        }
+        conninfo.push(("application_name", &self.application_name));
+        let conninfo: Vec<String> =
+            conninfo.iter().map(|(k, v)| format!("{k}='{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))).collect();
+        let mut s = String::from("# Added by pgclone -R\n");
+        s.push_str(&format!("primary_conninfo = '{}'\n", conninfo.join(" ").replace('\'', "''")));
+        if let Some(slot) = &self.slot {
+            s.push_str(&format!("primary_slot_name = '{slot}'\n"));
+        }
+        if let Some(port) = self.port_setting {
+            s.push_str(&format!("port = {port}\n"));
+        }
+        s
+    }
+
+    /// Appends the settings to postgresql.auto.conf (later lines win) and creates standby.signal: the server
+    /// then starts as a standby streaming from the primary (high-availability.sgml, "Preparing for Standby").
+    pub fn write(&self, replica: &Path) -> Result<(), StandbyError> {
+        let conf = replica.join("postgresql.auto.conf");
+        let mut f = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&conf)
+            .map_err(|source| StandbyError::Io { what: "opening", path: conf.clone(), source })?;
+        f.write_all(self.settings().as_bytes()).and_then(|()| f.sync_all()).map_err(|source| StandbyError::Io {
+            what: "writing",
+            path: conf,
+            source,
+        })?;
+        let signal = replica.join("standby.signal");
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&signal)
+            .and_then(|f| f.sync_all())
+            .map_err(|source| StandbyError::Io { what: "creating", path: signal, source })
+    }
+}
+
+/// --create-slot: a permanent copy of the stream's temporary slot. The temporary slot has held every WAL
+/// segment since before the backup started, so its copy keeps exactly what the standby will ask for at its
+/// first start. Made at the end, not the start, so that a run that dies (even by `kill -9`) leaves no
+/// permanent slot behind.
+pub fn copy_slot(conn: &mut Conn, temporary: &str, name: &str) -> Result<(), StandbyError> {
+    conn.query_params("SELECT pg_copy_physical_replication_slot($1, $2, false)", &[temporary, name])
+        .map(drop)
+        .map_err(|source| StandbyError::Slot { slot: name.to_string(), source })
+}
+
+/// Undoes `copy_slot` when a later step fails.
+pub fn drop_slot(conn: &mut Conn, name: &str) {
+    if let Err(e) = conn.query_params("SELECT pg_drop_replication_slot($1)", &[name]) {
+        tracing::warn!("could not drop replication slot {name}: {e}");
+    }
+}
+
+/// pg_ctl of the primary's major: the standby must run the same major as the primary.
+pub fn find_pg_ctl(bindir: Option<&Path>, major: u32) -> Result<PathBuf, StandbyError> {
+    let debian = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
+    let path_dirs = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).unwrap_or_default();
+    bindir
+        .map(Path::to_path_buf)
+        .into_iter()
+        .chain([debian])
+        .chain(path_dirs)
+        .map(|d| d.join("pg_ctl"))
+        .find(|p| pg_ctl_major(p) == Some(major))
+        .ok_or(StandbyError::NoPgCtl { major })
+}
+
+/// "pg_ctl (PostgreSQL) 15.18" → 15.
+fn pg_ctl_major(pg_ctl: &Path) -> Option<u32> {
+    let out = Command::new(pg_ctl).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace().last()?.split('.').next()?.parse().ok()
+}
+
+/// Starts the standby with pg_ctl, logging to `log` (pg_ctl -w waits until it accepts connections or has
+/// reached its consistent state as a hot standby).
+pub fn start(pg_ctl: &Path, replica: &Path, log: &Path) -> Result<(), StandbyError> {
+    let out = Command::new(pg_ctl)
+        .arg("-D")
+        .arg(replica)
+        .arg("-l")
+        .arg(log)
+        .args(["-w", "-t", "300", "start"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| StandbyError::Io { what: "running", path: pg_ctl.to_path_buf(), source })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let reason = std::fs::read_to_string(log)
+        .ok()
+        .and_then(|l| l.lines().rfind(|l| l.contains("FATAL") || l.contains("PANIC")).map(str::to_string))
+        .unwrap_or_else(|| crate::ssh::last_line(&out.stderr));
+    Err(StandbyError::Start { dir: replica.to_path_buf(), reason })
+}
+
+/// Waits until the primary's pg_stat_replication shows the standby streaming; returns its replay lag in bytes.
+pub fn wait_streaming(
+    conn: &mut Conn,
+    application_name: &str,
+    secs: u64,
+    cancel: &Cancel,
+) -> Result<u64, StandbyError> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut last = String::new();
+    loop {
+        let rows = conn
+            .query_params(
+                "SELECT state, pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint \
+                 FROM pg_stat_replication WHERE application_name = $1",
+                &[application_name],
+            )
+            .map_err(StandbyError::Watch)?;
+        if let Some(state) = rows.get(0, 0) {
+            if state == "streaming" {
+                return Ok(rows.get(0, 1).and_then(|l| l.parse().ok()).unwrap_or(0));
+            }
+            last = format!(" (last state: {state})");
+        }
+        if let Some(reason) = cancel.reason() {
+            return Err(StandbyError::Cancelled(reason));
+        }
+        if Instant::now() >= deadline {
+            return Err(StandbyError::NotStreaming { secs, last });
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_quote_conninfo_for_libpq_and_the_config_file() {
+        let r = Recovery {
+            host: "db.example".into(),
+            port: "5433".into(),
+            user: "rep'l".into(),
+            sslmode: Some("require".into()),
+            password: None,
+            application_name: "replica1".into(),
+            slot: Some("standby1".into()),
+            port_setting: Some(5434),
+        };
+        assert_eq!(
+            r.settings(),
+            "# Added by pgclone -R\n\
+             primary_conninfo = 'host=''db.example'' port=''5433'' user=''rep\\''l'' sslmode=''require'' \
+             application_name=''replica1'''\n\
+             primary_slot_name = 'standby1'\n\
+             port = 5434\n"
+        );
+    }
+
+    #[test]
+    fn write_appends_and_signals() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("postgresql.auto.conf"), "work_mem = '4MB'\n").unwrap();
+        let r = Recovery {
+            host: "h".into(),
+            port: "1".into(),
+            user: "u".into(),
+            sslmode: None,
+            password: Some("p w".into()),
+            application_name: "a".into(),
+            slot: None,
+            port_setting: None,
+        };
+        r.write(d.path()).unwrap();
+        let conf = std::fs::read_to_string(d.path().join("postgresql.auto.conf")).unwrap();
+        assert!(conf.starts_with("work_mem = '4MB'\n# Added by pgclone -R\n"), "{conf}");
+        assert!(conf.contains("password=''p w''"), "{conf}");
+        assert!(d.path().join("standby.signal").exists());
+    }
+}
