@@ -141,6 +141,16 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub pg_bindir: Option<PathBuf>,
 
+    /// Do not verify data page checksums while copying (when the primary has them on, pages older than the
+    /// backup start are checked and a corrupt one fails the clone)
+    #[arg(long)]
+    pub no_verify_checksums: bool,
+
+    /// Do not write backup_manifest (the extra read pass that computes its checksums is then skipped unless
+    /// page checksums are verified)
+    #[arg(long)]
+    pub no_manifest: bool,
+
     /// Print a machine-readable summary (JSON) on stdout; human logs stay on stderr
     #[arg(long)]
     pub json: bool,

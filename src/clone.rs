@@ -2,6 +2,7 @@
 //! (error, signal, WAL stream failure) drops them in reverse order: rsync daemon gone, backup aborted by
 //! closing its session, temporary slot gone with the replication connection, run directory removed.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -12,7 +13,9 @@ use crate::cancel::Cancel;
 use crate::cli::Args;
 use crate::control_file::CONTROL_FILE;
 use crate::finalize::{Finalize, FinalizeError};
+use crate::json;
 use crate::lsn::Lsn;
+use crate::manifest::{self, FileSum, ManifestError};
 use crate::pg::Conn;
 use crate::preflight::{self, PreflightError, ReplicaState};
 use crate::progress::{self, Progress};
@@ -49,6 +52,10 @@ pub enum CloneError {
     Replica(#[from] ReplicaError),
     #[error(transparent)]
     Standby(#[from] StandbyError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("{0}; the copy would carry the corruption (--no-verify-checksums clones anyway)")]
+    BadPages(String),
     #[error("{0}")]
     Cancelled(String),
 }
@@ -109,20 +116,20 @@ impl Summary {
     /// The summary for machines (--json): one object on stdout.
     pub fn json(&self) -> String {
         let phases: Vec<String> =
-            self.phases.iter().map(|(n, d)| format!("{}:{:.3}", json_str(n), d.as_secs_f64())).collect();
+            self.phases.iter().map(|(n, d)| format!("{}:{:.3}", json::string(n), d.as_secs_f64())).collect();
         let standby = match &self.standby {
-            Some((name, lag)) => format!("{{\"application_name\":{},\"replay_lag_bytes\":{lag}}}", json_str(name)),
+            Some((name, lag)) => format!("{{\"application_name\":{},\"replay_lag_bytes\":{lag}}}", json::string(name)),
             None => "null".into(),
         };
         let warnings: Vec<String> = (self.vanished > 0)
-            .then(|| json_str(&format!("{} files vanished on the primary during the copy", self.vanished)))
+            .then(|| json::string(&format!("{} files vanished on the primary during the copy", self.vanished)))
             .into_iter()
             .collect();
         format!(
             "{{\"ok\":true,\"replica\":{},\"files\":{},\"bytes\":{},\"reused_bytes\":{},\"vanished_files\":{},\
              \"elapsed_seconds\":{:.3},\"start_lsn\":\"{}\",\"stop_lsn\":\"{}\",\"timeline\":{},\"wal_segments\":{},\
              \"phases\":{{{}}},\"standby\":{standby},\"warnings\":[{}]}}",
-            json_str(&self.replica.to_string_lossy()),
+            json::string(&self.replica.to_string_lossy()),
             self.files,
             self.bytes,
             self.reused,
@@ -136,22 +143,6 @@ impl Summary {
             warnings.join(","),
         )
     }
-}
-
-/// A JSON string literal (RFC 8259: quote, backslash and control characters escaped).
-pub fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// libpq keywords for the connections to the primary: only what the user gave on our command line, so
@@ -392,6 +383,16 @@ fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) 
     check(cancel)?;
     phases.end("copy");
 
+    // Before pg_backup_stop: a file fetched again must still be covered by the WAL the clone replays.
+    let pages_before = (primary.checksums && !args.no_verify_checksums).then_some(backup.start_lsn);
+    let sums = if args.no_manifest && pages_before.is_none() {
+        Vec::new()
+    } else {
+        let sums = verify_copy(&plan, replica, &transport, pages_before, parallel, args.no_verify_checksums, cancel)?;
+        phases.end("verify");
+        sums
+    };
+
     let start_lsn = backup.start_lsn;
     let (end, mut sql) = backup.stop()?;
     tracing::info!("backup stopped at {}", end.stop_lsn);
@@ -426,6 +427,7 @@ fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) 
             control: &control,
             tablespaces: &plan.tablespaces,
             mappings: &args.tablespace_mapping,
+            manifest: (!args.no_manifest).then_some((primary.major, sums)),
         }
         .run()?)
     };
@@ -461,6 +463,46 @@ fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) 
     })
 }
 
+/// Reads the copy once for the manifest's checksums and, with `pages_before`, verifies data page checksums.
+/// A page that fails may be a torn read of a page the primary was writing at that moment (basebackup.c
+/// re-reads such pages), so its file is fetched again and checked once more before it counts as corrupt.
+fn verify_copy(
+    plan: &transfer::Plan,
+    replica: &Path,
+    transport: &dyn Transport,
+    pages_before: Option<Lsn>,
+    parallel: usize,
+    warn_only: bool,
+    cancel: &Cancel,
+) -> Result<Vec<FileSum>, CloneError> {
+    let files: Vec<PathBuf> = plan.files.iter().map(|(p, _)| p.clone()).collect();
+    let (mut sums, bad) = manifest::scan(replica, &files, pages_before, parallel)?;
+    if bad.is_empty() {
+        return Ok(sums);
+    }
+    let suspect: Vec<PathBuf> = bad.iter().map(|b| b.path.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+    tracing::info!("{} pages failed their checksum; fetching {} files again", bad.len(), suspect.len());
+    for f in &suspect {
+        let _ = std::fs::remove_file(replica.join(f));
+    }
+    transport.worker()?.copy(&suspect, replica, cancel)?;
+    let (again, bad) = manifest::scan(replica, &suspect, pages_before, parallel)?;
+    sums.retain(|s| !suspect.contains(&s.path));
+    sums.extend(again);
+    sums.sort_by(|a, b| a.path.cmp(&b.path));
+    if !bad.is_empty() {
+        let list: Vec<String> =
+            bad.iter().take(10).map(|b| format!("{} block {}", b.path.display(), b.block)).collect();
+        let more = if bad.len() > 10 { format!(" and {} more", bad.len() - 10) } else { String::new() };
+        let what = format!("{} data pages fail their checksum on the primary: {}{more}", bad.len(), list.join(", "));
+        if !warn_only {
+            return Err(CloneError::BadPages(what));
+        }
+        tracing::warn!("{what}");
+    }
+    Ok(sums)
+}
+
 /// Wall-clock time per phase, for the summary: where a slow clone spent its time.
 struct Phases {
     done: Vec<(&'static str, Duration)>,
@@ -482,14 +524,4 @@ fn rand_u16() -> u16 {
     let mut b = [0u8; 2];
     let _ = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
     u16::from_ne_bytes(b)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn json_strings_are_escaped() {
-        assert_eq!(json_str("a\"b\\c\nd ü"), "\"a\\\"b\\\\c\\u000ad ü\"");
-    }
 }

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use crate::backup_session::BackupEnd;
 use crate::control_file::{self, CONTROL_FILE};
 use crate::lsn::{history_file_name, Lsn, SegSize};
+use crate::manifest::{self, FileSum, ManifestError};
 use crate::tablespace::{self, Mapping};
 use crate::transfer::Tablespace;
 
@@ -24,6 +25,8 @@ pub enum FinalizeError {
     ControlMismatch { found: u64, expected: u64 },
     #[error("{what} {path}: {source}")]
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> FinalizeError {
@@ -44,6 +47,9 @@ pub struct Finalize<'a> {
     pub control: &'a Path,
     pub tablespaces: &'a [Tablespace],
     pub mappings: &'a [Mapping],
+    /// Write backup_manifest: the primary's major (which decides the format version) and the checksums of the
+    /// copied files.
+    pub manifest: Option<(u32, Vec<FileSum>)>,
 }
 
 impl Finalize<'_> {
@@ -61,6 +67,9 @@ impl Finalize<'_> {
         }
         // One syncfs makes every copied file durable (the copy itself does not fsync), far faster than a
         // per-file walk; PostgreSQL offers the same choice as recovery_init_sync_method = syncfs.
+        if let Some((major, sums)) = &self.manifest {
+            self.write_manifest(*major, sums, &control)?;
+        }
         // pg_wal (--replica-waldir) and tablespaces may live on other filesystems: sync those too.
         let dirs = [self.replica.to_path_buf(), self.replica.join("pg_wal")];
         for dir in dirs.into_iter().chain(self.tablespaces.iter().map(|t| t.local.clone())) {
@@ -103,6 +112,30 @@ impl Finalize<'_> {
             move_file(&history, &pg_wal.join(history_file_name(self.timeline)))?;
         }
         Ok(last - first + 1)
+    }
+
+    /// The manifest lists every file of the copy but WAL: the scanned ones, plus those written after the scan
+    /// (backup_label, tablespace_map, the -R settings) and pg_control, which is about to be put in place.
+    fn write_manifest(&self, major: u32, scanned: &[FileSum], control: &[u8]) -> Result<(), FinalizeError> {
+        const LATE: [&str; 4] = ["backup_label", "tablespace_map", "postgresql.auto.conf", "standby.signal"];
+        let mut files: Vec<FileSum> =
+            scanned.iter().filter(|f| !LATE.iter().any(|l| f.path == Path::new(l))).cloned().collect();
+        for name in LATE {
+            let path = self.replica.join(name);
+            if let Ok(bytes) = std::fs::read(&path) {
+                files.push(manifest::sum_bytes(&path, name, &bytes));
+            }
+        }
+        files.push(manifest::sum_bytes(self.control, CONTROL_FILE, control));
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        let header = manifest::Header {
+            version: if major >= 17 { 2 } else { 1 },
+            system_id: self.system_id,
+            timeline: self.timeline,
+            start: self.start,
+            end: self.end.stop_lsn,
+        };
+        Ok(manifest::write(self.replica, &manifest::render(&header, &files))?)
     }
 
     fn write_file(&self, name: &str, content: &str) -> Result<(), FinalizeError> {
@@ -177,6 +210,7 @@ mod tests {
             control: c,
             tablespaces: &[],
             mappings: &[],
+            manifest: None,
         }
     }
 

@@ -7,7 +7,10 @@ mod cli;
 mod clone;
 mod control_file;
 mod finalize;
+mod json;
 mod lsn;
+mod manifest;
+mod page_checksum;
 mod pg;
 mod preflight;
 mod proc;
@@ -58,7 +61,7 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("pgclone: error: {e}");
             if args.json {
-                println!("{{\"ok\":false,\"error\":{}}}", clone::json_str(&e.to_string()));
+                println!("{{\"ok\":false,\"error\":{}}}", json::string(&e.to_string()));
             }
             ExitCode::FAILURE
         }

@@ -179,6 +179,8 @@ fn live_postmaster(dir: &Path) -> Option<i32> {
 pub struct Primary {
     pub major: u32,
     pub seg: SegSize,
+    /// Data page checksums are on (initdb -k; the default from PostgreSQL 18).
+    pub checksums: bool,
 }
 
 /// Checks the primary over the SQL session: version, privileges, WAL settings, free sender and slot.
@@ -198,7 +200,8 @@ pub fn primary(conn: &mut Conn) -> Result<Primary, PreflightError> {
                     (SELECT count(*) FROM pg_stat_replication), \
                     current_setting('max_replication_slots')::bigint, \
                     (SELECT count(*) FROM pg_replication_slots), \
-                    (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size') \
+                    (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'), \
+                    current_setting('data_checksums') \
              FROM pg_roles r WHERE r.rolname = current_user",
         )
         .map_err(PreflightError::Query)?;
@@ -224,7 +227,7 @@ pub fn primary(conn: &mut Conn) -> Result<Primary, PreflightError> {
     }
     // pg_settings reports wal_segment_size in bytes (unit "B"), unlike SHOW's "16MB".
     let seg = get(8).parse().ok().and_then(SegSize::new).ok_or_else(|| PreflightError::SegSize(get(8).into()))?;
-    Ok(Primary { major, seg })
+    Ok(Primary { major, seg, checksums: get(9) == "on" })
 }
 
 /// --create-slot must name a slot that does not exist yet: finding out after the copy would waste it.

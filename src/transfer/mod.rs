@@ -12,7 +12,7 @@ use crossbeam_channel::select;
 use crate::cancel::Cancel;
 use crate::progress::{self, Progress};
 use crate::transport::{Copied, Transport, TransportError};
-pub use plan::{plan, Plan, Tablespace};
+pub use plan::{plan, relation_segment, Plan, Tablespace};
 
 /// Small files travel together so that thousands of catalog files do not cost a request each.
 const BATCH_BYTES: u64 = 16 << 20;

@@ -178,6 +178,17 @@ fn all_digits(s: &OsStr) -> bool {
     !s.is_empty() && s.iter().all(u8::is_ascii_digit)
 }
 
+/// The segment number of a relation data file (a file whose pages carry checksums: basebackup.c
+/// is_checksummed_file), None for anything else.
+pub fn relation_segment(path: &Path) -> Option<u64> {
+    if !in_db_dir(path) {
+        return None;
+    }
+    let name = path.file_name()?.to_str()?;
+    relation_file(name)?;
+    Some(name.split_once('.').and_then(|(_, seg)| seg.parse().ok()).unwrap_or(0))
+}
+
 /// `<relfilenode>[_<fork>][.<segment>]` → (relfilenode, fork) (parse_filename_for_nontemp_relation).
 fn relation_file(name: &str) -> Option<(&str, Option<&str>)> {
     let base = match name.split_once('.') {
@@ -350,6 +361,16 @@ mod tests {
             "an in-place tablespace is a plain directory"
         );
         assert!(!p.dirs.iter().any(|(d, _)| d.starts_with("pg_tblspc/16390/PG_14_202107181")));
+    }
+
+    #[test]
+    fn relation_segments_only_in_database_dirs() {
+        assert_eq!(relation_segment(Path::new("base/5/16384")), Some(0));
+        assert_eq!(relation_segment(Path::new("base/5/16384.3")), Some(3));
+        assert_eq!(relation_segment(Path::new("global/1262_vm")), Some(0));
+        assert_eq!(relation_segment(Path::new("pg_tblspc/1/PG_15_2/5/77")), Some(0));
+        assert_eq!(relation_segment(Path::new("base/5/pg_filenode.map")), None);
+        assert_eq!(relation_segment(Path::new("pg_xact/0000")), None);
     }
 
     #[test]

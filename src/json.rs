@@ -1,0 +1,26 @@
+//! The little JSON pgclone writes (--json, backup_manifest): fixed shapes, so no serializer is needed,
+//! only correct string literals.
+
+/// A JSON string literal (RFC 8259: quote, backslash and control characters escaped).
+pub fn string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn strings_are_escaped() {
+        assert_eq!(super::string("a\"b\\c\nd ü"), "\"a\\\"b\\\\c\\u000ad ü\"");
+    }
+}

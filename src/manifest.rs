@@ -1,0 +1,269 @@
+//! backup_manifest, in PostgreSQL's format (src/backend/backup/backup_manifest.c; read by pg_verifybackup),
+//! and the read pass over the copied files that produces its checksums and verifies data page checksums.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+
+use crate::json;
+use crate::lsn::Lsn;
+use crate::page_checksum::{self, BLCKSZ, RELSEG_BLOCKS};
+use crate::transfer::relation_segment;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+}
+
+/// One file as the manifest lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSum {
+    pub path: PathBuf,
+    pub size: u64,
+    pub mtime: i64,
+    pub crc32c: u32,
+}
+
+/// A data page whose stored checksum does not match its contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadPage {
+    pub path: PathBuf,
+    pub block: u64,
+}
+
+/// Reads each of `files` (relative to `dest`; missing ones vanished on the primary and are skipped) once,
+/// with `parallel` threads: CRC32C for the manifest and, with `pages_before` set (data checksums on), the
+/// checksum of every page of a relation file whose LSN is older than the backup start. Newer pages may be
+/// torn by concurrent writes and are restored from WAL anyway (basebackup.c verifies the same pages).
+pub fn scan(
+    dest: &Path,
+    files: &[PathBuf],
+    pages_before: Option<Lsn>,
+    parallel: usize,
+) -> Result<(Vec<FileSum>, Vec<BadPage>), ManifestError> {
+    let next = AtomicUsize::new(0);
+    let out = Mutex::new((Vec::new(), Vec::new(), None));
+    std::thread::scope(|s| {
+        for _ in 0..parallel.max(1) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(rel) = files.get(i) else { return };
+                let checks = pages_before.and_then(|lsn| relation_segment(rel).map(|seg| (lsn, seg)));
+                let r = sum_file(dest, rel, checks);
+                let mut o = out.lock().unwrap_or_else(|e| e.into_inner());
+                match r {
+                    Ok(Some((sum, bad))) => {
+                        o.0.push(sum);
+                        o.1.extend(bad);
+                    }
+                    Ok(None) => {}
+                    Err(e) => o.2 = Some(e),
+                }
+            });
+        }
+    });
+    let (mut sums, bad, err) = out.into_inner().unwrap_or_else(|e| e.into_inner());
+    if let Some(e) = err {
+        return Err(e);
+    }
+    sums.sort_by(|a: &FileSum, b| a.path.cmp(&b.path));
+    Ok((sums, bad))
+}
+
+type Checked = (FileSum, Vec<BadPage>);
+
+fn sum_file(dest: &Path, rel: &Path, checks: Option<(Lsn, u64)>) -> Result<Option<Checked>, ManifestError> {
+    let path = dest.join(rel);
+    let io = |what| {
+        let path = path.clone();
+        move |source| ManifestError::Io { what, path, source }
+    };
+    let mut f = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io("opening")(e)),
+    };
+    let meta = f.metadata().map_err(io("reading"))?;
+    let mut crc = 0u32;
+    let mut bad = Vec::new();
+    let mut buf = vec![0u8; 32 * BLCKSZ];
+    let mut block = 0u64;
+    loop {
+        let n = read_full(&mut f, &mut buf).map_err(io("reading"))?;
+        if n == 0 {
+            break;
+        }
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        if let Some((start, seg)) = checks {
+            for page in buf[..n].chunks_exact(BLCKSZ) {
+                let page: &[u8; BLCKSZ] = page.try_into().expect("one block");
+                let blkno = seg * RELSEG_BLOCKS + block;
+                if !page_checksum::is_new(page)
+                    && page_checksum::page_lsn(page) < start.0
+                    && page_checksum::stored_checksum(page) != page_checksum::page_checksum(page, blkno as u32)
+                {
+                    bad.push(BadPage { path: rel.to_path_buf(), block: blkno });
+                }
+                block += 1;
+            }
+        }
+    }
+    Ok(Some((FileSum { path: rel.to_path_buf(), size: meta.len(), mtime: meta.mtime(), crc32c: crc }, bad)))
+}
+
+fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Sums bytes written by pgclone itself (backup_label, pg_control, ...), with the file's current mtime.
+pub fn sum_bytes(path: &Path, rel: &str, bytes: &[u8]) -> FileSum {
+    let mtime = std::fs::metadata(path).map(|m| m.mtime()).unwrap_or_else(|_| now_secs());
+    FileSum { path: rel.into(), size: bytes.len() as u64, mtime, crc32c: crc32c::crc32c(bytes) }
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs() as i64
+}
+
+/// What the manifest says about the backup as a whole.
+pub struct Header {
+    /// 1 up to PostgreSQL 16; 2 from 17, which adds the system identifier.
+    pub version: u32,
+    pub system_id: u64,
+    pub timeline: u32,
+    pub start: Lsn,
+    pub end: Lsn,
+}
+
+/// The manifest text. Its last line carries the SHA-256 of everything before it; pg_verifybackup requires
+/// the text to end in a newline and hashes up to and including the one before the last line.
+pub fn render(h: &Header, files: &[FileSum]) -> String {
+    let mut s = format!("{{ \"PostgreSQL-Backup-Manifest-Version\": {},\n", h.version);
+    if h.version >= 2 {
+        s.push_str(&format!("\"System-Identifier\": {},\n", h.system_id));
+    }
+    s.push_str("\"Files\": [");
+    for (i, f) in files.iter().enumerate() {
+        s.push_str(if i == 0 { "\n" } else { ",\n" });
+        s.push_str(&format!(
+            "{{ \"Path\": {}, \"Size\": {}, \"Last-Modified\": \"{}\", \"Checksum-Algorithm\": \"CRC32C\", \"Checksum\": \"{}\" }}",
+            json::string(&f.path.to_string_lossy()),
+            f.size,
+            gmt(f.mtime),
+            crc_hex(f.crc32c)
+        ));
+    }
+    s.push_str(&format!(
+        " ],\n\"WAL-Ranges\": [\n{{ \"Timeline\": {}, \"Start-LSN\": \"{}\", \"End-LSN\": \"{}\" }}\n],\n",
+        h.timeline, h.start, h.end
+    ));
+    let digest = Sha256::digest(s.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    s.push_str(&format!("\"Manifest-Checksum\": \"{hex}\"}}\n"));
+    s
+}
+
+pub fn write(replica: &Path, text: &str) -> Result<(), ManifestError> {
+    let path = replica.join("backup_manifest");
+    let io = |what| {
+        let path = path.clone();
+        move |source| ManifestError::Io { what, path, source }
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io("creating"))?;
+    f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(io("writing"))
+}
+
+/// PostgreSQL hex-encodes the CRC's bytes as they lie in memory (pg_checksum_final copies the pg_crc32c), so
+/// the text is the native, not the numeric, byte order.
+pub fn crc_hex(crc: u32) -> String {
+    crc.to_ne_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// "YYYY-MM-DD HH:MM:SS GMT" for a Unix time, as the manifest's Last-Modified.
+fn gmt(secs: i64) -> String {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (the proleptic Gregorian calendar, as in Howard Hinnant's
+    // days_from_civil inverse).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} GMT", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gmt_dates() {
+        assert_eq!(gmt(0), "1970-01-01 00:00:00 GMT");
+        assert_eq!(gmt(951_782_400), "2000-02-29 00:00:00 GMT");
+        assert_eq!(gmt(1_795_500_000), "2026-11-24 06:00:00 GMT");
+    }
+
+    #[test]
+    fn manifest_checksum_covers_everything_before_its_line() {
+        let h = Header { version: 2, system_id: 7, timeline: 1, start: Lsn(0x2000028), end: Lsn(0x2000100) };
+        let files = vec![FileSum { path: "PG_VERSION".into(), size: 3, mtime: 0, crc32c: 0xabcd }];
+        let m = render(&h, &files);
+        assert!(m.ends_with("}\n"));
+        assert!(m.contains("\"System-Identifier\": 7,\n"));
+        assert!(m.contains(&format!("\"Checksum\": \"{}\"", crc_hex(0xabcd))));
+        let last = m[..m.len() - 1].rfind('\n').unwrap();
+        let digest: String = Sha256::digest(&m.as_bytes()[..=last]).iter().map(|b| format!("{b:02x}")).collect();
+        assert!(m[last..].contains(&digest));
+    }
+
+    #[test]
+    fn scan_sums_files_and_finds_bad_pages() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("base/5")).unwrap();
+        let mut good = [0u8; BLCKSZ];
+        good[14] = 0x20;
+        let c = page_checksum::page_checksum(&good, 1);
+        good[8..10].copy_from_slice(&c.to_ne_bytes());
+        let mut bad = good;
+        bad[3000] = 1;
+        let newer = {
+            let mut p = bad;
+            p[0..4].copy_from_slice(&5u32.to_ne_bytes());
+            p
+        };
+        let data = [[0u8; BLCKSZ], good, bad, newer].concat();
+        std::fs::write(d.path().join("base/5/16384"), &data).unwrap();
+        std::fs::write(d.path().join("PG_VERSION"), b"15\n").unwrap();
+        let files = vec![PathBuf::from("base/5/16384"), PathBuf::from("PG_VERSION"), PathBuf::from("gone")];
+        let (sums, bad_pages) = scan(d.path(), &files, Some(Lsn(1 << 32)), 2).unwrap();
+        assert_eq!(sums.len(), 2);
+        assert_eq!(sums[0].crc32c, crc32c::crc32c(b"15\n"));
+        // Block 1 carries its own checksum (computed for block number 1); block 2 is corrupt; block 3 is
+        // newer than the backup start and not judged; block 0 is new.
+        assert_eq!(bad_pages, vec![BadPage { path: "base/5/16384".into(), block: 2 }]);
+    }
+}
