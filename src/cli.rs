@@ -11,11 +11,16 @@ use crate::progress;
     name = "pgclone",
     version,
     about = "Turn an empty directory into a ready-to-start physical standby of a live PostgreSQL 15+ primary",
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true,
     after_help = "Connection settings not given here come from libpq as usual: PGHOST, PGPORT, PGUSER, \
                   PGPASSWORD, PGDATABASE, PGSSLMODE..., ~/.pgpass and service files.\n\
                   ssh honours ~/.ssh/config, the ssh agent and known_hosts; host keys are checked strictly."
 )]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Primary's host name or address: used for PostgreSQL and as the ssh host [default: $PGHOST]
     #[arg(long, value_name = "HOST")]
     pub pghost: Option<String>,
@@ -28,9 +33,9 @@ pub struct Args {
     #[arg(long, value_name = "USER")]
     pub pguser: Option<String>,
 
-    /// Data directory of the primary, on the primary host
-    #[arg(long, value_name = "DIR")]
-    pub primary_pgdata: PathBuf,
+    /// Data directory of the primary, on the primary host (required to clone)
+    #[arg(long, value_name = "DIR", required = true)]
+    pub primary_pgdata: Option<PathBuf>,
 
     /// Data directory to create here; must be absent or empty [default: --primary-pgdata]
     #[arg(long, value_name = "DIR")]
@@ -166,4 +171,13 @@ pub struct Args {
     /// Trace logging: every protocol step (pgclone.sh's shell trace)
     #[arg(long)]
     pub debug: bool,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Check a clone (before its first start) against its backup_manifest, as pg_verifybackup does
+    Verify {
+        /// The clone's data directory
+        dir: PathBuf,
+    },
 }

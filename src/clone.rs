@@ -42,6 +42,8 @@ pub enum CloneError {
     Transfer(#[from] TransferError),
     #[error(transparent)]
     Finalize(#[from] FinalizeError),
+    #[error("--primary-pgdata is required")]
+    NoPgdata,
     #[error("no primary host: give --pghost (or set PGHOST) to a host name or address, it is also the ssh host")]
     NoHost,
     #[error("backup started at {start}, before the WAL stream's start {stream}: the stream would miss WAL")]
@@ -182,12 +184,14 @@ fn check(cancel: &Cancel) -> Result<(), CloneError> {
 
 pub fn run(args: &Args, cancel: &Cancel) -> Result<Summary, CloneError> {
     preflight::not_root()?;
-    let replica = args.replica_pgdata.clone().unwrap_or_else(|| args.primary_pgdata.clone());
+    // clap requires --primary-pgdata whenever no subcommand is given.
+    let pgdata = args.primary_pgdata.as_deref().ok_or(CloneError::NoPgdata)?;
+    let replica = args.replica_pgdata.clone().unwrap_or_else(|| pgdata.to_path_buf());
     let created = !replica.exists();
     replica::mkdir(&replica)?;
     let result = ReplicaLock::acquire(&replica)
         .map_err(CloneError::from)
-        .and_then(|lock| run_locked(args, &replica, lock, cancel));
+        .and_then(|lock| run_locked(args, pgdata, &replica, lock, cancel));
     // A directory we made for a run that failed before copying anything is removed again, so a failed
     // preflight changes nothing; remove_dir leaves a non-empty one alone.
     if result.is_err() && created {
@@ -196,7 +200,13 @@ pub fn run(args: &Args, cancel: &Cancel) -> Result<Summary, CloneError> {
     result
 }
 
-fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) -> Result<Summary, CloneError> {
+fn run_locked(
+    args: &Args,
+    pgdata: &Path,
+    replica: &Path,
+    _lock: ReplicaLock,
+    cancel: &Cancel,
+) -> Result<Summary, CloneError> {
     let started = Instant::now();
     let mut phases = Phases::new();
     let state = preflight::replica_dir(replica, args.drop_existing)?;
@@ -260,7 +270,7 @@ fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) 
         port_setting: args.replica_port,
     });
 
-    let pgdata_system_id = preflight::primary_pgdata(&ssh, &args.primary_pgdata)?;
+    let pgdata_system_id = preflight::primary_pgdata(&ssh, pgdata)?;
     preflight::replica_matches(replica, state, pgdata_system_id)?;
     check(cancel)?;
     phases.end("preflight");
@@ -294,11 +304,11 @@ fn run_locked(args: &Args, replica: &Path, _lock: ReplicaLock, cancel: &Cancel) 
 
     let slot = format!("pgclone_{}_{:04x}", std::process::id(), rand_u16());
     let stream = WalStream::start(&borrowed(&params), &streamed, primary.seg, &slot, cancel.clone())?;
-    preflight::same_cluster(&args.primary_pgdata, pgdata_system_id, stream.start.system_id)?;
+    preflight::same_cluster(pgdata, pgdata_system_id, stream.start.system_id)?;
     tracing::info!("streaming WAL from {} on timeline {} into slot {slot}", stream.start.lsn, stream.start.timeline);
 
     let budget = args.limit_net_bw.map(Budget::new);
-    let transport = RsyncTransport::start(&ssh, &args.primary_pgdata, run_dir.path(), budget, args.paranoid)?;
+    let transport = RsyncTransport::start(&ssh, pgdata, run_dir.path(), budget, args.paranoid)?;
     check(cancel)?;
     phases.end("connect");
 

@@ -22,6 +22,7 @@ mod standby;
 mod tablespace;
 mod transfer;
 mod transport;
+mod verify;
 mod wal_stream;
 
 use std::process::ExitCode;
@@ -45,6 +46,9 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
 
+    if let Some(cli::Command::Verify { dir }) = &args.command {
+        return verify(dir);
+    }
     let cancel = Cancel::default();
     if let Err(e) = watch_signals(cancel.clone()) {
         eprintln!("pgclone: error: cannot install signal handlers: {e}");
@@ -63,6 +67,36 @@ fn main() -> ExitCode {
             if args.json {
                 println!("{{\"ok\":false,\"error\":{}}}", json::string(&e.to_string()));
             }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn verify(dir: &std::path::Path) -> ExitCode {
+    match verify::verify(dir) {
+        Ok(r) if r.problems.is_empty() => {
+            eprintln!(
+                "pgclone: {} is consistent with its backup_manifest: {} files, {}, {} WAL segments",
+                dir.display(),
+                r.files,
+                progress::bytes(r.bytes),
+                r.wal_segments
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            for p in &r.problems {
+                eprintln!("pgclone: {p}");
+            }
+            eprintln!(
+                "pgclone: error: {} does not match its backup_manifest ({} problems)",
+                dir.display(),
+                r.problems.len()
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("pgclone: error: {e}");
             ExitCode::FAILURE
         }
     }

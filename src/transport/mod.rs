@@ -88,7 +88,7 @@ pub fn count_copied(files: &[PathBuf], dest: &Path) -> Copied {
     c
 }
 
-pub(crate) fn os(bytes: &[u8]) -> OsString {
+pub fn os(bytes: &[u8]) -> OsString {
     use std::os::unix::ffi::OsStringExt;
     OsString::from_vec(bytes.to_vec())
 }
