@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::progress;
+use crate::transport::protocol::Codec;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -95,6 +96,27 @@ pub struct Args {
     #[arg(long)]
     pub insecure_ssh: bool,
 
+    /// How files travel: native (pgclone agents on the primary, over ssh), rsync (a throwaway rsync daemon),
+    /// or auto: native when the primary has a matching pgclone, else rsync
+    #[arg(long, value_enum, default_value_t = TransportKind::Auto)]
+    pub transport: TransportKind,
+
+    /// The pgclone binary on the primary host, for the native transport
+    #[arg(long, value_name = "PATH", default_value = "pgclone")]
+    pub remote_pgclone: String,
+
+    /// The primary's data directory is on this host: native transport agents run as local processes, no ssh
+    #[arg(long, conflicts_with = "bypass_rep_traffic")]
+    pub no_ssh: bool,
+
+    /// Compression on the wire for the native transport: none, lz4, zstd or zstd:LEVEL
+    #[arg(long, value_name = "CODEC", default_value = "none", value_parser = parse_compress)]
+    pub compress: (Codec, i32),
+
+    /// Files larger than this are split into ranges that any worker may take (native transport; K, M, G)
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
+    pub chunk_size: u64,
+
     /// Parallel copy workers, each its own connection [default: number of CPUs]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub parallel: Option<u16>,
@@ -173,8 +195,43 @@ pub struct Args {
     pub debug: bool,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransportKind {
+    Auto,
+    Native,
+    Rsync,
+}
+
+fn parse_compress(s: &str) -> Result<(Codec, i32), String> {
+    match s.split_once(':') {
+        None if s == "none" => Ok((Codec::None, 0)),
+        None if s == "lz4" => Ok((Codec::Lz4, 0)),
+        None if s == "zstd" => Ok((Codec::Zstd, 1)),
+        Some(("zstd", level)) => match level.parse::<i32>() {
+            Ok(l) if (-7..=19).contains(&l) => Ok((Codec::Zstd, l)),
+            _ => Err(format!("zstd level {level:?} is not a number from -7 to 19")),
+        },
+        _ => Err(format!("{s:?} is not none, lz4, zstd or zstd:LEVEL")),
+    }
+}
+
+/// A size in bytes with an optional K, M or G (binary multiples), at least 1 MiB.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let n = crate::bandwidth::parse_rate(s)?;
+    if n < 1 << 20 {
+        return Err(format!("{s:?} is below 1M"));
+    }
+    Ok(n)
+}
+
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
+    /// The primary's side of the native transport: serves the data directory on stdin/stdout
+    #[command(hide = true)]
+    Agent {
+        #[arg(long)]
+        pgdata: PathBuf,
+    },
     /// Check a clone (before its first start) against its backup_manifest, as pg_verifybackup does
     Verify {
         /// The clone's data directory

@@ -11,6 +11,7 @@ use crate::backup_session::{BackupError, BackupSession};
 use crate::bandwidth::Budget;
 use crate::cancel::Cancel;
 use crate::cli::Args;
+use crate::cli::TransportKind;
 use crate::control_file::CONTROL_FILE;
 use crate::finalize::{Finalize, FinalizeError};
 use crate::json;
@@ -24,8 +25,9 @@ use crate::run_dir::RunDir;
 use crate::ssh::SshTarget;
 use crate::standby::{self, Recovery, StandbyError};
 use crate::transfer::{self, TransferError};
+use crate::transport::native::{self, Launch, NativeTransport};
 use crate::transport::rsync::RsyncTransport;
-use crate::transport::{Transport, TransportError};
+use crate::transport::{Piece, Transport, TransportError};
 use crate::wal_stream::{WalStream, WalStreamError};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,8 @@ pub enum CloneError {
     Transfer(#[from] TransferError),
     #[error(transparent)]
     Finalize(#[from] FinalizeError),
+    #[error("the rsync transport needs ssh: drop --no-ssh or use --transport native")]
+    RsyncNeedsSsh,
     #[error("--primary-pgdata is required")]
     NoPgdata,
     #[error("no primary host: give --pghost (or set PGHOST) to a host name or address, it is also the ssh host")]
@@ -68,6 +72,8 @@ pub struct Summary {
     pub vanished: u64,
     /// Bytes a re-run found already in place (a resumed or re-synced replica).
     pub reused: u64,
+    /// Bytes that crossed the link (a block-hash delta moves only what differs).
+    pub moved: u64,
     pub wal_segments: u64,
     pub elapsed: Duration,
     pub start_lsn: Lsn,
@@ -96,6 +102,9 @@ impl fmt::Display for Summary {
         )?;
         if self.reused > 0 {
             write!(f, "; {} of it was already in place", progress::bytes(self.reused))?;
+        }
+        if self.moved < self.bytes {
+            write!(f, "; {} moved over the link, the rest was identical", progress::bytes(self.moved))?;
         }
         if let Some((name, lag)) = &self.standby {
             write!(f, "; standby {name} is streaming, replay lag {}", progress::bytes(*lag))?;
@@ -128,13 +137,14 @@ impl Summary {
             .into_iter()
             .collect();
         format!(
-            "{{\"ok\":true,\"replica\":{},\"files\":{},\"bytes\":{},\"reused_bytes\":{},\"vanished_files\":{},\
+            "{{\"ok\":true,\"replica\":{},\"files\":{},\"bytes\":{},\"reused_bytes\":{},\"moved_bytes\":{},\"vanished_files\":{},\
              \"elapsed_seconds\":{:.3},\"start_lsn\":\"{}\",\"stop_lsn\":\"{}\",\"timeline\":{},\"wal_segments\":{},\
              \"phases\":{{{}}},\"standby\":{standby},\"warnings\":[{}]}}",
             json::string(&self.replica.to_string_lossy()),
             self.files,
             self.bytes,
             self.reused,
+            self.moved,
             self.vanished,
             self.elapsed.as_secs_f64(),
             self.start_lsn,
@@ -213,12 +223,14 @@ fn run_locked(
     if let Some(w) = &args.replica_waldir {
         preflight::waldir(w, replica, args.drop_existing)?;
     }
-    let host = args
-        .pghost
-        .clone()
-        .or_else(|| std::env::var("PGHOST").ok())
-        .filter(|h| !h.is_empty() && !h.starts_with('/'))
-        .ok_or(CloneError::NoHost)?;
+    // The ssh host is the PostgreSQL host; with --no-ssh there is none to reach.
+    let host =
+        args.pghost.clone().or_else(|| std::env::var("PGHOST").ok()).filter(|h| !h.is_empty() && !h.starts_with('/'));
+    let host = match host {
+        Some(h) => h,
+        None if args.no_ssh => "localhost".into(),
+        None => return Err(CloneError::NoHost),
+    };
 
     let ssh = SshTarget {
         host,
@@ -270,7 +282,8 @@ fn run_locked(
         port_setting: args.replica_port,
     });
 
-    let pgdata_system_id = preflight::primary_pgdata(&ssh, pgdata)?;
+    let pgdata_system_id =
+        if args.no_ssh { preflight::local_pgdata(pgdata)? } else { preflight::primary_pgdata(&ssh, pgdata)? };
     preflight::replica_matches(replica, state, pgdata_system_id)?;
     check(cancel)?;
     phases.end("preflight");
@@ -307,8 +320,7 @@ fn run_locked(
     preflight::same_cluster(pgdata, pgdata_system_id, stream.start.system_id)?;
     tracing::info!("streaming WAL from {} on timeline {} into slot {slot}", stream.start.lsn, stream.start.timeline);
 
-    let budget = args.limit_net_bw.map(Budget::new);
-    let transport = RsyncTransport::start(&ssh, pgdata, run_dir.path(), budget, args.paranoid)?;
+    let transport = start_transport(args, &ssh, pgdata, run_dir.path())?;
     check(cancel)?;
     phases.end("connect");
 
@@ -346,6 +358,7 @@ fn run_locked(
     phases.end("backup start");
 
     let plan = transfer::plan(&transport.list()?, primary.major, &args.tablespace_mapping);
+    tracing::debug!("listed the primary's data directory");
     let reusable = if resync {
         let (removed, present) = transfer::prune(&plan, replica)?;
         tracing::info!(
@@ -369,7 +382,7 @@ fn run_locked(
     let progress = Progress::new(plan.total_bytes, args.progress, Duration::from_secs(args.progress_interval));
     let copied = std::thread::scope(|s| {
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-        let (plan, transport, progress) = (&plan, &transport, &progress);
+        let (plan, transport, progress) = (&plan, &*transport, &progress);
         s.spawn(move || done_tx.send(transfer::copy(plan, transport, replica, parallel, progress, cancel)));
         // This thread supervises: the backup session sits idle during the copy, and a server that ends
         // it (pg_terminate_backend, restart) must stop the clone now, not at pg_backup_stop.
@@ -398,7 +411,7 @@ fn run_locked(
     let sums = if args.no_manifest && pages_before.is_none() {
         Vec::new()
     } else {
-        let sums = verify_copy(&plan, replica, &transport, pages_before, parallel, args.no_verify_checksums, cancel)?;
+        let sums = verify_copy(&plan, replica, &*transport, pages_before, parallel, args.no_verify_checksums, cancel)?;
         phases.end("verify");
         sums
     };
@@ -462,6 +475,7 @@ fn run_locked(
         bytes: copied.bytes,
         vanished: copied.vanished,
         reused: reusable,
+        moved: copied.moved,
         wal_segments,
         elapsed: started.elapsed(),
         start_lsn,
@@ -471,6 +485,43 @@ fn run_locked(
         phases: phases.done,
         standby,
     })
+}
+
+/// The native transport when asked for, or when `auto` finds a matching pgclone on the primary; rsync otherwise
+/// (and always rsync when asked for). Both share one --limit-net-bw budget across their workers.
+fn start_transport(
+    args: &Args,
+    ssh: &SshTarget,
+    pgdata: &Path,
+    run_dir: &Path,
+) -> Result<Box<dyn Transport>, CloneError> {
+    let budget = args.limit_net_bw.map(Budget::new);
+    let native = || {
+        NativeTransport::start(native::Options {
+            launch: if args.no_ssh { Launch::Local } else { Launch::Ssh(ssh.clone()) },
+            remote_bin: args.remote_pgclone.clone(),
+            pgdata: pgdata.to_path_buf(),
+            codec: args.compress.0,
+            level: args.compress.1,
+            split: args.chunk_size,
+            budget: budget.clone(),
+        })
+    };
+    let rsync = || RsyncTransport::start(ssh, pgdata, run_dir, budget.clone(), args.paranoid);
+    let t: Box<dyn Transport> = match args.transport {
+        TransportKind::Native => Box::new(native()?),
+        TransportKind::Rsync if args.no_ssh => return Err(CloneError::RsyncNeedsSsh),
+        TransportKind::Rsync => Box::new(rsync()?),
+        TransportKind::Auto => match native() {
+            Ok(t) => Box::new(t),
+            Err(TransportError::AgentMissing(why)) if !args.no_ssh => {
+                tracing::warn!("{why}; using the rsync transport");
+                Box::new(rsync()?)
+            }
+            Err(e) => return Err(e.into()),
+        },
+    };
+    Ok(t)
 }
 
 /// Reads the copy once for the manifest's checksums and, with `pages_before`, verifies data page checksums.
@@ -495,7 +546,8 @@ fn verify_copy(
     for f in &suspect {
         let _ = std::fs::remove_file(replica.join(f));
     }
-    transport.worker()?.copy(&suspect, replica, cancel)?;
+    let pieces: Vec<Piece> = suspect.iter().map(|p| Piece::whole(p.clone(), 0)).collect();
+    transport.worker()?.copy(&pieces, replica, cancel)?;
     let (again, bad) = manifest::scan(replica, &suspect, pages_before, parallel)?;
     sums.retain(|s| !suspect.contains(&s.path));
     sums.extend(again);

@@ -46,8 +46,18 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
 
-    if let Some(cli::Command::Verify { dir }) = &args.command {
-        return verify(dir);
+    match &args.command {
+        Some(cli::Command::Verify { dir }) => return verify(dir),
+        Some(cli::Command::Agent { pgdata }) => {
+            return match transport::agent::serve(pgdata, std::io::stdin().lock(), std::io::stdout().lock()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("pgclone agent: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        None => {}
     }
     let cancel = Cancel::default();
     if let Err(e) = watch_signals(cancel.clone()) {

@@ -264,6 +264,18 @@ pub fn primary_pgdata(ssh: &SshTarget, pgdata: &Path) -> Result<u64, PreflightEr
     }
 }
 
+/// --no-ssh: the same check as `primary_pgdata`, on this host.
+pub fn local_pgdata(pgdata: &Path) -> Result<u64, PreflightError> {
+    let host = "this host".to_string();
+    let user = "pgclone's user".to_string();
+    if !pgdata.is_dir() {
+        return Err(PreflightError::NoPgdata { dir: pgdata.to_path_buf(), host, user });
+    }
+    std::fs::read(pgdata.join(CONTROL_FILE))
+        .map(|c| control_file::system_id(&c))
+        .map_err(|_| PreflightError::NotPgdata { dir: pgdata.to_path_buf(), host, user })
+}
+
 /// The directory we copy from must be the cluster we stream WAL from and back up.
 pub fn same_cluster(pgdata: &Path, found: u64, expected: u64) -> Result<(), PreflightError> {
     if found == expected {

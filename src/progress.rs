@@ -137,7 +137,7 @@ mod tests {
     #[test]
     fn line_counts_what_was_added() {
         let p = Progress::new(1000, Mode::None, Duration::from_secs(1));
-        p.add(Copied { files: 2, bytes: 500, vanished: 0 });
+        p.add(Copied { files: 2, bytes: 500, moved: 500, vanished: 0 });
         let l = p.line();
         assert!(l.starts_with("copied 500 B of 1.0 kB (50%), 2 files"), "{l}");
     }

@@ -11,7 +11,7 @@ use crossbeam_channel::select;
 
 use crate::cancel::Cancel;
 use crate::progress::{self, Progress};
-use crate::transport::{Copied, Transport, TransportError};
+use crate::transport::{Copied, Piece, Transport, TransportError};
 pub use plan::{plan, relation_segment, Plan, Tablespace};
 
 /// Small files travel together so that thousands of catalog files do not cost a request each.
@@ -145,21 +145,27 @@ pub fn check_space(plan: &Plan, dest: &Path, reusable: u64, margin: u64) -> Resu
     Ok(())
 }
 
-/// Groups the plan's files (largest first) into jobs: a large file alone, small ones in batches.
-fn jobs(plan: &Plan) -> Vec<Vec<PathBuf>> {
+/// Groups the plan's files (largest first) into jobs: a file larger than `split` becomes ranges of that size,
+/// each a job of its own; other large files go alone, small ones in batches.
+fn jobs(plan: &Plan, split: Option<u64>) -> Vec<Vec<Piece>> {
     let mut jobs = Vec::new();
     let mut batch = Vec::new();
     let mut batch_bytes = 0;
     for (path, size) in &plan.files {
-        if *size >= BATCH_BYTES {
-            jobs.push(vec![path.clone()]);
-            continue;
-        }
-        batch.push(path.clone());
-        batch_bytes += size;
-        if batch_bytes >= BATCH_BYTES || batch.len() >= BATCH_FILES {
-            jobs.push(std::mem::take(&mut batch));
-            batch_bytes = 0;
+        match split {
+            Some(chunk) if *size > chunk => {
+                let ranges = (0..size.div_ceil(chunk)).map(|i| (i * chunk, chunk.min(size - i * chunk)));
+                jobs.extend(ranges.map(|r| vec![Piece { path: path.clone(), size: *size, range: Some(r) }]));
+            }
+            _ if *size >= BATCH_BYTES => jobs.push(vec![Piece::whole(path.clone(), *size)]),
+            _ => {
+                batch.push(Piece::whole(path.clone(), *size));
+                batch_bytes += size;
+                if batch_bytes >= BATCH_BYTES || batch.len() >= BATCH_FILES {
+                    jobs.push(std::mem::take(&mut batch));
+                    batch_bytes = 0;
+                }
+            }
         }
     }
     if !batch.is_empty() {
@@ -178,7 +184,7 @@ pub fn copy(
     progress: &Progress,
     cancel: &Cancel,
 ) -> Result<Copied, TransferError> {
-    let jobs = jobs(plan);
+    let jobs = jobs(plan, transport.split_size());
     let n_jobs = jobs.len();
     let (job_tx, job_rx) = crossbeam_channel::unbounded();
     for j in jobs {
@@ -216,6 +222,7 @@ pub fn copy(
                         progress.add(c);
                         total.files += c.files;
                         total.bytes += c.bytes;
+                        total.moved += c.moved;
                         total.vanished += c.vanished;
                     }
                     Ok(Err(TransportError::Cancelled)) | Err(_) => break,
@@ -282,10 +289,16 @@ mod tests {
         let mut p = Plan { files: vec![("big".into(), 40 << 20), ("mid".into(), 16 << 20)], ..Default::default() };
         p.files.extend((0..2500).map(|i| (PathBuf::from(format!("s{i}")), 1)));
         p.files.extend((0..3).map(|i| (PathBuf::from(format!("m{i}")), 6 << 20)));
-        let j = jobs(&p);
-        assert_eq!(j[0], vec![PathBuf::from("big")]);
-        assert_eq!(j[1], vec![PathBuf::from("mid")]);
+        let j = jobs(&p, None);
+        assert_eq!(j[0], vec![Piece::whole("big".into(), 40 << 20)]);
+        assert_eq!(j[1], vec![Piece::whole("mid".into(), 16 << 20)]);
         assert_eq!(j[2].len(), 2000);
         assert_eq!(j.iter().map(Vec::len).sum::<usize>(), 2505);
+        // Split: "big" becomes three ranges, the last one short; the rest is as before.
+        let j = jobs(&p, Some(16 << 20));
+        let big: Vec<_> = j[..3].iter().map(|v| v[0].range.unwrap()).collect();
+        assert_eq!(big, vec![(0, 16 << 20), (16 << 20, 16 << 20), (32 << 20, 8 << 20)]);
+        assert!(j[0][0].counts_file() && !j[1][0].counts_file());
+        assert_eq!(j[3], vec![Piece::whole("mid".into(), 16 << 20)]);
     }
 }

@@ -1,6 +1,9 @@
 //! How file contents get from the primary's data directory to ours. The phases only see this trait:
 //! which transport runs (rsync daemon, native agent) is decided once, by the clone orchestration.
 
+pub mod agent;
+pub mod native;
+pub mod protocol;
 pub mod rsync;
 
 use std::ffi::OsString;
@@ -28,11 +31,40 @@ pub struct RemoteEntry {
     pub mode: u32,
 }
 
+/// A unit of copy work: a whole file, or a byte range of one when the transport splits big files (so that a
+/// 1 GB relation segment is not one worker's job while the others idle).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    pub path: PathBuf,
+    /// The file's size when listed.
+    pub size: u64,
+    /// `(offset, len)`, or None for the whole file.
+    pub range: Option<(u64, u64)>,
+}
+
+impl Piece {
+    pub fn whole(path: PathBuf, size: u64) -> Piece {
+        Piece { path, size, range: None }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.range.map_or(self.size, |(_, len)| len)
+    }
+
+    /// The piece a file is counted with: the whole file, or its first range.
+    pub fn counts_file(&self) -> bool {
+        self.range.is_none_or(|(offset, _)| offset == 0)
+    }
+}
+
 /// What one copy request achieved.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Copied {
     pub files: u64,
+    /// Bytes now in place, whether moved or found identical.
     pub bytes: u64,
+    /// Bytes that crossed the link (before compression): less than `bytes` when a delta found blocks in place.
+    pub moved: u64,
     /// Files listed earlier that the primary has since removed (dropped relations, temp files): normal on a
     /// live server, and WAL replay recreates whatever must exist.
     pub vanished: u64,
@@ -48,6 +80,10 @@ pub enum TransportError {
     Daemon(String),
     #[error("copy worker failed: {0}")]
     Worker(String),
+    #[error("{0}")]
+    AgentMissing(String),
+    #[error("native transport: {0}")]
+    Agent(String),
     #[error("fetching {file} from the primary failed: {reason}")]
     Fetch { file: String, reason: String },
     #[error("{what}: {source}")]
@@ -65,22 +101,28 @@ pub trait Transport: Sync {
 
     /// Fetches one file (path relative to the primary's data directory) to the local path `to`.
     fn fetch_file(&self, rel: &Path, to: &Path) -> Result<(), TransportError>;
+
+    /// Files larger than this are copied as ranges by several workers; None: whole files only.
+    fn split_size(&self) -> Option<u64> {
+        None
+    }
 }
 
 pub trait Worker: Send {
-    /// Copies the given files (relative paths) into `dest`, whose directories already exist.
+    /// Copies the given pieces (paths relative to the data directory) into `dest`, whose directories exist.
     /// Returns early with `Cancelled` once `cancel` fires.
-    fn copy(&mut self, files: &[PathBuf], dest: &Path, cancel: &Cancel) -> Result<Copied, TransportError>;
+    fn copy(&mut self, pieces: &[Piece], dest: &Path, cancel: &Cancel) -> Result<Copied, TransportError>;
 }
 
-/// Counts what a finished copy left in `dest`: files the primary removed meanwhile are simply absent.
-pub fn count_copied(files: &[PathBuf], dest: &Path) -> Copied {
+/// Counts what a finished copy of whole files left in `dest`: files the primary removed meanwhile are absent.
+pub fn count_copied(pieces: &[Piece], dest: &Path) -> Copied {
     let mut c = Copied::default();
-    for f in files {
-        match std::fs::symlink_metadata(dest.join(f)) {
+    for p in pieces {
+        match std::fs::symlink_metadata(dest.join(&p.path)) {
             Ok(m) => {
                 c.files += 1;
                 c.bytes += m.len();
+                c.moved += m.len();
             }
             Err(_) => c.vanished += 1,
         }

@@ -17,7 +17,7 @@ use std::process::{ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{count_copied, os, Copied, EntryKind, RemoteEntry, Transport, TransportError, Worker};
+use super::{count_copied, os, Copied, EntryKind, Piece, RemoteEntry, Transport, TransportError, Worker};
 use crate::bandwidth::{Budget, Proxy};
 use crate::cancel::Cancel;
 use crate::proc::OwnedChild;
@@ -247,10 +247,11 @@ struct RsyncWorker<'a> {
 }
 
 impl Worker for RsyncWorker<'_> {
-    fn copy(&mut self, files: &[PathBuf], dest: &Path, cancel: &Cancel) -> Result<Copied, TransportError> {
+    /// rsync copies whole files only (split_size is None, so pieces never carry a range).
+    fn copy(&mut self, pieces: &[Piece], dest: &Path, cancel: &Cancel) -> Result<Copied, TransportError> {
         // Files inside a tablespace go through its module, into the local pg_tblspc/<oid> link.
         let mut by_module: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
-        for f in files {
+        for f in pieces.iter().map(|p| &p.path) {
             let (module, rel) = match tablespace_file(f) {
                 Some((oid, rest)) if self.transport.tablespaces.contains(oid) => (format!("ts_{oid}"), rest),
                 _ => ("pgdata".to_string(), f.clone()),
@@ -264,7 +265,7 @@ impl Worker for RsyncWorker<'_> {
             };
             self.copy_module(module, rels, &local, cancel)?;
         }
-        Ok(count_copied(files, dest))
+        Ok(count_copied(pieces, dest))
     }
 }
 

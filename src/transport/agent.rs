@@ -1,0 +1,215 @@
+//! `pgclone agent`: the primary's side of the native transport. One agent per connection serves one client
+//! worker over stdin/stdout, one request after the other; the client pipelines requests so the link never
+//! waits for a round trip per file. The agent ends when its input ends, so it dies with its ssh session.
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Component, Path, PathBuf};
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::protocol::{compress, read_msg, write_msg, Codec, Msg, DATA_CHUNK, MAX_FRAME, PROTOCOL_VERSION};
+use super::{EntryKind, RemoteEntry};
+
+pub fn serve(pgdata: &Path, input: impl Read, output: impl Write) -> io::Result<()> {
+    let (mut r, mut w) = (BufReader::new(input), BufWriter::with_capacity(1 << 20, output));
+    while let Some(msg) = read_msg(&mut r)? {
+        match msg {
+            Msg::Hello { .. } => write_msg(
+                &mut w,
+                &Msg::Hello { protocol: PROTOCOL_VERSION, version: env!("CARGO_PKG_VERSION").into() },
+            )?,
+            Msg::List => {
+                for chunk in list(pgdata)?.chunks(1000) {
+                    write_msg(&mut w, &Msg::Entries(chunk.to_vec()))?;
+                }
+                write_msg(&mut w, &Msg::ListDone)?;
+            }
+            Msg::Read { id, path, offset, len, codec, level } => {
+                if let Err(e) = read(pgdata, &mut w, id, &path, (offset, len), (codec, level)) {
+                    answer_error(&mut w, id, &path, e)?;
+                }
+            }
+            Msg::Sums { id, path, offset, len, block } => {
+                if let Err(e) = sums(pgdata, &mut w, id, &path, offset, len, block) {
+                    answer_error(&mut w, id, &path, e)?;
+                }
+            }
+            Msg::Quit => break,
+            other => write_msg(&mut w, &Msg::Error { id: 0, message: format!("unexpected request {other:?}") })?,
+        }
+        w.flush()?;
+    }
+    w.flush()
+}
+
+/// A file removed since it was listed is normal on a live server: say so instead of failing.
+fn answer_error(w: &mut impl Write, id: u32, path: &Path, e: io::Error) -> io::Result<()> {
+    if e.kind() == io::ErrorKind::NotFound {
+        write_msg(w, &Msg::Done { id, vanished: true })
+    } else {
+        write_msg(w, &Msg::Error { id, message: format!("{}: {e}", path.display()) })
+    }
+}
+
+/// Only plain relative paths: an agent serves its data directory (and tablespaces through pg_tblspc links),
+/// never anything a crafted path could reach.
+fn open(pgdata: &Path, rel: &Path) -> io::Result<File> {
+    if !rel.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(io::Error::new(io::ErrorKind::PermissionDenied, "path outside the data directory"));
+    }
+    File::open(pgdata.join(rel))
+}
+
+fn read(
+    pgdata: &Path,
+    w: &mut impl Write,
+    id: u32,
+    rel: &Path,
+    (offset, len): (u64, u64),
+    (codec, level): (Codec, i32),
+) -> io::Result<()> {
+    let f = open(pgdata, rel)?;
+    let mut buf = vec![0u8; DATA_CHUNK];
+    let mut pos = offset;
+    while pos < offset + len {
+        let want = ((offset + len - pos) as usize).min(DATA_CHUNK);
+        let n = read_at_full(&f, &mut buf[..want], pos)?;
+        if n == 0 {
+            break;
+        }
+        let raw = &buf[..n];
+        let bytes = compress(codec, level, raw)?;
+        write_msg(w, &Msg::Data { id, offset: pos, raw_len: n as u32, raw_hash: xxh3_64(raw), codec, bytes })?;
+        pos += n as u64;
+        if n < want {
+            break;
+        }
+    }
+    write_msg(w, &Msg::Done { id, vanished: false })
+}
+
+fn sums(pgdata: &Path, w: &mut impl Write, id: u32, rel: &Path, offset: u64, len: u64, block: u32) -> io::Result<()> {
+    let f = open(pgdata, rel)?;
+    let mut buf = vec![0u8; block as usize];
+    let mut hashes = Vec::new();
+    let mut pos = offset;
+    while pos < offset + len {
+        let want = ((offset + len - pos) as usize).min(block as usize);
+        let n = read_at_full(&f, &mut buf[..want], pos)?;
+        if n == 0 {
+            break;
+        }
+        hashes.push(xxh3_64(&buf[..n]));
+        pos += n as u64;
+        if hashes.len() * 8 >= MAX_FRAME - 64 {
+            write_msg(w, &Msg::Hashes { id, hashes: std::mem::take(&mut hashes) })?;
+        }
+    }
+    write_msg(w, &Msg::Hashes { id, hashes })?;
+    write_msg(w, &Msg::Done { id, vanished: false })
+}
+
+pub fn read_at_full(f: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], offset + n as u64)? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// The data directory's entries, not following symlinks, plus the contents of each tablespace reached
+/// through its pg_tblspc link (listed under that link's path). Entries that vanish while listed are skipped.
+fn list(pgdata: &Path) -> io::Result<Vec<RemoteEntry>> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = pgdata.join(&rel);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !rel.as_os_str().is_empty() => continue,
+            Err(e) => return Err(e),
+        };
+        for e in entries {
+            let Ok(e) = e else { continue };
+            let child = rel.join(e.file_name());
+            let Ok(meta) = std::fs::symlink_metadata(e.path()) else { continue };
+            let kind = if meta.is_symlink() {
+                let target = std::fs::read_link(e.path()).unwrap_or_default();
+                if rel == Path::new("pg_tblspc") {
+                    stack.push(child.clone());
+                }
+                EntryKind::Symlink(target)
+            } else if meta.is_dir() {
+                stack.push(child.clone());
+                EntryKind::Dir
+            } else if meta.is_file() {
+                EntryKind::File
+            } else {
+                EntryKind::Other
+            };
+            out.push(RemoteEntry { path: child, kind, size: meta.len(), mode: meta.mode() & 0o7777 });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ask(pgdata: &Path, requests: &[Msg]) -> Vec<Msg> {
+        let mut input = Vec::new();
+        requests.iter().for_each(|m| write_msg(&mut input, m).unwrap());
+        let mut output = Vec::new();
+        serve(pgdata, input.as_slice(), &mut output).unwrap();
+        let mut r = output.as_slice();
+        std::iter::from_fn(|| read_msg(&mut r).unwrap()).collect()
+    }
+
+    #[test]
+    fn lists_reads_hashes_and_reports_vanished_files() {
+        let d = tempfile::tempdir().unwrap();
+        let ts = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("base/1")).unwrap();
+        std::fs::create_dir_all(d.path().join("pg_tblspc")).unwrap();
+        std::fs::write(ts.path().join("in_ts"), b"t").unwrap();
+        std::os::unix::fs::symlink(ts.path(), d.path().join("pg_tblspc/99")).unwrap();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(d.path().join("base/1/100"), &data).unwrap();
+        let answers = ask(
+            d.path(),
+            &[
+                Msg::List,
+                Msg::Read { id: 1, path: "base/1/100".into(), offset: 10, len: 2_500_000, codec: Codec::Lz4, level: 0 },
+                Msg::Read { id: 2, path: "gone".into(), offset: 0, len: 1, codec: Codec::None, level: 0 },
+                Msg::Read { id: 3, path: "../etc/passwd".into(), offset: 0, len: 1, codec: Codec::None, level: 0 },
+                Msg::Sums { id: 4, path: "base/1/100".into(), offset: 0, len: 3_000_000, block: 1 << 20 },
+            ],
+        );
+        let Msg::Entries(entries) = &answers[0] else { panic!("{:?}", answers[0]) };
+        let paths: Vec<_> = entries.iter().map(|e| e.path.to_str().unwrap().to_string()).collect();
+        assert!(paths.contains(&"pg_tblspc/99/in_ts".to_string()), "{paths:?}");
+        assert!(paths.contains(&"base/1/100".to_string()));
+        let mut got = Vec::new();
+        for a in &answers {
+            if let Msg::Data { id: 1, offset, raw_len, raw_hash, codec, bytes } = a {
+                assert_eq!(*offset, 10 + got.len() as u64);
+                got.extend(crate::transport::protocol::decompress(*codec, *raw_len, *raw_hash, bytes.clone()).unwrap());
+            }
+        }
+        assert_eq!(got, &data[10..2_500_010]);
+        assert!(answers.contains(&Msg::Done { id: 2, vanished: true }));
+        assert!(answers.iter().any(|a| matches!(a, Msg::Error { id: 3, .. })));
+        let hashes: Vec<u64> = answers
+            .iter()
+            .filter_map(|a| if let Msg::Hashes { id: 4, hashes } = a { Some(hashes.clone()) } else { None })
+            .flatten()
+            .collect();
+        assert_eq!(hashes, data.chunks(1 << 20).map(xxh3_64).collect::<Vec<_>>());
+    }
+}

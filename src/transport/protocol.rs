@@ -1,0 +1,366 @@
+//! The native transport's wire format (docs/PROTOCOL.md): length-prefixed frames, each with an XXH3-64 of its
+//! payload checked before anything acts on it, so a damaged stream fails loudly instead of writing bad bytes.
+
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::{os, EntryKind, RemoteEntry};
+
+/// Bumped on any incompatible change; client and agent must agree exactly (see Hello).
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest frame accepted: bounds memory whatever the peer sends.
+pub const MAX_FRAME: usize = 8 << 20;
+/// Raw bytes per Data frame.
+pub const DATA_CHUNK: usize = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    None = 0,
+    Lz4 = 1,
+    Zstd = 2,
+}
+
+/// Messages. Requests carry an id the answers repeat, so a client can send many before reading any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Msg {
+    /// Both ways first: protocol version and the pgclone version (they must match).
+    Hello {
+        protocol: u32,
+        version: String,
+    },
+    /// List the data directory (entries follow in `Entries` frames, then `ListDone`).
+    List,
+    Entries(Vec<RemoteEntry>),
+    ListDone,
+    /// Send `len` bytes of `path` from `offset` (less if the file is shorter now).
+    Read {
+        id: u32,
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+        codec: Codec,
+        level: i32,
+    },
+    /// Bytes of a Read: `raw_len` bytes at `offset`, XXH3-64 `raw_hash` of them before compression.
+    Data {
+        id: u32,
+        offset: u64,
+        raw_len: u32,
+        raw_hash: u64,
+        codec: Codec,
+        bytes: Vec<u8>,
+    },
+    /// XXH3-64 of each `block`-sized block of `path` in [offset, offset+len).
+    Sums {
+        id: u32,
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+        block: u32,
+    },
+    Hashes {
+        id: u32,
+        hashes: Vec<u64>,
+    },
+    /// A request is answered completely; `vanished`: the file no longer exists.
+    Done {
+        id: u32,
+        vanished: bool,
+    },
+    /// The agent could not do something (other than a vanished file).
+    Error {
+        id: u32,
+        message: String,
+    },
+    Quit,
+}
+
+pub fn write_msg(w: &mut impl Write, m: &Msg) -> io::Result<()> {
+    let mut p = Vec::new();
+    let kind = match m {
+        Msg::Hello { protocol, version } => {
+            p.extend_from_slice(&protocol.to_le_bytes());
+            p.extend_from_slice(version.as_bytes());
+            b'H'
+        }
+        Msg::List => b'L',
+        Msg::Entries(entries) => {
+            for e in entries {
+                let (k, target): (u8, &[u8]) = match &e.kind {
+                    EntryKind::File => (b'f', b""),
+                    EntryKind::Dir => (b'd', b""),
+                    EntryKind::Symlink(t) => (b'l', t.as_os_str().as_encoded_bytes()),
+                    EntryKind::Other => (b'o', b""),
+                };
+                p.push(k);
+                p.extend_from_slice(&e.size.to_le_bytes());
+                p.extend_from_slice(&e.mode.to_le_bytes());
+                put_bytes(&mut p, e.path.as_os_str().as_encoded_bytes());
+                put_bytes(&mut p, target);
+            }
+            b'E'
+        }
+        Msg::ListDone => b'Z',
+        Msg::Read { id, path, offset, len, codec, level } => {
+            p.extend_from_slice(&id.to_le_bytes());
+            p.extend_from_slice(&offset.to_le_bytes());
+            p.extend_from_slice(&len.to_le_bytes());
+            p.push(*codec as u8);
+            p.extend_from_slice(&level.to_le_bytes());
+            p.extend_from_slice(path.as_os_str().as_encoded_bytes());
+            b'R'
+        }
+        Msg::Data { id, offset, raw_len, raw_hash, codec, bytes } => {
+            p.extend_from_slice(&id.to_le_bytes());
+            p.extend_from_slice(&offset.to_le_bytes());
+            p.extend_from_slice(&raw_len.to_le_bytes());
+            p.extend_from_slice(&raw_hash.to_le_bytes());
+            p.push(*codec as u8);
+            p.extend_from_slice(bytes);
+            b'D'
+        }
+        Msg::Sums { id, path, offset, len, block } => {
+            p.extend_from_slice(&id.to_le_bytes());
+            p.extend_from_slice(&offset.to_le_bytes());
+            p.extend_from_slice(&len.to_le_bytes());
+            p.extend_from_slice(&block.to_le_bytes());
+            p.extend_from_slice(path.as_os_str().as_encoded_bytes());
+            b'S'
+        }
+        Msg::Hashes { id, hashes } => {
+            p.extend_from_slice(&id.to_le_bytes());
+            hashes.iter().for_each(|h| p.extend_from_slice(&h.to_le_bytes()));
+            b'B'
+        }
+        Msg::Done { id, vanished } => {
+            p.extend_from_slice(&id.to_le_bytes());
+            p.push(u8::from(*vanished));
+            b'F'
+        }
+        Msg::Error { id, message } => {
+            p.extend_from_slice(&id.to_le_bytes());
+            p.extend_from_slice(message.as_bytes());
+            b'X'
+        }
+        Msg::Quit => b'Q',
+    };
+    let mut header = [0u8; 13];
+    header[0] = kind;
+    header[1..5].copy_from_slice(&(p.len() as u32).to_le_bytes());
+    header[5..13].copy_from_slice(&xxh3_64(&p).to_le_bytes());
+    w.write_all(&header)?;
+    w.write_all(&p)
+}
+
+/// Reads one frame; `Ok(None)` at a clean end of stream (between frames).
+pub fn read_msg(r: &mut impl Read) -> io::Result<Option<Msg>> {
+    let mut header = [0u8; 13];
+    match r.read_exact(&mut header[..1]) {
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        other => other?,
+    }
+    r.read_exact(&mut header[1..])?;
+    let len = u32::from_le_bytes(header[1..5].try_into().expect("4")) as usize;
+    if len > MAX_FRAME {
+        return Err(bad(format!("frame of {len} bytes exceeds the limit")));
+    }
+    let mut p = vec![0u8; len];
+    r.read_exact(&mut p)?;
+    if xxh3_64(&p).to_le_bytes() != header[5..13] {
+        return Err(bad("frame checksum mismatch: the stream is damaged".into()));
+    }
+    let mut c = Cursor(&p);
+    let m = match header[0] {
+        b'H' => Msg::Hello { protocol: c.u32()?, version: String::from_utf8_lossy(c.rest()).into_owned() },
+        b'L' => Msg::List,
+        b'E' => {
+            let mut entries = Vec::new();
+            while !c.0.is_empty() {
+                let k = c.u8()?;
+                let (size, mode) = (c.u64()?, c.u32()?);
+                let path = PathBuf::from(os(c.bytes()?));
+                let target = PathBuf::from(os(c.bytes()?));
+                let kind = match k {
+                    b'f' => EntryKind::File,
+                    b'd' => EntryKind::Dir,
+                    b'l' => EntryKind::Symlink(target),
+                    _ => EntryKind::Other,
+                };
+                entries.push(RemoteEntry { path, kind, size, mode });
+            }
+            Msg::Entries(entries)
+        }
+        b'Z' => Msg::ListDone,
+        b'R' => Msg::Read {
+            id: c.u32()?,
+            offset: c.u64()?,
+            len: c.u64()?,
+            codec: codec(c.u8()?)?,
+            level: c.u32()? as i32,
+            path: PathBuf::from(os(c.rest())),
+        },
+        b'D' => Msg::Data {
+            id: c.u32()?,
+            offset: c.u64()?,
+            raw_len: c.u32()?,
+            raw_hash: c.u64()?,
+            codec: codec(c.u8()?)?,
+            bytes: c.rest().to_vec(),
+        },
+        b'S' => Msg::Sums {
+            id: c.u32()?,
+            offset: c.u64()?,
+            len: c.u64()?,
+            block: c.u32()?,
+            path: PathBuf::from(os(c.rest())),
+        },
+        b'B' => {
+            let id = c.u32()?;
+            let hashes = c.rest().chunks_exact(8).map(|h| u64::from_le_bytes(h.try_into().expect("8"))).collect();
+            Msg::Hashes { id, hashes }
+        }
+        b'F' => Msg::Done { id: c.u32()?, vanished: c.u8()? != 0 },
+        b'X' => Msg::Error { id: c.u32()?, message: String::from_utf8_lossy(c.rest()).into_owned() },
+        b'Q' => Msg::Quit,
+        k => return Err(bad(format!("unknown frame kind {k}"))),
+    };
+    Ok(Some(m))
+}
+
+fn codec(b: u8) -> io::Result<Codec> {
+    match b {
+        0 => Ok(Codec::None),
+        1 => Ok(Codec::Lz4),
+        2 => Ok(Codec::Zstd),
+        _ => Err(bad(format!("unknown codec {b}"))),
+    }
+}
+
+fn put_bytes(p: &mut Vec<u8>, b: &[u8]) {
+    p.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    p.extend_from_slice(b);
+}
+
+fn bad(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> io::Result<&'a [u8]> {
+        if self.0.len() < n {
+            return Err(bad("truncated frame".into()));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u8(&mut self) -> io::Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> io::Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+    }
+    fn u64(&mut self) -> io::Result<u64> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+    }
+    fn bytes(&mut self) -> io::Result<&'a [u8]> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.0)
+    }
+}
+
+/// Compresses a chunk for the wire.
+pub fn compress(codec: Codec, level: i32, raw: &[u8]) -> io::Result<Vec<u8>> {
+    match codec {
+        Codec::None => Ok(raw.to_vec()),
+        Codec::Lz4 => Ok(lz4_flex::compress(raw)),
+        Codec::Zstd => zstd::bulk::compress(raw, level),
+    }
+}
+
+/// Restores a chunk and checks it against the hash the agent took before compressing.
+pub fn decompress(codec: Codec, raw_len: u32, raw_hash: u64, bytes: Vec<u8>) -> io::Result<Vec<u8>> {
+    let raw = match codec {
+        Codec::None => bytes,
+        Codec::Lz4 => lz4_flex::decompress(&bytes, raw_len as usize).map_err(|e| bad(e.to_string()))?,
+        Codec::Zstd => zstd::bulk::decompress(&bytes, raw_len as usize)?,
+    };
+    if raw.len() != raw_len as usize || xxh3_64(&raw) != raw_hash {
+        return Err(bad("data chunk does not match its checksum".into()));
+    }
+    Ok(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(m: Msg) {
+        let mut buf = Vec::new();
+        write_msg(&mut buf, &m).unwrap();
+        assert_eq!(read_msg(&mut buf.as_slice()).unwrap(), Some(m));
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        round_trip(Msg::Hello { protocol: 1, version: "0.1.0".into() });
+        round_trip(Msg::List);
+        round_trip(Msg::Entries(vec![
+            RemoteEntry { path: "base/1/2".into(), kind: EntryKind::File, size: 8192, mode: 0o600 },
+            RemoteEntry {
+                path: "pg_tblspc/5".into(),
+                kind: EntryKind::Symlink("/srv/ts ü".into()),
+                size: 7,
+                mode: 0o777,
+            },
+            RemoteEntry { path: "base".into(), kind: EntryKind::Dir, size: 4096, mode: 0o700 },
+        ]));
+        round_trip(Msg::ListDone);
+        round_trip(Msg::Read {
+            id: 7,
+            path: "base/1/2".into(),
+            offset: 1 << 33,
+            len: 64 << 20,
+            codec: Codec::Zstd,
+            level: -3,
+        });
+        round_trip(Msg::Data { id: 7, offset: 5, raw_len: 3, raw_hash: 9, codec: Codec::None, bytes: vec![1, 2, 3] });
+        round_trip(Msg::Sums { id: 1, path: "x".into(), offset: 0, len: 10, block: 131072 });
+        round_trip(Msg::Hashes { id: 1, hashes: vec![1, u64::MAX] });
+        round_trip(Msg::Done { id: 3, vanished: true });
+        round_trip(Msg::Error { id: 3, message: "permission denied".into() });
+        round_trip(Msg::Quit);
+        assert_eq!(read_msg(&mut [].as_slice()).unwrap(), None);
+    }
+
+    #[test]
+    fn damage_is_detected() {
+        let mut buf = Vec::new();
+        write_msg(&mut buf, &Msg::Done { id: 3, vanished: false }).unwrap();
+        let last = buf.len() - 1;
+        buf[last] ^= 1;
+        assert!(read_msg(&mut buf.as_slice()).unwrap_err().to_string().contains("checksum"));
+        let mut huge = vec![b'D'];
+        huge.extend_from_slice(&(MAX_FRAME as u32 + 1).to_le_bytes());
+        huge.extend_from_slice(&[0; 8]);
+        assert!(read_msg(&mut huge.as_slice()).is_err());
+    }
+
+    #[test]
+    fn codecs_round_trip_and_check_the_raw_hash() {
+        let raw: Vec<u8> = (0..100_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        for codec in [Codec::None, Codec::Lz4, Codec::Zstd] {
+            let c = compress(codec, 3, &raw).unwrap();
+            let back = decompress(codec, raw.len() as u32, xxh3_64(&raw), c.clone()).unwrap();
+            assert_eq!(back, raw);
+            assert!(decompress(codec, raw.len() as u32, xxh3_64(&raw) ^ 1, c).is_err());
+        }
+    }
+}
