@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Demo: clone a live local PostgreSQL 15 primary into a streaming standby with pgclone.
 #
-# Builds pgclone, creates a throwaway primary with pgbench data and a loopback sshd (its own keys
-# and config; ~/.ssh is never touched), clones the primary while pgbench writes to it, starts the
-# clone as a standby and shows the primary's pg_stat_replication. Everything runs on 127.0.0.1.
-# As root, PostgreSQL, sshd and pgclone run as the unprivileged user pgclonetest (created if needed).
+# Builds pgclone, creates a throwaway primary with pgbench data, and clones it while pgbench writes to
+# it: the primary's data directory is on this host, so pgclone's native transport runs its agents as
+# local processes (--no-ssh). pgclone then starts the clone as a standby (--start) and waits until the
+# primary sees it streaming; the demo ends by showing the primary's pg_stat_replication. Everything runs
+# on 127.0.0.1. As root, PostgreSQL and pgclone run as the unprivileged user pgclonetest (created if needed).
 #
 #   PGCLONE_DEMO_KEEP=1   keep the demo directory and leave the servers running
 #   PGCLONE_DEMO_SCALE=N  pgbench scale (default 10, about 150 MB)
@@ -30,7 +31,6 @@ append() { as tee -a "$1" >/dev/null; }
 export PGPASSWORD=secret                # passes through setpriv to psql, pgbench and pgclone
 pg=$PGC_PG15_BIN
 pgport=$(pgc_free_port)
-sshport=$(pgc_free_port)
 replport=$(pgc_free_port)
 load_pid=
 
@@ -38,13 +38,12 @@ cleanup() {
   local rc=$?
   [ -n "$load_pid" ] && kill "$load_pid" 2>/dev/null
   if [ "${PGCLONE_DEMO_KEEP:-}" = 1 ]; then
-    step "kept $demo (servers still running; stop them with pg_ctl stop -D $demo/primary, -D $demo/replica, kill \$(cat $demo/ssh/sshd.pid))"
+    step "kept $demo (servers still running; stop them with pg_ctl stop -D $demo/primary and -D $demo/replica)"
     return $rc
   fi
   for d in replica primary; do
     [ -f "$demo/$d/postmaster.pid" ] && as "$pg/pg_ctl" stop -m fast -D "$demo/$d" >/dev/null 2>&1
   done
-  [ -f "$demo/ssh/sshd.pid" ] && kill "$(cat "$demo/ssh/sshd.pid")" 2>/dev/null
   rm -rf "$demo"
   return $rc
 }
@@ -72,65 +71,19 @@ as "$pg/pg_ctl" start -w -D "$demo/primary" -l "$demo/primary.log" >/dev/null
 psql_primary() { as "$pg/psql" -X -h 127.0.0.1 -p "$pgport" -U postgres -d postgres "$@"; }
 as "$pg/pgbench" -i -q -s "${PGCLONE_DEMO_SCALE:-10}" -h 127.0.0.1 -p "$pgport" -U postgres postgres
 
-step "starting a loopback sshd for $user on 127.0.0.1:$sshport (own host key, own config)"
-as mkdir -m 700 "$demo/ssh"
-as ssh-keygen -q -t ed25519 -N '' -f "$demo/ssh/host_ed25519"
-as ssh-keygen -q -t ed25519 -N '' -f "$demo/ssh/id_ed25519"
-as cp "$demo/ssh/id_ed25519.pub" "$demo/ssh/authorized_keys"
-write "$demo/ssh/sshd_config" <<EOF
-ListenAddress 127.0.0.1:$sshport
-HostKey $demo/ssh/host_ed25519
-PidFile $demo/ssh/sshd.pid
-AuthorizedKeysFile $demo/ssh/authorized_keys
-AllowUsers $user
-UsePAM no
-StrictModes no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-EOF
-as /usr/sbin/sshd -f "$demo/ssh/sshd_config" -E "$demo/sshd.log"   # daemonizes, writes PidFile
-echo "[127.0.0.1]:$sshport $(cut -d' ' -f1,2 "$demo/ssh/host_ed25519.pub")" | write "$demo/ssh/known_hosts"
-write "$demo/ssh/ssh_config" <<EOF
-UserKnownHostsFile $demo/ssh/known_hosts
-IdentitiesOnly yes
-IdentityFile $demo/ssh/id_ed25519
-LogLevel ERROR
-EOF
-for i in $(seq 50); do
-  as ssh -F "$demo/ssh/ssh_config" -o BatchMode=yes -p "$sshport" -l "$user" 127.0.0.1 true 2>/dev/null && break
-  [ "$i" = 50 ] && { cat "$demo/sshd.log" >&2; pgc_die "sshd on port $sshport does not let $user in"; }
-  sleep 0.2
-done
-
 step "starting a pgbench write load on the primary (it keeps running during the clone)"
 # Not `as ... &`: that would fork a subshell and $! would not be pgbench. setpriv and env exec.
 "${PGC_AS_USER[@]}" "$pg/pgbench" -n -c 2 -T 600 -h 127.0.0.1 -p "$pgport" -U postgres postgres >"$demo/pgbench.log" 2>&1 &
 load_pid=$!
 
-step "cloning the live primary"
+step "cloning the live primary, then starting the clone as a standby on port $replport"
 cmd=("$demo/pgclone" --pghost 127.0.0.1 --pgport "$pgport" --pguser postgres
-  --primary-pgdata "$demo/primary" --replica-pgdata "$demo/replica"
-  --ssh-user "$user" --ssh-key "$demo/ssh/id_ed25519" --ssh-port "$sshport"
-  --ssh-config "$demo/ssh/ssh_config" --parallel 4)
+  --primary-pgdata "$demo/primary" --replica-pgdata "$demo/replica" --no-ssh --parallel 4
+  --start --replica-port "$replport" --application-name demo_standby --conninfo-password)
 printf '$ PGPASSWORD=secret'; printf ' %q' "${cmd[@]}"; printf '\n'
 as "${cmd[@]}"
 kill "$load_pid"
 load_pid=
-
-step "starting the clone as a standby on port $replport"
-as touch "$demo/replica/standby.signal"
-append "$demo/replica/postgresql.auto.conf" <<EOF
-primary_conninfo = 'host=127.0.0.1 port=$pgport user=postgres password=$PGPASSWORD application_name=demo_standby'
-port = $replport
-EOF
-cat "$demo/replica/postgresql.auto.conf"
-as "$pg/pg_ctl" start -w -t 120 -D "$demo/replica" -l "$demo/replica.log" >/dev/null
-for i in $(seq 300); do
-  state=$(psql_primary -At -c "select state from pg_stat_replication where application_name = 'demo_standby'")
-  [ "$state" = streaming ] && break
-  [ "$i" = 300 ] && { tail -20 "$demo/replica.log" >&2; pgc_die "standby not streaming after 60 s (state '$state')"; }
-  sleep 0.2
-done
 
 step "the primary's pg_stat_replication"
 psql_primary -x -c "select application_name, client_addr, state, sent_lsn, write_lsn, flush_lsn, replay_lsn, sync_state
