@@ -320,12 +320,12 @@ fn run_locked(
     preflight::same_cluster(pgdata, pgdata_system_id, stream.start.system_id)?;
     tracing::info!("streaming WAL from {} on timeline {} into slot {slot}", stream.start.lsn, stream.start.timeline);
 
-    let transport = start_transport(args, &ssh, pgdata, run_dir.path())?;
+    let resync = matches!(state, ReplicaState::Unfinished | ReplicaState::Cluster(_));
+    let transport = start_transport(args, &ssh, pgdata, run_dir.path(), resync)?;
     check(cancel)?;
     phases.end("connect");
 
     // Destroy nothing before every check has passed: a failed preflight leaves the old replica alone.
-    let resync = matches!(state, ReplicaState::Unfinished | ReplicaState::Cluster(_));
     match state {
         ReplicaState::Dropped => {
             let n = replica::clear(replica)? + args.replica_waldir.as_deref().map_or(Ok(0), replica::clear)?;
@@ -494,6 +494,7 @@ fn start_transport(
     ssh: &SshTarget,
     pgdata: &Path,
     run_dir: &Path,
+    resync: bool,
 ) -> Result<Box<dyn Transport>, CloneError> {
     let budget = args.limit_net_bw.map(Budget::new);
     let native = || {
@@ -505,6 +506,7 @@ fn start_transport(
             level: args.compress.1,
             split: args.chunk_size,
             budget: budget.clone(),
+            delta: resync,
         })
     };
     let rsync = || RsyncTransport::start(ssh, pgdata, run_dir, budget.clone(), args.paranoid);
@@ -546,7 +548,12 @@ fn verify_copy(
     for f in &suspect {
         let _ = std::fs::remove_file(replica.join(f));
     }
-    let pieces: Vec<Piece> = suspect.iter().map(|p| Piece::whole(p.clone(), 0)).collect();
+    let pieces: Vec<Piece> = plan
+        .files
+        .iter()
+        .filter(|(p, _)| suspect.contains(p))
+        .map(|(p, size)| Piece::whole(p.clone(), *size))
+        .collect();
     transport.worker()?.copy(&pieces, replica, cancel)?;
     let (again, bad) = manifest::scan(replica, &suspect, pages_before, parallel)?;
     sums.retain(|s| !suspect.contains(&s.path));

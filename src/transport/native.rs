@@ -45,6 +45,9 @@ pub struct Options {
     pub level: i32,
     pub split: u64,
     pub budget: Option<Arc<Budget>>,
+    /// The replica already holds an earlier copy (a resumed or re-synced clone): compare blocks before
+    /// moving them. Off for a fresh clone, where every byte must move anyway.
+    pub delta: bool,
 }
 
 pub struct NativeTransport {
@@ -212,7 +215,7 @@ impl Worker for NativeWorker<'_> {
             }
             let (offset, len) = p.range.unwrap_or((0, p.size));
             let id = i as u32;
-            let delta = had > offset;
+            let delta = self.opts.delta && had > offset;
             let _ = tx.send(if delta {
                 Msg::Sums { id, path: p.path.clone(), offset, len, block: DELTA_BLOCK }
             } else {
