@@ -122,6 +122,34 @@ pgc_prepare_npm_pg() {
   rm -rf "$tmp"
 }
 
+# A UTF-8 locale that groups digits differently from C (1.234.567,5), for the test that initdb's a
+# primary in it and runs pgclone under it.
+PGC_TEST_LOCALE=de_DE.UTF-8
+
+pgc_locale_present() {
+  locale -a 2>/dev/null | sed 's/utf-8$/utf8/I' | grep -qix "$(printf '%s' "$1" | sed 's/utf-8$/utf8/I')"
+}
+
+# Root: install Debian's `locales` and generate locale $1 (kept enabled in /etc/locale.gen, so a later
+# locale-gen keeps it). Non-root: only say it is missing (the tests that need it skip). Idempotent.
+pgc_ensure_locale() {
+  local loc=$1 charset=${1##*.}
+  pgc_locale_present "$loc" && return 0
+  if ! pgc_is_root; then
+    pgc_log "locale $loc is missing (run scripts/install-deps.sh as root); the tests that need it will skip"
+    return 0
+  fi
+  pgc_ensure_packages locales || return 1
+  if grep -q "^# *$loc $charset\$" /etc/locale.gen; then
+    sed -i "s/^# *\($loc $charset\)\$/\1/" /etc/locale.gen
+  elif ! grep -q "^$loc $charset\$" /etc/locale.gen; then
+    echo "$loc $charset" >>/etc/locale.gen
+  fi
+  pgc_log "generating locale $loc"
+  locale-gen >/dev/null || return 1
+  pgc_locale_present "$loc" || { pgc_log "locale-gen did not make $loc"; return 1; }
+}
+
 # Packages, cargo and (as root) the test user: what both test.sh and demo.sh need.
 pgc_ensure_base() {
   local ok=0

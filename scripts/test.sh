@@ -12,5 +12,6 @@ bash scripts/install-deps.sh
 pgc_find_cargo
 cargo --version
 start=$SECONDS
-cargo test -- --test-threads="${PGCLONE_TEST_THREADS:-2}" --show-output
+# --no-fail-fast: a failing test binary must not hide the results of the others (still exits non-zero).
+cargo test --no-fail-fast -- --test-threads="${PGCLONE_TEST_THREADS:-2}" --show-output
 pgc_log "all tests passed in $((SECONDS - start)) s"

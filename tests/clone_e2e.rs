@@ -96,16 +96,7 @@ fn clone_under_write_load(major: u32, scale: u32) {
     // pgclone has ended: nothing of it may remain on the primary, even with the load still running.
     assert_primary_clean(&lab, &primary);
 
-    let standby = Postgres::standby(&lab, &replica, &primary, STANDBY);
-    wait_streaming(&primary, &standby, STANDBY, Duration::from_secs(120));
-    stop_load(load, &primary);
-    let lsn = primary.psql("select pg_current_wal_lsn()");
-    wait_replayed(&primary, STANDBY, &lsn, Duration::from_secs(120));
-
-    assert_eq!(standby.psql("select pg_is_in_recovery()"), "t");
-    let fingerprint = primary.fingerprint();
-    println!("primary fingerprint:\n{fingerprint}");
-    assert_eq!(standby.fingerprint(), fingerprint, "standby's pgbench tables differ from the primary's");
+    let _standby = assert_standby_matches(&lab, &primary, &replica, STANDBY, Some(load));
     println!("replication: {}", primary.psql(&format!(
         "select application_name, state, sent_lsn, replay_lsn from pg_stat_replication where application_name = '{STANDBY}'"
     )));

@@ -37,16 +37,7 @@ fn basebackup_replica_streams_and_matches() {
     let replica = lab.path().join("replica");
     lab.run(primary.client("pg_basebackup", SUPERUSER).arg("-D").arg(&replica).args(["-X", "stream", "-c", "fast"]));
 
-    let standby = Postgres::standby(&lab, &replica, &primary, "selfcheck_standby");
-    wait_streaming(&primary, &standby, "selfcheck_standby", Duration::from_secs(120));
-    stop_load(load, &primary);
-    let lsn = primary.psql("select pg_current_wal_lsn()");
-    wait_replayed(&primary, "selfcheck_standby", &lsn, Duration::from_secs(120));
-
-    assert_eq!(standby.psql("select pg_is_in_recovery()"), "t");
-    let fingerprint = primary.fingerprint();
-    println!("fingerprint:\n{fingerprint}");
-    assert_eq!(standby.fingerprint(), fingerprint, "standby differs from primary");
+    let standby = assert_standby_matches(&lab, &primary, &replica, "selfcheck_standby", Some(load));
     assert!(history_rows(&standby) > 0);
     // pg_basebackup's temporary slot is gone with its connection.
     assert_primary_clean(&lab, &primary);

@@ -6,44 +6,11 @@ mod common;
 
 use common::*;
 use std::fs;
-use std::path::PathBuf;
 use std::time::Duration;
-
-/// A valid clone setup: primary (with `conf` lines), sshd, replica path that does not exist yet.
-/// Fields drop in order: servers and sshd stop before the lab's work dir goes.
-struct Setup {
-    primary: Postgres,
-    sshd: Sshd,
-    replica: PathBuf,
-    lab: Lab,
-}
-
-impl Setup {
-    fn new(name: &str, conf: &[&str]) -> Setup {
-        Self::with_install(name, PgInstall::of(15), conf)
-    }
-
-    fn with_install(name: &str, install: PgInstall, conf: &[&str]) -> Setup {
-        let lab = Lab::new(name);
-        let primary = Postgres::primary_with(&lab, "primary", install, conf);
-        let sshd = Sshd::start(&lab);
-        let replica = lab.path().join("replica");
-        Setup { primary, sshd, replica, lab }
-    }
-
-    fn pgclone(&self) -> Pgclone {
-        Pgclone::new(&self.primary, &self.sshd, &self.replica)
-    }
-
-    fn assert_clean(&self) {
-        assert_clean_after_error(&self.lab, &self.primary, &self.replica);
-    }
-}
 
 #[test]
 fn refuses_root() {
-    if !running_as_root() {
-        println!("NOTE: refuses_root skipped: the tests do not run as root, so pgclone cannot be run as root");
+    if !root_or_skip("refuses_root", "the tests do not run as root, so pgclone cannot be run as root") {
         return;
     }
     let s = Setup::new("root", &[]);

@@ -11,6 +11,9 @@
 //! Ownership: every process is owned by a value whose Drop ends it (`Bg` kills its child,
 //! `Postgres` runs `pg_ctl stop -m immediate`). Fixtures hold a clone of the `Lab`, so the work
 //! directory is removed only after the last fixture is gone. Set PGCLONE_KEEP_TEST_DIR=1 to keep it.
+//!
+//! pgclone runs with TMPDIR=<lab>/tmp and the lab's ssh sessions get TMPDIR=<lab>/remote-tmp, so the clean
+//! checks can see its run directory (`pgclone-*`) and the rsync daemon's (`pgclone-rsyncd.*`) per test.
 #![allow(dead_code)]
 
 use std::ffi::OsString;
@@ -22,6 +25,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -44,6 +48,21 @@ const CMD_TIMEOUT: Duration = Duration::from_secs(180);
 
 pub fn running_as_root() -> bool {
     rustix::process::geteuid().is_root()
+}
+
+/// For tests that need root: true when running as root, else prints why `test` is skipped.
+pub fn root_or_skip(test: &str, why: &str) -> bool {
+    if !running_as_root() {
+        println!("NOTE: {test} skipped: {why}");
+    }
+    running_as_root()
+}
+
+/// Whether `locale -a` lists `locale` (`de_DE.UTF-8` is listed as `de_DE.utf8`).
+pub fn locale_available(locale: &str) -> bool {
+    let norm = |l: &str| l.trim().to_lowercase().replace("utf-8", "utf8");
+    let out = Command::new("locale").arg("-a").output().expect("locale -a");
+    String::from_utf8_lossy(&out.stdout).lines().any(|l| norm(l) == norm(locale))
 }
 
 /// The OS user every lab process runs as.
@@ -136,18 +155,24 @@ impl CmdOutput {
     /// pgclone's error contract: a normal non-zero exit (not a crash) and stderr's last line is
     /// `pgclone: error: <one line>` containing `needle` (case-sensitive).
     pub fn assert_error(&self, needle: &str) {
+        self.assert_error_any(&[needle]);
+    }
+
+    /// Like `assert_error`, with the last line containing at least one of `needles`; prints that line.
+    pub fn assert_error_any(&self, needles: &[&str]) {
         let code = self.status.code();
         assert!(
             code.is_some() && code != Some(0),
-            "expected pgclone to exit non-zero with {needle:?}\n{}",
+            "expected pgclone to exit non-zero with one of {needles:?}\n{}",
             self.report()
         );
         let last = self.stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
         assert!(
-            last.starts_with("pgclone: error: ") && last.contains(needle),
-            "stderr's last line should be `pgclone: error: ...{needle}...`, got {last:?}\n{}",
+            last.starts_with("pgclone: error: ") && needles.iter().any(|n| last.contains(n)),
+            "stderr's last line should be `pgclone: error: ...` with one of {needles:?}, got {last:?}\n{}",
             self.report()
         );
+        println!("pgclone exited {}: {last}", self.status);
     }
 
     /// Last non-empty line of stdout, else of stderr.
@@ -172,6 +197,19 @@ fn tail(s: &str, n: usize) -> String {
     out
 }
 
+/// Total size of the regular files under `dir` (symbolic links are not followed).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
+}
+
 /// Last lines of a log file, for failure messages.
 pub fn log_tail(path: &Path) -> String {
     match fs::read_to_string(path) {
@@ -191,23 +229,35 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> CmdOutput {
         Some(d) if !d.exists() => panic!("cannot spawn {what}: its working directory {} was removed", d.display()),
         _ => panic!("cannot spawn {what}: {e}"),
     });
-    let start = Instant::now();
-    let status = loop {
+    let status = wait_bounded(&mut child, &what, Instant::now(), timeout, || (read_all(&mut out), read_all(&mut err)));
+    CmdOutput { what, status, stdout: read_all(&mut out), stderr: read_all(&mut err) }
+}
+
+/// Wait for `child` (started at `started`) to exit; after `timeout` kill it and panic with the tails of
+/// its `output()` (stdout, stderr).
+fn wait_bounded(
+    child: &mut Child,
+    what: &str,
+    started: Instant,
+    timeout: Duration,
+    mut output: impl FnMut() -> (String, String),
+) -> ExitStatus {
+    loop {
         if let Some(st) = child.try_wait().expect("try_wait") {
-            break st;
+            return st;
         }
-        if start.elapsed() > timeout {
+        if started.elapsed() > timeout {
             let _ = child.kill();
             let _ = child.wait();
+            let (out, err) = output();
             panic!(
                 "timed out after {timeout:?}: {what}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-                tail(&read_all(&mut out), 40),
-                tail(&read_all(&mut err), 40)
+                tail(&out, 40),
+                tail(&err, 40)
             );
         }
         sleep(Duration::from_millis(50));
-    };
-    CmdOutput { what, status, stdout: read_all(&mut out), stderr: read_all(&mut err) }
+    }
 }
 
 fn read_all(f: &mut fs::File) -> String {
@@ -291,6 +341,8 @@ pub struct LabInner {
     dir: tempfile::TempDir,
     pub user: &'static OsUser,
     pgclone: PathBuf,
+    /// Numbers the pgclone runs of a test (their output files).
+    runs: AtomicU32,
 }
 
 impl Drop for LabInner {
@@ -312,8 +364,10 @@ impl Lab {
         if std::env::var("PGCLONE_KEEP_TEST_DIR").as_deref() == Ok("1") {
             dir.disable_cleanup(true);
         }
-        let lab = Lab(Arc::new(LabInner { pgclone: dir.path().join("pgclone"), dir, user }));
+        let lab = Lab(Arc::new(LabInner { pgclone: dir.path().join("pgclone"), dir, user, runs: AtomicU32::new(0) }));
         lab.chown(lab.path());
+        lab.mkdir("tmp");
+        lab.mkdir("remote-tmp");
         fs::copy(env!("CARGO_BIN_EXE_pgclone"), &lab.0.pgclone).expect("copy pgclone binary");
         fs::set_permissions(&lab.0.pgclone, fs::Permissions::from_mode(0o755)).unwrap();
         lab.chown(&lab.0.pgclone);
@@ -331,6 +385,17 @@ impl Lab {
 
     pub fn pgclone_bin(&self) -> &Path {
         &self.0.pgclone
+    }
+
+    /// TMPDIR of every pgclone run of this test: pgclone makes its run directory `pgclone-*` here.
+    pub fn tmpdir(&self) -> PathBuf {
+        self.path().join("tmp")
+    }
+
+    /// TMPDIR of this lab's ssh sessions (sshd's SetEnv): the "primary host" side, where the rsync
+    /// daemon makes its private `pgclone-rsyncd.*` directory.
+    pub fn remote_tmpdir(&self) -> PathBuf {
+        self.path().join("remote-tmp")
     }
 
     /// Tag put in the environment of pgclone (and, via sshd's SetEnv, of every ssh session), so
@@ -442,6 +507,9 @@ impl Lab {
                 continue;
             }
             let p = entry.path();
+            if proc_stat(&p).is_some_and(|(state, _)| state == 'Z') {
+                continue; // a zombie (reparented to PID 1 in a container) is not a live process
+            }
             let environ = fs::read(p.join("environ")).unwrap_or_default();
             let cmdline = fs::read(p.join("cmdline")).unwrap_or_default();
             let comm = fs::read_to_string(p.join("comm")).unwrap_or_default();
@@ -454,6 +522,35 @@ impl Lab {
         }
         found
     }
+}
+
+/// State letter and parent pid from /proc/PID/stat (`pid (comm) S ppid ...`; comm may hold spaces).
+fn proc_stat(proc_dir: &Path) -> Option<(char, u32)> {
+    let stat = fs::read_to_string(proc_dir.join("stat")).ok()?;
+    let mut f = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    Some((f.next()?.chars().next()?, f.next()?.parse().ok()?))
+}
+
+/// Live child processes of `pid`: (pid, comm).
+pub fn children_of(pid: u32) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if proc_stat(&entry.path()).is_some_and(|(state, ppid)| ppid == pid && state != 'Z') {
+            let comm = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            found.push((child, comm.trim().to_string()));
+        }
+    }
+    found
+}
+
+/// Entries of `dir` whose names start with `prefix` (pgclone's temporary directories).
+pub fn entries_starting_with(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
+    let mut v: Vec<PathBuf> =
+        entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(prefix)).map(|e| e.path()).collect();
+    v.sort();
+    v
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -520,13 +617,23 @@ impl Postgres {
 
     /// Like `primary`, with the server binaries of `install`; checks the server runs that major.
     pub fn primary_with(lab: &Lab, name: &str, install: PgInstall, extra_conf: &[&str]) -> Postgres {
+        Self::init(lab, name, install, "C", extra_conf)
+    }
+
+    /// Like `primary`, initdb'd with `--locale=LOCALE` (see `locale_available`).
+    pub fn primary_in_locale(lab: &Lab, name: &str, locale: &str, extra_conf: &[&str]) -> Postgres {
+        Self::init(lab, name, PgInstall::of(15), locale, extra_conf)
+    }
+
+    fn init(lab: &Lab, name: &str, install: PgInstall, locale: &str, extra_conf: &[&str]) -> Postgres {
         let data = lab.path().join(name);
         let pwfile = lab.write(format!("{name}.pw"), &format!("{PASSWORD}\n"));
         lab.run(
             server_cmd(lab, &install, "initdb")
                 .arg("-D")
                 .arg(&data)
-                .args(["-U", SUPERUSER, "--auth=scram-sha-256", "--locale=C", "--encoding=UTF8", "--no-sync"])
+                .args(["-U", SUPERUSER, "--auth=scram-sha-256", "--encoding=UTF8", "--no-sync"])
+                .arg(format!("--locale={locale}"))
                 .arg(format!("--pwfile={}", pwfile.display())),
         );
         let pg = Postgres {
@@ -606,6 +713,19 @@ impl Postgres {
             Duration::from_secs(150),
         );
         assert!(out.success(), "{} did not start\n{}\n{}", self.name, out.report(), log_tail(&self.log));
+    }
+
+    /// `pg_ctl restart -m fast`: every session (and WAL sender) ends, the server comes back.
+    pub fn restart(&self) {
+        let out = run_bounded(
+            self.server_cmd("pg_ctl")
+                .args(["restart", "-m", "fast", "-w", "-t", "120", "-D"])
+                .arg(&self.data)
+                .arg("-l")
+                .arg(&self.log),
+            Duration::from_secs(150),
+        );
+        assert!(out.success(), "{} did not restart\n{}\n{}", self.name, out.report(), log_tail(&self.log));
     }
 
     pub fn stop(&self) {
@@ -726,22 +846,28 @@ pub fn stop_load(load: Bg, primary: &Postgres) {
 // sshd
 // ---------------------------------------------------------------------------------------------
 
-/// A real sshd on 127.0.0.1:<free port>, running as the lab user (a non-root sshd can only log
-/// in as itself, which is all pgclone needs). Killed when dropped.
+/// A real sshd on 127.0.0.1:<free port> (or another loopback address), running as the lab user (a
+/// non-root sshd can only log in as itself, which is all pgclone needs). Its sessions get the lab's tag
+/// and TMPDIR=`Lab::remote_tmpdir`. Killed when dropped.
 pub struct Sshd {
     lab: Lab,
+    /// The loopback address it listens on, and the host in known_hosts and `ssh_cmd`.
+    pub addr: String,
     pub port: u16,
     pub dir: PathBuf,
     /// Authorized client private key.
     pub key: PathBuf,
     /// ssh client config for `ssh -F` / `pgclone --ssh-config` using `key`.
     pub config: PathBuf,
-    host_pub: String,
     _process: Bg,
 }
 
 impl Sshd {
     pub fn start(lab: &Lab) -> Sshd {
+        Self::start_on(lab, "127.0.0.1")
+    }
+
+    pub fn start_on(lab: &Lab, addr: &str) -> Sshd {
         let dir = lab.mkdir("ssh");
         let port = free_port();
         let keygen = |file: &Path| {
@@ -758,7 +884,7 @@ impl Sshd {
         let sshd_config = lab.write(
             dir.join("sshd_config"),
             &format!(
-                "ListenAddress 127.0.0.1:{port}\n\
+                "ListenAddress {addr}:{port}\n\
                  HostKey {hk}\n\
                  PidFile {d}/sshd.pid\n\
                  AuthorizedKeysFile {d}/authorized_keys\n\
@@ -773,11 +899,12 @@ impl Sshd {
                  MaxStartups 100\n\
                  MaxSessions 100\n\
                  LogLevel VERBOSE\n\
-                 SetEnv {tag}\n",
+                 SetEnv {tag} TMPDIR={tmp}\n",
                 hk = host_key.display(),
                 d = dir.display(),
                 user = lab.user().name,
                 tag = lab.tag(),
+                tmp = lab.remote_tmpdir().display(),
             ),
         );
         let mut sshd_cmd = lab.cmd("/usr/sbin/sshd");
@@ -785,12 +912,13 @@ impl Sshd {
         let mut process = lab.spawn("sshd", sshd_cmd);
         wait_for("sshd to accept connections", Duration::from_secs(20), || {
             process.check_running()?;
-            TcpStream::connect(("127.0.0.1", port)).map(|_| ()).map_err(|e| e.to_string())
+            TcpStream::connect((addr, port)).map(|_| ()).map_err(|e| e.to_string())
         });
         let host_pub = fs::read_to_string(host_key.with_extension("pub")).unwrap();
         let host_pub = host_pub.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
-        let config = Self::write_client_config(lab, &dir, port, &host_pub, &key, "ssh_config");
-        let sshd = Sshd { lab: lab.clone(), port, dir, key, config, host_pub, _process: process };
+        let known_hosts = lab.write(dir.join("known_hosts"), &format!("[{addr}]:{port} {host_pub}\n"));
+        let config = Self::write_client_config(lab, &known_hosts, &key, "ssh_config");
+        let sshd = Sshd { lab: lab.clone(), addr: addr.to_string(), port, dir, key, config, _process: process };
         wait_for("ssh login with the test key", Duration::from_secs(20), || {
             let out = run_bounded(&mut sshd.ssh_cmd(&sshd.config, "true"), Duration::from_secs(15));
             if out.success() {
@@ -802,10 +930,9 @@ impl Sshd {
         sshd
     }
 
-    fn write_client_config(lab: &Lab, dir: &Path, port: u16, host_pub: &str, key: &Path, name: &str) -> PathBuf {
-        let known_hosts = lab.write(dir.join("known_hosts"), &format!("[127.0.0.1]:{port} {host_pub}\n"));
+    fn write_client_config(lab: &Lab, known_hosts: &Path, key: &Path, name: &str) -> PathBuf {
         lab.write(
-            dir.join(name),
+            known_hosts.with_file_name(name),
             &format!(
                 "# pgclone test harness: never read ~/.ssh\n\
                  UserKnownHostsFile {}\n\
@@ -828,9 +955,14 @@ impl Sshd {
     pub fn unauthorized_key(&self, name: &str) -> (PathBuf, PathBuf) {
         let key = self.dir.join(name);
         self.lab.run(self.lab.cmd("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key));
-        let config =
-            Self::write_client_config(&self.lab, &self.dir, self.port, &self.host_pub, &key, &format!("{name}.conf"));
+        let config = Self::write_client_config(&self.lab, &self.dir.join("known_hosts"), &key, &format!("{name}.conf"));
         (key, config)
+    }
+
+    /// A client config with the authorized key whose known_hosts file does not hold this sshd's host key.
+    pub fn config_without_host_key(&self) -> PathBuf {
+        let known_hosts = self.lab.write(self.dir.join("known_hosts_empty"), "");
+        Self::write_client_config(&self.lab, &known_hosts, &self.key, "ssh_config_no_host_key")
     }
 
     /// `ssh -F CONFIG -p PORT -l USER 127.0.0.1 REMOTE_CMD` as the lab user.
@@ -841,7 +973,7 @@ impl Sshd {
             &self.port.to_string(),
             "-l",
             &self.lab.user().name,
-            "127.0.0.1",
+            &self.addr,
             remote_cmd,
         ]);
         cmd
@@ -870,6 +1002,10 @@ pub struct Pgclone {
     pub ssh_config: PathBuf,
     pub parallel: u32,
     pub verbose: bool,
+    /// More arguments after the ones above: the flags under test.
+    pub extra: Vec<OsString>,
+    /// Environment changes on top of the lab's clean environment: `Some` sets, `None` removes.
+    pub env: Vec<(String, Option<OsString>)>,
     /// Run as root instead of the lab user (only meaningful when the test runs as root).
     pub as_root: bool,
     pub timeout: Duration,
@@ -879,7 +1015,7 @@ impl Pgclone {
     pub fn new(primary: &Postgres, sshd: &Sshd, replica: &Path) -> Pgclone {
         Pgclone {
             lab: primary.lab.clone(),
-            pghost: "127.0.0.1".into(),
+            pghost: sshd.addr.clone(),
             pgport: primary.port,
             pguser: SUPERUSER.into(),
             primary_pgdata: primary.data.clone(),
@@ -890,9 +1026,23 @@ impl Pgclone {
             ssh_config: sshd.config.clone(),
             parallel: 2,
             verbose: true,
+            extra: Vec::new(),
+            env: Vec::new(),
             as_root: false,
             timeout: Duration::from_secs(120),
         }
+    }
+
+    /// Add arguments (flags under test).
+    pub fn arg(&mut self, args: &[impl AsRef<std::ffi::OsStr>]) -> &mut Self {
+        self.extra.extend(args.iter().map(|a| a.as_ref().to_os_string()));
+        self
+    }
+
+    /// Set (`Some`) or remove (`None`) an environment variable.
+    pub fn env(&mut self, name: &str, value: Option<&str>) -> &mut Self {
+        self.env.push((name.to_string(), value.map(OsString::from)));
+        self
     }
 
     pub fn args(&self) -> Vec<OsString> {
@@ -914,59 +1064,240 @@ impl Pgclone {
         if self.verbose {
             a.push("--verbose".into());
         }
+        a.extend(self.extra.iter().cloned());
         a
     }
 
-    /// Run pgclone (bounded by `timeout`); its stdout/stderr are also kept in the work dir.
-    pub fn run(&self) -> CmdOutput {
-        let bin = self.lab.pgclone_bin();
+    /// Start pgclone in the background with TMPDIR=`Lab::tmpdir`, the lab's tag in its environment, and
+    /// stdout/stderr in `<work dir>/pgclone-<n>.{stdout,stderr}`.
+    pub fn spawn(&self) -> Running {
+        let lab = &self.lab;
+        let bin = lab.pgclone_bin();
         let mut cmd = if self.as_root {
             let root = lookup_user("0").expect("getent passwd 0");
-            let mut cmd = self.lab.base_cmd(bin);
+            let mut cmd = lab.base_cmd(bin);
             cmd.env("HOME", &root.home).env("USER", &root.name).env("LOGNAME", &root.name);
             cmd
         } else {
-            self.lab.cmd(bin)
+            lab.cmd(bin)
         };
-        cmd.args(self.args()).env(TAG_VAR, self.lab.path());
-        println!(
-            "running: {} {}",
+        cmd.args(self.args()).env(TAG_VAR, lab.path()).env("TMPDIR", lab.tmpdir());
+        for (k, v) in &self.env {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        let n = lab.0.runs.fetch_add(1, Ordering::Relaxed) + 1;
+        let (stdout, stderr) =
+            (lab.path().join(format!("pgclone-{n}.stdout")), lab.path().join(format!("pgclone-{n}.stderr")));
+        let file = |p: &Path| {
+            let f = fs::File::create(p).unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
+            lab.chown(p);
+            f
+        };
+        cmd.stdin(Stdio::null()).stdout(file(&stdout)).stderr(file(&stderr));
+        let env: Vec<String> = self
+            .env
+            .iter()
+            .map(|(k, v)| v.as_ref().map_or(format!("-u {k}"), |v| format!("{k}={}", v.to_string_lossy())))
+            .collect();
+        let what = format!(
+            "{}{} {}",
+            env.iter().map(|e| format!("{e} ")).collect::<String>(),
             bin.display(),
             self.args().iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
         );
-        let started = Instant::now();
-        let out = run_bounded(&mut cmd, self.timeout);
-        println!("pgclone finished in {:.1?}: {}", started.elapsed(), out.status);
-        self.lab.write("pgclone.stdout", &out.stdout);
-        self.lab.write("pgclone.stderr", &out.stderr);
-        out
+        println!("running pgclone #{n}: {what}");
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot spawn {what}: {e}"));
+        Running { n, what, child, stdout, stderr, started: Instant::now(), timeout: self.timeout }
+    }
+
+    /// Start it with `--limit-net-bw RATE` and return once it logs that it is copying.
+    pub fn spawn_slowly(&mut self, rate: &str) -> Running {
+        self.arg(&["--limit-net-bw", rate]);
+        let mut running = self.spawn();
+        running.wait_for_log("copying ", Duration::from_secs(60));
+        running
+    }
+
+    /// Run pgclone to completion, bounded by `timeout`.
+    pub fn run(&self) -> CmdOutput {
+        self.spawn().wait()
     }
 }
 
-/// After a pgclone run: no replication slot, no `pgclone*` session (waits up to 10 s), and no
-/// leftover process of this test (waits up to 10 s).
-pub fn assert_primary_clean(lab: &Lab, primary: &Postgres) {
-    let slots =
-        primary.psql("select concat_ws(' ', slot_name, slot_type, 'active=' || active) from pg_replication_slots");
-    assert!(slots.is_empty(), "replication slot(s) left on {}: {slots}", primary.name);
-    let sql = "select concat_ws(' ', pid, application_name, backend_type, state) \
+/// A pgclone running in the background; killed (SIGKILL) if still running when dropped.
+pub struct Running {
+    n: u32,
+    what: String,
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+    started: Instant,
+    timeout: Duration,
+}
+
+impl Running {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.pid() as i32).expect("pid");
+        rustix::process::kill_process(pid, sig).unwrap_or_else(|e| panic!("kill {sig:?} {}: {e}", self.pid()));
+        println!("sent {sig:?} to pgclone #{} (pid {}) after {:.1?}", self.n, self.pid(), self.started.elapsed());
+    }
+
+    pub fn stderr_so_far(&self) -> String {
+        String::from_utf8_lossy(&fs::read(&self.stderr).unwrap_or_default()).into_owned()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Wait until its stderr holds `needle`; panics if it exits first or after `timeout`.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
+        wait_for(&format!("pgclone #{} to log {needle:?}", self.n), timeout, || {
+            let err = self.stderr_so_far();
+            if err.contains(needle) {
+                return Ok(());
+            }
+            match self.child.try_wait().expect("try_wait") {
+                None => Err(tail(&err, 10)),
+                Some(st) => panic!("pgclone #{} exited ({st}) before logging {needle:?}\n{}", self.n, tail(&err, 40)),
+            }
+        });
+        println!("pgclone #{} logged {needle:?} after {:.1?}", self.n, self.started.elapsed());
+    }
+
+    /// Wait for it to end (bounded by its `timeout` from the start) and return its output.
+    pub fn wait(mut self) -> CmdOutput {
+        let read = |p: &Path| String::from_utf8_lossy(&fs::read(p).unwrap_or_default()).into_owned();
+        let (stdout, stderr) = (self.stdout.clone(), self.stderr.clone());
+        let status =
+            wait_bounded(&mut self.child, &self.what, self.started, self.timeout, || (read(&stdout), read(&stderr)));
+        println!("pgclone #{} finished in {:.1?}: {status}", self.n, self.started.elapsed());
+        CmdOutput { what: self.what.clone(), status, stdout: read(&stdout), stderr: read(&stderr) }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What of pgclone is still around: a replication slot, a `pgclone*` session on the primary, a process
+/// of this test (here or in an ssh session: rsync daemon, its children, shells; rsync, ssh, pgclone), its
+/// run directory in `Lab::tmpdir`, the rsync daemon's directory in `Lab::remote_tmpdir`.
+fn pgclone_remains(lab: &Lab, primary: &Postgres) -> Vec<String> {
+    let sql = "select 'slot ' || concat_ws(' ', slot_name, slot_type, 'active=' || active) from pg_replication_slots \
+               union all select 'session ' || concat_ws(' ', pid, application_name, backend_type, state) \
                from pg_stat_activity where application_name like 'pgclone%'";
-    wait_for("pgclone sessions on the primary to end", Duration::from_secs(10), || match primary.try_psql(sql)? {
-        s if s.is_empty() => Ok(()),
-        s => Err(s),
-    });
-    wait_for("pgclone's processes (rsync, ssh, ...) to end", Duration::from_secs(10), || {
-        match lab.leftover_processes() {
+    let mut found: Vec<String> = match primary.try_psql(sql) {
+        Ok(rows) => rows.lines().map(str::to_string).collect(),
+        Err(e) => vec![e],
+    };
+    found.extend(lab.leftover_processes());
+    for (dir, prefix) in [(lab.tmpdir(), "pgclone-"), (lab.remote_tmpdir(), "pgclone-rsyncd.")] {
+        found.extend(entries_starting_with(&dir, prefix).iter().map(|p| format!("directory {}", p.display())));
+    }
+    found
+}
+
+/// Wait up to `within` until nothing of pgclone remains (see `pgclone_remains`).
+pub fn wait_primary_clean(lab: &Lab, primary: &Postgres, within: Duration) {
+    wait_for("pgclone's slot, sessions, processes and directories to be gone", within, || {
+        match pgclone_remains(lab, primary) {
             v if v.is_empty() => Ok(()),
             v => Err(v.join("\n")),
         }
     });
 }
 
+/// After a pgclone run: within 10 s nothing of it remains (see `pgclone_remains`).
+pub fn assert_primary_clean(lab: &Lab, primary: &Postgres) {
+    wait_primary_clean(lab, primary, Duration::from_secs(10));
+}
+
 /// `assert_primary_clean` plus: the replica dir holds no global/pg_control (a failed clone must
 /// never look startable).
 pub fn assert_clean_after_error(lab: &Lab, primary: &Postgres, replica: &Path) {
     assert_primary_clean(lab, primary);
+    assert_no_control_file(replica);
+}
+
+pub fn assert_no_control_file(replica: &Path) {
     let control = replica.join("global/pg_control");
     assert!(!control.exists(), "failed clone left {} behind", control.display());
+}
+
+/// Start the clone in `replica` as a standby of `primary` (application_name `name`); once it streams, stop
+/// `load` (if any), wait until it replayed the primary's current WAL position and check it is in recovery
+/// and its pgbench tables equal the primary's. Returns the running standby.
+pub fn assert_standby_matches(lab: &Lab, primary: &Postgres, replica: &Path, name: &str, load: Option<Bg>) -> Postgres {
+    let standby = Postgres::standby(lab, replica, primary, name);
+    wait_streaming(primary, &standby, name, Duration::from_secs(120));
+    if let Some(load) = load {
+        stop_load(load, primary);
+    }
+    let lsn = primary.psql("select pg_current_wal_lsn()");
+    wait_replayed(primary, name, &lsn, Duration::from_secs(120));
+    assert_eq!(standby.psql("select pg_is_in_recovery()"), "t", "{name} is not in recovery");
+    let fingerprint = primary.fingerprint();
+    assert_eq!(standby.fingerprint(), fingerprint, "{name}'s pgbench tables differ from the primary's");
+    println!("{name} streams, replayed {lsn}, fingerprint equals the primary's:\n{fingerprint}");
+    standby
+}
+
+/// A valid clone setup: PG primary (with `conf` lines), sshd, replica path that does not exist yet.
+/// Fields drop in order: servers and sshd stop before the lab's work dir goes.
+pub struct Setup {
+    pub primary: Postgres,
+    pub sshd: Sshd,
+    pub replica: PathBuf,
+    pub lab: Lab,
+}
+
+impl Setup {
+    pub fn new(name: &str, conf: &[&str]) -> Setup {
+        Self::with_install(name, PgInstall::of(15), conf)
+    }
+
+    /// A PG15 primary with pgbench data of `scale`.
+    pub fn with_pgbench(name: &str, scale: u32) -> Setup {
+        let s = Self::new(name, &[]);
+        s.primary.pgbench_init(scale);
+        s
+    }
+
+    pub fn with_install(name: &str, install: PgInstall, conf: &[&str]) -> Setup {
+        let lab = Lab::new(name);
+        let primary = Postgres::primary_with(&lab, "primary", install, conf);
+        let sshd = Sshd::start(&lab);
+        let replica = lab.path().join("replica");
+        Setup { primary, sshd, replica, lab }
+    }
+
+    /// A run into `self.replica`.
+    pub fn pgclone(&self) -> Pgclone {
+        Pgclone::new(&self.primary, &self.sshd, &self.replica)
+    }
+
+    /// A run into `<work dir>/<dir>`.
+    pub fn pgclone_into(&self, dir: &str) -> Pgclone {
+        Pgclone::new(&self.primary, &self.sshd, &self.lab.path().join(dir))
+    }
+
+    pub fn assert_clean(&self) {
+        assert_clean_after_error(&self.lab, &self.primary, &self.replica);
+    }
+
+    /// `assert_standby_matches` for `replica`.
+    pub fn assert_standby(&self, replica: &Path, name: &str, load: Option<Bg>) -> Postgres {
+        assert_standby_matches(&self.lab, &self.primary, replica, name, load)
+    }
 }

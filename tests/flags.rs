@@ -1,0 +1,448 @@
+//! Every flag a pgclone.sh user relies on, and re-runs into an existing replica, against real servers:
+//! each clone is started as a standby and compared with the primary.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Names of WAL segment files (24 hex digits) in `dir`.
+fn segments(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+        .collect();
+    v.sort();
+    v
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tablespaces and odd paths
+// ---------------------------------------------------------------------------------------------
+
+/// Tablespace `ts` at `location` holding table `ts_table`; returns the tablespace's oid.
+fn tablespace_with_table(primary: &Postgres, location: &Path) -> String {
+    primary.psql(&format!("create tablespace ts location '{}'", location.display()));
+    primary.psql("create table ts_table tablespace ts as select g, md5(g::text) as h from generate_series(1, 20000) g");
+    primary.psql("select oid from pg_tablespace where spcname = 'ts'")
+}
+
+fn ts_table_digest(pg: &Postgres) -> String {
+    pg.psql("select count(*) || ' ' || md5(string_agg(h, ',' order by g)) from ts_table")
+}
+
+/// The clone's tablespace `oid` links to `location`, tablespace_map names it, the clone starts as a
+/// matching standby and its `ts_table` equals the primary's.
+fn assert_tablespace_clone(lab: &Lab, primary: &Postgres, replica: &Path, oid: &str, location: &Path, name: &str) {
+    let link = fs::read_link(replica.join("pg_tblspc").join(oid)).expect("the clone's pg_tblspc/<oid> link");
+    assert_eq!(link, location, "pg_tblspc/{oid} in the clone");
+    let map = fs::read_to_string(replica.join("tablespace_map")).expect("the clone's tablespace_map");
+    assert_eq!(map.trim_end(), format!("{oid} {}", location.display()), "tablespace_map");
+    let version_dirs = entries_starting_with(location, "PG_");
+    assert_eq!(version_dirs.len(), 1, "{} should hold one PG_<major>_* dir: {version_dirs:?}", location.display());
+    println!("pg_tblspc/{oid} -> {}; tablespace_map: {}", link.display(), map.trim_end());
+    let standby = assert_standby_matches(lab, primary, replica, name, None);
+    let digest = ts_table_digest(primary);
+    assert_eq!(ts_table_digest(&standby), digest, "ts_table on {name}");
+    println!("ts_table on {name} equals the primary's: {digest}");
+}
+
+#[test]
+fn tablespace_goes_to_the_mapped_location_and_by_default_to_the_same_path() {
+    let s = Setup::with_pgbench("tblspc", 1);
+    let ts = s.lab.mkdir("ts dir");
+    let oid = tablespace_with_table(&s.primary, &ts);
+    let new = s.lab.path().join("new ts dir");
+    let mut run = s.pgclone();
+    run.arg(&["-T", &format!("{}={}", ts.display(), new.display())]);
+    let out = run.run();
+    out.assert_success();
+    println!("{}", out.summary_line());
+    assert_primary_clean(&s.lab, &s.primary);
+    assert_tablespace_clone(&s.lab, &s.primary, &s.replica, &oid, &new, "tblspc_standby");
+
+    // Without -T the clone puts the tablespace at the primary's own path. On this single machine that is
+    // the primary's live tablespace, so a full clone there is impossible; pgclone's refusal names the path
+    // it would use, which shows the default.
+    let replica = s.lab.path().join("replica default");
+    let digest = ts_table_digest(&s.primary);
+    let out = Pgclone::new(&s.primary, &s.sshd, &replica).run();
+    out.assert_error(&format!("tablespace location {} is not empty", ts.display()));
+    assert_clean_after_error(&s.lab, &s.primary, &replica);
+    assert_eq!(ts_table_digest(&s.primary), digest, "the primary's ts_table after the refused run");
+    assert_eq!(entries_starting_with(&ts, "PG_").len(), 1, "the primary's tablespace dir changed");
+}
+
+#[test]
+fn paths_with_spaces_and_umlauts_clone_with_1_and_16_workers() {
+    let lab = Lab::new("paths");
+    let primary = Postgres::primary(&lab, "primary data ü dir", &[]);
+    primary.pgbench_init(2);
+    let ts = lab.mkdir("ts ü dir");
+    let oid = tablespace_with_table(&primary, &ts);
+    let sshd = Sshd::start(&lab);
+    for parallel in [1, 16] {
+        let replica = lab.path().join(format!("replica {parallel} ü dir"));
+        let new = lab.path().join(format!("ts {parallel} ü new"));
+        let mut run = Pgclone::new(&primary, &sshd, &replica);
+        run.parallel = parallel;
+        run.arg(&["-T", &format!("{}={}", ts.display(), new.display())]);
+        let out = run.run();
+        out.assert_success();
+        println!("--parallel {parallel}: {}", out.summary_line());
+        assert_primary_clean(&lab, &primary);
+        assert_tablespace_clone(&lab, &primary, &replica, &oid, &new, &format!("paths_{parallel}"));
+    }
+}
+
+#[test]
+fn clones_a_de_de_primary_under_lang_de_de_and_under_lc_all_c() {
+    const LOCALE: &str = "de_DE.UTF-8";
+    if !locale_available(LOCALE) {
+        println!("NOTE: skipped: locale {LOCALE} is not installed (scripts/install-deps.sh generates it as root)");
+        return;
+    }
+    let lab = Lab::new("locale");
+    let primary = Postgres::primary_in_locale(&lab, "primary", LOCALE, &[]);
+    primary.pgbench_init(2);
+    let grouped = primary.psql("select current_setting('lc_numeric') || ': ' || to_char(1234567.5, '9G999G999D9')");
+    println!("primary's numbers: {grouped}");
+    assert!(grouped.ends_with("1.234.567,5"), "the primary should group digits the German way: {grouped}");
+    let sshd = Sshd::start(&lab);
+    let runs: [(&str, &[(&str, &str)]); 2] =
+        [("de", &[("LANG", LOCALE), ("LC_ALL", LOCALE)]), ("c", &[("LC_ALL", "C")])];
+    for (name, env) in runs {
+        let replica = lab.path().join(format!("replica_{name}"));
+        let mut run = Pgclone::new(&primary, &sshd, &replica);
+        for (k, v) in env {
+            run.env(k, Some(v));
+        }
+        let out = run.run();
+        out.assert_success();
+        println!("{env:?}: {}", out.summary_line());
+        assert_primary_clean(&lab, &primary);
+        assert_standby_matches(&lab, &primary, &replica, &format!("locale_{name}"), None);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// WAL directories and the run directory
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn replica_waldir_becomes_the_target_of_pg_wal() {
+    let s = Setup::with_pgbench("waldir", 1);
+    let waldir = s.lab.path().join("wal ü dir");
+    let mut run = s.pgclone();
+    run.arg(&["--replica-waldir"]).arg(&[&waldir]);
+    run.run().assert_success();
+    assert_primary_clean(&s.lab, &s.primary);
+    let link = fs::read_link(s.replica.join("pg_wal")).expect("the clone's pg_wal should be a symlink");
+    assert_eq!(link, waldir, "pg_wal's target");
+    let segs = segments(&waldir);
+    println!("pg_wal -> {}, holding {segs:?}", link.display());
+    assert!(!segs.is_empty(), "{} holds no WAL segment", waldir.display());
+    let _standby = s.assert_standby(&s.replica, "waldir_standby", None);
+    assert_eq!(fs::read_link(s.replica.join("pg_wal")).ok(), Some(waldir), "pg_wal after the standby started");
+}
+
+/// Relative path → contents (None for a directory) of everything under `dir`.
+fn tree(dir: &Path) -> BTreeMap<PathBuf, Option<Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            let rel = e.path().strip_prefix(dir).unwrap().to_path_buf();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+                out.insert(rel, None);
+            } else {
+                out.insert(rel, Some(fs::read(e.path()).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn temp_waldir_is_used_and_its_other_contents_are_left_alone() {
+    const JUNK: &[u8] = b"junk, not WAL: pgclone must neither use nor remove this\n";
+    let s = Setup::with_pgbench("tempwal", 1);
+    let dir = s.lab.mkdir("temp wal");
+    s.lab.write(dir.join("000000010000000000000001"), std::str::from_utf8(JUNK).unwrap());
+    s.lab.write(dir.join("notes.txt"), "keep me\n");
+    s.lab.mkdir("temp wal/old");
+    s.lab.write(dir.join("old/000000010000000000000002"), std::str::from_utf8(JUNK).unwrap());
+    let before = tree(&dir);
+
+    let mut run = s.pgclone();
+    run.arg(&["--temp-waldir"]).arg(&[&dir]);
+    let running = run.spawn_slowly("8M");
+    let private = wait_for("WAL in a private pgclone-* dir under --temp-waldir", Duration::from_secs(20), || {
+        let dirs = entries_starting_with(&dir, "pgclone-");
+        match dirs.as_slice() {
+            [d] if fs::read_dir(d).map_or(0, |e| e.count()) > 0 => Ok(d.clone()),
+            _ => Err(format!("{dirs:?}")),
+        }
+    });
+    let during: Vec<String> =
+        fs::read_dir(&private).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    println!("during the copy {} holds {during:?}", private.display());
+    running.wait().assert_success();
+    assert_primary_clean(&s.lab, &s.primary);
+
+    assert_eq!(tree(&dir), before, "{} differs from what the test put there", dir.display());
+    println!("{} holds exactly the garbage again: {:?}", dir.display(), before.keys().collect::<Vec<_>>());
+    let wal = s.replica.join("pg_wal");
+    for seg in segments(&wal) {
+        assert_ne!(fs::read(wal.join(&seg)).unwrap(), JUNK, "the clone's pg_wal/{seg} is the test's junk");
+    }
+    println!("the clone's pg_wal: {:?}", segments(&wal));
+    s.assert_standby(&s.replica, "tempwal_standby", None);
+}
+
+#[test]
+fn keep_run_tmp_keeps_the_run_dir_and_the_default_removes_it() {
+    let s = Setup::new("keeptmp", &[]);
+    s.pgclone().run().assert_success();
+    assert_eq!(
+        entries_starting_with(&s.lab.tmpdir(), "pgclone-"),
+        Vec::<PathBuf>::new(),
+        "run dir after a default run"
+    );
+
+    let mut run = s.pgclone_into("replica kept");
+    run.arg(&["--keep-run-tmp"]);
+    let out = run.run();
+    out.assert_success();
+    let kept = entries_starting_with(&s.lab.tmpdir(), "pgclone-");
+    assert_eq!(kept.len(), 1, "expected one kept run dir in {}: {kept:?}", s.lab.tmpdir().display());
+    let contents: Vec<String> =
+        fs::read_dir(&kept[0]).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    println!("kept {} holding {contents:?}", kept[0].display());
+    assert!(!contents.is_empty(), "the kept run dir is empty");
+    assert!(out.stderr.contains(&kept[0].display().to_string()), "pgclone did not say where it kept the run dir");
+    fs::remove_dir_all(&kept[0]).unwrap();
+    assert_primary_clean(&s.lab, &s.primary);
+}
+
+// ---------------------------------------------------------------------------------------------
+// --drop-existing
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn drop_existing_replaces_another_cluster_and_garbage_which_is_refused_without_it() {
+    let s = Setup::with_pgbench("drop", 1);
+    let other = Postgres::primary(&s.lab, "other", &[]);
+    let other_id = other.psql("select system_identifier from pg_control_system()");
+    let dir = other.data.clone();
+    drop(other);
+    s.lab.write(dir.join("garbage.txt"), "garbage\n");
+    s.lab.mkdir("other/junk dir");
+    s.lab.write(dir.join("junk dir/x"), "x\n");
+    let control = fs::read(dir.join("global/pg_control")).unwrap();
+
+    let mut run = s.pgclone();
+    run.replica_pgdata = dir.clone();
+    run.run().assert_error("holds a different cluster");
+    assert!(dir.join("garbage.txt").exists() && dir.join("junk dir/x").exists(), "the refused run removed garbage");
+    assert_eq!(fs::read(dir.join("global/pg_control")).unwrap(), control, "the refused run changed pg_control");
+    assert_primary_clean(&s.lab, &s.primary);
+    println!("without --drop-existing the cluster {other_id} in {} was refused and left alone", dir.display());
+
+    run.arg(&["--drop-existing"]);
+    let out = run.run();
+    out.assert_success();
+    println!("{}", out.summary_line());
+    assert!(!dir.join("garbage.txt").exists() && !dir.join("junk dir").exists(), "garbage survived --drop-existing");
+    assert_primary_clean(&s.lab, &s.primary);
+    let standby = s.assert_standby(&dir, "drop_standby", None);
+    assert_eq!(
+        standby.psql("select system_identifier from pg_control_system()"),
+        s.primary.psql("select system_identifier from pg_control_system()")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// --limit-net-bw, --progress
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn limit_net_bw_is_a_lower_bound_on_the_copy_time() {
+    const RATE: f64 = (2 << 20) as f64;
+    let s = Setup::new("bwlimit", &[]); // a fresh cluster: about 23 MB
+    let mut run = s.pgclone();
+    run.arg(&["--limit-net-bw", "2M"]);
+    let started = Instant::now();
+    let out = run.run();
+    let took = started.elapsed().as_secs_f64();
+    out.assert_success();
+    assert_primary_clean(&s.lab, &s.primary);
+    // Everything but pg_wal (streamed over the replication connection) came through the limited copy.
+    let bytes = dir_bytes(&s.replica) - dir_bytes(&s.replica.join("pg_wal"));
+    let budget = bytes as f64 / RATE;
+    println!("{bytes} bytes at 2 MiB/s need {budget:.1} s; pgclone took {took:.1} s: {}", out.summary_line());
+    assert!(bytes > 15_000_000, "precondition: at least 15 MB to copy, found {bytes}");
+    assert!(took >= 0.9 * budget, "{bytes} bytes in {took:.1} s is faster than 2 MiB/s allows ({budget:.1} s)");
+}
+
+#[test]
+fn limit_net_bw_below_the_minimum_is_a_usage_error() {
+    let lab = Lab::new("bwmin");
+    let out = run_bounded(
+        lab.cmd(lab.pgclone_bin()).args(["--primary-pgdata", "/nonexistent", "--limit-net-bw", "1000"]),
+        Duration::from_secs(30),
+    );
+    println!("exit {}: {}", out.status, out.stderr.trim());
+    assert_eq!(out.status.code(), Some(2), "a bad flag value should exit 2\n{}", out.report());
+    assert!(out.stderr.contains("minimum") && out.stderr.contains("10000"), "{}", out.report());
+}
+
+fn progress_lines(out: &CmdOutput) -> Vec<String> {
+    let all = format!("{}\n{}", out.stdout, out.stderr);
+    all.lines().filter(|l| l.contains("copied") || l.contains("ETA")).map(str::to_string).collect()
+}
+
+#[test]
+fn progress_plain_prints_lines_and_progress_none_prints_none() {
+    let s = Setup::new("progress", &[]); // a fresh cluster: about 23 MB, 6 s at 4 MiB/s
+    let mut run = s.pgclone();
+    run.verbose = false;
+    run.arg(&["--limit-net-bw", "4M", "--progress", "plain", "--progress-interval", "1"]);
+    let out = run.run();
+    out.assert_success();
+    let lines = progress_lines(&out);
+    println!("--progress plain --progress-interval 1:\n{}", lines.join("\n"));
+    assert!(lines.len() >= 2, "expected a progress line every second\n{}", out.report());
+    assert!(lines.iter().all(|l| l.contains("copied") && l.contains("ETA")), "{lines:#?}");
+
+    let mut run = s.pgclone_into("replica quiet");
+    run.verbose = false;
+    run.arg(&["--limit-net-bw", "4M", "--progress", "none", "--progress-interval", "1"]);
+    let out = run.run();
+    out.assert_success();
+    assert_eq!(progress_lines(&out), Vec::<String>::new(), "--progress none printed progress\n{}", out.report());
+    println!("--progress none: no progress lines; {}", out.summary_line());
+    assert_primary_clean(&s.lab, &s.primary);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Re-runs into a finished replica
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn paranoid_rerun_repairs_a_file_changed_in_place_with_same_size_and_mtime() {
+    let s = Setup::new("paranoid", &["autovacuum = off"]);
+    s.primary.pgbench_init(2);
+    s.primary.psql("checkpoint");
+    s.pgclone().run().assert_success();
+    let rel = s.primary.psql("select pg_relation_filepath('pgbench_accounts')");
+    let (theirs, ours) = (s.primary.data.join(&rel), s.replica.join(&rel));
+    assert!(
+        fs::read(&theirs).unwrap() == fs::read(&ours).unwrap(),
+        "precondition: the clone's {rel} equals the primary's"
+    );
+
+    let meta = fs::metadata(&ours).unwrap();
+    let f = fs::OpenOptions::new().write(true).open(&ours).unwrap();
+    let offset = 8192 * 10 + 100;
+    f.write_all_at(b"corrupted by the test!", offset).unwrap();
+    f.set_modified(meta.modified().unwrap()).unwrap();
+    drop(f);
+    let after = fs::metadata(&ours).unwrap();
+    assert_eq!((after.len(), after.modified().unwrap()), (meta.len(), meta.modified().unwrap()), "size and mtime kept");
+    assert!(fs::read(&theirs).unwrap() != fs::read(&ours).unwrap(), "the corruption did not change the file");
+    println!("corrupted {} at offset {offset}, size {} and mtime kept", ours.display(), meta.len());
+
+    let mut run = s.pgclone();
+    run.arg(&["--paranoid"]);
+    let out = run.run();
+    out.assert_success();
+    println!("--paranoid re-run: {}", out.summary_line());
+    assert!(
+        fs::read(&theirs).unwrap() == fs::read(&ours).unwrap(),
+        "{rel} differs from the primary's after --paranoid"
+    );
+    println!("{rel} is byte-identical to the primary's again");
+    assert_primary_clean(&s.lab, &s.primary);
+    s.assert_standby(&s.replica, "paranoid_standby", None);
+}
+
+/// The files of the relation whose main fork is `rel` (relative to `dir`): main fork, its segments, forks.
+fn relation_files(dir: &Path, rel: &str) -> Vec<PathBuf> {
+    let path = dir.join(rel);
+    let node = path.file_name().unwrap().to_string_lossy().into_owned();
+    let mut v: Vec<PathBuf> = entries_starting_with(path.parent().unwrap(), &node)
+        .into_iter()
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n == node.as_str() || n[node.len()..].starts_with(['_', '.'])
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn rerun_into_a_finished_replica_removes_a_dropped_tables_files() {
+    let s = Setup::with_pgbench("droptable", 1);
+    s.primary.psql("create table doomed as select g, md5(g::text) as h from generate_series(1, 50000) g");
+    s.primary.psql("create index doomed_idx on doomed (g)");
+    s.primary.psql("vacuum doomed");
+    let rels: Vec<String> = s
+        .primary
+        .psql("select pg_relation_filepath('doomed') union all select pg_relation_filepath('doomed_idx')")
+        .lines()
+        .map(str::to_string)
+        .collect();
+    s.pgclone().run().assert_success();
+    let files: Vec<PathBuf> = rels.iter().flat_map(|r| relation_files(&s.replica, r)).collect();
+    println!("the clone holds the table's files {files:?}");
+    assert!(files.len() >= 3, "precondition: table, fsm/vm and index files in the clone: {files:?}");
+
+    s.primary.psql("drop table doomed");
+    s.primary.psql("checkpoint");
+    let out = s.pgclone().run();
+    out.assert_success();
+    println!("re-run: {}", out.summary_line());
+    assert!(out.stderr.contains("holds a replica of this primary: re-syncing it"), "{}", out.report());
+    let left: Vec<PathBuf> = rels.iter().flat_map(|r| relation_files(&s.replica, r)).collect();
+    assert_eq!(left, Vec::<PathBuf>::new(), "files of the dropped table are still in the replica");
+    assert_primary_clean(&s.lab, &s.primary);
+    s.assert_standby(&s.replica, "droptable_standby", None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// --bypass-rep-traffic
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn bypass_rep_traffic_reaches_a_primary_listening_only_on_its_loopback() {
+    let lab = Lab::new("bypass");
+    let primary = Postgres::primary(&lab, "primary", &[]);
+    primary.pgbench_init(1);
+    assert_eq!(primary.psql("show listen_addresses"), "127.0.0.1");
+    let sshd = Sshd::start_on(&lab, "127.0.0.2");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.2", primary.port)).is_err(),
+        "precondition: PostgreSQL must not be reachable on 127.0.0.2"
+    );
+    let replica = lab.path().join("replica");
+    let mut run = Pgclone::new(&primary, &sshd, &replica);
+    assert_eq!(run.pghost, "127.0.0.2");
+    run.run().assert_error("cannot connect to the primary");
+    assert_clean_after_error(&lab, &primary, &replica);
+
+    run.arg(&["--bypass-rep-traffic"]);
+    let out = run.run();
+    out.assert_success();
+    println!("with --bypass-rep-traffic: {}", out.summary_line());
+    assert_primary_clean(&lab, &primary);
+    assert_standby_matches(&lab, &primary, &replica, "bypass_standby", None);
+}
