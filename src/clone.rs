@@ -316,7 +316,9 @@ fn run_locked(
     };
 
     let slot = format!("pgclone_{}_{:04x}", std::process::id(), rand_u16());
-    let stream = WalStream::start(&borrowed(&params), &streamed, primary.seg, &slot, cancel.clone())?;
+    let standby_session = primary.in_recovery.then_some(&mut sql);
+    let mut stream =
+        WalStream::start(&borrowed(&params), &streamed, primary.seg, &slot, standby_session, cancel.clone())?;
     preflight::same_cluster(pgdata, pgdata_system_id, stream.start.system_id)?;
     tracing::info!("streaming WAL from {} on timeline {} into slot {slot}", stream.start.lsn, stream.start.timeline);
 
@@ -425,44 +427,41 @@ fn run_locked(
     drop(transport);
     phases.end("backup stop");
 
-    // The permanent slot is copied while the stream's temporary one still holds the WAL; from here on a
-    // failure must drop it again.
+    let timeline = stream.start.timeline;
+    let received = stream.reach(end.stop_lsn, cancel)?;
+    tracing::info!("WAL received through {received}");
+    check(cancel)?;
+    // Before pg_control: a copy that can start must never start as a second primary.
+    if let Some(r) = &recovery {
+        r.write(replica)?;
+    }
+    let wal_segments = Finalize {
+        replica,
+        streamed: &streamed,
+        seg: primary.seg,
+        timeline,
+        system_id: pgdata_system_id,
+        start: start_lsn,
+        end: &end,
+        control: &control,
+        tablespaces: &plan.tablespaces,
+        mappings: &args.tablespace_mapping,
+        manifest: (!args.no_manifest).then_some((primary.major, sums)),
+    }
+    .run()?;
+    phases.end("finalize");
+    // Only now that the clone is complete does the standby get a permanent slot: a copy of the stream's
+    // temporary one, which has held every segment since before the backup. A run that dies earlier leaves
+    // no slot behind; the temporary one goes with the stream.
     if let Some(name) = &args.create_slot {
         standby::copy_slot(&mut sql, &slot, name)?;
         tracing::info!("created replication slot {name} for the standby");
     }
-    let timeline = stream.start.timeline;
-    let finish = || -> Result<u64, CloneError> {
-        let received = stream.finish(end.stop_lsn, cancel)?;
-        tracing::info!("WAL received through {received}");
-        // Before pg_control: a copy that can start must never start as a second primary.
-        if let Some(r) = &recovery {
-            r.write(replica)?;
-        }
-        Ok(Finalize {
-            replica,
-            streamed: &streamed,
-            seg: primary.seg,
-            timeline,
-            system_id: pgdata_system_id,
-            start: start_lsn,
-            end: &end,
-            control: &control,
-            tablespaces: &plan.tablespaces,
-            mappings: &args.tablespace_mapping,
-            manifest: (!args.no_manifest).then_some((primary.major, sums)),
-        }
-        .run()?)
-    };
-    let wal_segments = finish().inspect_err(|_| {
-        if let Some(name) = &args.create_slot {
-            standby::drop_slot(&mut sql, name);
-        }
-    })?;
-    phases.end("finalize");
+    stream.close()?;
 
     let standby = match (&pg_ctl, &recovery) {
         (Some(pg_ctl), Some(r)) => {
+            check(cancel)?;
             standby::start(pg_ctl, replica, &replica.join("startup.log"))?;
             let lag = standby::wait_streaming(&mut sql, &r.application_name, args.wait_streaming, cancel)?;
             phases.end("standby start");
@@ -554,7 +553,7 @@ fn verify_copy(
         .filter(|(p, _)| suspect.contains(p))
         .map(|(p, size)| Piece::whole(p.clone(), *size))
         .collect();
-    transport.worker()?.copy(&pieces, replica, cancel)?;
+    transport.worker()?.copy(&pieces, replica, cancel, &|_| {})?;
     let (again, bad) = manifest::scan(replica, &suspect, pages_before, parallel)?;
     sums.retain(|s| !suspect.contains(&s.path));
     sums.extend(again);

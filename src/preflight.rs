@@ -181,6 +181,8 @@ pub struct Primary {
     pub seg: SegSize,
     /// Data page checksums are on (initdb -k; the default from PostgreSQL 18).
     pub checksums: bool,
+    /// The server is itself a standby (cloning from a standby: pg_backup_start works in recovery).
+    pub in_recovery: bool,
 }
 
 /// Checks the primary over the SQL session: version, privileges, WAL settings, free sender and slot.
@@ -201,7 +203,8 @@ pub fn primary(conn: &mut Conn) -> Result<Primary, PreflightError> {
                     current_setting('max_replication_slots')::bigint, \
                     (SELECT count(*) FROM pg_replication_slots), \
                     (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'), \
-                    current_setting('data_checksums') \
+                    current_setting('data_checksums'), \
+                    pg_is_in_recovery() \
              FROM pg_roles r WHERE r.rolname = current_user",
         )
         .map_err(PreflightError::Query)?;
@@ -227,7 +230,7 @@ pub fn primary(conn: &mut Conn) -> Result<Primary, PreflightError> {
     }
     // pg_settings reports wal_segment_size in bytes (unit "B"), unlike SHOW's "16MB".
     let seg = get(8).parse().ok().and_then(SegSize::new).ok_or_else(|| PreflightError::SegSize(get(8).into()))?;
-    Ok(Primary { major, seg, checksums: get(9) == "on" })
+    Ok(Primary { major, seg, checksums: get(9) == "on", in_recovery: get(10) == "t" })
 }
 
 /// --create-slot must name a slot that does not exist yet: finding out after the copy would waste it.

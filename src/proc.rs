@@ -29,6 +29,14 @@ impl OwnedChild {
         &self.what
     }
 
+    /// Kills what is left of the child's process group: processes it forked (rsync's receiver) can outlive
+    /// it and keep working, and keep its pipes open.
+    pub fn kill_group(&self) {
+        if let Some(pgid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+        }
+    }
+
     /// Waits up to `timeout` for the child to exit by itself.
     pub fn wait_timeout(&mut self, timeout: Duration) -> io::Result<Option<ExitStatus>> {
         let deadline = Instant::now() + timeout;
@@ -49,9 +57,7 @@ impl Drop for OwnedChild {
     /// outlive the process we started and keep pulling data.
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            if let Some(pgid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
-                let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
-            }
+            self.kill_group();
             let _ = self.child.kill();
         }
         let _ = self.child.wait();

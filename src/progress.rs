@@ -61,9 +61,19 @@ impl Progress {
         Progress { total_bytes, bytes: AtomicU64::new(0), files: AtomicU64::new(0), started: Instant::now(), view }
     }
 
-    pub fn add(&self, c: Copied) {
-        let done = self.bytes.fetch_add(c.bytes, Ordering::Relaxed) + c.bytes;
+    /// Bytes arriving while a job runs.
+    pub fn moving(&self, n: u64) {
+        self.advance(n);
+    }
+
+    /// A finished job; `shown` of its bytes were already reported as they arrived.
+    pub fn add(&self, c: Copied, shown: u64) {
+        self.advance(c.bytes.saturating_sub(shown));
         self.files.fetch_add(c.files, Ordering::Relaxed);
+    }
+
+    fn advance(&self, n: u64) {
+        let done = self.bytes.fetch_add(n, Ordering::Relaxed) + n;
         if let View::Bar(b) = &self.view {
             b.set_position(done);
         }
@@ -137,7 +147,8 @@ mod tests {
     #[test]
     fn line_counts_what_was_added() {
         let p = Progress::new(1000, Mode::None, Duration::from_secs(1));
-        p.add(Copied { files: 2, bytes: 500, moved: 500, vanished: 0 });
+        p.moving(200);
+        p.add(Copied { files: 2, bytes: 500, moved: 500, vanished: 0 }, 200);
         let l = p.line();
         assert!(l.starts_with("copied 500 B of 1.0 kB (50%), 2 files"), "{l}");
     }

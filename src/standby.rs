@@ -97,19 +97,12 @@ impl Recovery {
 
 /// --create-slot: a permanent copy of the stream's temporary slot. The temporary slot has held every WAL
 /// segment since before the backup started, so its copy keeps exactly what the standby will ask for at its
-/// first start. Made at the end, not the start, so that a run that dies (even by `kill -9`) leaves no
-/// permanent slot behind.
+/// first start. Made once the clone is complete, not at the start, so that a run that dies (even by
+/// `kill -9`) leaves no permanent slot behind.
 pub fn copy_slot(conn: &mut Conn, temporary: &str, name: &str) -> Result<(), StandbyError> {
     conn.query_params("SELECT pg_copy_physical_replication_slot($1, $2, false)", &[temporary, name])
         .map(drop)
         .map_err(|source| StandbyError::Slot { slot: name.to_string(), source })
-}
-
-/// Undoes `copy_slot` when a later step fails.
-pub fn drop_slot(conn: &mut Conn, name: &str) {
-    if let Err(e) = conn.query_params("SELECT pg_drop_replication_slot($1)", &[name]) {
-        tracing::warn!("could not drop replication slot {name}: {e}");
-    }
 }
 
 /// pg_ctl of the primary's major: the standby must run the same major as the primary.
@@ -167,7 +160,8 @@ pub fn wait_streaming(
     loop {
         let rows = conn
             .query_params(
-                "SELECT state, pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint \
+                // sent_lsn rather than pg_current_wal_lsn(): the latter fails on a standby (cascading).
+                "SELECT state, pg_wal_lsn_diff(sent_lsn, replay_lsn)::bigint \
                  FROM pg_stat_replication WHERE application_name = $1",
                 &[application_name],
             )

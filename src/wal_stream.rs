@@ -71,6 +71,10 @@ struct Shared {
 struct State {
     received: Lsn,
     stop_at: Option<Lsn>,
+    /// Everything through `stop_at` is written and synced; the stream now only holds its slot.
+    held: bool,
+    /// End the stream properly (CopyDone) rather than just dropping the connection.
+    close: bool,
     quit: bool,
     outcome: Option<Result<Lsn, String>>,
 }
@@ -85,11 +89,17 @@ impl WalStream {
     /// Connects (replication=true), creates the temporary slot, and starts streaming into `dir`.
     /// Returns once the server has accepted START_REPLICATION, so the caller may run pg_backup_start.
     /// A failure later on cancels the clone through `cancel` with the reason.
+    ///
+    /// `standby_session`: the SQL session, given when the server is a standby. There pg_backup_start
+    /// starts the backup at the last restartpoint's redo (do_pg_backup_start in recovery), which may lie
+    /// before the replay position IDENTIFY_SYSTEM reports; the stream then starts where the slot reserved WAL
+    /// from (the redo pointer at its creation, no later than any restartpoint the backup can use).
     pub fn start(
         params: &[(&str, &str)],
         dir: &Path,
         seg: SegSize,
         slot: &str,
+        standby_session: Option<&mut Conn>,
         cancel: Cancel,
     ) -> Result<WalStream, WalStreamError> {
         let mut p = params.to_vec();
@@ -106,7 +116,16 @@ impl WalStream {
         let system_id: u64 = field(0)?.parse().map_err(|_| WalStreamError::Protocol("bad system identifier".into()))?;
         let timeline: u32 = field(1)?.parse().map_err(|_| WalStreamError::Protocol("bad timeline".into()))?;
         let xlogpos: Lsn = field(2)?.parse().map_err(|e| WalStreamError::Protocol(format!("{e}")))?;
-        let start = StreamStart { system_id, timeline, lsn: seg.segment_start(xlogpos) };
+        let from = match standby_session {
+            Some(sql) => sql
+                .query_params("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = $1", &[slot])
+                .map_err(cmd("reading the slot's reserved position"))?
+                .get(0, 0)
+                .and_then(|l| l.parse().ok())
+                .map_or(xlogpos, |reserved: Lsn| reserved.min(xlogpos)),
+            None => xlogpos,
+        };
+        let start = StreamStart { system_id, timeline, lsn: seg.segment_start(from) };
 
         // Recovery of the clone reads the history of its timeline from pg_wal (receivelog.c fetches it too).
         if timeline > 1 {
@@ -140,15 +159,19 @@ impl WalStream {
         Ok(WalStream { start, shared, thread: Some(thread) })
     }
 
-    /// Receives through `stop` (pg_backup_stop's position), then ends the stream properly.
-    /// Returns the position received up to.
-    pub fn finish(mut self, stop: Lsn, cancel: &Cancel) -> Result<Lsn, WalStreamError> {
+    /// Waits until everything through `stop` (pg_backup_stop's position) is written and synced. The stream then
+    /// stays connected, holding its temporary slot and writing nothing more, until `close`: WAL the standby
+    /// will need after the clone stays on the primary while the clone is finished.
+    pub fn reach(&mut self, stop: Lsn, cancel: &Cancel) -> Result<Lsn, WalStreamError> {
         let mut st = self.shared.lock();
         st.stop_at = Some(stop);
         let (mut seen, mut since) = (st.received, Instant::now());
-        let outcome = loop {
-            if let Some(o) = st.outcome.take() {
-                break o;
+        loop {
+            if st.held {
+                return Ok(st.received);
+            }
+            if let Some(o) = &st.outcome {
+                return Err(WalStreamError::Failed(o.clone().err().unwrap_or_else(|| "the stream ended early".into())));
             }
             if let Some(reason) = cancel.reason() {
                 return Err(WalStreamError::Cancelled(reason));
@@ -159,12 +182,19 @@ impl WalStream {
                 return Err(WalStreamError::Stalled { at: seen, want: stop, secs: STALL_LIMIT.as_secs() });
             }
             st = self.shared.changed.wait_timeout(st, Duration::from_millis(200)).unwrap_or_else(|e| e.into_inner()).0;
-        };
-        drop(st);
+        }
+    }
+
+    /// Ends the stream as the protocol asks (CopyDone, then the server's CommandComplete); the temporary
+    /// slot goes with the connection.
+    pub fn close(mut self) -> Result<(), WalStreamError> {
+        self.shared.lock().close = true;
+        self.shared.changed.notify_all();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        outcome.map_err(WalStreamError::Failed)
+        let outcome = self.shared.lock().outcome.take();
+        outcome.map_or(Ok(()), |o| o.map(drop).map_err(WalStreamError::Failed))
     }
 }
 
@@ -188,22 +218,32 @@ fn receive(mut conn: Conn, mut writer: SegmentWriter, shared: &Shared, start: Ls
     let mut received = start;
     let mut flushed = start;
     let mut last_status: Option<Instant> = None;
+    let mut held = false;
     loop {
         {
-            let st = shared.lock();
+            let mut st = shared.lock();
             if st.quit {
                 return Ok(received);
             }
-            if st.stop_at.is_some_and(|stop| received >= stop) {
+            if st.close {
                 drop(st);
-                writer.sync()?;
                 conn.end_copy().map_err(|source| WalStreamError::Command { what: "ending the stream", source })?;
                 return Ok(received);
+            }
+            if !held && st.stop_at.is_some_and(|stop| received >= stop) {
+                writer.sync()?;
+                flushed = received;
+                held = true;
+                st.held = true;
+                shared.changed.notify_all();
             }
         }
         let mut reply_now = false;
         match conn.get_copy_data().map_err(|source| WalStreamError::Command { what: "receiving WAL", source })? {
             CopyData::Message(m) => match m.first() {
+                // Holding: the clone has its WAL; what arrives now is not written, and the position we report
+                // stays put, so the slot keeps what the standby will ask for at its first start.
+                Some(b'w') if held => {}
                 Some(b'w') if m.len() >= 25 => {
                     let data_start = Lsn(be64(&m[1..9]));
                     if data_start != received {

@@ -191,7 +191,7 @@ pub fn copy(
         job_tx.send(j).expect("receiver alive");
     }
     drop(job_tx);
-    let (done_tx, done_rx) = crossbeam_channel::unbounded::<Result<Copied, TransportError>>();
+    let (done_tx, done_rx) = crossbeam_channel::unbounded::<(Result<Copied, TransportError>, u64)>();
     let workers = parallel.min(n_jobs).max(1);
 
     std::thread::scope(|s| {
@@ -200,13 +200,19 @@ pub fn copy(
             s.spawn(move || {
                 let mut worker = match transport.worker() {
                     Ok(w) => w,
-                    Err(e) => return drop(done_tx.send(Err(e))),
+                    Err(e) => return drop(done_tx.send((Err(e), 0))),
                 };
-                while let Ok(files) = job_rx.recv() {
+                while let Ok(pieces) = job_rx.recv() {
                     if cancel.is_cancelled() {
                         return;
                     }
-                    let _ = done_tx.send(worker.copy(&files, dest, cancel));
+                    let shown = std::cell::Cell::new(0);
+                    let moving = |n| {
+                        shown.set(shown.get() + n);
+                        progress.moving(n);
+                    };
+                    let result = worker.copy(&pieces, dest, cancel, &moving);
+                    let _ = done_tx.send((result, shown.get()));
                 }
             });
         }
@@ -217,16 +223,16 @@ pub fn copy(
         while finished < n_jobs {
             select! {
                 recv(done_rx) -> r => match r {
-                    Ok(Ok(c)) => {
+                    Ok((Ok(c), shown)) => {
                         finished += 1;
-                        progress.add(c);
+                        progress.add(c, shown);
                         total.files += c.files;
                         total.bytes += c.bytes;
                         total.moved += c.moved;
                         total.vanished += c.vanished;
                     }
-                    Ok(Err(TransportError::Cancelled)) | Err(_) => break,
-                    Ok(Err(e)) => {
+                    Ok((Err(TransportError::Cancelled), _)) | Err(_) => break,
+                    Ok((Err(e), _)) => {
                         cancel.cancel(e.to_string());
                         break;
                     }

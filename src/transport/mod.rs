@@ -110,8 +110,15 @@ pub trait Transport: Sync {
 
 pub trait Worker: Send {
     /// Copies the given pieces (paths relative to the data directory) into `dest`, whose directories exist.
+    /// `moving` is told of bytes as they arrive, where the transport can see them (for live progress).
     /// Returns early with `Cancelled` once `cancel` fires.
-    fn copy(&mut self, pieces: &[Piece], dest: &Path, cancel: &Cancel) -> Result<Copied, TransportError>;
+    fn copy(
+        &mut self,
+        pieces: &[Piece],
+        dest: &Path,
+        cancel: &Cancel,
+        moving: &dyn Fn(u64),
+    ) -> Result<Copied, TransportError>;
 }
 
 /// Counts what a finished copy of whole files left in `dest`: files the primary removed meanwhile are absent.

@@ -194,7 +194,13 @@ struct Open {
 }
 
 impl Worker for NativeWorker<'_> {
-    fn copy(&mut self, pieces: &[Piece], dest: &Path, cancel: &Cancel) -> Result<Copied, TransportError> {
+    fn copy(
+        &mut self,
+        pieces: &[Piece],
+        dest: &Path,
+        cancel: &Cancel,
+        moving: &dyn Fn(u64),
+    ) -> Result<Copied, TransportError> {
         let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
         let mut open: HashMap<u32, Open> = HashMap::new();
         let mut vanished = vec![false; pieces.len()];
@@ -257,6 +263,7 @@ impl Worker for NativeWorker<'_> {
                             open.get(&id).ok_or_else(|| TransportError::Agent(format!("data for unknown id {id}")))?;
                         o.file.write_all_at(&raw, offset).map_err(io("writing received data"))?;
                         moved += u64::from(raw_len);
+                        moving(u64::from(raw_len));
                     }
                     Msg::Hashes { id, hashes } => {
                         if let Some(Open { hashes: Some(h), .. }) = open.get_mut(&id) {

@@ -247,8 +247,15 @@ struct RsyncWorker<'a> {
 }
 
 impl Worker for RsyncWorker<'_> {
-    /// rsync copies whole files only (split_size is None, so pieces never carry a range).
-    fn copy(&mut self, pieces: &[Piece], dest: &Path, cancel: &Cancel) -> Result<Copied, TransportError> {
+    /// rsync copies whole files only (split_size is None, so pieces never carry a range), and shows no bytes
+    /// before a batch is done.
+    fn copy(
+        &mut self,
+        pieces: &[Piece],
+        dest: &Path,
+        cancel: &Cancel,
+        _: &dyn Fn(u64),
+    ) -> Result<Copied, TransportError> {
         // Files inside a tablespace go through its module, into the local pg_tblspc/<oid> link.
         let mut by_module: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
         for f in pieces.iter().map(|p| &p.path) {
@@ -328,6 +335,11 @@ fn run_rsync(
             return Err(TransportError::Cancelled);
         }
         if let Some(status) = child.wait_timeout(Duration::from_millis(100)).map_err(io)? {
+            // A client that died (killed, say) may leave its forked receiver running, holding stderr open;
+            // ending the group lets the failure surface now rather than when that file is done.
+            if !status.success() {
+                child.kill_group();
+            }
             let err = reader.join().unwrap_or_default();
             return Ok((status, rsync_reason(&err)));
         }
