@@ -644,22 +644,7 @@ impl Postgres {
             log: lab.path().join(format!("{name}.log")),
             install,
         };
-        let mut conf = format!(
-            "\n# pgclone test harness\n\
-             listen_addresses = '127.0.0.1'\n\
-             port = {}\n\
-             unix_socket_directories = '{}'\n\
-             shared_buffers = 32MB\n\
-             max_connections = 50\n\
-             log_line_prefix = '%m [%p] %q%a '\n",
-            pg.port,
-            lab.path().display()
-        );
-        for line in extra_conf {
-            conf.push_str(line);
-            conf.push('\n');
-        }
-        lab.append(&pg.data.join("postgresql.conf"), &conf);
+        lab.append(&pg.data.join("postgresql.conf"), &server_conf("127.0.0.1", pg.port, lab.path(), extra_conf));
         lab.write(
             pg.data.join("pg_hba.conf"),
             "local all         all               scram-sha-256\n\
@@ -777,26 +762,51 @@ impl Postgres {
 
     /// Per pgbench table: row count, sums of its numeric columns, md5 of all rows in order.
     pub fn fingerprint(&self) -> String {
-        const TABLES: [(&str, &str); 4] = [
-            ("pgbench_accounts", "aid, bid, abalance"),
-            ("pgbench_branches", "bid, bbalance"),
-            ("pgbench_tellers", "tid, bid, tbalance"),
-            ("pgbench_history", "tid, bid, aid, delta"),
-        ];
-        let parts: Vec<String> = TABLES
-            .iter()
-            .map(|(table, cols)| {
-                let sums: Vec<String> = cols.split(", ").map(|c| format!("coalesce(sum({c}), 0)")).collect();
-                format!(
-                    "select concat_ws(' ', '{table}', count(*), {}, md5(coalesce(string_agg(t::text, ',' order by t), ''))) from {table} t",
-                    sums.join(", ")
-                )
-            })
-            .collect();
-        self.psql(&parts.join(" union all "))
+        self.psql(&fingerprint_sql())
     }
 }
 
+/// The settings every test server gets (listening on `listen` only, its socket in `socket_dir`, small), then
+/// the test's own lines.
+pub fn server_conf(listen: &str, port: u16, socket_dir: &Path, extra_conf: &[&str]) -> String {
+    let mut conf = format!(
+        "\n# pgclone test harness\n\
+         listen_addresses = '{listen}'\n\
+         port = {port}\n\
+         unix_socket_directories = '{}'\n\
+         shared_buffers = 32MB\n\
+         max_connections = 50\n\
+         log_line_prefix = '%m [%p] %q%a '\n",
+        socket_dir.display()
+    );
+    for line in extra_conf {
+        conf.push_str(line);
+        conf.push('\n');
+    }
+    conf
+}
+
+/// The query behind every fingerprint: per pgbench table, row count, sums of its numeric columns, md5 of all
+/// rows in order. Equal on primary and standby means the same data.
+pub fn fingerprint_sql() -> String {
+    const TABLES: [(&str, &str); 4] = [
+        ("pgbench_accounts", "aid, bid, abalance"),
+        ("pgbench_branches", "bid, bbalance"),
+        ("pgbench_tellers", "tid, bid, tbalance"),
+        ("pgbench_history", "tid, bid, aid, delta"),
+    ];
+    let parts: Vec<String> = TABLES
+        .iter()
+        .map(|(table, cols)| {
+            let sums: Vec<String> = cols.split(", ").map(|c| format!("coalesce(sum({c}), 0)")).collect();
+            format!(
+                "select concat_ws(' ', '{table}', count(*), {}, md5(coalesce(string_agg(t::text, ',' order by t), ''))) from {table} t",
+                sums.join(", ")
+            )
+        })
+        .collect();
+    parts.join(" union all ")
+}
 impl Drop for Postgres {
     fn drop(&mut self) {
         if self.data.join("postmaster.pid").exists() {
@@ -862,29 +872,27 @@ pub struct Sshd {
     _process: Bg,
 }
 
-impl Sshd {
-    pub fn start(lab: &Lab) -> Sshd {
-        Self::start_on(lab, "127.0.0.1")
-    }
+/// What a test sshd needs: its host key, an authorized client key and its config, in `dir`. Every session
+/// gets the lab's tag (so leftover processes can be told apart) and `remote_tmp` as TMPDIR.
+pub struct SshdFiles {
+    pub host_key: PathBuf,
+    pub key: PathBuf,
+    pub config: PathBuf,
+}
 
-    pub fn start_on(lab: &Lab, addr: &str) -> Sshd {
-        let dir = lab.mkdir("ssh");
-        let port = free_port();
-        let keygen = |file: &Path| {
-            lab.run(
-                lab.cmd("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "pgclone-test", "-f"]).arg(file),
-            );
-        };
-        let host_key = dir.join("host_ed25519");
-        keygen(&host_key);
-        let key = dir.join("id_ed25519");
-        keygen(&key);
-        let authorized = fs::read_to_string(key.with_extension("pub")).unwrap();
-        lab.write(dir.join("authorized_keys"), &authorized);
-        let sshd_config = lab.write(
-            dir.join("sshd_config"),
-            &format!(
-                "ListenAddress {addr}:{port}\n\
+pub fn sshd_files(lab: &Lab, dir: &Path, addr: &str, port: u16, remote_tmp: &Path) -> SshdFiles {
+    let keygen = |file: &Path| {
+        lab.run(lab.cmd("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "pgclone-test", "-f"]).arg(file));
+    };
+    let host_key = dir.join("host_ed25519");
+    keygen(&host_key);
+    let key = dir.join("id_ed25519");
+    keygen(&key);
+    lab.write(dir.join("authorized_keys"), &fs::read_to_string(key.with_extension("pub")).unwrap());
+    let sshd_config = lab.write(
+        dir.join("sshd_config"),
+        &format!(
+            "ListenAddress {addr}:{port}\n\
                  HostKey {hk}\n\
                  PidFile {d}/sshd.pid\n\
                  AuthorizedKeysFile {d}/authorized_keys\n\
@@ -900,13 +908,25 @@ impl Sshd {
                  MaxSessions 100\n\
                  LogLevel VERBOSE\n\
                  SetEnv {tag} TMPDIR={tmp}\n",
-                hk = host_key.display(),
-                d = dir.display(),
-                user = lab.user().name,
-                tag = lab.tag(),
-                tmp = lab.remote_tmpdir().display(),
-            ),
-        );
+            hk = host_key.display(),
+            d = dir.display(),
+            user = lab.user().name,
+            tag = lab.tag(),
+            tmp = remote_tmp.display(),
+        ),
+    );
+    SshdFiles { host_key, key, config: sshd_config }
+}
+
+impl Sshd {
+    pub fn start(lab: &Lab) -> Sshd {
+        Self::start_on(lab, "127.0.0.1")
+    }
+
+    pub fn start_on(lab: &Lab, addr: &str) -> Sshd {
+        let dir = lab.mkdir("ssh");
+        let port = free_port();
+        let SshdFiles { host_key, key, config: sshd_config } = sshd_files(lab, &dir, addr, port, &lab.remote_tmpdir());
         let mut sshd_cmd = lab.cmd("/usr/sbin/sshd");
         sshd_cmd.args(["-D", "-e", "-f"]).arg(&sshd_config);
         let mut process = lab.spawn("sshd", sshd_cmd);
@@ -930,7 +950,8 @@ impl Sshd {
         sshd
     }
 
-    fn write_client_config(lab: &Lab, known_hosts: &Path, key: &Path, name: &str) -> PathBuf {
+    /// An ssh client config for `ssh -F` / `pgclone --ssh-config` that never reads ~/.ssh.
+    pub fn write_client_config(lab: &Lab, known_hosts: &Path, key: &Path, name: &str) -> PathBuf {
         lab.write(
             known_hosts.with_file_name(name),
             &format!(

@@ -83,26 +83,9 @@ pub fn psql_at(lab: &Lab, host: &str, port: u16, sql: &str) -> Result<String, St
     }
 }
 
-/// The harness's fingerprint (same SQL as `Postgres::fingerprint`): per pgbench table, row count, sums,
-/// md5 of all rows in order.
+/// The harness's fingerprint, for servers the harness did not start.
 pub fn fingerprint(db: &dyn Sql) -> String {
-    const TABLES: [(&str, &str); 4] = [
-        ("pgbench_accounts", "aid, bid, abalance"),
-        ("pgbench_branches", "bid, bbalance"),
-        ("pgbench_tellers", "tid, bid, tbalance"),
-        ("pgbench_history", "tid, bid, aid, delta"),
-    ];
-    let parts: Vec<String> = TABLES
-        .iter()
-        .map(|(table, cols)| {
-            let sums: Vec<String> = cols.split(", ").map(|c| format!("coalesce(sum({c}), 0)")).collect();
-            format!(
-                "select concat_ws(' ', '{table}', count(*), {}, md5(coalesce(string_agg(t::text, ',' order by t), ''))) from {table} t",
-                sums.join(", ")
-            )
-        })
-        .collect();
-    db.sql(&parts.join(" union all "))
+    db.sql(&fingerprint_sql())
 }
 
 /// Wait until `upstream`'s pg_stat_replication shows `app` streaming.
@@ -767,23 +750,7 @@ impl NsPostgres {
             port: free_port(),
             log: lab.path().join(format!("{name}.log")),
         };
-        let mut conf = format!(
-            "\n# pgclone fault tests: a primary on its own host\n\
-             listen_addresses = '{}'\n\
-             port = {}\n\
-             unix_socket_directories = '{}'\n\
-             shared_buffers = 32MB\n\
-             max_connections = 50\n\
-             log_line_prefix = '%m [%p] %q%a '\n",
-            pg.addr,
-            pg.port,
-            lab.path().display()
-        );
-        for line in extra_conf {
-            conf.push_str(line);
-            conf.push('\n');
-        }
-        lab.append(&pg.data.join("postgresql.conf"), &conf);
+        lab.append(&pg.data.join("postgresql.conf"), &server_conf(&pg.addr, pg.port, lab.path(), extra_conf));
         let net = format!("{}/30", ns.host_addr);
         lab.write(
             pg.data.join("pg_hba.conf"),
@@ -892,42 +859,7 @@ impl NsSshd {
         let remote_tmp = lab.mkdir("ns-remote-tmp");
         let port = free_port();
         let addr = ns.ns_addr.clone();
-        let keygen = |file: &Path| {
-            lab.run(
-                lab.cmd("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "pgclone-test", "-f"]).arg(file),
-            );
-        };
-        let host_key = dir.join("host_ed25519");
-        keygen(&host_key);
-        let key = dir.join("id_ed25519");
-        keygen(&key);
-        lab.write(dir.join("authorized_keys"), &fs::read_to_string(key.with_extension("pub")).unwrap());
-        let sshd_config = lab.write(
-            dir.join("sshd_config"),
-            &format!(
-                "ListenAddress {addr}:{port}\n\
-                 HostKey {hk}\n\
-                 PidFile {d}/sshd.pid\n\
-                 AuthorizedKeysFile {d}/authorized_keys\n\
-                 AllowUsers {user}\n\
-                 UsePAM no\n\
-                 StrictModes no\n\
-                 PubkeyAuthentication yes\n\
-                 PasswordAuthentication no\n\
-                 KbdInteractiveAuthentication no\n\
-                 PrintMotd no\n\
-                 PrintLastLog no\n\
-                 MaxStartups 100\n\
-                 MaxSessions 100\n\
-                 LogLevel VERBOSE\n\
-                 SetEnv {tag} TMPDIR={tmp}\n",
-                hk = host_key.display(),
-                d = dir.display(),
-                user = lab.user().name,
-                tag = lab.tag(),
-                tmp = remote_tmp.display(),
-            ),
-        );
+        let SshdFiles { host_key, key, config: sshd_config } = sshd_files(lab, &dir, &addr, port, &remote_tmp);
         let mut cmd = ns.cmd(lab, "/usr/sbin/sshd");
         cmd.args(["-D", "-e", "-f"]).arg(&sshd_config);
         let mut process = lab.spawn("ns-sshd", cmd);
@@ -938,24 +870,7 @@ impl NsSshd {
         let host_pub = fs::read_to_string(host_key.with_extension("pub")).unwrap();
         let host_pub = host_pub.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
         let known_hosts = lab.write(dir.join("known_hosts"), &format!("[{addr}]:{port} {host_pub}\n"));
-        let config = lab.write(
-            dir.join("ssh_config"),
-            &format!(
-                "# pgclone fault tests: never read ~/.ssh\n\
-                 UserKnownHostsFile {}\n\
-                 GlobalKnownHostsFile /dev/null\n\
-                 StrictHostKeyChecking yes\n\
-                 UpdateHostKeys no\n\
-                 IdentitiesOnly yes\n\
-                 IdentityFile {}\n\
-                 PasswordAuthentication no\n\
-                 BatchMode yes\n\
-                 ConnectTimeout 10\n\
-                 LogLevel ERROR\n",
-                known_hosts.display(),
-                key.display()
-            ),
-        );
+        let config = Sshd::write_client_config(lab, &known_hosts, &key, "ssh_config");
         let sshd = NsSshd { addr, port, key, config, remote_tmp, dir, host_pub, lab: lab.clone(), _process: process };
         wait_for("ssh login into the namespace", Duration::from_secs(20), || {
             let out = run_bounded(&mut sshd.ssh_cmd("true"), Duration::from_secs(15));
