@@ -1,0 +1,458 @@
+//! The native transport end to end: `pgclone agent` processes on the primary (over the lab's real sshd, or as
+//! local children with --no-ssh) against a real PostgreSQL 15 primary. Covers a clone under write load with
+//! range splitting and compression, the block-hash delta of re-runs (including a corruption that keeps size and
+//! mtime), resuming an interrupted clone, and refusing an agent of another version or a missing one.
+
+mod common;
+
+use common::*;
+use rustix::process::Signal;
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+// Application names must not start with "pgclone": the clean check looks for those.
+const STANDBY: &str = "native_standby";
+
+fn history_rows(pg: &Postgres) -> u64 {
+    pg.psql("select count(*) from pgbench_history").parse().unwrap()
+}
+
+/// `--transport native --remote-pgclone <the lab's copy of pgclone>`.
+fn native(run: &mut Pgclone, lab: &Lab) {
+    run.arg(&[OsString::from("--transport"), "native".into(), "--remote-pgclone".into(), lab.pgclone_bin().into()]);
+}
+
+/// The figures of a successful run's `--json` summary.
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    files: u64,
+    bytes: u64,
+    moved: u64,
+    reused: u64,
+}
+
+/// stdout of a `--json` run must be exactly one JSON object with ok=true; returns its figures.
+fn json_figures(out: &CmdOutput) -> Figures {
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e})\n{}", out.report()));
+    assert!(v.is_object(), "--json printed {v}, not an object");
+    assert_eq!(v["ok"], serde_json::Value::Bool(true), "--json: {v}");
+    let n = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("--json lacks a number {k:?}: {v}"));
+    let f = Figures { files: n("files"), bytes: n("bytes"), moved: n("moved_bytes"), reused: n("reused_bytes") };
+    println!(
+        "--json: files={} bytes={} moved_bytes={} reused_bytes={} ({:.1}% moved); phases {}",
+        f.files,
+        f.bytes,
+        f.moved,
+        f.reused,
+        100.0 * f.moved as f64 / f.bytes.max(1) as f64,
+        v["phases"]
+    );
+    f
+}
+
+/// `pg_verifybackup DIR` (PG15) and `pgclone verify DIR`, as the lab user, must both accept the clone.
+fn verify_both(lab: &Lab, replica: &Path) {
+    let tools: [(&str, Command); 2] = [
+        ("pg_verifybackup", {
+            let mut c = lab.cmd(Path::new(PG15_BIN).join("pg_verifybackup"));
+            c.arg(replica);
+            c
+        }),
+        ("pgclone verify", {
+            let mut c = lab.cmd(lab.pgclone_bin());
+            c.arg("verify").arg(replica);
+            c
+        }),
+    ];
+    for (name, mut cmd) in tools {
+        let out = run_bounded(&mut cmd, Duration::from_secs(120));
+        assert!(out.success(), "{name} rejects the clone\n{}", out.report());
+        let said = format!("{} {}", out.stdout.trim(), out.stderr.trim());
+        println!("{name} accepts the clone: {}", said.trim());
+    }
+}
+
+/// pgclone as the lab user with exactly `args` (no harness defaults): TMPDIR and the lab's tag as for
+/// `Pgclone::spawn`, bounded by `timeout`.
+fn run_pgclone_raw(lab: &Lab, args: &[OsString], timeout: Duration) -> CmdOutput {
+    let tag = lab.tag();
+    let (tag_var, tag_val) = tag.split_once('=').expect("tag is VAR=value");
+    let mut cmd = lab.cmd(lab.pgclone_bin());
+    cmd.args(args).env(tag_var, tag_val).env("TMPDIR", lab.tmpdir());
+    println!(
+        "running {} {}",
+        lab.pgclone_bin().display(),
+        args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
+    );
+    let started = Instant::now();
+    let out = run_bounded(&mut cmd, timeout);
+    println!("pgclone finished in {:.1?}: {}", started.elapsed(), out.status);
+    out
+}
+
+/// Disk space actually allocated to the regular files under `dir` (a pre-sized, sparse file counts only what
+/// was written into it).
+fn allocated_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => allocated_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.blocks() * 512),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Regular files under `root/base` and `root/global` that a clone copies (relative paths): everything but
+/// global/pg_control (fetched after the backup, so it legitimately differs), relcache init files and temp files.
+fn copied_files(root: &Path) -> Vec<PathBuf> {
+    fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = fs::read_dir(root.join(rel)) else { return };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("pgsql_tmp") || name.starts_with("pg_internal.init") {
+                continue;
+            }
+            let rel = rel.join(&name);
+            match e.file_type() {
+                Ok(t) if t.is_dir() => walk(root, &rel, out),
+                Ok(t) if t.is_file() && rel != Path::new("global/pg_control") => out.push(rel),
+                _ => {}
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for top in ["base", "global"] {
+        walk(root, Path::new(top), &mut out);
+    }
+    out.sort();
+    out
+}
+
+/// Every difference between the primary's and the replica's copied files (see `copied_files`): files only on
+/// one side, and files whose bytes differ (first differing offset). Returns (differences, files, bytes).
+fn compare_copied(primary: &Path, replica: &Path) -> (Vec<String>, usize, u64) {
+    let (ours, theirs) = (copied_files(replica), copied_files(primary));
+    let mut diffs: Vec<String> = Vec::new();
+    for f in theirs.iter().filter(|f| !ours.contains(f)) {
+        diffs.push(format!("{} missing in the replica", f.display()));
+    }
+    for f in ours.iter().filter(|f| !theirs.contains(f)) {
+        diffs.push(format!("{} only in the replica", f.display()));
+    }
+    let mut bytes = 0;
+    for f in theirs.iter().filter(|f| ours.contains(f)) {
+        let a = fs::read(primary.join(f)).unwrap_or_else(|e| panic!("read primary's {}: {e}", f.display()));
+        let b = fs::read(replica.join(f)).unwrap_or_else(|e| panic!("read replica's {}: {e}", f.display()));
+        bytes += a.len() as u64;
+        if a != b {
+            let at = a.iter().zip(&b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()));
+            diffs.push(format!(
+                "{} differs: primary {} bytes, replica {} bytes, first difference at offset {at}",
+                f.display(),
+                a.len(),
+                b.len()
+            ));
+        }
+    }
+    (diffs, theirs.len(), bytes)
+}
+
+/// One native transport frame: kind, u32 LE payload length, u64 LE XXH3-64 of the payload, payload.
+fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![kind];
+    f.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    f.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(payload).to_le_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Case 1: A native clone with 1M ranges, zstd and 4 workers while pgbench writes: the result passes
+/// pg_verifybackup and pgclone verify, starts as a standby, streams, catches up and holds the primary's data.
+#[test]
+fn native_clone_under_write_load() {
+    let started = Instant::now();
+    let s = Setup::with_pgbench("native-load", 5);
+    let load = s.primary.pgbench_load(2);
+    wait_for("pgbench to write", Duration::from_secs(30), || match history_rows(&s.primary) {
+        0 => Err("no pgbench_history rows yet".to_string()),
+        _ => Ok(()),
+    });
+    let rows_before = history_rows(&s.primary);
+
+    let mut run = s.pgclone();
+    run.parallel = 4;
+    run.timeout = Duration::from_secs(300);
+    native(&mut run, &s.lab);
+    run.arg(&["--chunk-size", "1M", "--compress", "zstd", "--json"]);
+    let out = run.run();
+    out.assert_success();
+    println!("pgclone summary: {}", out.stderr.lines().rev().find(|l| l.starts_with("pgclone: ")).unwrap_or(""));
+    assert!(!out.stderr.contains("rsync"), "--transport native mentions rsync:\n{}", out.report());
+    let f = json_figures(&out);
+    assert!(f.bytes > 0 && f.moved > 0, "a fresh clone moved nothing: {f:?}");
+    assert!(f.files > 0, "a fresh clone copied no files: {f:?}");
+
+    let rows_after = history_rows(&s.primary);
+    assert!(rows_after > rows_before, "no pgbench writes while pgclone ran ({rows_before} -> {rows_after})");
+    println!("pgbench wrote {} history rows while pgclone ran", rows_after - rows_before);
+    assert!(s.replica.join("global/pg_control").exists(), "clone lacks global/pg_control");
+
+    verify_both(&s.lab, &s.replica);
+    assert_primary_clean(&s.lab, &s.primary);
+    let _standby = s.assert_standby(&s.replica, STANDBY, Some(load));
+    assert_primary_clean(&s.lab, &s.primary);
+    println!("native clone under write load passed in {:.1?}", started.elapsed());
+}
+
+/// Case 2: --no-ssh: agents are local processes; no sshd exists at all and no ssh flag is given.
+#[test]
+fn native_no_ssh_clones_locally() {
+    let started = Instant::now();
+    let lab = Lab::new("native-nossh");
+    let primary = Postgres::primary(&lab, "primary", &[]);
+    primary.pgbench_init(2);
+    let load = primary.pgbench_load(1);
+    let replica = lab.path().join("replica");
+    let args: Vec<OsString> = vec![
+        "--pghost".into(),
+        "127.0.0.1".into(),
+        "--pgport".into(),
+        primary.port.to_string().into(),
+        "--pguser".into(),
+        SUPERUSER.into(),
+        "--primary-pgdata".into(),
+        primary.data.clone().into(),
+        "--replica-pgdata".into(),
+        replica.clone().into(),
+        "--no-ssh".into(),
+        "--transport".into(),
+        "native".into(),
+        "--parallel".into(),
+        "2".into(),
+        "--verbose".into(),
+        "--json".into(),
+    ];
+    let out = run_pgclone_raw(&lab, &args, Duration::from_secs(180));
+    out.assert_success();
+    let f = json_figures(&out);
+    assert!(f.bytes > 0 && f.moved > 0, "nothing copied: {f:?}");
+    assert!(!out.stderr.contains("ssh: "), "--no-ssh run mentions ssh:\n{}", out.report());
+    verify_both(&lab, &replica);
+    assert_primary_clean(&lab, &primary);
+    let _standby = assert_standby_matches(&lab, &primary, &replica, STANDBY, Some(load));
+    assert_primary_clean(&lab, &primary);
+    println!("--no-ssh native clone passed in {:.1?}", started.elapsed());
+}
+
+/// Case 3: Re-runs into a finished clone move only what differs: (a) after some writes, much less than the whole;
+/// (b) a block corrupted in place with size and mtime kept is found by the block hashes, and afterwards every
+/// copied file is byte-identical to the primary's.
+#[test]
+fn native_delta_rerun_moves_little_and_repairs_silent_corruption() {
+    let started = Instant::now();
+    let s = Setup::new("native-delta", &["autovacuum = off"]);
+    s.primary.pgbench_init(8);
+    let native_run = || {
+        let mut run = s.pgclone();
+        run.timeout = Duration::from_secs(300);
+        native(&mut run, &s.lab);
+        run.arg(&["--json"]);
+        let out = run.run();
+        out.assert_success();
+        println!("pgclone summary: {}", out.stderr.lines().rev().find(|l| l.starts_with("pgclone: ")).unwrap_or(""));
+        json_figures(&out)
+    };
+    let first = native_run();
+    assert!(first.moved > 0 && first.reused == 0, "a fresh clone: {first:?}");
+
+    // (a) some writes, then the primary stays idle: hint bits set by VACUUM and everything flushed, so nothing
+    // pgclone's own queries read can make the server write to base/ or global/ later.
+    let accounts = s.primary.psql("select pg_relation_filepath('pgbench_accounts')");
+    s.lab.run(s.primary.client("pgbench", SUPERUSER).args(["-n", "-c", "1", "-t", "200", "postgres"]));
+    s.primary.psql("vacuum");
+    s.primary.psql("checkpoint");
+    let a = native_run();
+    assert!(a.reused > 0, "(a) the re-run found nothing in place: {a:?}");
+    // 200 random account updates dirty ~200 of the ~800 128 KiB blocks of pgbench_accounts and most blocks of
+    // its primary key: about a quarter of the data. Moving whole changed files would be ~85%, everything 100%.
+    assert!(
+        a.moved * 5 < a.bytes * 2,
+        "(a) after 200 pgbench transactions the re-run moved {} of {} (40% or more): {a:?}",
+        mib(a.moved),
+        mib(a.bytes)
+    );
+    println!("(a) after 200 transactions the re-run moved {} of {}", mib(a.moved), mib(a.bytes));
+
+    // (b) overwrite 16 bytes in the middle of pgbench_accounts in the replica, keeping size and times.
+    let victim = s.replica.join(&accounts);
+    let meta = fs::metadata(&victim).unwrap();
+    let (len, mtime, atime) = (meta.len(), meta.modified().unwrap(), meta.accessed().unwrap());
+    let at = len / 2 + 1234;
+    let file = fs::OpenOptions::new().read(true).write(true).open(&victim).unwrap();
+    let mut orig = [0u8; 16];
+    file.read_exact_at(&mut orig, at).unwrap();
+    let bad: Vec<u8> = orig.iter().map(|b| !b).collect();
+    file.write_all_at(&bad, at).unwrap();
+    file.sync_all().unwrap();
+    file.set_times(fs::FileTimes::new().set_modified(mtime).set_accessed(atime)).unwrap();
+    drop(file);
+    let after = fs::metadata(&victim).unwrap();
+    assert_eq!((after.len(), after.modified().unwrap()), (len, mtime), "corruption changed size or mtime");
+    let mut primary_bytes = [0u8; 16];
+    fs::File::open(s.primary.data.join(&accounts)).unwrap().read_exact_at(&mut primary_bytes, at).unwrap();
+    assert_ne!(primary_bytes.to_vec(), bad, "the corruption must differ from the primary's bytes");
+    println!(
+        "corrupted {} at offset {at} ({len} bytes, mtime kept at {mtime:?}): {:02x?} -> {:02x?}",
+        accounts, orig, bad
+    );
+
+    let b = native_run();
+    assert!(b.moved > 0, "(b) the corrupted block was not fetched: {b:?}");
+    // 16 bytes lie in one 128 KiB delta block (two at most); nothing else changed on the idle primary.
+    assert!(b.moved <= 2 << 17, "(b) re-run after a 16-byte corruption moved {}: {b:?}", mib(b.moved));
+    // The primary has been idle since the re-run started (no load, autovacuum off, no SQL of ours).
+    let (diffs, n, bytes) = compare_copied(&s.primary.data, &s.replica);
+    assert!(diffs.is_empty(), "after the re-run {} of {n} copied files differ:\n{}", diffs.len(), diffs.join("\n"));
+    println!("all {n} copied files under base/ and global/ ({}) are byte-identical to the primary's", mib(bytes));
+
+    verify_both(&s.lab, &s.replica);
+    assert_primary_clean(&s.lab, &s.primary);
+    let _standby = s.assert_standby(&s.replica, STANDBY, None);
+    println!("native delta test passed in {:.1?}", started.elapsed());
+}
+
+/// Case 4: A native clone killed (SIGKILL) half-way leaves no pg_control; the re-run reuses what arrived and moves
+/// only the rest, and the result is a working standby.
+#[test]
+fn native_interrupted_clone_rerun_moves_only_the_rest() {
+    let started = Instant::now();
+    let s = Setup::with_pgbench("native-resume", 15);
+    let total = dir_bytes(&s.primary.data.join("base")) + dir_bytes(&s.primary.data.join("global"));
+    println!("primary's base/ and global/ hold {}", mib(total));
+
+    let mut run = s.pgclone();
+    run.timeout = Duration::from_secs(300);
+    native(&mut run, &s.lab);
+    let mut running = run.spawn_slowly("8M");
+    let copy_started = Instant::now();
+    let half = total / 2;
+    wait_for("the interrupted clone to get half-way", Duration::from_secs(120), || {
+        if !running.is_running() {
+            panic!("pgclone ended before it was half-way:\n{}", running.stderr_so_far());
+        }
+        match allocated_bytes(&s.replica) {
+            n if n >= half => Ok(n),
+            n => Err(format!("{} of {} written", mib(n), mib(total))),
+        }
+    });
+    running.signal(Signal::KILL);
+    let killed = running.wait();
+    assert!(!killed.success(), "pgclone survived SIGKILL:\n{}", killed.report());
+    let written = allocated_bytes(&s.replica);
+    println!(
+        "killed after {:.1?} of copying; the replica holds {} written ({} apparent)",
+        copy_started.elapsed(),
+        mib(written),
+        mib(dir_bytes(&s.replica))
+    );
+    assert_no_control_file(&s.replica);
+    wait_primary_clean(&s.lab, &s.primary, Duration::from_secs(30));
+
+    let mut rerun = s.pgclone();
+    rerun.timeout = Duration::from_secs(300);
+    native(&mut rerun, &s.lab);
+    rerun.arg(&["--json"]);
+    let out = rerun.run();
+    out.assert_success();
+    println!("pgclone summary: {}", out.stderr.lines().rev().find(|l| l.starts_with("pgclone: ")).unwrap_or(""));
+    let f = json_figures(&out);
+    assert!(f.reused > 0, "the re-run reused nothing: {f:?}");
+    assert!(
+        f.moved * 4 < f.bytes * 3,
+        "the re-run moved {} of {} although about half was already there: {f:?}",
+        mib(f.moved),
+        mib(f.bytes)
+    );
+    assert!(f.moved > 0, "the re-run moved nothing although the clone was interrupted: {f:?}");
+    if f.reused + f.moved > f.bytes {
+        println!(
+            "NOTE: reused_bytes {} + moved_bytes {} exceed bytes {}: 'already in place' counts the apparent size of \
+             files the killed run had only pre-sized ({} were really written)",
+            f.reused,
+            f.moved,
+            f.bytes,
+            mib(written)
+        );
+    }
+    verify_both(&s.lab, &s.replica);
+    assert_primary_clean(&s.lab, &s.primary);
+    let _standby = s.assert_standby(&s.replica, STANDBY, None);
+    println!("interrupted native clone test passed in {:.1?}", started.elapsed());
+}
+
+/// Case 5: An agent answering Hello with another pgclone version is refused with both versions named, and the
+/// failed run leaves nothing on the primary.
+#[test]
+fn native_agent_version_mismatch_refused() {
+    let s = Setup::new("native-version", &[]);
+    let mut payload = 1u32.to_le_bytes().to_vec();
+    payload.extend_from_slice(b"0.0.0-other");
+    let hello = s.lab.path().join("hello.bin");
+    fs::write(&hello, frame(b'H', &payload)).unwrap();
+    s.lab.chown(&hello);
+    let marker = s.lab.path().join("fake-agent.args");
+    let script = s.lab.write(
+        "fake-pgclone",
+        &format!("#!/bin/sh\necho \"$*\" >> '{}'\ncat '{}'\ncat >/dev/null\n", marker.display(), hello.display()),
+    );
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+
+    let mut run = s.pgclone();
+    run.arg(&[OsString::from("--transport"), "native".into(), "--remote-pgclone".into(), script.clone().into()]);
+    let out = run.run();
+    assert_eq!(out.status.code(), Some(1), "expected exit 1\n{}", out.report());
+    out.assert_error("version 0.0.0-other");
+    let last = out.stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    assert!(last.contains("install the same version"), "no advice to install the same version: {last:?}");
+    let invoked = fs::read_to_string(&marker).unwrap_or_default();
+    assert!(!invoked.is_empty(), "the fake agent was never started\n{}", out.report());
+    println!("the fake agent was started with: {}", invoked.trim());
+    s.assert_clean();
+}
+
+/// Case 6: A missing agent: `--transport native` names it; `--transport auto` falls back to rsync and says so.
+#[test]
+fn native_missing_agent_and_auto_fallback() {
+    let s = Setup::with_pgbench("native-missing", 1);
+    let missing = ["--remote-pgclone", "/nonexistent/pgclone"];
+
+    let mut run = s.pgclone();
+    run.arg(&["--transport", "native"]).arg(&missing);
+    let out = run.run();
+    out.assert_error("is not installed on the primary host");
+    s.assert_clean();
+
+    let mut run = s.pgclone();
+    run.arg(&["--transport", "auto"]).arg(&missing);
+    let out = run.run();
+    out.assert_success();
+    let notice = out.stderr.lines().find(|l| l.contains("using the rsync transport"));
+    assert!(notice.is_some(), "no notice about falling back to rsync\n{}", out.report());
+    println!("auto fell back: {}", notice.unwrap().trim());
+    println!("pgclone summary: {}", out.summary_line());
+    verify_both(&s.lab, &s.replica);
+    assert_primary_clean(&s.lab, &s.primary);
+}
