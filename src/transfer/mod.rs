@@ -4,7 +4,7 @@
 pub mod plan;
 
 use std::collections::{HashMap, HashSet};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crossbeam_channel::select;
@@ -86,7 +86,8 @@ pub fn lay_out(plan: &Plan, dest: &Path, resync: bool) -> Result<(), TransferErr
 /// Makes an existing replica (a re-run) hold nothing the plan does not: files the primary no longer has
 /// (dropped tables), files a clone never copies (postmaster.pid, pg_internal.init), stale WAL and runtime
 /// state, and entries of the wrong kind. Never follows a symlink except pg_wal's (--replica-waldir), whose
-/// stale contents go too. Returns the bytes of planned files already present, which the copy may reuse.
+/// stale contents go too. Returns how many entries went, and the bytes of planned files already present
+/// (allocated), which the copy may reuse.
 pub fn prune(plan: &Plan, dest: &Path) -> Result<(usize, u64), TransferError> {
     let files: HashSet<&Path> = plan.files.iter().map(|(p, _)| p.as_path()).collect();
     let dirs: HashSet<&Path> = plan.dirs.iter().map(|(p, _)| p.as_path()).collect();
@@ -117,7 +118,8 @@ pub fn prune(plan: &Plan, dest: &Path) -> Result<(usize, u64), TransferError> {
             if planned_dir || points_to(&tablespaces) {
                 stack.push(rel);
             } else if planned_file {
-                present += meta.len();
+                // Allocated bytes, not the length: an interrupted native copy leaves files pre-sized but sparse.
+                present += meta.len().min(meta.blocks() * 512);
             } else if !planned_link {
                 if meta.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) }
                     .map_err(local("removing", &path))?;
