@@ -1,0 +1,207 @@
+# Helpers for bench/run.sh (sourced after scripts/lib.sh; root only): a primary on "its own host" (a
+# network namespace behind a veth pair) with its sshd, a per-flow bandwidth cap on that link, and timing.
+# Everything made here is recorded in BENCH_* variables so that bench_teardown can remove it.
+# shellcheck shell=bash disable=SC2034  # variables here are used by run.sh
+
+BENCH_NS='' BENCH_HOST_IF='' BENCH_NS_IF='' BENCH_HOST_ADDR='' BENCH_NS_ADDR=''
+BENCH_SSH_PORT=2222   # inside the namespace, where every port is free
+BENCH_CHILD=          # the timed command running now (killed by bench_teardown)
+
+# Run a command as the bench user, here or on the primary's "host". Not for `... &`: a function in the
+# background is a subshell, and $! would not be the command (setpriv, env and ip netns exec all exec).
+as_user() { "${PGC_AS_USER[@]}" "$@"; }
+in_ns() { ip netns exec "$BENCH_NS" "${PGC_AS_USER[@]}" "$@"; }
+
+# Namespace g5ns<i> with veth g5h<i> (here, 10.231.a.b+1) <-> g5n<i> (inside, 10.231.a.b+2), a /30 chosen by
+# i exactly as tests/common/netns.rs does: creating the namespace under that name reserves the subnet among
+# the tests that may be running at the same time, and among concurrent benchmarks.
+bench_netns_up() {
+  local i a b _
+  for _ in $(seq 100); do
+    i=$((RANDOM % 16384)) a=$((i / 64)) b=$((i % 64 * 4))
+    ip netns add "g5ns$i" 2>/dev/null || continue
+    BENCH_NS=g5ns$i BENCH_HOST_IF=g5h$i BENCH_NS_IF=g5n$i
+    BENCH_HOST_ADDR=10.231.$a.$((b + 1)) BENCH_NS_ADDR=10.231.$a.$((b + 2))
+    if [ -n "$(ip route show "10.231.$a.$b/30")" ] ||
+       ! ip link add "$BENCH_HOST_IF" type veth peer name "$BENCH_NS_IF" netns "$BENCH_NS" 2>/dev/null; then
+      ip netns del "$BENCH_NS"; BENCH_NS=   # a leftover of some killed run owns it: try another
+      continue
+    fi
+    ip addr add "$BENCH_HOST_ADDR/30" dev "$BENCH_HOST_IF"
+    ip link set "$BENCH_HOST_IF" up
+    ip -n "$BENCH_NS" addr add "$BENCH_NS_ADDR/30" dev "$BENCH_NS_IF"
+    ip -n "$BENCH_NS" link set "$BENCH_NS_IF" up
+    ip -n "$BENCH_NS" link set lo up
+    pgc_log "namespace $BENCH_NS: $BENCH_HOST_IF $BENCH_HOST_ADDR <-> $BENCH_NS_IF $BENCH_NS_ADDR"
+    return 0
+  done
+  pgc_die "no free namespace g5ns<N> after 100 tries"
+}
+
+# Stop the servers, kill whatever still runs in the namespace (only ours), delete veth and namespace.
+bench_teardown() {
+  local d pid
+  if [ -n "$BENCH_CHILD" ] && kill -0 "$BENCH_CHILD" 2>/dev/null; then
+    kill -TERM "$BENCH_CHILD" 2>/dev/null; wait "$BENCH_CHILD" 2>/dev/null || true
+  fi
+  for d in "${BENCH_SERVERS[@]}"; do
+    [ -f "$d/postmaster.pid" ] && { as_user "$PGC_PG15_BIN/pg_ctl" stop -m fast -w -t 60 -D "$d" >/dev/null 2>&1 || true; }
+  done
+  if [ -n "$BENCH_NS" ]; then
+    for pid in $(ip netns pids "$BENCH_NS" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+    ip link del "$BENCH_HOST_IF" 2>/dev/null || true
+    ip netns del "$BENCH_NS" 2>/dev/null || true
+  fi
+  return 0
+}
+
+# bench_primary DIR PORT: a PostgreSQL 15 primary in the namespace, listening on its address only,
+# scram-sha-256 for the bench user's connections from the root namespace (normal and replication).
+BENCH_SERVERS=()
+bench_primary() {
+  local dir=$1 port=$2
+  as_user "$PGC_PG15_BIN/initdb" -D "$dir" -U postgres --auth=scram-sha-256 --pwfile="$BENCH_WORK/pw" \
+    --locale=C --encoding=UTF8 >/dev/null
+  as_user tee -a "$dir/postgresql.conf" >/dev/null <<EOF
+listen_addresses = '$BENCH_NS_ADDR'
+port = $port
+unix_socket_directories = '$BENCH_WORK'
+shared_buffers = 256MB
+max_locks_per_transaction = 256
+EOF
+  as_user tee "$dir/pg_hba.conf" >/dev/null <<EOF
+local all         all                     scram-sha-256
+host  all         all  $BENCH_HOST_ADDR/32 scram-sha-256
+host  replication all  $BENCH_HOST_ADDR/32 scram-sha-256
+EOF
+  BENCH_SERVERS+=("$dir")
+  in_ns "$PGC_PG15_BIN/pg_ctl" start -w -t 120 -D "$dir" -l "$dir.log" >/dev/null
+}
+
+# bench_psql PORT SQL: one statement as postgres over the veth, unaligned output.
+bench_psql() {
+  as_user "$PGC_PG15_BIN/psql" -X -At -v ON_ERROR_STOP=1 -h "$BENCH_NS_ADDR" -p "$1" -U postgres -d postgres -c "$2"
+}
+
+# An sshd in the namespace as the bench user (a non-root sshd logs in only as itself: all pgclone needs),
+# with its own host key and one authorized key; sessions get TMPDIR=$BENCH_WORK/remote-tmp. Writes the
+# client config $BENCH_WORK/ssh/config that never reads ~/.ssh.
+bench_sshd() {
+  local d=$BENCH_WORK/ssh i
+  as_user mkdir -p "$d" "$BENCH_WORK/remote-tmp"
+  as_user ssh-keygen -q -t ed25519 -N '' -f "$d/host_key"
+  as_user ssh-keygen -q -t ed25519 -N '' -f "$d/id_ed25519"
+  as_user cp "$d/id_ed25519.pub" "$d/authorized_keys"
+  as_user tee "$d/sshd_config" >/dev/null <<EOF
+ListenAddress $BENCH_NS_ADDR:$BENCH_SSH_PORT
+HostKey $d/host_key
+PidFile $d/sshd.pid
+AuthorizedKeysFile $d/authorized_keys
+AllowUsers $BENCH_USER
+UsePAM no
+StrictModes no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+MaxStartups 100
+MaxSessions 100
+SetEnv TMPDIR=$BENCH_WORK/remote-tmp
+EOF
+  echo "[$BENCH_NS_ADDR]:$BENCH_SSH_PORT $(cut -d' ' -f1-2 "$d/host_key.pub")" | as_user tee "$d/known_hosts" >/dev/null
+  as_user tee "$d/config" >/dev/null <<EOF
+UserKnownHostsFile $d/known_hosts
+GlobalKnownHostsFile /dev/null
+StrictHostKeyChecking yes
+IdentitiesOnly yes
+IdentityFile $d/id_ed25519
+BatchMode yes
+ConnectTimeout 10
+LogLevel ERROR
+EOF
+  ip netns exec "$BENCH_NS" "${PGC_AS_USER[@]}" /usr/sbin/sshd -D -e -f "$d/sshd_config" 2>"$d/sshd.log" &
+  disown   # bench_teardown kills it with everything in the namespace; no "Killed" notice then
+  for i in $(seq 100); do
+    as_user ssh -F "$d/config" -p "$BENCH_SSH_PORT" -l "$BENCH_USER" "$BENCH_NS_ADDR" true 2>/dev/null && return 0
+    sleep 0.2
+  done
+  cat "$d/sshd.log" >&2
+  pgc_die "no ssh login into the namespace after 20 s"
+}
+
+# bench_cap LINK PER: on the namespace's end of the veth (egress = primary -> replica), cap the whole link
+# at LINK and every TCP flow at PER (tc rates, e.g. 1600mbit 200mbit). No netem/fq here, so: htb root
+# with the link rate, 256 leaf classes `rate 1mbit ceil PER`, and a u32 hash on bits 1..8 of the
+# destination port (the replica's ephemeral port; connect() picks even ports, so bit 0 says little)
+# spreading flows over the leaves. Two flows may share a leaf (and its PER), as on a real per-flow policer.
+bench_cap() {
+  local link=$1 per=$2 dev=$BENCH_NS_IF i f=$BENCH_WORK/tc.batch
+  {
+    echo "qdisc add dev $dev root handle 1: htb default 2"
+    echo "class add dev $dev parent 1: classid 1:1 htb rate $link ceil $link burst 256k cburst 256k quantum 200000"
+    echo "class add dev $dev parent 1:1 classid 1:2 htb rate 1mbit ceil $link burst 64k cburst 64k"
+    echo "filter add dev $dev parent 1: prio 1 handle 2: protocol ip u32 divisor 256"
+    for i in $(seq 0 255); do
+      printf 'class add dev %s parent 1:1 classid 1:%x htb rate 1mbit ceil %s burst 64k cburst 64k\n' "$dev" $((0x100 + i)) "$per"
+      printf 'filter add dev %s parent 1: prio 1 protocol ip u32 ht 2:%x: match u32 0 0 flowid 1:%x\n' "$dev" "$i" $((0x100 + i))
+    done
+    echo "filter add dev $dev parent 1: prio 1 protocol ip u32 ht 800:: match ip protocol 6 0xff hashkey mask 0x000001fe at 20 link 2:"
+  } >"$f"
+  ip netns exec "$BENCH_NS" tc -batch "$f"
+}
+bench_uncap() { ip netns exec "$BENCH_NS" tc qdisc del dev "$BENCH_NS_IF" root; }
+
+# bench_timed LOG CMD...: run CMD as the bench user (stdout LOG.out, stderr LOG.err), seconds in BENCH_T.
+# A failure aborts the benchmark loudly, with the command and the end of its stderr.
+bench_timed() {
+  local log=$1 t0 rc=0
+  shift
+  t0=$EPOCHREALTIME
+  "${PGC_AS_USER[@]}" "$@" >"$log.out" 2>"$log.err" &   # not as_user: $! must be the command itself
+  BENCH_CHILD=$!
+  wait "$BENCH_CHILD" || rc=$?
+  BENCH_CHILD=
+  BENCH_T=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }')
+  if [ "$rc" -ne 0 ]; then
+    printf '\n*** FAILED (exit %s after %s s):' "$rc" "$BENCH_T" >&2
+    printf ' %q' "$@" >&2
+    printf '\n--- stderr (%s.err, last 40 lines):\n' "$log" >&2
+    tail -n 40 "$log.err" >&2
+    pgc_die "benchmark aborted"
+  fi
+}
+
+# median "T1 T2 ...": of blank-separated numbers.
+# bench_leftovers PORT: what the clones left behind, waiting up to 10 s for it to go: replication slots and
+# pgclone sessions on the primary, pgclone or rsync processes (here or in the namespace), run directories
+# under the TMPDIR of pgclone and of its ssh sessions. Empty output: nothing.
+bench_leftovers() {
+  local i left pid
+  for i in $(seq 50); do
+    left=$(bench_psql "$1" "select string_agg(x, '; ') from (select 'slot ' || slot_name x from pg_replication_slots
+             union all select 'session ' || pid || ' ' || application_name from pg_stat_activity
+             where application_name like 'pgclone%') s")
+    left+=$(find "$TMPDIR" "$BENCH_WORK/remote-tmp" -mindepth 1 -maxdepth 1 -printf '; %p')
+    for pid in $(pgrep -f "$BENCH_WORK/bin/pgclone") $(ip netns pids "$BENCH_NS"); do
+      case $(ps -o comm= -p "$pid") in pgclone | rsync) left+="; process $(ps -o pid=,args= -p "$pid")" ;; esac
+    done
+    [ -z "$left" ] && return 0
+    sleep 0.2
+  done
+  echo "${left#; }"
+}
+
+# shell_quote WORD: WORD as a shell word, in single quotes unless plain.
+shell_quote() {
+  case $1 in
+    '' | *[!A-Za-z0-9_./:=,+-]*) printf "'%s'" "${1//\'/\'\\\'\'}" ;;
+    *) printf '%s' "$1" ;;
+  esac
+}
+
+median() { tr -s ' ' '\n' <<<"$*" | grep . | sort -g | awk '{ v[NR] = $1 } END { printf "%.2f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf (b > 0 ? "%.2f" : "-"), a / b }'; }
+mbps() { awk -v n="$1" -v t="$2" 'BEGIN { printf "%.1f", n / t / 1e6 }'; }     # MB/s, MB = 10^6 bytes
+mb() { awk -v n="$1" 'BEGIN { printf "%.1f MB", n / 1e6 }'; }
+json_field() { grep -o "\"$1\":[0-9.]*" "$2" | head -n1 | cut -d: -f2; }     # a number in pgclone's --json
+# Bytes of the regular files a clone moves from data directory $1 (all but pg_wal and postmaster.pid).
+data_bytes() { find "$1" -path "$1/pg_wal" -prune -o -type f ! -name postmaster.pid -printf '%s\n' | awk '{ s += $1 } END { print s + 0 }'; }
+data_files() { find "$1" -path "$1/pg_wal" -prune -o -type f ! -name postmaster.pid -print | wc -l; }
