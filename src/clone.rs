@@ -264,23 +264,7 @@ fn run_locked(
         preflight::slot_free(&mut sql, name)?;
     }
     let pg_ctl = args.start.then(|| standby::find_pg_ctl(args.pg_bindir.as_deref(), primary.major)).transpose()?;
-    // What -R writes: the primary as this run reached it, or as its host when the run went through a tunnel.
-    let recovery = (args.write_recovery_conf || args.start).then(|| Recovery {
-        host: if forward.is_some() { ssh.host.clone() } else { sql.host() },
-        port: match &forward {
-            Some(_) => args.pgport.map_or_else(|| sql.option("port").unwrap_or_default(), |p| p.to_string()),
-            None => sql.option("port").unwrap_or_default(),
-        },
-        user: sql.user(),
-        sslmode: sql.option("sslmode"),
-        password: if args.conninfo_password { sql.option("password") } else { None },
-        application_name: args
-            .application_name
-            .clone()
-            .unwrap_or_else(|| rustix::system::uname().nodename().to_string_lossy().into_owned()),
-        slot: args.create_slot.clone(),
-        port_setting: args.replica_port,
-    });
+    let recovery = (args.write_recovery_conf || args.start).then(|| recovery(args, &sql, &ssh, forward.is_some()));
 
     let pgdata_system_id =
         if args.no_ssh { preflight::local_pgdata(pgdata)? } else { preflight::primary_pgdata(&ssh, pgdata)? };
@@ -288,24 +272,7 @@ fn run_locked(
     check(cancel)?;
     phases.end("preflight");
 
-    let run_dir = RunDir::create(None, args.keep_run_tmp).map_err(|source| CloneError::Local {
-        what: "creating a run directory in",
-        path: std::env::temp_dir(),
-        source,
-    })?;
-    // With --temp-waldir the stream gets a private subdirectory there, so whatever else the directory
-    // holds can never be mistaken for streamed WAL.
-    let wal_run_dir = match &args.temp_waldir {
-        Some(dir) => {
-            replica::mkdir(dir)?;
-            Some(RunDir::create(Some(dir), args.keep_run_tmp).map_err(|source| CloneError::Local {
-                what: "creating a directory in",
-                path: dir.clone(),
-                source,
-            })?)
-        }
-        None => None,
-    };
+    let (run_dir, wal_run_dir) = run_dirs(args)?;
     let streamed = match &wal_run_dir {
         Some(d) => d.path().to_path_buf(),
         None => {
@@ -484,6 +451,40 @@ fn run_locked(
         phases: phases.done,
         standby,
     })
+}
+
+/// What -R writes: the primary as this run reached it, or as its host when the run went through a tunnel.
+fn recovery(args: &Args, sql: &Conn, ssh: &SshTarget, tunnelled: bool) -> Recovery {
+    let port = sql.option("port").unwrap_or_default();
+    Recovery {
+        host: if tunnelled { ssh.host.clone() } else { sql.host() },
+        port: if tunnelled { args.pgport.map_or(port, |p| p.to_string()) } else { port },
+        user: sql.user(),
+        sslmode: sql.option("sslmode"),
+        password: if args.conninfo_password { sql.option("password") } else { None },
+        application_name: args
+            .application_name
+            .clone()
+            .unwrap_or_else(|| rustix::system::uname().nodename().to_string_lossy().into_owned()),
+        slot: args.create_slot.clone(),
+        port_setting: args.replica_port,
+    }
+}
+
+/// The run's private directory, and with --temp-waldir a private subdirectory there for the stream, so that
+/// whatever else that directory holds can never be mistaken for streamed WAL.
+fn run_dirs(args: &Args) -> Result<(RunDir, Option<RunDir>), CloneError> {
+    let local = |what, path: PathBuf| move |source| CloneError::Local { what, path, source };
+    let run_dir =
+        RunDir::create(None, args.keep_run_tmp).map_err(local("creating a run directory in", std::env::temp_dir()))?;
+    let wal_dir = match &args.temp_waldir {
+        Some(dir) => {
+            replica::mkdir(dir)?;
+            Some(RunDir::create(Some(dir), args.keep_run_tmp).map_err(local("creating a directory in", dir.clone()))?)
+        }
+        None => None,
+    };
+    Ok((run_dir, wal_dir))
 }
 
 /// The native transport when asked for, or when `auto` finds a matching pgclone on the primary; rsync otherwise
