@@ -121,22 +121,6 @@ pub trait Worker: Send {
     ) -> Result<Copied, TransportError>;
 }
 
-/// Counts what a finished copy of whole files left in `dest`: files the primary removed meanwhile are absent.
-pub fn count_copied(pieces: &[Piece], dest: &Path) -> Copied {
-    let mut c = Copied::default();
-    for p in pieces {
-        match std::fs::symlink_metadata(dest.join(&p.path)) {
-            Ok(m) => {
-                c.files += 1;
-                c.bytes += m.len();
-                c.moved += m.len();
-            }
-            Err(_) => c.vanished += 1,
-        }
-    }
-    c
-}
-
 pub fn os(bytes: &[u8]) -> OsString {
     use std::os::unix::ffi::OsStringExt;
     OsString::from_vec(bytes.to_vec())

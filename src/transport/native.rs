@@ -53,17 +53,17 @@ pub struct Options {
 pub struct NativeTransport {
     opts: Options,
     /// For listing and single fetches; workers have their own.
-    control: Mutex<Conn>,
+    control: Mutex<AgentConn>,
 }
 
-struct Conn {
+struct AgentConn {
     w: BufWriter<ChildStdin>,
     r: BufReader<ChildStdout>,
     child: OwnedChild,
 }
 
-impl Conn {
-    fn open(o: &Options) -> Result<Conn, TransportError> {
+impl AgentConn {
+    fn open(o: &Options) -> Result<AgentConn, TransportError> {
         let agent_args = format!("agent --pgdata {}", quote(&o.pgdata));
         let mut cmd = match &o.launch {
             Launch::Ssh(ssh) => ssh.command(&format!("{} {agent_args}", quote(&o.remote_bin))),
@@ -77,7 +77,7 @@ impl Conn {
         let mut child = OwnedChild::spawn(cmd, "pgclone agent").map_err(io("starting the agent"))?;
         let w = BufWriter::new(child.child_mut().stdin.take().expect("piped"));
         let r = BufReader::with_capacity(1 << 20, child.child_mut().stdout.take().expect("piped"));
-        let mut conn = Conn { w, r, child };
+        let mut conn = AgentConn { w, r, child };
         let ours = env!("CARGO_PKG_VERSION");
         let hello = conn
             .send(&Msg::Hello { protocol: PROTOCOL_VERSION, version: ours.into() })
@@ -127,7 +127,7 @@ fn io(what: &'static str) -> impl Fn(std::io::Error) -> TransportError {
 
 impl NativeTransport {
     pub fn start(opts: Options) -> Result<NativeTransport, TransportError> {
-        let control = Conn::open(&opts)?;
+        let control = AgentConn::open(&opts)?;
         Ok(NativeTransport { opts, control: Mutex::new(control) })
     }
 }
@@ -150,7 +150,7 @@ impl Transport for NativeTransport {
     }
 
     fn worker(&self) -> Result<Box<dyn Worker + '_>, TransportError> {
-        Ok(Box::new(NativeWorker { conn: Conn::open(&self.opts)?, opts: &self.opts }))
+        Ok(Box::new(NativeWorker { conn: AgentConn::open(&self.opts)?, opts: &self.opts }))
     }
 
     fn fetch_file(&self, rel: &Path, to: &Path) -> Result<(), TransportError> {
@@ -181,7 +181,7 @@ impl Transport for NativeTransport {
 }
 
 struct NativeWorker<'a> {
-    conn: Conn,
+    conn: AgentConn,
     opts: &'a Options,
 }
 
@@ -232,7 +232,7 @@ impl Worker for NativeWorker<'_> {
         let mut outstanding = pieces.len();
         let mut next_id = pieces.len() as u32;
         let mut moved = 0u64;
-        let Conn { w, r, .. } = &mut self.conn;
+        let AgentConn { w, r, .. } = &mut self.conn;
         std::thread::scope(|s| {
             // Requests go out on their own thread, so a long batch never waits on answers it is not reading.
             s.spawn(move || {

@@ -17,7 +17,7 @@ use std::process::{ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{count_copied, os, Copied, EntryKind, Piece, RemoteEntry, Transport, TransportError, Worker};
+use super::{os, Copied, EntryKind, Piece, RemoteEntry, Transport, TransportError, Worker};
 use crate::bandwidth::{Budget, Proxy};
 use crate::cancel::Cancel;
 use crate::proc::OwnedChild;
@@ -274,6 +274,22 @@ impl Worker for RsyncWorker<'_> {
         }
         Ok(count_copied(pieces, dest))
     }
+}
+
+/// Counts what a finished copy of whole files left in `dest`: files the primary removed meanwhile are absent.
+fn count_copied(pieces: &[Piece], dest: &Path) -> Copied {
+    let mut c = Copied::default();
+    for p in pieces {
+        match std::fs::symlink_metadata(dest.join(&p.path)) {
+            Ok(m) => {
+                c.files += 1;
+                c.bytes += m.len();
+                c.moved += m.len();
+            }
+            Err(_) => c.vanished += 1,
+        }
+    }
+    c
 }
 
 /// `pg_tblspc/<oid>/<rest>` → (oid, rest).
