@@ -22,12 +22,12 @@ use crate::preflight::{self, PreflightError, ReplicaState};
 use crate::progress::{self, Progress};
 use crate::replica::{self, ReplicaError, ReplicaLock};
 use crate::run_dir::RunDir;
-use crate::ssh::SshTarget;
+use crate::ssh::{Forward, SshTarget};
 use crate::standby::{self, Recovery, StandbyError};
 use crate::transfer::{self, TransferError};
 use crate::transport::native::{self, Launch, NativeTransport};
 use crate::transport::rsync::RsyncTransport;
-use crate::transport::{Piece, Transport, TransportError};
+use crate::transport::{IgnoreSink, Piece, Transport, TransportError};
 use crate::wal_stream::{WalStream, WalStreamError};
 
 #[derive(Debug, thiserror::Error)]
@@ -239,35 +239,16 @@ fn run_locked(
         key: args.ssh_key.clone(),
         config: args.ssh_config.clone(),
         insecure: args.insecure_ssh,
+        ciphers: None,
     };
-    let forward = if args.bypass_rep_traffic {
-        let remote_port = args.pgport.or_else(|| std::env::var("PGPORT").ok()?.parse().ok()).unwrap_or(5432);
-        let f = ssh.forward(remote_port).map_err(PreflightError::from)?;
-        tracing::info!(
-            "PostgreSQL connections go through ssh: 127.0.0.1:{} -> primary's 127.0.0.1:{remote_port}",
-            f.port
-        );
-        Some(f)
-    } else {
-        None
-    };
-    let params = conn_params(args, forward.as_ref().map(|f| f.port));
-    let mut sql_params = params.clone();
-    // The SQL session needs some database; libpq's default (the user name) rarely exists on a primary.
-    if std::env::var_os("PGDATABASE").is_none() {
-        sql_params.push(("dbname", "postgres".into()));
-    }
-    let mut sql = Conn::connect(&borrowed(&sql_params)).map_err(preflight::connect_error)?;
-    let primary = preflight::primary(&mut sql)?;
-    tracing::info!("primary {}@{} runs PostgreSQL {}", sql.user(), sql.host(), primary.major);
-    if let Some(name) = &args.create_slot {
-        preflight::slot_free(&mut sql, name)?;
-    }
-    let pg_ctl = args.start.then(|| standby::find_pg_ctl(args.pg_bindir.as_deref(), primary.major)).transpose()?;
-    let recovery = (args.write_recovery_conf || args.start).then(|| recovery(args, &sql, &ssh, forward.is_some()));
-
-    let pgdata_system_id =
-        if args.no_ssh { preflight::local_pgdata(pgdata)? } else { preflight::primary_pgdata(&ssh, pgdata)? };
+    // The probe of the primary's data directory (an ssh round trip) runs while the SQL checks do.
+    let probe = || if args.no_ssh { preflight::local_pgdata(pgdata) } else { preflight::primary_pgdata(&ssh, pgdata) };
+    let (checked, probed) = std::thread::scope(|s| {
+        let probe = s.spawn(probe);
+        (check_primary(args, &ssh), probe.join().expect("the probe does not panic"))
+    });
+    let Checked { forward: _tunnel, params, mut sql, primary, pg_ctl, recovery } = checked?;
+    let pgdata_system_id = probed?;
     preflight::replica_matches(replica, state, pgdata_system_id)?;
     check(cancel)?;
     phases.end("preflight");
@@ -284,13 +265,20 @@ fn run_locked(
 
     let slot = format!("pgclone_{}_{:04x}", std::process::id(), rand_u16());
     let standby_session = primary.in_recovery.then_some(&mut sql);
-    let mut stream =
-        WalStream::start(&borrowed(&params), &streamed, primary.seg, &slot, standby_session, cancel.clone())?;
+    let resync = matches!(state, ReplicaState::Unfinished | ReplicaState::Cluster(_));
+    let parallel =
+        args.parallel.map(usize::from).unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get()));
+    // The transport's ssh connections are made while the WAL stream starts: both mostly wait on the network.
+    let (stream, transport) = std::thread::scope(|s| {
+        let transport = s.spawn(|| start_transport(args, &ssh, pgdata, run_dir.path(), resync, parallel));
+        let stream =
+            WalStream::start(&borrowed(&params), &streamed, primary.seg, &slot, standby_session, cancel.clone());
+        (stream, transport.join().expect("starting the transport does not panic"))
+    });
+    let mut stream = stream?;
     preflight::same_cluster(pgdata, pgdata_system_id, stream.start.system_id)?;
     tracing::info!("streaming WAL from {} on timeline {} into slot {slot}", stream.start.lsn, stream.start.timeline);
-
-    let resync = matches!(state, ReplicaState::Unfinished | ReplicaState::Cluster(_));
-    let transport = start_transport(args, &ssh, pgdata, run_dir.path(), resync)?;
+    let transport = transport?;
     check(cancel)?;
     phases.end("connect");
 
@@ -341,18 +329,19 @@ fn run_locked(
     // Room for the WAL segments of the run and rsync's temporary copies besides the data itself.
     transfer::check_space(&plan, replica, reusable, 8 * primary.seg.bytes())?;
     transfer::lay_out(&plan, replica, resync)?;
-    let parallel =
-        args.parallel.map(usize::from).unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get()));
     tracing::info!(
         "copying {} files, {}, with {parallel} workers",
         plan.files.len(),
         progress::bytes(plan.total_bytes)
     );
     let progress = Progress::new(plan.total_bytes, args.progress, Duration::from_secs(args.progress_interval));
+    let pages_before = (primary.checksums && !args.no_verify_checksums).then_some(backup.start_lsn);
     let copied = std::thread::scope(|s| {
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         let (plan, transport, progress) = (&plan, &*transport, &progress);
-        s.spawn(move || done_tx.send(transfer::copy(plan, transport, replica, parallel, progress, cancel)));
+        s.spawn(move || {
+            done_tx.send(transfer::copy(plan, transport, replica, parallel, pages_before, progress, cancel))
+        });
         // This thread supervises: the backup session sits idle during the copy, and a server that ends
         // it (pg_terminate_backend, restart) must stop the clone now, not at pg_backup_stop.
         loop {
@@ -371,16 +360,15 @@ fn run_locked(
         }
     });
     progress.finish();
-    let copied = copied?;
+    let (copied, landed) = copied?;
     check(cancel)?;
     phases.end("copy");
 
     // Before pg_backup_stop: a file fetched again must still be covered by the WAL the clone replays.
-    let pages_before = (primary.checksums && !args.no_verify_checksums).then_some(backup.start_lsn);
     let sums = if args.no_manifest && pages_before.is_none() {
         Vec::new()
     } else {
-        let sums = verify_copy(&plan, replica, &*transport, pages_before, parallel, args.no_verify_checksums, cancel)?;
+        let sums = verify_copy(&plan, replica, &*transport, landed, pages_before, parallel, cancel)?;
         phases.end("verify");
         sums
     };
@@ -453,6 +441,46 @@ fn run_locked(
     })
 }
 
+/// The primary as the SQL checks found it: the session (it becomes the backup session), the connection
+/// parameters (and the tunnel they may go through), and what -R and --start will need.
+struct Checked {
+    forward: Option<Forward>,
+    params: Vec<(&'static str, String)>,
+    sql: Conn,
+    primary: preflight::Primary,
+    pg_ctl: Option<PathBuf>,
+    recovery: Option<Recovery>,
+}
+
+fn check_primary(args: &Args, ssh: &SshTarget) -> Result<Checked, CloneError> {
+    let forward = if args.bypass_rep_traffic {
+        let remote_port = args.pgport.or_else(|| std::env::var("PGPORT").ok()?.parse().ok()).unwrap_or(5432);
+        let f = ssh.forward(remote_port).map_err(PreflightError::from)?;
+        tracing::info!(
+            "PostgreSQL connections go through ssh: 127.0.0.1:{} -> primary's 127.0.0.1:{remote_port}",
+            f.port
+        );
+        Some(f)
+    } else {
+        None
+    };
+    let params = conn_params(args, forward.as_ref().map(|f| f.port));
+    let mut sql_params = params.clone();
+    // The SQL session needs some database; libpq's default (the user name) rarely exists on a primary.
+    if std::env::var_os("PGDATABASE").is_none() {
+        sql_params.push(("dbname", "postgres".into()));
+    }
+    let mut sql = Conn::connect(&borrowed(&sql_params)).map_err(preflight::connect_error)?;
+    let primary = preflight::primary(&mut sql)?;
+    tracing::info!("primary {}@{} runs PostgreSQL {}", sql.user(), sql.host(), primary.major);
+    if let Some(name) = &args.create_slot {
+        preflight::slot_free(&mut sql, name)?;
+    }
+    let pg_ctl = args.start.then(|| standby::find_pg_ctl(args.pg_bindir.as_deref(), primary.major)).transpose()?;
+    let recovery = (args.write_recovery_conf || args.start).then(|| recovery(args, &sql, ssh, forward.is_some()));
+    Ok(Checked { forward, params, sql, primary, pg_ctl, recovery })
+}
+
 /// What -R writes: the primary as this run reached it, or as its host when the run went through a tunnel.
 fn recovery(args: &Args, sql: &Conn, ssh: &SshTarget, tunnelled: bool) -> Recovery {
     let port = sql.option("port").unwrap_or_default();
@@ -495,11 +523,19 @@ fn start_transport(
     pgdata: &Path,
     run_dir: &Path,
     resync: bool,
+    workers: usize,
 ) -> Result<Box<dyn Transport>, CloneError> {
     let budget = args.limit_net_bw.map(Budget::new);
     let native = || {
+        let launch = if args.no_ssh {
+            Launch::Local
+        } else {
+            let mut bulk = ssh.clone();
+            bulk.prefer_fast_ciphers();
+            Launch::Ssh(bulk)
+        };
         NativeTransport::start(native::Options {
-            launch: if args.no_ssh { Launch::Local } else { Launch::Ssh(ssh.clone()) },
+            launch,
             remote_bin: args.remote_pgclone.clone(),
             pgdata: pgdata.to_path_buf(),
             codec: args.compress.0,
@@ -507,6 +543,7 @@ fn start_transport(
             split: args.chunk_size,
             budget: budget.clone(),
             delta: resync,
+            workers,
         })
     };
     let rsync = || RsyncTransport::start(ssh, pgdata, run_dir, budget.clone(), args.paranoid);
@@ -526,20 +563,29 @@ fn start_transport(
     Ok(t)
 }
 
-/// Reads the copy once for the manifest's checksums and, with `pages_before`, verifies data page checksums.
-/// A page that fails may be a torn read of a page the primary was writing at that moment (basebackup.c
-/// re-reads such pages), so its file is fetched again and checked once more before it counts as corrupt.
+/// The manifest's checksums and, with `pages_before`, the data page checksums: from what the copy saw land
+/// where it could (native transport), else by reading the copied files once. A page that fails may be a
+/// torn read of a page the primary was writing at that moment (basebackup.c re-reads such pages), so its
+/// file is fetched again and checked once more before it counts as corrupt.
 fn verify_copy(
     plan: &transfer::Plan,
     replica: &Path,
     transport: &dyn Transport,
+    mut landed: transfer::Landed,
     pages_before: Option<Lsn>,
     parallel: usize,
-    warn_only: bool,
     cancel: &Cancel,
 ) -> Result<Vec<FileSum>, CloneError> {
     let files: Vec<PathBuf> = plan.files.iter().map(|(p, _)| p.clone()).collect();
-    let (mut sums, bad) = manifest::scan(replica, &files, pages_before, parallel)?;
+    let (mut sums, rest) = manifest::from_landed(replica, &files, &mut landed.ranges)?;
+    tracing::debug!("{} files summed as they landed, {} read again", sums.len(), rest.len());
+    let (scanned, mut bad) = manifest::scan(replica, &rest, pages_before, parallel)?;
+    sums.extend(scanned);
+    sums.sort_by(|a, b| a.path.cmp(&b.path));
+    // A file read again after a partial landing may report a page twice.
+    bad.extend(landed.bad);
+    bad.sort_by(|a, b| (&a.path, a.block).cmp(&(&b.path, b.block)));
+    bad.dedup();
     if bad.is_empty() {
         return Ok(sums);
     }
@@ -554,7 +600,7 @@ fn verify_copy(
         .filter(|(p, _)| suspect.contains(p))
         .map(|(p, size)| Piece::whole(p.clone(), *size))
         .collect();
-    transport.worker()?.copy(&pieces, replica, cancel, &|_| {})?;
+    transport.worker()?.copy(&pieces, replica, cancel, &mut IgnoreSink)?;
     let (again, bad) = manifest::scan(replica, &suspect, pages_before, parallel)?;
     sums.retain(|s| !suspect.contains(&s.path));
     sums.extend(again);
@@ -564,10 +610,7 @@ fn verify_copy(
             bad.iter().take(10).map(|b| format!("{} block {}", b.path.display(), b.block)).collect();
         let more = if bad.len() > 10 { format!(" and {} more", bad.len() - 10) } else { String::new() };
         let what = format!("{} data pages fail their checksum on the primary: {}{more}", bad.len(), list.join(", "));
-        if !warn_only {
-            return Err(CloneError::BadPages(what));
-        }
-        tracing::warn!("{what}");
+        return Err(CloneError::BadPages(what));
     }
     Ok(sums)
 }

@@ -6,6 +6,7 @@ mod cancel;
 mod cli;
 mod clone;
 mod control_file;
+mod direct_io;
 mod finalize;
 mod json;
 mod lsn;

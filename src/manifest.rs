@@ -1,8 +1,8 @@
 //! backup_manifest, in PostgreSQL's format (src/backend/backup/backup_manifest.c; read by pg_verifybackup),
 //! and the read pass over the copied files that produces its checksums and verifies data page checksums.
 
-use std::fs::File;
-use std::io::{Read, Write};
+use std::collections::HashMap;
+use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
+use crate::direct_io::{AlignedBuf, Target};
 use crate::json;
 use crate::lsn::Lsn;
 use crate::page_checksum::{self, BLCKSZ, RELSEG_BLOCKS};
@@ -79,54 +80,96 @@ pub fn scan(
 
 type Checked = (FileSum, Vec<BadPage>);
 
+/// Bytes per read of the scan: whole pages, large enough that direct reads keep the disk busy.
+const SCAN_CHUNK: usize = 128 * BLCKSZ;
+
 fn sum_file(dest: &Path, rel: &Path, checks: Option<(Lsn, u64)>) -> Result<Option<Checked>, ManifestError> {
     let path = dest.join(rel);
     let io = |what| {
         let path = path.clone();
         move |source| ManifestError::Io { what, path, source }
     };
-    let mut f = match File::open(&path) {
+    // Directly from the disk where possible: the copy was written past the page cache, and reading it back
+    // through the cache would cost what writing past it saved.
+    let f = match Target::open_read(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io("opening")(e)),
     };
-    let meta = f.metadata().map_err(io("reading"))?;
+    let meta = f.file.metadata().map_err(io("reading"))?;
     let mut crc = 0u32;
     let mut bad = Vec::new();
-    let mut buf = vec![0u8; 32 * BLCKSZ];
+    let mut buf = AlignedBuf::new(SCAN_CHUNK);
+    let buf = buf.get(SCAN_CHUNK);
     let mut block = 0u64;
+    let mut pos = 0u64;
     loop {
-        let n = read_full(&mut f, &mut buf).map_err(io("reading"))?;
+        let n = f.read_at(buf, pos).map_err(io("reading"))?;
         if n == 0 {
             break;
         }
+        pos += n as u64;
         crc = crc32c::crc32c_append(crc, &buf[..n]);
         if let Some((start, seg)) = checks {
-            for page in buf[..n].chunks_exact(BLCKSZ) {
-                let page: &[u8; BLCKSZ] = page.try_into().expect("one block");
-                let blkno = seg * RELSEG_BLOCKS + block;
-                if !page_checksum::is_new(page)
-                    && page_checksum::page_lsn(page) < start.0
-                    && page_checksum::stored_checksum(page) != page_checksum::page_checksum(page, blkno as u32)
-                {
-                    bad.push(BadPage { path: rel.to_path_buf(), block: blkno });
-                }
-                block += 1;
-            }
+            check_pages(rel, seg * RELSEG_BLOCKS + block, &buf[..n], start, &mut bad);
+            block += (n / BLCKSZ) as u64;
+        }
+        if n < SCAN_CHUNK {
+            break;
         }
     }
     Ok(Some((FileSum { path: rel.to_path_buf(), size: meta.len(), mtime: meta.mtime(), crc32c: crc }, bad)))
 }
 
-fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
+/// Verifies the checksum of each whole page of `data`, the relation file `rel`'s blocks from `first_block`
+/// on, that is older than `start`: newer pages may be torn by concurrent writes and are restored from WAL
+/// anyway (basebackup.c verifies the same pages). New (all-zero) pages carry no checksum.
+pub fn check_pages(rel: &Path, first_block: u64, data: &[u8], start: Lsn, bad: &mut Vec<BadPage>) {
+    for (i, page) in data.chunks_exact(BLCKSZ).enumerate() {
+        let page: &[u8; BLCKSZ] = page.try_into().expect("one block");
+        let blkno = first_block + i as u64;
+        if !page_checksum::is_new(page)
+            && page_checksum::page_lsn(page) < start.0
+            && page_checksum::stored_checksum(page) != page_checksum::page_checksum(page, blkno as u32)
+        {
+            bad.push(BadPage { path: rel.to_path_buf(), block: blkno });
         }
     }
-    Ok(n)
+}
+
+/// The manifest entries of those `files` (relative to `dest`) whose every byte was seen landing: `ranges`
+/// (offset, len, CRC32C) tile the file exactly as it is now. The others are returned for `scan`; files
+/// that are gone (vanished on the primary) are in neither.
+pub fn from_landed(
+    dest: &Path,
+    files: &[PathBuf],
+    ranges: &mut HashMap<PathBuf, Vec<(u64, u64, u32)>>,
+) -> Result<(Vec<FileSum>, Vec<PathBuf>), ManifestError> {
+    let (mut sums, mut rest) = (Vec::new(), Vec::new());
+    for rel in files {
+        let path = dest.join(rel);
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(ManifestError::Io { what: "reading", path, source }),
+        };
+        let mut parts = ranges.remove(rel).unwrap_or_default();
+        parts.sort_unstable();
+        let (mut pos, mut crc) = (0u64, 0u32);
+        for (offset, len, c) in parts {
+            if offset != pos {
+                break;
+            }
+            crc = crc32c::crc32c_combine(crc, c, len as usize);
+            pos += len;
+        }
+        if pos == meta.len() {
+            sums.push(FileSum { path: rel.clone(), size: pos, mtime: meta.mtime(), crc32c: crc });
+        } else {
+            rest.push(rel.clone());
+        }
+    }
+    Ok((sums, rest))
 }
 
 /// Sums bytes written by pgclone itself (backup_label, pg_control, ...), with the file's current mtime.
@@ -265,5 +308,25 @@ mod tests {
         // Block 1 carries its own checksum (computed for block number 1); block 2 is corrupt; block 3 is
         // newer than the backup start and not judged; block 0 is new.
         assert_eq!(bad_pages, vec![BadPage { path: "base/5/16384".into(), block: 2 }]);
+    }
+
+    #[test]
+    fn landed_ranges_give_the_checksum_of_files_they_tile() {
+        let d = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 241) as u8).collect();
+        for f in ["whole", "gap", "short", "empty"] {
+            std::fs::write(d.path().join(f), if f == "empty" { &data[..0] } else { &data[..] }).unwrap();
+        }
+        let crc = |r: std::ops::Range<usize>| (r.start as u64, r.len() as u64, crc32c::crc32c(&data[r]));
+        let mut ranges: HashMap<PathBuf, Vec<(u64, u64, u32)>> = HashMap::new();
+        // Out of order, as several workers land them.
+        ranges.insert("whole".into(), vec![crc(60_000..100_000), crc(0..10), crc(10..60_000)]);
+        ranges.insert("gap".into(), vec![crc(0..10), crc(20..100_000)]);
+        ranges.insert("short".into(), vec![crc(0..99_999)]);
+        let files: Vec<PathBuf> = ["whole", "gap", "short", "empty", "gone"].iter().map(PathBuf::from).collect();
+        let (sums, rest) = from_landed(d.path(), &files, &mut ranges).unwrap();
+        let got: Vec<(&str, u32)> = sums.iter().map(|s| (s.path.to_str().unwrap(), s.crc32c)).collect();
+        assert_eq!(got, vec![("whole", crc32c::crc32c(&data)), ("empty", 0)]);
+        assert_eq!(rest, vec![PathBuf::from("gap"), PathBuf::from("short")]);
     }
 }

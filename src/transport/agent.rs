@@ -4,17 +4,20 @@
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::protocol::{compress, read_msg, write_msg, Codec, Msg, DATA_CHUNK, MAX_FRAME, PROTOCOL_VERSION};
+use crate::direct_io::read_at_full;
+
+use super::protocol::{compress, read_msg, write_data, write_msg, Codec, Msg, DATA_CHUNK, MAX_FRAME, PROTOCOL_VERSION};
 use super::{EntryKind, RemoteEntry};
 
 pub fn serve(pgdata: &Path, input: impl Read, output: impl Write) -> io::Result<()> {
     let (mut r, mut w) = (BufReader::new(input), BufWriter::with_capacity(1 << 20, output));
-    while let Some(msg) = read_msg(&mut r)? {
+    let mut spare = Vec::new();
+    while let Some(msg) = read_msg(&mut r, &mut spare)? {
         match msg {
             Msg::Hello { .. } => write_msg(
                 &mut w,
@@ -81,7 +84,7 @@ fn read(
         }
         let raw = &buf[..n];
         let bytes = compress(codec, level, raw)?;
-        write_msg(w, &Msg::Data { id, offset: pos, raw_len: n as u32, raw_hash: xxh3_64(raw), codec, bytes })?;
+        write_data(w, (id, pos, n as u32, xxh3_64(raw), codec), &bytes)?;
         pos += n as u64;
         if n < want {
             break;
@@ -109,17 +112,6 @@ fn sums(pgdata: &Path, w: &mut impl Write, id: u32, rel: &Path, offset: u64, len
     }
     write_msg(w, &Msg::Hashes { id, hashes })?;
     write_msg(w, &Msg::Done { id, vanished: false })
-}
-
-pub fn read_at_full(f: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read_at(&mut buf[n..], offset + n as u64)? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 /// The data directory's entries, not following symlinks, plus the contents of each tablespace reached
@@ -168,7 +160,7 @@ mod tests {
         let mut output = Vec::new();
         serve(pgdata, input.as_slice(), &mut output).unwrap();
         let mut r = output.as_slice();
-        std::iter::from_fn(|| read_msg(&mut r).unwrap()).collect()
+        std::iter::from_fn(|| read_msg(&mut r, &mut Vec::new()).unwrap()).collect()
     }
 
     #[test]
@@ -199,7 +191,9 @@ mod tests {
         for a in &answers {
             if let Msg::Data { id: 1, offset, raw_len, raw_hash, codec, bytes } = a {
                 assert_eq!(*offset, 10 + got.len() as u64);
-                got.extend(crate::transport::protocol::decompress(*codec, *raw_len, *raw_hash, bytes.clone()).unwrap());
+                let mut raw = vec![0u8; *raw_len as usize];
+                crate::transport::protocol::decompress_into(*codec, *raw_hash, bytes, &mut raw).unwrap();
+                got.extend(raw);
             }
         }
         assert_eq!(got, &data[10..2_500_010]);

@@ -92,7 +92,7 @@ pub enum TransportError {
     Cancelled,
 }
 
-pub trait Transport: Sync {
+pub trait Transport: Send + Sync {
     /// Every entry under the primary's data directory (not following symlinks).
     fn list(&self) -> Result<Vec<RemoteEntry>, TransportError>;
 
@@ -108,16 +108,33 @@ pub trait Transport: Sync {
     }
 }
 
+/// What a worker tells as it goes, where its transport can see it.
+pub trait Sink {
+    /// `n` bytes arrived over the link (live progress).
+    fn moving(&mut self, n: u64);
+    /// `bytes` of the file `path` (relative to the data directory) are now in place at `offset` in the
+    /// replica, received or found identical. The transfer takes the manifest's checksums and verifies data
+    /// pages from these, instead of reading the whole copy back once more.
+    fn landed(&mut self, path: &Path, offset: u64, bytes: &[u8]);
+}
+
+/// For a lone re-fetch of files that are read again anyway.
+pub struct IgnoreSink;
+
+impl Sink for IgnoreSink {
+    fn moving(&mut self, _: u64) {}
+    fn landed(&mut self, _: &Path, _: u64, _: &[u8]) {}
+}
+
 pub trait Worker: Send {
-    /// Copies the given pieces (paths relative to the data directory) into `dest`, whose directories exist.
-    /// `moving` is told of bytes as they arrive, where the transport can see them (for live progress).
-    /// Returns early with `Cancelled` once `cancel` fires.
+    /// Copies the given pieces (paths relative to the data directory) into `dest`, whose directories exist,
+    /// telling `sink` what it sees. Returns early with `Cancelled` once `cancel` fires.
     fn copy(
         &mut self,
         pieces: &[Piece],
         dest: &Path,
         cancel: &Cancel,
-        moving: &dyn Fn(u64),
+        sink: &mut dyn Sink,
     ) -> Result<Copied, TransportError>;
 }
 

@@ -2,30 +2,31 @@
 //! connection, or local children when the data directory is on this host) speaking docs/PROTOCOL.md.
 //!
 //! Big files are split into ranges that any worker may take, so all workers finish together. A piece that
-//! already has data here (a resumed or re-synced replica) is compared block by block (XXH3-64 of 128 KiB
-//! blocks, aligned to 8 KiB pages) and only differing blocks move: never size and mtime.
+//! already has data here (a resumed or re-synced replica) is compared page by page (XXH3-64 of each 8 KiB
+//! page) and only differing pages move: never size and mtime.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, ChildStdout, Command, Stdio};
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::agent::read_at_full;
-use super::protocol::{decompress, read_msg, write_msg, Codec, Msg, PROTOCOL_VERSION};
-use super::{Copied, Piece, RemoteEntry, Transport, TransportError, Worker};
+use super::protocol::{decompress_into, read_msg, write_msg, Codec, Msg, DATA_CHUNK, PROTOCOL_VERSION};
+use super::{Copied, Piece, RemoteEntry, Sink, Transport, TransportError, Worker};
 use crate::bandwidth::Budget;
 use crate::cancel::Cancel;
+use crate::direct_io::{AlignedBuf, Target};
 use crate::proc::OwnedChild;
 use crate::ssh::{last_line, quote, SshTarget};
 
-/// Delta granularity: a multiple of PostgreSQL's 8 KiB page, small enough that a few changed pages move
-/// little, large enough that the hashes are a tiny fraction of the data.
-const DELTA_BLOCK: u32 = 128 << 10;
+/// Delta granularity: PostgreSQL's page (BLCKSZ, 8 KiB), the unit in which relation files change, so a
+/// re-sync moves the changed pages and nothing around them. Their hashes are 1/1024 of the data.
+const DELTA_BLOCK: u32 = 8 << 10;
 
 /// Where agents run.
 #[derive(Clone)]
@@ -48,17 +49,23 @@ pub struct Options {
     /// The replica already holds an earlier copy (a resumed or re-synced clone): compare blocks before
     /// moving them. Off for a fresh clone, where every byte must move anyway.
     pub delta: bool,
+    /// Copy workers to come: their connections are opened with the first one.
+    pub workers: usize,
 }
 
 pub struct NativeTransport {
     opts: Options,
     /// For listing and single fetches; workers have their own.
     control: Mutex<AgentConn>,
+    /// Connections opened ahead for workers.
+    ready: Mutex<Vec<AgentConn>>,
 }
 
 struct AgentConn {
     w: BufWriter<ChildStdin>,
     r: BufReader<ChildStdout>,
+    /// The last frame's buffer, for the next one (see `read_msg`).
+    spare: Vec<u8>,
     child: OwnedChild,
 }
 
@@ -77,7 +84,7 @@ impl AgentConn {
         let mut child = OwnedChild::spawn(cmd, "pgclone agent").map_err(io("starting the agent"))?;
         let w = BufWriter::new(child.child_mut().stdin.take().expect("piped"));
         let r = BufReader::with_capacity(1 << 20, child.child_mut().stdout.take().expect("piped"));
-        let mut conn = AgentConn { w, r, child };
+        let mut conn = AgentConn { w, r, spare: Vec::new(), child };
         let ours = env!("CARGO_PKG_VERSION");
         let hello = conn
             .send(&Msg::Hello { protocol: PROTOCOL_VERSION, version: ours.into() })
@@ -115,7 +122,7 @@ impl AgentConn {
     }
 
     fn recv(&mut self) -> Result<Msg, TransportError> {
-        read_msg(&mut self.r)
+        read_msg(&mut self.r, &mut self.spare)
             .map_err(io("reading from the agent"))?
             .ok_or_else(|| TransportError::Agent("the agent closed the connection".into()))
     }
@@ -127,8 +134,17 @@ fn io(what: &'static str) -> impl Fn(std::io::Error) -> TransportError {
 
 impl NativeTransport {
     pub fn start(opts: Options) -> Result<NativeTransport, TransportError> {
-        let control = AgentConn::open(&opts)?;
-        Ok(NativeTransport { opts, control: Mutex::new(control) })
+        // Each ssh connection costs a key exchange and a login: make them all at once, now, instead of one
+        // after the other or only when the copy begins.
+        let mut conns = std::thread::scope(|s| {
+            let opening: Vec<_> = (0..=opts.workers).map(|_| s.spawn(|| AgentConn::open(&opts))).collect();
+            opening
+                .into_iter()
+                .map(|h| h.join().expect("opening a connection does not panic"))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        let control = conns.pop().expect("at least one connection");
+        Ok(NativeTransport { opts, control: Mutex::new(control), ready: Mutex::new(conns) })
     }
 }
 
@@ -150,17 +166,27 @@ impl Transport for NativeTransport {
     }
 
     fn worker(&self) -> Result<Box<dyn Worker + '_>, TransportError> {
-        Ok(Box::new(NativeWorker { conn: AgentConn::open(&self.opts)?, opts: &self.opts }))
+        let ready = self.ready.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        Ok(Box::new(NativeWorker {
+            conn: match ready {
+                Some(conn) => conn,
+                None => AgentConn::open(&self.opts)?,
+            },
+            opts: &self.opts,
+            buf: AlignedBuf::new(DATA_CHUNK),
+        }))
     }
 
     fn fetch_file(&self, rel: &Path, to: &Path) -> Result<(), TransportError> {
         let mut c = self.control.lock().unwrap_or_else(|e| e.into_inner());
         c.send(&Msg::Read { id: 0, path: rel.into(), offset: 0, len: u64::MAX / 2, codec: Codec::None, level: 0 })?;
         let f = File::create(to).map_err(io("creating the fetched file"))?;
+        let mut raw = Vec::new();
         loop {
             match c.recv()? {
                 Msg::Data { offset, raw_len, raw_hash, codec, bytes, .. } => {
-                    let raw = decompress(codec, raw_len, raw_hash, bytes).map_err(io("checking fetched data"))?;
+                    raw.resize(chunk_len(raw_len)?, 0);
+                    decompress_into(codec, raw_hash, &bytes, &mut raw).map_err(io("checking fetched data"))?;
                     f.write_all_at(&raw, offset).map_err(io("writing the fetched file"))?;
                 }
                 Msg::Done { vanished: false, .. } => return f.sync_all().map_err(io("syncing the fetched file")),
@@ -183,14 +209,24 @@ impl Transport for NativeTransport {
 struct NativeWorker<'a> {
     conn: AgentConn,
     opts: &'a Options,
+    /// Where each chunk is restored before it is written: aligned, so it can go to the disk directly.
+    buf: AlignedBuf,
 }
 
-/// A piece being copied: its local file, and for a delta, the remote block hashes received so far.
+/// A piece being copied: its local file, and for a delta, the remote page hashes received so far.
 struct Open {
     piece: usize,
-    file: File,
+    file: Rc<Target>,
     offset: u64,
     hashes: Option<Vec<u64>>,
+}
+
+/// A Data frame's raw length, refused beyond what the protocol allows (it sizes our buffers).
+fn chunk_len(raw_len: u32) -> Result<usize, TransportError> {
+    match raw_len as usize {
+        n if n <= DATA_CHUNK => Ok(n),
+        n => Err(TransportError::Agent(format!("a data chunk of {n} bytes exceeds the protocol's {DATA_CHUNK}"))),
+    }
 }
 
 impl Worker for NativeWorker<'_> {
@@ -199,25 +235,20 @@ impl Worker for NativeWorker<'_> {
         pieces: &[Piece],
         dest: &Path,
         cancel: &Cancel,
-        moving: &dyn Fn(u64),
+        sink: &mut dyn Sink,
     ) -> Result<Copied, TransportError> {
         let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
         let mut open: HashMap<u32, Open> = HashMap::new();
         let mut vanished = vec![false; pieces.len()];
         for (i, p) in pieces.iter().enumerate() {
             let path = dest.join(&p.path);
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
+            let file = Target::open(&path)
                 .map_err(|source| TransportError::Io { what: format!("opening {}", path.display()), source })?;
-            let had = file.metadata().map(|m| m.len()).unwrap_or(0);
+            let had = file.file.metadata().map(|m| m.len()).unwrap_or(0);
             // The local file takes the primary's size (truncated or extended); ranges of one file may be
             // handled by several workers at once, all setting the same length.
             if had != p.size {
-                file.set_len(p.size).map_err(io("sizing a local file"))?;
+                file.file.set_len(p.size).map_err(io("sizing a local file"))?;
             }
             let (offset, len) = p.range.unwrap_or((0, p.size));
             let id = i as u32;
@@ -227,12 +258,13 @@ impl Worker for NativeWorker<'_> {
             } else {
                 Msg::Read { id, path: p.path.clone(), offset, len, codec: self.opts.codec, level: self.opts.level }
             });
-            open.insert(id, Open { piece: i, file, offset, hashes: delta.then(Vec::new) });
+            open.insert(id, Open { piece: i, file: Rc::new(file), offset, hashes: delta.then(Vec::new) });
         }
         let mut outstanding = pieces.len();
         let mut next_id = pieces.len() as u32;
         let mut moved = 0u64;
-        let AgentConn { w, r, .. } = &mut self.conn;
+        let AgentConn { w, r, spare, .. } = &mut self.conn;
+        let buf = &mut self.buf;
         std::thread::scope(|s| {
             // Requests go out on their own thread, so a long batch never waits on answers it is not reading.
             s.spawn(move || {
@@ -250,7 +282,7 @@ impl Worker for NativeWorker<'_> {
                 if cancel.is_cancelled() {
                     return Err(TransportError::Cancelled);
                 }
-                let m = read_msg(r)
+                let m = read_msg(r, spare)
                     .map_err(io("reading from the agent"))?
                     .ok_or_else(|| TransportError::Worker("the agent on the primary ended".into()))?;
                 match m {
@@ -258,12 +290,15 @@ impl Worker for NativeWorker<'_> {
                         if let Some(b) = &self.opts.budget {
                             b.take(bytes.len());
                         }
-                        let raw = decompress(codec, raw_len, raw_hash, bytes).map_err(io("checking received data"))?;
+                        let raw = buf.get(chunk_len(raw_len)?);
+                        decompress_into(codec, raw_hash, &bytes, raw).map_err(io("checking received data"))?;
                         let o =
                             open.get(&id).ok_or_else(|| TransportError::Agent(format!("data for unknown id {id}")))?;
-                        o.file.write_all_at(&raw, offset).map_err(io("writing received data"))?;
+                        o.file.write_at(raw, offset).map_err(io("writing received data"))?;
                         moved += u64::from(raw_len);
-                        moving(u64::from(raw_len));
+                        sink.moving(u64::from(raw_len));
+                        sink.landed(&pieces[o.piece].path, offset, raw);
+                        *spare = bytes;
                     }
                     Msg::Hashes { id, hashes } => {
                         if let Some(Open { hashes: Some(h), .. }) = open.get_mut(&id) {
@@ -278,12 +313,13 @@ impl Worker for NativeWorker<'_> {
                         if gone {
                             vanished[o.piece] = true;
                         } else if let Some(remote) = &o.hashes {
-                            for (offset, len) in differing(&o.file, o.offset, remote)? {
-                                let p = &pieces[o.piece];
+                            let p = &pieces[o.piece];
+                            let mut same = |offset, bytes: &[u8]| sink.landed(&p.path, offset, bytes);
+                            for (offset, len) in differing(&o.file, o.offset, remote, buf, &mut same)? {
                                 let (codec, level) = (self.opts.codec, self.opts.level);
                                 let _ =
                                     tx.send(Msg::Read { id: next_id, path: p.path.clone(), offset, len, codec, level });
-                                let file = o.file.try_clone().map_err(io("reopening a local file"))?;
+                                let file = Rc::clone(&o.file);
                                 open.insert(next_id, Open { piece: o.piece, file, offset, hashes: None });
                                 next_id += 1;
                                 outstanding += 1;
@@ -310,19 +346,42 @@ impl Worker for NativeWorker<'_> {
     }
 }
 
-/// The runs of local blocks (from `offset`) whose hashes differ from the primary's, as (offset, len).
-fn differing(file: &File, offset: u64, remote: &[u64]) -> Result<Vec<(u64, u64)>, TransportError> {
-    let mut buf = vec![0u8; DELTA_BLOCK as usize];
+/// The runs of local pages (from `offset`) whose hashes differ from the primary's, as (offset, len); runs of
+/// pages that match go to `same` with their bytes.
+fn differing(
+    file: &Target,
+    offset: u64,
+    remote: &[u64],
+    buf: &mut AlignedBuf,
+    same: &mut dyn FnMut(u64, &[u8]),
+) -> Result<Vec<(u64, u64)>, TransportError> {
+    let (b, block) = (DELTA_BLOCK as usize, u64::from(DELTA_BLOCK));
     let mut runs: Vec<(u64, u64)> = Vec::new();
-    for (i, h) in remote.iter().enumerate() {
-        let at = offset + i as u64 * u64::from(DELTA_BLOCK);
-        let n = read_at_full(file, &mut buf, at).map_err(io("reading a local file"))?;
-        if n > 0 && xxh3_64(&buf[..n]) == *h {
-            continue;
+    let per_read = DATA_CHUNK / b;
+    for (i, hashes) in remote.chunks(per_read).enumerate() {
+        let at = offset + (i * per_read * b) as u64;
+        let local = buf.get(hashes.len() * b);
+        let n = file.read_at(local, at).map_err(io("reading a local file"))?;
+        let page = |j: usize| &local[(j * b).min(n)..((j + 1) * b).min(n)];
+        // Pages [first_same, j) match the primary's.
+        let mut first_same = 0;
+        for (j, h) in hashes.iter().enumerate() {
+            if !page(j).is_empty() && xxh3_64(page(j)) == *h {
+                continue;
+            }
+            if first_same < j {
+                same(at + (first_same * b) as u64, &local[first_same * b..j * b]);
+            }
+            first_same = j + 1;
+            let page_at = at + (j * b) as u64;
+            match runs.last_mut() {
+                Some((o, l)) if *o + *l == page_at => *l += block,
+                _ => runs.push((page_at, block)),
+            }
         }
-        match runs.last_mut() {
-            Some((o, l)) if *o + *l == at => *l += u64::from(DELTA_BLOCK),
-            _ => runs.push((at, u64::from(DELTA_BLOCK))),
+        let end = (hashes.len() * b).min(n);
+        if first_same * b < end {
+            same(at + (first_same * b) as u64, &local[first_same * b..end]);
         }
     }
     Ok(runs)
@@ -331,6 +390,7 @@ fn differing(file: &File, offset: u64, remote: &[u64]) -> Result<Vec<(u64, u64)>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::direct_io::ALIGN;
 
     #[test]
     fn differing_blocks_coalesce_into_runs() {
@@ -338,14 +398,35 @@ mod tests {
         let b = DELTA_BLOCK as usize;
         let local: Vec<u8> = (0..5 * b).map(|i| (i % 7) as u8).collect();
         std::fs::write(d.path().join("f"), &local).unwrap();
-        let f = File::open(d.path().join("f")).unwrap();
+        let f = Target::open(&d.path().join("f")).unwrap();
         let mut remote: Vec<u64> = local.chunks(b).map(xxh3_64).collect();
         remote[1] ^= 1;
         remote[2] ^= 1;
         remote[4] ^= 1;
         remote.push(42); // the primary's file is longer than ours
+        let mut buf = AlignedBuf::new(DATA_CHUNK);
         let b = u64::from(DELTA_BLOCK);
-        assert_eq!(differing(&f, 0, &remote).unwrap(), vec![(b, 2 * b), (4 * b, 2 * b)]);
-        assert_eq!(differing(&f, 0, &remote[..1]).unwrap(), vec![]);
+        let mut same = Vec::new();
+        let mut record = |at, bytes: &[u8]| same.push((at, bytes.len() as u64));
+        assert_eq!(differing(&f, 0, &remote, &mut buf, &mut record).unwrap(), vec![(b, 2 * b), (4 * b, 2 * b)]);
+        assert_eq!(same, vec![(0, b), (3 * b, b)], "the matching pages landed");
+        assert_eq!(differing(&f, 0, &remote[..1], &mut buf, &mut |_, _| ()).unwrap(), vec![]);
+        // From an offset, and across more than one read of the local file.
+        let many = DATA_CHUNK / DELTA_BLOCK as usize + 3;
+        let local: Vec<u8> = (0..(many + 1) * DELTA_BLOCK as usize).map(|i| (i % 251) as u8).collect();
+        std::fs::write(d.path().join("g"), &local).unwrap();
+        let g = Target::open(&d.path().join("g")).unwrap();
+        let mut remote: Vec<u64> = local[DELTA_BLOCK as usize..].chunks(DELTA_BLOCK as usize).map(xxh3_64).collect();
+        remote[many - 1] ^= 1;
+        let mut same = Vec::new();
+        let mut record = |at, bytes: &[u8]| same.push((at, bytes.len() as u64));
+        assert_eq!(differing(&g, b, &remote, &mut buf, &mut record).unwrap(), vec![(many as u64 * b, b)]);
+        let per_read = (DATA_CHUNK / DELTA_BLOCK as usize) as u64;
+        assert_eq!(same, vec![(b, per_read * b), ((per_read + 1) * b, (many as u64 - per_read - 1) * b)]);
+        // Direct and buffered writes of the same file agree.
+        g.write_at(buf.get(ALIGN), 0).unwrap();
+        g.write_at(&[7u8; 3], ALIGN as u64).unwrap();
+        let back = std::fs::read(d.path().join("g")).unwrap();
+        assert_eq!(&back[ALIGN..ALIGN + 4], &[7, 7, 7, local[ALIGN + 3]]);
     }
 }

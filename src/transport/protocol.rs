@@ -1,6 +1,9 @@
-//! The native transport's wire format (docs/PROTOCOL.md): length-prefixed frames, each with an XXH3-64 of its
-//! payload checked before anything acts on it, so a damaged stream fails loudly instead of writing bad bytes.
+//! The native transport's wire format (docs/PROTOCOL.md): length-prefixed frames, each with an XXH3-64 checked
+//! before anything acts on it, so a damaged stream fails loudly instead of writing bad bytes. A Data frame's
+//! hash covers its fields only: its bytes are checked once, against the XXH3-64 of the raw data, after
+//! decompression (hashing them twice would cost both ends CPU that the copy needs).
 
+use std::borrow::Cow;
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 
@@ -9,7 +12,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::{os, EntryKind, RemoteEntry};
 
 /// Bumped on any incompatible change; client and agent must agree exactly (see Hello).
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest frame accepted: bounds memory whatever the peer sends.
 pub const MAX_FRAME: usize = 8 << 20;
 /// Raw bytes per Data frame.
@@ -43,7 +46,8 @@ pub enum Msg {
         codec: Codec,
         level: i32,
     },
-    /// Bytes of a Read: `raw_len` bytes at `offset`, XXH3-64 `raw_hash` of them before compression.
+    /// Bytes of a Read: `raw_len` bytes at `offset`, XXH3-64 `raw_hash` of them before compression. On the
+    /// wire the bytes come first and the fields after them, so a reader can keep the bytes where they landed.
     Data {
         id: u32,
         offset: u64,
@@ -78,6 +82,9 @@ pub enum Msg {
 }
 
 pub fn write_msg(w: &mut impl Write, m: &Msg) -> io::Result<()> {
+    if let Msg::Data { id, offset, raw_len, raw_hash, codec, bytes } = m {
+        return write_data(w, (*id, *offset, *raw_len, *raw_hash, *codec), bytes);
+    }
     let mut p = Vec::new();
     let kind = match m {
         Msg::Hello { protocol, version } => {
@@ -112,15 +119,7 @@ pub fn write_msg(w: &mut impl Write, m: &Msg) -> io::Result<()> {
             p.extend_from_slice(path.as_os_str().as_encoded_bytes());
             b'R'
         }
-        Msg::Data { id, offset, raw_len, raw_hash, codec, bytes } => {
-            p.extend_from_slice(&id.to_le_bytes());
-            p.extend_from_slice(&offset.to_le_bytes());
-            p.extend_from_slice(&raw_len.to_le_bytes());
-            p.extend_from_slice(&raw_hash.to_le_bytes());
-            p.push(*codec as u8);
-            p.extend_from_slice(bytes);
-            b'D'
-        }
+        Msg::Data { .. } => unreachable!("written above"),
         Msg::Sums { id, path, offset, len, block } => {
             p.extend_from_slice(&id.to_le_bytes());
             p.extend_from_slice(&offset.to_le_bytes());
@@ -146,16 +145,47 @@ pub fn write_msg(w: &mut impl Write, m: &Msg) -> io::Result<()> {
         }
         Msg::Quit => b'Q',
     };
-    let mut header = [0u8; 13];
-    header[0] = kind;
-    header[1..5].copy_from_slice(&(p.len() as u32).to_le_bytes());
-    header[5..13].copy_from_slice(&xxh3_64(&p).to_le_bytes());
-    w.write_all(&header)?;
-    w.write_all(&p)
+    write_frame(w, kind, &[&p], &p)
 }
 
-/// Reads one frame; `Ok(None)` at a clean end of stream (between frames).
-pub fn read_msg(r: &mut impl Read) -> io::Result<Option<Msg>> {
+/// A frame of `parts` (the payload in pieces), its hash taken over `hashed`.
+fn write_frame(w: &mut impl Write, kind: u8, parts: &[&[u8]], hashed: &[u8]) -> io::Result<()> {
+    let mut header = [0u8; 13];
+    header[0] = kind;
+    header[1..5].copy_from_slice(&(parts.iter().map(|p| p.len()).sum::<usize>() as u32).to_le_bytes());
+    header[5..13].copy_from_slice(&xxh3_64(hashed).to_le_bytes());
+    w.write_all(&header)?;
+    parts.iter().try_for_each(|p| w.write_all(p))
+}
+
+/// A Data frame straight from the caller's buffer: (id, offset, raw length, raw hash, codec) and the bytes.
+pub fn write_data(w: &mut impl Write, fields: (u32, u64, u32, u64, Codec), bytes: &[u8]) -> io::Result<()> {
+    let (id, offset, raw_len, raw_hash, codec) = fields;
+    let mut f = Vec::with_capacity(DATA_FIELDS);
+    f.extend_from_slice(&id.to_le_bytes());
+    f.extend_from_slice(&offset.to_le_bytes());
+    f.extend_from_slice(&raw_len.to_le_bytes());
+    f.extend_from_slice(&raw_hash.to_le_bytes());
+    f.push(codec as u8);
+    write_frame(w, b'D', &[bytes, &f], &f)
+}
+
+/// Data frames end with these fields: id, offset, raw length, raw hash, codec.
+const DATA_FIELDS: usize = 4 + 8 + 4 + 8 + 1;
+
+/// The part of a payload the frame hash covers: all of it, but a Data frame's bytes (see the module).
+fn hashed(kind: u8, p: &[u8]) -> &[u8] {
+    if kind == b'D' && p.len() >= DATA_FIELDS {
+        &p[p.len() - DATA_FIELDS..]
+    } else {
+        p
+    }
+}
+
+/// Reads one frame; `Ok(None)` at a clean end of stream (between frames). The payload is read into `spare`,
+/// a buffer the caller may hand back after a Data frame (its `bytes`), so that a stream of 1 MiB chunks
+/// reuses one allocation instead of faulting in fresh memory for each.
+pub fn read_msg(r: &mut impl Read, spare: &mut Vec<u8>) -> io::Result<Option<Msg>> {
     let mut header = [0u8; 13];
     match r.read_exact(&mut header[..1]) {
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
@@ -166,13 +196,27 @@ pub fn read_msg(r: &mut impl Read) -> io::Result<Option<Msg>> {
     if len > MAX_FRAME {
         return Err(bad(format!("frame of {len} bytes exceeds the limit")));
     }
-    let mut p = vec![0u8; len];
+    let mut p = std::mem::take(spare);
+    p.clear();
+    p.resize(len, 0);
     r.read_exact(&mut p)?;
-    if xxh3_64(&p).to_le_bytes() != header[5..13] {
+    if xxh3_64(hashed(header[0], &p)).to_le_bytes() != header[5..13] {
         return Err(bad("frame checksum mismatch: the stream is damaged".into()));
     }
-    let mut c = Cursor(&p);
-    let m = match header[0] {
+    if header[0] == b'D' {
+        let mut c = Cursor(p.get(len.saturating_sub(DATA_FIELDS)..).unwrap_or_default());
+        let (id, offset, raw_len, raw_hash, codec) = (c.u32()?, c.u64()?, c.u32()?, c.u64()?, codec(c.u8()?)?);
+        p.truncate(len - DATA_FIELDS);
+        return Ok(Some(Msg::Data { id, offset, raw_len, raw_hash, codec, bytes: p }));
+    }
+    let result = parse(header[0], &p);
+    *spare = p;
+    result.map(Some)
+}
+
+fn parse(kind: u8, p: &[u8]) -> io::Result<Msg> {
+    let mut c = Cursor(p);
+    let m = match kind {
         b'H' => Msg::Hello { protocol: c.u32()?, version: String::from_utf8_lossy(c.rest()).into_owned() },
         b'L' => Msg::List,
         b'E' => {
@@ -201,14 +245,6 @@ pub fn read_msg(r: &mut impl Read) -> io::Result<Option<Msg>> {
             level: c.u32()? as i32,
             path: PathBuf::from(os(c.rest())),
         },
-        b'D' => Msg::Data {
-            id: c.u32()?,
-            offset: c.u64()?,
-            raw_len: c.u32()?,
-            raw_hash: c.u64()?,
-            codec: codec(c.u8()?)?,
-            bytes: c.rest().to_vec(),
-        },
         b'S' => Msg::Sums {
             id: c.u32()?,
             offset: c.u64()?,
@@ -226,7 +262,7 @@ pub fn read_msg(r: &mut impl Read) -> io::Result<Option<Msg>> {
         b'Q' => Msg::Quit,
         k => return Err(bad(format!("unknown frame kind {k}"))),
     };
-    Ok(Some(m))
+    Ok(m)
 }
 
 fn codec(b: u8) -> io::Result<Codec> {
@@ -277,25 +313,30 @@ impl<'a> Cursor<'a> {
 }
 
 /// Compresses a chunk for the wire.
-pub fn compress(codec: Codec, level: i32, raw: &[u8]) -> io::Result<Vec<u8>> {
+pub fn compress(codec: Codec, level: i32, raw: &[u8]) -> io::Result<Cow<'_, [u8]>> {
     match codec {
-        Codec::None => Ok(raw.to_vec()),
-        Codec::Lz4 => Ok(lz4_flex::compress(raw)),
-        Codec::Zstd => zstd::bulk::compress(raw, level),
+        Codec::None => Ok(Cow::Borrowed(raw)),
+        Codec::Lz4 => Ok(Cow::Owned(lz4_flex::compress(raw))),
+        Codec::Zstd => zstd::bulk::compress(raw, level).map(Cow::Owned),
     }
 }
 
-/// Restores a chunk and checks it against the hash the agent took before compressing.
-pub fn decompress(codec: Codec, raw_len: u32, raw_hash: u64, bytes: Vec<u8>) -> io::Result<Vec<u8>> {
-    let raw = match codec {
-        Codec::None => bytes,
-        Codec::Lz4 => lz4_flex::decompress(&bytes, raw_len as usize).map_err(|e| bad(e.to_string()))?,
-        Codec::Zstd => zstd::bulk::decompress(&bytes, raw_len as usize)?,
+/// Restores a chunk into `out` (exactly its raw length) and checks it against the hash the agent took
+/// before compressing. Into the caller's buffer: a worker reuses one, aligned for direct I/O.
+pub fn decompress_into(codec: Codec, raw_hash: u64, bytes: &[u8], out: &mut [u8]) -> io::Result<()> {
+    let n = match codec {
+        Codec::None if bytes.len() == out.len() => {
+            out.copy_from_slice(bytes);
+            out.len()
+        }
+        Codec::None => bytes.len(),
+        Codec::Lz4 => lz4_flex::decompress_into(bytes, out).map_err(|e| bad(e.to_string()))?,
+        Codec::Zstd => zstd::bulk::decompress_to_buffer(bytes, out)?,
     };
-    if raw.len() != raw_len as usize || xxh3_64(&raw) != raw_hash {
+    if n != out.len() || xxh3_64(out) != raw_hash {
         return Err(bad("data chunk does not match its checksum".into()));
     }
-    Ok(raw)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -305,7 +346,7 @@ mod tests {
     fn round_trip(m: Msg) {
         let mut buf = Vec::new();
         write_msg(&mut buf, &m).unwrap();
-        assert_eq!(read_msg(&mut buf.as_slice()).unwrap(), Some(m));
+        assert_eq!(read_msg(&mut buf.as_slice(), &mut Vec::new()).unwrap(), Some(m));
     }
 
     #[test]
@@ -337,7 +378,21 @@ mod tests {
         round_trip(Msg::Done { id: 3, vanished: true });
         round_trip(Msg::Error { id: 3, message: "permission denied".into() });
         round_trip(Msg::Quit);
-        assert_eq!(read_msg(&mut [].as_slice()).unwrap(), None);
+        assert_eq!(read_msg(&mut [].as_slice(), &mut Vec::new()).unwrap(), None);
+        // A recycled buffer: its old contents never leak into the next message.
+        let mut spare = vec![9u8; 100];
+        let mut buf = Vec::new();
+        write_msg(
+            &mut buf,
+            &Msg::Data { id: 1, offset: 2, raw_len: 2, raw_hash: 3, codec: Codec::None, bytes: vec![4, 5] },
+        )
+        .unwrap();
+        write_msg(&mut buf, &Msg::Done { id: 1, vanished: false }).unwrap();
+        let mut r = buf.as_slice();
+        let Some(Msg::Data { bytes, .. }) = read_msg(&mut r, &mut spare).unwrap() else { panic!() };
+        assert_eq!(bytes, vec![4, 5]);
+        spare = bytes;
+        assert_eq!(read_msg(&mut r, &mut spare).unwrap(), Some(Msg::Done { id: 1, vanished: false }));
     }
 
     #[test]
@@ -346,11 +401,29 @@ mod tests {
         write_msg(&mut buf, &Msg::Done { id: 3, vanished: false }).unwrap();
         let last = buf.len() - 1;
         buf[last] ^= 1;
-        assert!(read_msg(&mut buf.as_slice()).unwrap_err().to_string().contains("checksum"));
+        assert!(read_msg(&mut buf.as_slice(), &mut Vec::new()).unwrap_err().to_string().contains("checksum"));
+        // A Data frame's fields are covered by the frame hash, its bytes by the raw hash.
+        let raw = b"some bytes".to_vec();
+        let data = Msg::Data { id: 1, offset: 0, raw_len: 10, raw_hash: xxh3_64(&raw), codec: Codec::None, bytes: raw };
+        let mut buf = Vec::new();
+        write_msg(&mut buf, &data).unwrap();
+        let mut fields = buf.clone();
+        fields[13 + 10 + 4] ^= 1; // the offset
+        assert!(read_msg(&mut fields.as_slice(), &mut Vec::new()).unwrap_err().to_string().contains("checksum"));
+        buf[13] ^= 1; // the first data byte
+        let Some(Msg::Data { raw_hash, bytes, codec, .. }) = read_msg(&mut buf.as_slice(), &mut Vec::new()).unwrap()
+        else {
+            panic!()
+        };
+        assert!(decompress_into(codec, raw_hash, &bytes, &mut [0u8; 10]).is_err());
         let mut huge = vec![b'D'];
         huge.extend_from_slice(&(MAX_FRAME as u32 + 1).to_le_bytes());
         huge.extend_from_slice(&[0; 8]);
-        assert!(read_msg(&mut huge.as_slice()).is_err());
+        assert!(read_msg(&mut huge.as_slice(), &mut Vec::new()).is_err());
+        let mut short = Vec::new();
+        write_msg(&mut short, &Msg::Quit).unwrap();
+        short[0] = b'D';
+        assert!(read_msg(&mut short.as_slice(), &mut Vec::new()).is_err(), "a Data frame without its fields");
     }
 
     #[test]
@@ -358,9 +431,11 @@ mod tests {
         let raw: Vec<u8> = (0..100_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
         for codec in [Codec::None, Codec::Lz4, Codec::Zstd] {
             let c = compress(codec, 3, &raw).unwrap();
-            let back = decompress(codec, raw.len() as u32, xxh3_64(&raw), c.clone()).unwrap();
+            let mut back = vec![0u8; raw.len()];
+            decompress_into(codec, xxh3_64(&raw), &c, &mut back).unwrap();
             assert_eq!(back, raw);
-            assert!(decompress(codec, raw.len() as u32, xxh3_64(&raw) ^ 1, c).is_err());
+            assert!(decompress_into(codec, xxh3_64(&raw) ^ 1, &c, &mut back).is_err());
+            assert!(decompress_into(codec, xxh3_64(&raw), &c, &mut back[1..]).is_err(), "a wrong raw length");
         }
     }
 }

@@ -17,7 +17,7 @@ use std::process::{ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{os, Copied, EntryKind, Piece, RemoteEntry, Transport, TransportError, Worker};
+use super::{os, Copied, EntryKind, Piece, RemoteEntry, Sink, Transport, TransportError, Worker};
 use crate::bandwidth::{Budget, Proxy};
 use crate::cancel::Cancel;
 use crate::proc::OwnedChild;
@@ -254,7 +254,7 @@ impl Worker for RsyncWorker<'_> {
         pieces: &[Piece],
         dest: &Path,
         cancel: &Cancel,
-        _: &dyn Fn(u64),
+        _: &mut dyn Sink,
     ) -> Result<Copied, TransportError> {
         // Files inside a tablespace go through its module, into the local pg_tblspc/<oid> link.
         let mut by_module: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();

@@ -1,0 +1,113 @@
+//! Local files read and written with O_DIRECT where the filesystem allows it (a fs adapter).
+//!
+//! A clone writes data it will not read again soon (the standby reads through shared_buffers): through the
+//! page cache that data would churn the replica host's memory and leave finalize a large flush. Measured
+//! here: 537 MB written with O_DIRECT in 0.4 s, buffered and then fsync'd in 1.8 s; reading a fresh clone
+//! back for its manifest costs a second pass through the page cache the same way.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+
+use rustix::fs::OFlags;
+
+/// Direct I/O needs file offsets, lengths and buffer addresses aligned to the device's logical block
+/// (4 KiB at most on the disks we meet). Relation files are whole 8 KiB pages and data chunks start at
+/// multiples of a MiB, so all but the tails of a few small files qualify.
+pub const ALIGN: usize = 4096;
+
+/// A local file: aligned whole blocks go through an O_DIRECT descriptor, everything else (and everything on
+/// filesystems without O_DIRECT, such as tmpfs before Linux 6.6) through the ordinary one. Linux keeps the
+/// two views of a file coherent (a direct read first writes back dirty cached pages of its range).
+pub struct Target {
+    pub file: File,
+    direct: Option<File>,
+}
+
+impl Target {
+    /// Opens (creating) a file to fill.
+    pub fn open(path: &Path) -> io::Result<Target> {
+        let open = |flags: OFlags| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .custom_flags(flags.bits() as i32)
+                .open(path)
+        };
+        let file = open(OFlags::empty())?;
+        Ok(Target { direct: open(OFlags::DIRECT).ok(), file })
+    }
+
+    /// Opens an existing file to read.
+    pub fn open_read(path: &Path) -> io::Result<Target> {
+        let file = File::open(path)?;
+        let direct = OpenOptions::new().read(true).custom_flags(OFlags::DIRECT.bits() as i32).open(path).ok();
+        Ok(Target { file, direct })
+    }
+
+    fn direct_for(&self, buf: &[u8], offset: u64) -> Option<&File> {
+        let aligned = offset % ALIGN as u64 == 0 && buf.len() % ALIGN == 0 && buf.as_ptr() as usize % ALIGN == 0;
+        self.direct.as_ref().filter(|_| aligned)
+    }
+
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if let Some(d) = self.direct_for(buf, offset) {
+            match d.write_all_at(buf, offset) {
+                // The filesystem wants a larger alignment after all: the page cache takes any.
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {}
+                other => return other,
+            }
+        }
+        self.file.write_all_at(buf, offset)
+    }
+
+    /// Fills `buf` from `offset`; fewer bytes only at the end of the file.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        if let Some(d) = self.direct_for(buf, offset) {
+            // A direct read returns whole blocks until the end of the file; a short one is the end.
+            let mut n = 0;
+            while n < buf.len() {
+                match d.read_at(&mut buf[n..], offset + n as u64) {
+                    Ok(0) => break,
+                    Ok(k) if k % ALIGN == 0 => n += k,
+                    Ok(k) => return Ok(n + k),
+                    Err(e) if n == 0 && e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            if n > 0 {
+                return Ok(n);
+            }
+        }
+        read_at_full(&self.file, buf, offset)
+    }
+}
+
+/// A reusable buffer whose usable part starts at an ALIGN boundary, as direct I/O requires.
+pub struct AlignedBuf(Vec<u8>);
+
+impl AlignedBuf {
+    pub fn new(len: usize) -> AlignedBuf {
+        AlignedBuf(vec![0u8; len + ALIGN])
+    }
+
+    pub fn get(&mut self, len: usize) -> &mut [u8] {
+        let at = self.0.as_ptr().align_offset(ALIGN);
+        &mut self.0[at..at + len]
+    }
+}
+
+/// Reads until `buf` is full or the file ends.
+pub fn read_at_full(f: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], offset + n as u64)? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
