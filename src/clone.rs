@@ -268,12 +268,14 @@ fn run_locked(
     let resync = matches!(state, ReplicaState::Unfinished | ReplicaState::Cluster(_));
     let parallel =
         args.parallel.map(usize::from).unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get()));
-    // The transport's ssh connections are made while the WAL stream starts: both mostly wait on the network.
+    // The WAL stream starts while the transport makes its ssh connections: both mostly wait on the network.
+    // The transport on this thread: its child processes must not outlive the thread that started them.
     let (stream, transport) = std::thread::scope(|s| {
-        let transport = s.spawn(|| start_transport(args, &ssh, pgdata, run_dir.path(), resync, parallel));
-        let stream =
-            WalStream::start(&borrowed(&params), &streamed, primary.seg, &slot, standby_session, cancel.clone());
-        (stream, transport.join().expect("starting the transport does not panic"))
+        let stream = s.spawn(|| {
+            WalStream::start(&borrowed(&params), &streamed, primary.seg, &slot, standby_session, cancel.clone())
+        });
+        let transport = start_transport(args, &ssh, pgdata, run_dir.path(), resync, parallel);
+        (stream.join().expect("starting the WAL stream does not panic"), transport)
     });
     let mut stream = stream?;
     preflight::same_cluster(pgdata, pgdata_system_id, stream.start.system_id)?;

@@ -25,9 +25,14 @@ pub struct Target {
     direct: Option<File>,
 }
 
+/// Files smaller than this go through the page cache only: a direct write waits for the disk, and a
+/// directory of many small files (catalogs, a database with thousands of tables) would wait once per file,
+/// where the page cache gathers them all for finalize's one syncfs.
+pub const DIRECT_MIN: u64 = 1 << 20;
+
 impl Target {
-    /// Opens (creating) a file to fill.
-    pub fn open(path: &Path) -> io::Result<Target> {
+    /// Opens (creating) a file of `size` bytes to fill.
+    pub fn open(path: &Path, size: u64) -> io::Result<Target> {
         let open = |flags: OFlags| {
             OpenOptions::new()
                 .read(true)
@@ -38,18 +43,22 @@ impl Target {
                 .open(path)
         };
         let file = open(OFlags::empty())?;
-        Ok(Target { direct: open(OFlags::DIRECT).ok(), file })
+        let direct = if size >= DIRECT_MIN { open(OFlags::DIRECT).ok() } else { None };
+        Ok(Target { file, direct })
     }
 
     /// Opens an existing file to read.
     pub fn open_read(path: &Path) -> io::Result<Target> {
         let file = File::open(path)?;
-        let direct = OpenOptions::new().read(true).custom_flags(OFlags::DIRECT.bits() as i32).open(path).ok();
-        Ok(Target { file, direct })
+        let large = file.metadata()?.len() >= DIRECT_MIN;
+        let direct = large.then(|| OpenOptions::new().read(true).custom_flags(OFlags::DIRECT.bits() as i32).open(path));
+        Ok(Target { file, direct: direct.and_then(Result::ok) })
     }
 
     fn direct_for(&self, buf: &[u8], offset: u64) -> Option<&File> {
-        let aligned = offset % ALIGN as u64 == 0 && buf.len() % ALIGN == 0 && buf.as_ptr() as usize % ALIGN == 0;
+        let aligned = offset.is_multiple_of(ALIGN as u64)
+            && buf.len().is_multiple_of(ALIGN)
+            && (buf.as_ptr() as usize).is_multiple_of(ALIGN);
         self.direct.as_ref().filter(|_| aligned)
     }
 

@@ -150,6 +150,15 @@ pub fn check_space(plan: &Plan, dest: &Path, reusable: u64, margin: u64) -> Resu
     Ok(())
 }
 
+/// The range size for splitting big files: at most `max`, and small enough that each of the `workers` gets
+/// several ranges, so the last ones end close together (on a link that caps each flow, a 64 MiB range is
+/// seconds of one connection's time). Whole MiB: ranges stay aligned to pages and to direct I/O.
+fn fair_split(max: u64, total: u64, workers: usize) -> u64 {
+    const MIB: u64 = 1 << 20;
+    let fair = (total / (workers.max(1) as u64 * 8)).max(4 * MIB);
+    (fair.min(max) / MIB * MIB).max(max.min(MIB))
+}
+
 /// Groups the plan's files (largest first) into jobs: a file larger than `split` becomes ranges of that size,
 /// each a job of its own; other large files go alone, small ones in batches.
 fn jobs(plan: &Plan, split: Option<u64>) -> Vec<Vec<Piece>> {
@@ -206,7 +215,7 @@ impl Sink for Landing<'_> {
     fn landed(&mut self, path: &Path, offset: u64, bytes: &[u8]) {
         if let Some((start, seg)) = self.pages_before.and_then(|lsn| relation_segment(path).map(|seg| (lsn, seg))) {
             // Only whole pages can be verified; a file that lands otherwise is left to the read pass.
-            if offset % BLCKSZ as u64 != 0 || bytes.len() % BLCKSZ != 0 {
+            if !offset.is_multiple_of(BLCKSZ as u64) || !bytes.len().is_multiple_of(BLCKSZ) {
                 return;
             }
             let first = seg * RELSEG_BLOCKS + offset / BLCKSZ as u64;
@@ -239,7 +248,8 @@ pub fn copy(
     progress: &Progress,
     cancel: &Cancel,
 ) -> Result<(Copied, Landed), TransferError> {
-    let jobs = jobs(plan, transport.split_size());
+    let split = transport.split_size().map(|max| fair_split(max, plan.total_bytes, parallel));
+    let jobs = jobs(plan, split);
     let n_jobs = jobs.len();
     let (job_tx, job_rx) = crossbeam_channel::unbounded();
     for j in jobs {
@@ -346,6 +356,16 @@ mod tests {
         let err = check_space(&plan, d.path(), 0, 0).unwrap_err().to_string();
         assert!(err.starts_with("not enough space for the clone in"), "{err}");
         check_space(&plan, d.path(), u64::MAX / 2, 0).unwrap();
+    }
+
+    #[test]
+    fn ranges_give_every_worker_several() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(fair_split(64 * MIB, 650_000_000, 8), 9 * MIB);
+        assert_eq!(fair_split(64 * MIB, 20 << 30, 2), 64 * MIB, "never above the maximum");
+        assert_eq!(fair_split(64 * MIB, 10 * MIB, 2), 4 * MIB, "never below 4 MiB");
+        assert_eq!(fair_split(MIB, 650_000_000, 2), MIB, "a small maximum stands");
+        assert_eq!(fair_split(100_000, 650_000_000, 2), 100_000);
     }
 
     #[test]

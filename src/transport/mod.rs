@@ -92,7 +92,7 @@ pub enum TransportError {
     Cancelled,
 }
 
-pub trait Transport: Send + Sync {
+pub trait Transport: Sync {
     /// Every entry under the primary's data directory (not following symlinks).
     fn list(&self) -> Result<Vec<RemoteEntry>, TransportError>;
 

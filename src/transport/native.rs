@@ -55,10 +55,9 @@ pub struct Options {
 
 pub struct NativeTransport {
     opts: Options,
-    /// For listing and single fetches; workers have their own.
-    control: Mutex<AgentConn>,
-    /// Connections opened ahead for workers.
-    ready: Mutex<Vec<AgentConn>>,
+    /// Agent connections not in use: opened ahead for the workers, and given back by each worker that ends
+    /// with nothing in flight, so listing and the last fetch need no connection (no ssh login) of their own.
+    idle: Mutex<Vec<AgentConn>>,
 }
 
 struct AgentConn {
@@ -71,6 +70,12 @@ struct AgentConn {
 
 impl AgentConn {
     fn open(o: &Options) -> Result<AgentConn, TransportError> {
+        AgentConn::spawn(o)?.hello(o)
+    }
+
+    /// Starts the agent. In the thread that will outlive it: PR_SET_PDEATHSIG (see proc.rs) signals a child
+    /// when the *thread* that forked it ends, not the process.
+    fn spawn(o: &Options) -> Result<AgentConn, TransportError> {
         let agent_args = format!("agent --pgdata {}", quote(&o.pgdata));
         let mut cmd = match &o.launch {
             Launch::Ssh(ssh) => ssh.command(&format!("{} {agent_args}", quote(&o.remote_bin))),
@@ -84,13 +89,18 @@ impl AgentConn {
         let mut child = OwnedChild::spawn(cmd, "pgclone agent").map_err(io("starting the agent"))?;
         let w = BufWriter::new(child.child_mut().stdin.take().expect("piped"));
         let r = BufReader::with_capacity(1 << 20, child.child_mut().stdout.take().expect("piped"));
-        let mut conn = AgentConn { w, r, spare: Vec::new(), child };
+        Ok(AgentConn { w, r, spare: Vec::new(), child })
+    }
+
+    /// Versions must match exactly: client and agent then agree on every rule of the protocol.
+    fn hello(mut self, o: &Options) -> Result<AgentConn, TransportError> {
+        let conn = &mut self;
         let ours = env!("CARGO_PKG_VERSION");
         let hello = conn
             .send(&Msg::Hello { protocol: PROTOCOL_VERSION, version: ours.into() })
             .and_then(|()| conn.recv().map_err(|e| TransportError::Agent(e.to_string())));
         match hello {
-            Ok(Msg::Hello { protocol, version }) if protocol == PROTOCOL_VERSION && version == ours => Ok(conn),
+            Ok(Msg::Hello { protocol, version }) if protocol == PROTOCOL_VERSION && version == ours => Ok(self),
             Ok(Msg::Hello { version, .. }) => Err(TransportError::Agent(format!(
                 "pgclone on the primary is version {version}, this one is {ours}: install the same version there"
             ))),
@@ -136,27 +146,39 @@ impl NativeTransport {
     pub fn start(opts: Options) -> Result<NativeTransport, TransportError> {
         // Each ssh connection costs a key exchange and a login: make them all at once, now, instead of one
         // after the other or only when the copy begins.
-        let mut conns = std::thread::scope(|s| {
-            let opening: Vec<_> = (0..=opts.workers).map(|_| s.spawn(|| AgentConn::open(&opts))).collect();
-            opening
-                .into_iter()
-                .map(|h| h.join().expect("opening a connection does not panic"))
-                .collect::<Result<Vec<_>, _>>()
+        let spawned = (0..opts.workers.max(1)).map(|_| AgentConn::spawn(&opts)).collect::<Result<Vec<_>, _>>()?;
+        let conns = std::thread::scope(|s| {
+            let greeting: Vec<_> = spawned.into_iter().map(|c| s.spawn(|| c.hello(&opts))).collect();
+            greeting.into_iter().map(|h| h.join().expect("a handshake does not panic")).collect::<Result<Vec<_>, _>>()
         })?;
-        let control = conns.pop().expect("at least one connection");
-        Ok(NativeTransport { opts, control: Mutex::new(control), ready: Mutex::new(conns) })
+        Ok(NativeTransport { opts, idle: Mutex::new(conns) })
+    }
+
+    fn take(&self) -> Result<AgentConn, TransportError> {
+        match self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+            Some(c) => Ok(c),
+            None => AgentConn::open(&self.opts),
+        }
+    }
+
+    /// Only a connection with no answer still to come: the next user must not read someone else's.
+    fn give_back(&self, c: AgentConn) {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(c);
     }
 }
 
 impl Transport for NativeTransport {
     fn list(&self) -> Result<Vec<RemoteEntry>, TransportError> {
-        let mut c = self.control.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.take()?;
         c.send(&Msg::List)?;
         let mut out = Vec::new();
         loop {
             match c.recv()? {
                 Msg::Entries(e) => out.extend(e),
-                Msg::ListDone => return Ok(out),
+                Msg::ListDone => {
+                    self.give_back(c);
+                    return Ok(out);
+                }
                 Msg::Error { message, .. } => {
                     return Err(TransportError::List { dir: self.opts.pgdata.display().to_string(), reason: message })
                 }
@@ -166,19 +188,16 @@ impl Transport for NativeTransport {
     }
 
     fn worker(&self) -> Result<Box<dyn Worker + '_>, TransportError> {
-        let ready = self.ready.lock().unwrap_or_else(|e| e.into_inner()).pop();
         Ok(Box::new(NativeWorker {
-            conn: match ready {
-                Some(conn) => conn,
-                None => AgentConn::open(&self.opts)?,
-            },
-            opts: &self.opts,
+            conn: Some(self.take()?),
+            transport: self,
+            clean: true,
             buf: AlignedBuf::new(DATA_CHUNK),
         }))
     }
 
     fn fetch_file(&self, rel: &Path, to: &Path) -> Result<(), TransportError> {
-        let mut c = self.control.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.take()?;
         c.send(&Msg::Read { id: 0, path: rel.into(), offset: 0, len: u64::MAX / 2, codec: Codec::None, level: 0 })?;
         let f = File::create(to).map_err(io("creating the fetched file"))?;
         let mut raw = Vec::new();
@@ -189,7 +208,10 @@ impl Transport for NativeTransport {
                     decompress_into(codec, raw_hash, &bytes, &mut raw).map_err(io("checking fetched data"))?;
                     f.write_all_at(&raw, offset).map_err(io("writing the fetched file"))?;
                 }
-                Msg::Done { vanished: false, .. } => return f.sync_all().map_err(io("syncing the fetched file")),
+                Msg::Done { vanished: false, .. } => {
+                    self.give_back(c);
+                    return f.sync_all().map_err(io("syncing the fetched file"));
+                }
                 Msg::Done { vanished: true, .. } => {
                     return Err(TransportError::Fetch { file: rel.display().to_string(), reason: "it vanished".into() })
                 }
@@ -207,10 +229,21 @@ impl Transport for NativeTransport {
 }
 
 struct NativeWorker<'a> {
-    conn: AgentConn,
-    opts: &'a Options,
+    /// Until the worker ends: then back to the transport if `clean`.
+    conn: Option<AgentConn>,
+    transport: &'a NativeTransport,
+    /// Every request sent was answered.
+    clean: bool,
     /// Where each chunk is restored before it is written: aligned, so it can go to the disk directly.
     buf: AlignedBuf,
+}
+
+impl Drop for NativeWorker<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take().filter(|_| self.clean) {
+            self.transport.give_back(c);
+        }
+    }
 }
 
 /// A piece being copied: its local file, and for a delta, the remote page hashes received so far.
@@ -237,12 +270,13 @@ impl Worker for NativeWorker<'_> {
         cancel: &Cancel,
         sink: &mut dyn Sink,
     ) -> Result<Copied, TransportError> {
+        let opts = &self.transport.opts;
         let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
         let mut open: HashMap<u32, Open> = HashMap::new();
         let mut vanished = vec![false; pieces.len()];
         for (i, p) in pieces.iter().enumerate() {
             let path = dest.join(&p.path);
-            let file = Target::open(&path)
+            let file = Target::open(&path, p.size)
                 .map_err(|source| TransportError::Io { what: format!("opening {}", path.display()), source })?;
             let had = file.file.metadata().map(|m| m.len()).unwrap_or(0);
             // The local file takes the primary's size (truncated or extended); ranges of one file may be
@@ -252,18 +286,19 @@ impl Worker for NativeWorker<'_> {
             }
             let (offset, len) = p.range.unwrap_or((0, p.size));
             let id = i as u32;
-            let delta = self.opts.delta && had > offset;
+            let delta = opts.delta && had > offset;
             let _ = tx.send(if delta {
                 Msg::Sums { id, path: p.path.clone(), offset, len, block: DELTA_BLOCK }
             } else {
-                Msg::Read { id, path: p.path.clone(), offset, len, codec: self.opts.codec, level: self.opts.level }
+                Msg::Read { id, path: p.path.clone(), offset, len, codec: opts.codec, level: opts.level }
             });
             open.insert(id, Open { piece: i, file: Rc::new(file), offset, hashes: delta.then(Vec::new) });
         }
         let mut outstanding = pieces.len();
         let mut next_id = pieces.len() as u32;
         let mut moved = 0u64;
-        let AgentConn { w, r, spare, .. } = &mut self.conn;
+        self.clean = false;
+        let AgentConn { w, r, spare, .. } = self.conn.as_mut().expect("a worker has its connection until dropped");
         let buf = &mut self.buf;
         std::thread::scope(|s| {
             // Requests go out on their own thread, so a long batch never waits on answers it is not reading.
@@ -287,7 +322,7 @@ impl Worker for NativeWorker<'_> {
                     .ok_or_else(|| TransportError::Worker("the agent on the primary ended".into()))?;
                 match m {
                     Msg::Data { id, offset, raw_len, raw_hash, codec, bytes } => {
-                        if let Some(b) = &self.opts.budget {
+                        if let Some(b) = &opts.budget {
                             b.take(bytes.len());
                         }
                         let raw = buf.get(chunk_len(raw_len)?);
@@ -316,7 +351,7 @@ impl Worker for NativeWorker<'_> {
                             let p = &pieces[o.piece];
                             let mut same = |offset, bytes: &[u8]| sink.landed(&p.path, offset, bytes);
                             for (offset, len) in differing(&o.file, o.offset, remote, buf, &mut same)? {
-                                let (codec, level) = (self.opts.codec, self.opts.level);
+                                let (codec, level) = (opts.codec, opts.level);
                                 let _ =
                                     tx.send(Msg::Read { id: next_id, path: p.path.clone(), offset, len, codec, level });
                                 let file = Rc::clone(&o.file);
@@ -333,6 +368,7 @@ impl Worker for NativeWorker<'_> {
             drop(tx);
             Ok(())
         })?;
+        self.clean = true;
         let mut c = Copied { moved, ..Copied::default() };
         for (p, gone) in pieces.iter().zip(&vanished) {
             if *gone {
@@ -398,7 +434,7 @@ mod tests {
         let b = DELTA_BLOCK as usize;
         let local: Vec<u8> = (0..5 * b).map(|i| (i % 7) as u8).collect();
         std::fs::write(d.path().join("f"), &local).unwrap();
-        let f = Target::open(&d.path().join("f")).unwrap();
+        let f = Target::open(&d.path().join("f"), 0).unwrap();
         let mut remote: Vec<u64> = local.chunks(b).map(xxh3_64).collect();
         remote[1] ^= 1;
         remote[2] ^= 1;
@@ -415,7 +451,7 @@ mod tests {
         let many = DATA_CHUNK / DELTA_BLOCK as usize + 3;
         let local: Vec<u8> = (0..(many + 1) * DELTA_BLOCK as usize).map(|i| (i % 251) as u8).collect();
         std::fs::write(d.path().join("g"), &local).unwrap();
-        let g = Target::open(&d.path().join("g")).unwrap();
+        let g = Target::open(&d.path().join("g"), local.len() as u64).unwrap();
         let mut remote: Vec<u64> = local[DELTA_BLOCK as usize..].chunks(DELTA_BLOCK as usize).map(xxh3_64).collect();
         remote[many - 1] ^= 1;
         let mut same = Vec::new();
