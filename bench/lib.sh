@@ -189,6 +189,44 @@ bench_leftovers() {
   echo "${left#; }"
 }
 
+# changed_pages PRIMARY REPLICA: bytes of the 8 KiB pages of the primary's data files (all but pg_wal,
+# postmaster.pid, pg_control) that differ from the replica's, or that the replica lacks; what an ideal delta
+# re-clone moves. Run on an idle primary after a CHECKPOINT, as the re-clone then reads the same files.
+changed_pages() {
+  python3 - "$1" "$2" <<'PY'
+import os, sys
+primary, replica = sys.argv[1:3]
+page, changed = 8192, 0
+for root, dirs, files in os.walk(primary):
+    rel = os.path.relpath(root, primary)
+    if rel == "pg_wal":
+        dirs[:] = []
+        continue
+    for f in files:
+        path = os.path.normpath(os.path.join(rel, f))
+        if path in ("postmaster.pid", "global/pg_control"):
+            continue
+        try:
+            a = open(os.path.join(primary, path), "rb")
+        except FileNotFoundError:
+            continue
+        try:
+            b = open(os.path.join(replica, path), "rb")
+        except FileNotFoundError:
+            b = None
+        with a:
+            while True:
+                x = a.read(page)
+                if not x:
+                    break
+                if b is None or b.read(page) != x:
+                    changed += len(x)
+        if b:
+            b.close()
+print(changed)
+PY
+}
+
 # shell_quote WORD: WORD as a shell word, in single quotes unless plain.
 shell_quote() {
   case $1 in
