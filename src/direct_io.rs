@@ -17,6 +17,14 @@ use rustix::fs::OFlags;
 /// multiples of a MiB, so all but the tails of a few small files qualify.
 pub const ALIGN: usize = 4096;
 
+/// Files smaller than this go through the page cache only: a direct write waits for the disk, and a
+/// directory of many small files (catalogs, a database with thousands of tables) would wait once per file,
+/// where the page cache gathers them all for finalize's one syncfs.
+pub const DIRECT_MIN: u64 = 1 << 20;
+
+/// The smallest read or write that goes direct (see `Target::direct_for`).
+const DIRECT_MIN_IO: usize = 128 << 10;
+
 /// A local file: aligned whole blocks go through an O_DIRECT descriptor, everything else (and everything on
 /// filesystems without O_DIRECT, such as tmpfs before Linux 6.6) through the ordinary one. Linux keeps the
 /// two views of a file coherent (a direct read first writes back dirty cached pages of its range).
@@ -24,11 +32,6 @@ pub struct Target {
     pub file: File,
     direct: Option<File>,
 }
-
-/// Files smaller than this go through the page cache only: a direct write waits for the disk, and a
-/// directory of many small files (catalogs, a database with thousands of tables) would wait once per file,
-/// where the page cache gathers them all for finalize's one syncfs.
-pub const DIRECT_MIN: u64 = 1 << 20;
 
 impl Target {
     /// Opens (creating) a file of `size` bytes to fill.
@@ -55,8 +58,11 @@ impl Target {
         Ok(Target { file, direct: direct.and_then(Result::ok) })
     }
 
+    /// Direct for large aligned transfers only: each direct one waits for the disk, so the few pages a delta
+    /// fetches here and there are better gathered by the page cache.
     fn direct_for(&self, buf: &[u8], offset: u64) -> Option<&File> {
-        let aligned = offset.is_multiple_of(ALIGN as u64)
+        let aligned = buf.len() >= DIRECT_MIN_IO
+            && offset.is_multiple_of(ALIGN as u64)
             && buf.len().is_multiple_of(ALIGN)
             && (buf.as_ptr() as usize).is_multiple_of(ALIGN);
         self.direct.as_ref().filter(|_| aligned)

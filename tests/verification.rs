@@ -1,5 +1,6 @@
 //! Data page checksums: a page the primary's storage corrupted fails the clone, naming file and block, as
-//! pg_basebackup does; `--no-verify-checksums` clones anyway.
+//! pg_basebackup does, with either transport (rsync: a read pass over the copy; native: checked as the pages
+//! land); `--no-verify-checksums` clones anyway.
 
 mod common;
 
@@ -19,10 +20,14 @@ fn corrupt_page_on_the_primary_fails_the_clone_naming_file_and_block() {
     file.write_all_at(b"storage went bad here", 3 * 8192 + 4000).unwrap();
     file.sync_all().unwrap();
 
-    let out = s.pgclone().run();
-    out.assert_error(&format!("fail their checksum on the primary: {rel} block 3"));
-    println!("{}", out.stderr.lines().last().unwrap_or_default());
-    s.assert_clean();
+    for transport in ["rsync", "native"] {
+        let mut run = s.pgclone();
+        run.arg(&["--transport", transport, "--remote-pgclone", s.lab.pgclone_bin().to_str().unwrap()]);
+        let out = run.run();
+        out.assert_error(&format!("fail their checksum on the primary: {rel} block 3"));
+        println!("{transport}: {}", out.stderr.lines().last().unwrap_or_default());
+        s.assert_clean();
+    }
 
     let mut run = s.pgclone();
     run.arg(&["--no-verify-checksums"]);

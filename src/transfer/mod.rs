@@ -151,11 +151,11 @@ pub fn check_space(plan: &Plan, dest: &Path, reusable: u64, margin: u64) -> Resu
 }
 
 /// The range size for splitting big files: at most `max`, and small enough that each of the `workers` gets
-/// several ranges, so the last ones end close together (on a link that caps each flow, a 64 MiB range is
+/// about sixteen ranges, so the last ones end close together (on a link that caps each flow, a 64 MiB range is
 /// seconds of one connection's time). Whole MiB: ranges stay aligned to pages and to direct I/O.
 fn fair_split(max: u64, total: u64, workers: usize) -> u64 {
     const MIB: u64 = 1 << 20;
-    let fair = (total / (workers.max(1) as u64 * 8)).max(4 * MIB);
+    let fair = (total / (workers.max(1) as u64 * 16)).max(4 * MIB);
     (fair.min(max) / MIB * MIB).max(max.min(MIB))
 }
 
@@ -361,7 +361,7 @@ mod tests {
     #[test]
     fn ranges_give_every_worker_several() {
         const MIB: u64 = 1 << 20;
-        assert_eq!(fair_split(64 * MIB, 650_000_000, 8), 9 * MIB);
+        assert_eq!(fair_split(64 * MIB, 2_000_000_000, 8), 14 * MIB);
         assert_eq!(fair_split(64 * MIB, 20 << 30, 2), 64 * MIB, "never above the maximum");
         assert_eq!(fair_split(64 * MIB, 10 * MIB, 2), 4 * MIB, "never below 4 MiB");
         assert_eq!(fair_split(MIB, 650_000_000, 2), MIB, "a small maximum stands");

@@ -11,7 +11,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::direct_io::read_at_full;
 
-use super::protocol::{compress, read_msg, write_data, write_msg, Codec, Msg, DATA_CHUNK, MAX_FRAME, PROTOCOL_VERSION};
+use super::protocol::{compress, read_msg, write_data, write_msg, Codec, Msg, DATA_CHUNK, PROTOCOL_VERSION};
 use super::{EntryKind, RemoteEntry};
 
 pub fn serve(pgdata: &Path, input: impl Read, output: impl Write) -> io::Result<()> {
@@ -93,21 +93,30 @@ fn read(
     write_msg(w, &Msg::Done { id, vanished: false })
 }
 
+/// Hashes per Hashes frame: 512 KiB, far below MAX_FRAME.
+const HASHES_PER_FRAME: usize = 1 << 16;
+
 fn sums(pgdata: &Path, w: &mut impl Write, id: u32, rel: &Path, offset: u64, len: u64, block: u32) -> io::Result<()> {
+    // Blocks of at least 512 bytes keep a read's hashes (and so a frame) small.
+    if !(512..=DATA_CHUNK as u32).contains(&block) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("block size {block} out of range")));
+    }
     let f = open(pgdata, rel)?;
-    let mut buf = vec![0u8; block as usize];
+    // Whole blocks per read, about a MiB: one system call per page would dominate the hashing.
+    let per_read = DATA_CHUNK / block as usize * block as usize;
+    let mut buf = vec![0u8; per_read];
     let mut hashes = Vec::new();
-    let mut pos = offset;
-    while pos < offset + len {
-        let want = ((offset + len - pos) as usize).min(block as usize);
+    let (mut pos, end) = (offset, offset.saturating_add(len));
+    while pos < end {
+        let want = ((end - pos) as usize).min(per_read);
         let n = read_at_full(&f, &mut buf[..want], pos)?;
-        if n == 0 {
-            break;
-        }
-        hashes.push(xxh3_64(&buf[..n]));
+        hashes.extend(buf[..n].chunks(block as usize).map(xxh3_64));
         pos += n as u64;
-        if hashes.len() * 8 >= MAX_FRAME - 64 {
+        if hashes.len() >= HASHES_PER_FRAME {
             write_msg(w, &Msg::Hashes { id, hashes: std::mem::take(&mut hashes) })?;
+        }
+        if n < want {
+            break;
         }
     }
     write_msg(w, &Msg::Hashes { id, hashes })?;
@@ -181,6 +190,8 @@ mod tests {
                 Msg::Read { id: 2, path: "gone".into(), offset: 0, len: 1, codec: Codec::None, level: 0 },
                 Msg::Read { id: 3, path: "../etc/passwd".into(), offset: 0, len: 1, codec: Codec::None, level: 0 },
                 Msg::Sums { id: 4, path: "base/1/100".into(), offset: 0, len: 3_000_000, block: 1 << 20 },
+                Msg::Sums { id: 5, path: "base/1/100".into(), offset: 8192, len: u64::MAX / 2, block: 8192 },
+                Msg::Sums { id: 6, path: "base/1/100".into(), offset: 0, len: 1, block: 1 },
             ],
         );
         let Msg::Entries(entries) = &answers[0] else { panic!("{:?}", answers[0]) };
@@ -199,11 +210,18 @@ mod tests {
         assert_eq!(got, &data[10..2_500_010]);
         assert!(answers.contains(&Msg::Done { id: 2, vanished: true }));
         assert!(answers.iter().any(|a| matches!(a, Msg::Error { id: 3, .. })));
-        let hashes: Vec<u64> = answers
-            .iter()
-            .filter_map(|a| if let Msg::Hashes { id: 4, hashes } = a { Some(hashes.clone()) } else { None })
-            .flatten()
-            .collect();
-        assert_eq!(hashes, data.chunks(1 << 20).map(xxh3_64).collect::<Vec<_>>());
+        let hashes = |want: u32| -> Vec<u64> {
+            answers
+                .iter()
+                .filter_map(|a| match a {
+                    Msg::Hashes { id, hashes } if *id == want => Some(hashes.clone()),
+                    _ => None,
+                })
+                .flatten()
+                .collect()
+        };
+        assert_eq!(hashes(4), data.chunks(1 << 20).map(xxh3_64).collect::<Vec<_>>());
+        assert_eq!(hashes(5), data[8192..].chunks(8192).map(xxh3_64).collect::<Vec<_>>(), "pages, to the end");
+        assert!(answers.iter().any(|a| matches!(a, Msg::Error { id: 6, .. })), "a block size below 512");
     }
 }

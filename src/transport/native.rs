@@ -55,9 +55,12 @@ pub struct Options {
 
 pub struct NativeTransport {
     opts: Options,
-    /// Agent connections not in use: opened ahead for the workers, and given back by each worker that ends
-    /// with nothing in flight, so listing and the last fetch need no connection (no ssh login) of their own.
+    /// Agent connections not in use: greeted, and given back by each worker that ends with nothing in
+    /// flight, so listing and the last fetch need no connection (no ssh login) of their own.
     idle: Mutex<Vec<AgentConn>>,
+    /// Agents started for the workers, not greeted yet: their ssh logins go on while the backup starts and
+    /// the primary is listed, and each worker greets its own.
+    starting: Mutex<Vec<AgentConn>>,
 }
 
 struct AgentConn {
@@ -144,19 +147,21 @@ fn io(what: &'static str) -> impl Fn(std::io::Error) -> TransportError {
 
 impl NativeTransport {
     pub fn start(opts: Options) -> Result<NativeTransport, TransportError> {
-        // Each ssh connection costs a key exchange and a login: make them all at once, now, instead of one
-        // after the other or only when the copy begins.
-        let spawned = (0..opts.workers.max(1)).map(|_| AgentConn::spawn(&opts)).collect::<Result<Vec<_>, _>>()?;
-        let conns = std::thread::scope(|s| {
-            let greeting: Vec<_> = spawned.into_iter().map(|c| s.spawn(|| c.hello(&opts))).collect();
-            greeting.into_iter().map(|h| h.join().expect("a handshake does not panic")).collect::<Result<Vec<_>, _>>()
-        })?;
-        Ok(NativeTransport { opts, idle: Mutex::new(conns) })
+        // Each ssh connection costs a key exchange and a login: start them all now, at once, rather than one
+        // after the other or only when the copy begins. Only the first must answer before we go on: it tells
+        // whether the agent is there at all, and of our version.
+        let mut spawned = (0..opts.workers.max(1)).map(|_| AgentConn::spawn(&opts)).collect::<Result<Vec<_>, _>>()?;
+        let first = spawned.pop().expect("at least one agent").hello(&opts)?;
+        Ok(NativeTransport { opts, idle: Mutex::new(vec![first]), starting: Mutex::new(spawned) })
     }
 
     fn take(&self) -> Result<AgentConn, TransportError> {
-        match self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
-            Some(c) => Ok(c),
+        if let Some(c) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+            return Ok(c);
+        }
+        let started = self.starting.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match started {
+            Some(c) => c.hello(&self.opts),
             None => AgentConn::open(&self.opts),
         }
     }
@@ -460,9 +465,12 @@ mod tests {
         let per_read = (DATA_CHUNK / DELTA_BLOCK as usize) as u64;
         assert_eq!(same, vec![(b, per_read * b), ((per_read + 1) * b, (many as u64 - per_read - 1) * b)]);
         // Direct and buffered writes of the same file agree.
-        g.write_at(buf.get(ALIGN), 0).unwrap();
-        g.write_at(&[7u8; 3], ALIGN as u64).unwrap();
+        let big = 32 * ALIGN;
+        buf.get(big).fill(5);
+        g.write_at(buf.get(big), 0).unwrap();
+        g.write_at(&[7u8; 3], big as u64).unwrap();
         let back = std::fs::read(d.path().join("g")).unwrap();
-        assert_eq!(&back[ALIGN..ALIGN + 4], &[7, 7, 7, local[ALIGN + 3]]);
+        assert!(back[..big].iter().all(|&b| b == 5));
+        assert_eq!(&back[big..big + 4], &[7, 7, 7, local[big + 3]]);
     }
 }
