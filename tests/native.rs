@@ -79,11 +79,18 @@ fn verify_both(lab: &Lab, replica: &Path) {
 
 /// pgclone as the lab user with exactly `args` (no harness defaults): TMPDIR and the lab's tag as for
 /// `Pgclone::spawn`, bounded by `timeout`.
-fn run_pgclone_raw(lab: &Lab, args: &[OsString], timeout: Duration) -> CmdOutput {
+fn run_pgclone_raw(lab: &Lab, args: &[OsString], timeout: Duration, max_open_files: u64) -> CmdOutput {
     let tag = lab.tag();
     let (tag_var, tag_val) = tag.split_once('=').expect("tag is VAR=value");
     let mut cmd = lab.cmd(lab.pgclone_bin());
     cmd.args(args).env(tag_var, tag_val).env("TMPDIR", lab.tmpdir());
+    let limit = rustix::process::Rlimit { current: Some(max_open_files), maximum: Some(max_open_files) };
+    // SAFETY: setrlimit is a plain system call, safe between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            rustix::process::setrlimit(rustix::process::Resource::Nofile, limit.clone()).map_err(Into::into)
+        });
+    }
     println!(
         "running {} {}",
         lab.pgclone_bin().display(),
@@ -217,7 +224,8 @@ fn native_clone_under_write_load() {
     println!("native clone under write load passed in {:.1?}", started.elapsed());
 }
 
-/// Case 2: --no-ssh: agents are local processes; no sshd exists at all and no ssh flag is given.
+/// Case 2: --no-ssh: agents are local processes; no sshd exists at all and no ssh flag is given. Run with at
+/// most 128 open files, far fewer than the files of one batch.
 #[test]
 fn native_no_ssh_clones_locally() {
     let started = Instant::now();
@@ -245,7 +253,9 @@ fn native_no_ssh_clones_locally() {
         "--verbose".into(),
         "--json".into(),
     ];
-    let out = run_pgclone_raw(&lab, &args, Duration::from_secs(180));
+    // A batch of small files is ~1000 files here: a worker must not hold them all open (a common soft limit
+    // is 1024 descriptors).
+    let out = run_pgclone_raw(&lab, &args, Duration::from_secs(180), 128);
     out.assert_success();
     let f = json_figures(&out);
     assert!(f.bytes > 0 && f.moved > 0, "nothing copied: {f:?}");

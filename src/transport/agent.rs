@@ -16,7 +16,7 @@ use super::{EntryKind, RemoteEntry};
 
 pub fn serve(pgdata: &Path, input: impl Read, output: impl Write) -> io::Result<()> {
     let (mut r, mut w) = (BufReader::new(input), BufWriter::with_capacity(1 << 20, output));
-    let mut spare = Vec::new();
+    let (mut spare, mut buf) = (Vec::new(), Vec::new());
     while let Some(msg) = read_msg(&mut r, &mut spare)? {
         match msg {
             Msg::Hello { .. } => write_msg(
@@ -30,12 +30,12 @@ pub fn serve(pgdata: &Path, input: impl Read, output: impl Write) -> io::Result<
                 write_msg(&mut w, &Msg::ListDone)?;
             }
             Msg::Read { id, path, offset, len, codec, level } => {
-                if let Err(e) = read(pgdata, &mut w, id, &path, (offset, len), (codec, level)) {
+                if let Err(e) = read(pgdata, &mut w, &mut buf, id, &path, (offset, len), (codec, level)) {
                     answer_error(&mut w, id, &path, e)?;
                 }
             }
             Msg::Sums { id, path, offset, len, block } => {
-                if let Err(e) = sums(pgdata, &mut w, id, &path, offset, len, block) {
+                if let Err(e) = sums(pgdata, &mut w, &mut buf, id, &path, (offset, len), block) {
                     answer_error(&mut w, id, &path, e)?;
                 }
             }
@@ -65,19 +65,22 @@ fn open(pgdata: &Path, rel: &Path) -> io::Result<File> {
     File::open(pgdata.join(rel))
 }
 
+/// `buf`: the agent's one read buffer, reused by every request (a fresh MiB for each of thousands of small
+/// files would be zeroed each time).
 fn read(
     pgdata: &Path,
     w: &mut impl Write,
+    buf: &mut Vec<u8>,
     id: u32,
     rel: &Path,
     (offset, len): (u64, u64),
     (codec, level): (Codec, i32),
 ) -> io::Result<()> {
     let f = open(pgdata, rel)?;
-    let mut buf = vec![0u8; DATA_CHUNK];
-    let mut pos = offset;
-    while pos < offset + len {
-        let want = ((offset + len - pos) as usize).min(DATA_CHUNK);
+    buf.resize(DATA_CHUNK, 0);
+    let (mut pos, end) = (offset, offset.saturating_add(len));
+    while pos < end {
+        let want = ((end - pos) as usize).min(DATA_CHUNK);
         let n = read_at_full(&f, &mut buf[..want], pos)?;
         if n == 0 {
             break;
@@ -96,7 +99,15 @@ fn read(
 /// Hashes per Hashes frame: 512 KiB, far below MAX_FRAME.
 const HASHES_PER_FRAME: usize = 1 << 16;
 
-fn sums(pgdata: &Path, w: &mut impl Write, id: u32, rel: &Path, offset: u64, len: u64, block: u32) -> io::Result<()> {
+fn sums(
+    pgdata: &Path,
+    w: &mut impl Write,
+    buf: &mut Vec<u8>,
+    id: u32,
+    rel: &Path,
+    (offset, len): (u64, u64),
+    block: u32,
+) -> io::Result<()> {
     // Blocks of at least 512 bytes keep a read's hashes (and so a frame) small.
     if !(512..=DATA_CHUNK as u32).contains(&block) {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("block size {block} out of range")));
@@ -104,7 +115,7 @@ fn sums(pgdata: &Path, w: &mut impl Write, id: u32, rel: &Path, offset: u64, len
     let f = open(pgdata, rel)?;
     // Whole blocks per read, about a MiB: one system call per page would dominate the hashing.
     let per_read = DATA_CHUNK / block as usize * block as usize;
-    let mut buf = vec![0u8; per_read];
+    buf.resize(DATA_CHUNK, 0);
     let mut hashes = Vec::new();
     let (mut pos, end) = (offset, offset.saturating_add(len));
     while pos < end {

@@ -251,12 +251,32 @@ impl Drop for NativeWorker<'_> {
     }
 }
 
-/// A piece being copied: its local file, and for a delta, the remote page hashes received so far.
+/// A request in flight: its piece, the local file once an answer needs it, and for a delta the primary's page
+/// hashes received so far.
 struct Open {
     piece: usize,
-    file: Rc<Target>,
+    file: Option<Rc<Target>>,
     offset: u64,
     hashes: Option<Vec<u64>>,
+}
+
+impl Open {
+    /// The local file, opened (and given the primary's size) when the first answer needs it: requests all go
+    /// out at once, and of a batch of thousands of small files only the one being written is open.
+    fn file(&mut self, dest: &Path, p: &Piece) -> Result<&Rc<Target>, TransportError> {
+        if self.file.is_none() {
+            let path = dest.join(&p.path);
+            let local = |source| TransportError::Io { what: format!("opening {}", path.display()), source };
+            let t = Target::open(&path, p.size).map_err(local)?;
+            // Truncated or extended; ranges of one file may be handled by several workers at once, all setting
+            // the same length.
+            if t.file.metadata().map_err(local)?.len() != p.size {
+                t.file.set_len(p.size).map_err(io("sizing a local file"))?;
+            }
+            self.file = Some(Rc::new(t));
+        }
+        Ok(self.file.as_ref().expect("opened above"))
+    }
 }
 
 /// A Data frame's raw length, refused beyond what the protocol allows (it sizes our buffers).
@@ -279,26 +299,6 @@ impl Worker for NativeWorker<'_> {
         let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
         let mut open: HashMap<u32, Open> = HashMap::new();
         let mut vanished = vec![false; pieces.len()];
-        for (i, p) in pieces.iter().enumerate() {
-            let path = dest.join(&p.path);
-            let file = Target::open(&path, p.size)
-                .map_err(|source| TransportError::Io { what: format!("opening {}", path.display()), source })?;
-            let had = file.file.metadata().map(|m| m.len()).unwrap_or(0);
-            // The local file takes the primary's size (truncated or extended); ranges of one file may be
-            // handled by several workers at once, all setting the same length.
-            if had != p.size {
-                file.file.set_len(p.size).map_err(io("sizing a local file"))?;
-            }
-            let (offset, len) = p.range.unwrap_or((0, p.size));
-            let id = i as u32;
-            let delta = opts.delta && had > offset;
-            let _ = tx.send(if delta {
-                Msg::Sums { id, path: p.path.clone(), offset, len, block: DELTA_BLOCK }
-            } else {
-                Msg::Read { id, path: p.path.clone(), offset, len, codec: opts.codec, level: opts.level }
-            });
-            open.insert(id, Open { piece: i, file: Rc::new(file), offset, hashes: delta.then(Vec::new) });
-        }
         let mut outstanding = pieces.len();
         let mut next_id = pieces.len() as u32;
         let mut moved = 0u64;
@@ -318,6 +318,18 @@ impl Worker for NativeWorker<'_> {
                 }
                 let _ = w.flush();
             });
+            for (i, p) in pieces.iter().enumerate() {
+                let (offset, len) = p.range.unwrap_or((0, p.size));
+                // Data already here (a resumed or re-synced clone) is compared before anything moves.
+                let had = std::fs::metadata(dest.join(&p.path)).map_or(0, |m| m.len());
+                let (id, delta) = (i as u32, opts.delta && had > offset);
+                let _ = tx.send(if delta {
+                    Msg::Sums { id, path: p.path.clone(), offset, len, block: DELTA_BLOCK }
+                } else {
+                    Msg::Read { id, path: p.path.clone(), offset, len, codec: opts.codec, level: opts.level }
+                });
+                open.insert(id, Open { piece: i, file: None, offset, hashes: delta.then(Vec::new) });
+            }
             while outstanding > 0 {
                 if cancel.is_cancelled() {
                     return Err(TransportError::Cancelled);
@@ -332,12 +344,14 @@ impl Worker for NativeWorker<'_> {
                         }
                         let raw = buf.get(chunk_len(raw_len)?);
                         decompress_into(codec, raw_hash, &bytes, raw).map_err(io("checking received data"))?;
-                        let o =
-                            open.get(&id).ok_or_else(|| TransportError::Agent(format!("data for unknown id {id}")))?;
-                        o.file.write_at(raw, offset).map_err(io("writing received data"))?;
+                        let o = open
+                            .get_mut(&id)
+                            .ok_or_else(|| TransportError::Agent(format!("data for unknown id {id}")))?;
+                        let p = &pieces[o.piece];
+                        o.file(dest, p)?.write_at(raw, offset).map_err(io("writing received data"))?;
                         moved += u64::from(raw_len);
                         sink.moving(u64::from(raw_len));
-                        sink.landed(&pieces[o.piece].path, offset, raw);
+                        sink.landed(&p.path, offset, raw);
                         *spare = bytes;
                     }
                     Msg::Hashes { id, hashes } => {
@@ -347,19 +361,23 @@ impl Worker for NativeWorker<'_> {
                     }
                     Msg::Done { id, vanished: gone } => {
                         outstanding -= 1;
-                        let o = open
+                        let mut o = open
                             .remove(&id)
                             .ok_or_else(|| TransportError::Agent(format!("done for unknown id {id}")))?;
+                        let p = &pieces[o.piece];
                         if gone {
                             vanished[o.piece] = true;
-                        } else if let Some(remote) = &o.hashes {
-                            let p = &pieces[o.piece];
+                            continue;
+                        }
+                        // Also a file that needed no data (empty, or identical) must exist with its size.
+                        let file = Rc::clone(o.file(dest, p)?);
+                        if let Some(remote) = &o.hashes {
                             let mut same = |offset, bytes: &[u8]| sink.landed(&p.path, offset, bytes);
-                            for (offset, len) in differing(&o.file, o.offset, remote, buf, &mut same)? {
+                            for (offset, len) in differing(&file, o.offset, remote, buf, &mut same)? {
                                 let (codec, level) = (opts.codec, opts.level);
                                 let _ =
                                     tx.send(Msg::Read { id: next_id, path: p.path.clone(), offset, len, codec, level });
-                                let file = Rc::clone(&o.file);
+                                let file = Some(Rc::clone(&file));
                                 open.insert(next_id, Open { piece: o.piece, file, offset, hashes: None });
                                 next_id += 1;
                                 outstanding += 1;
