@@ -88,7 +88,7 @@ fn run_pgclone_raw(lab: &Lab, args: &[OsString], timeout: Duration, max_open_fil
     // SAFETY: setrlimit is a plain system call, safe between fork and exec.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            rustix::process::setrlimit(rustix::process::Resource::Nofile, limit.clone()).map_err(Into::into)
+            rustix::process::setrlimit(rustix::process::Resource::Nofile, limit).map_err(Into::into)
         });
     }
     println!(

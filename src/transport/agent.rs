@@ -77,23 +77,37 @@ fn read(
     (codec, level): (Codec, i32),
 ) -> io::Result<()> {
     let f = open(pgdata, rel)?;
-    buf.resize(DATA_CHUNK, 0);
+    each_chunk(&f, buf, (offset, len), DATA_CHUNK, |pos, raw| {
+        let bytes = compress(codec, level, raw)?;
+        write_data(w, (id, pos, raw.len() as u32, xxh3_64(raw), codec), &bytes)
+    })?;
+    write_msg(w, &Msg::Done { id, vanished: false })
+}
+
+/// Reads `[offset, offset+len)` of `f` (less when the file is shorter now) into `buf`, at most `step` bytes at a
+/// time, handing each piece with its offset to `each`.
+fn each_chunk(
+    f: &File,
+    buf: &mut Vec<u8>,
+    (offset, len): (u64, u64),
+    step: usize,
+    mut each: impl FnMut(u64, &[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    buf.resize(step, 0);
     let (mut pos, end) = (offset, offset.saturating_add(len));
     while pos < end {
-        let want = ((end - pos) as usize).min(DATA_CHUNK);
-        let n = read_at_full(&f, &mut buf[..want], pos)?;
+        let want = ((end - pos) as usize).min(step);
+        let n = read_at_full(f, &mut buf[..want], pos)?;
         if n == 0 {
             break;
         }
-        let raw = &buf[..n];
-        let bytes = compress(codec, level, raw)?;
-        write_data(w, (id, pos, n as u32, xxh3_64(raw), codec), &bytes)?;
+        each(pos, &buf[..n])?;
         pos += n as u64;
         if n < want {
             break;
         }
     }
-    write_msg(w, &Msg::Done { id, vanished: false })
+    Ok(())
 }
 
 /// Hashes per Hashes frame: 512 KiB, far below MAX_FRAME.
@@ -115,21 +129,14 @@ fn sums(
     let f = open(pgdata, rel)?;
     // Whole blocks per read, about a MiB: one system call per page would dominate the hashing.
     let per_read = DATA_CHUNK / block as usize * block as usize;
-    buf.resize(DATA_CHUNK, 0);
     let mut hashes = Vec::new();
-    let (mut pos, end) = (offset, offset.saturating_add(len));
-    while pos < end {
-        let want = ((end - pos) as usize).min(per_read);
-        let n = read_at_full(&f, &mut buf[..want], pos)?;
-        hashes.extend(buf[..n].chunks(block as usize).map(xxh3_64));
-        pos += n as u64;
+    each_chunk(&f, buf, (offset, len), per_read, |_, data| {
+        hashes.extend(data.chunks(block as usize).map(xxh3_64));
         if hashes.len() >= HASHES_PER_FRAME {
             write_msg(w, &Msg::Hashes { id, hashes: std::mem::take(&mut hashes) })?;
         }
-        if n < want {
-            break;
-        }
-    }
+        Ok(())
+    })?;
     write_msg(w, &Msg::Hashes { id, hashes })?;
     write_msg(w, &Msg::Done { id, vanished: false })
 }
