@@ -82,9 +82,6 @@ pub enum Msg {
 }
 
 pub fn write_msg(w: &mut impl Write, m: &Msg) -> io::Result<()> {
-    if let Msg::Data { id, offset, raw_len, raw_hash, codec, bytes } = m {
-        return write_data(w, (*id, *offset, *raw_len, *raw_hash, *codec), bytes);
-    }
     let mut p = Vec::new();
     let kind = match m {
         Msg::Hello { protocol, version } => {
@@ -119,7 +116,9 @@ pub fn write_msg(w: &mut impl Write, m: &Msg) -> io::Result<()> {
             p.extend_from_slice(path.as_os_str().as_encoded_bytes());
             b'R'
         }
-        Msg::Data { .. } => unreachable!("written above"),
+        Msg::Data { id, offset, raw_len, raw_hash, codec, bytes } => {
+            return write_data(w, (*id, *offset, *raw_len, *raw_hash, *codec), bytes)
+        }
         Msg::Sums { id, path, offset, len, block } => {
             p.extend_from_slice(&id.to_le_bytes());
             p.extend_from_slice(&offset.to_le_bytes());
