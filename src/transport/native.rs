@@ -49,7 +49,7 @@ pub struct Options {
     /// The replica already holds an earlier copy (a resumed or re-synced clone): compare blocks before
     /// moving them. Off for a fresh clone, where every byte must move anyway.
     pub delta: bool,
-    /// Copy workers to come: their connections are opened with the first one.
+    /// Copy workers to come: their agents are all started with the transport (see `NativeTransport::start`).
     pub workers: usize,
 }
 
