@@ -44,8 +44,8 @@ pub struct Args {
 
     /// Put the tablespace at OLD on the primary at NEW here (repeatable; a literal = is written \=)
     /// [default: the same path as on the primary]
-    #[arg(short = 'T', long, value_name = "OLD=NEW", value_parser = crate::tablespace::parse_mapping)]
-    pub tablespace_mapping: Vec<crate::tablespace::Mapping>,
+    #[arg(short = 'T', long, value_name = "OLD=NEW", value_parser = crate::replica::tablespace::parse_mapping)]
+    pub tablespace_mapping: Vec<crate::replica::tablespace::Mapping>,
 
     /// Put the replica's WAL here and make pg_wal a symlink to it (must be absent or empty)
     #[arg(long, value_name = "DIR")]
@@ -123,7 +123,7 @@ pub struct Args {
 
     /// One network budget for all copy workers together, in bytes/s (K, M, G: binary multiples; at least
     /// 10000); a worker that finishes leaves its share to the others
-    #[arg(long, value_name = "RATE", value_parser = crate::bandwidth::parse_rate)]
+    #[arg(long, value_name = "RATE", value_parser = crate::sys::bandwidth::parse_rate)]
     pub limit_net_bw: Option<u64>,
 
     /// How to show copy progress
@@ -217,7 +217,7 @@ fn parse_compress(s: &str) -> Result<(Codec, i32), String> {
 
 /// A size in bytes with an optional K, M or G (binary multiples), at least 1 MiB.
 fn parse_size(s: &str) -> Result<u64, String> {
-    let n = crate::bandwidth::parse_rate(s)?;
+    let n = crate::sys::bandwidth::parse_rate(s)?;
     if n < 1 << 20 {
         return Err(format!("{s:?} is below 1M"));
     }

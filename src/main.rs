@@ -1,37 +1,22 @@
 //! pgclone: turn an empty directory into a ready-to-start physical standby of a live PostgreSQL primary.
 
-mod backup_session;
-mod bandwidth;
-mod cancel;
 mod cli;
 mod clone;
-mod control_file;
-mod direct_io;
-mod finalize;
-mod json;
-mod lsn;
+mod error;
 mod manifest;
-mod page_checksum;
 mod pg;
-mod preflight;
-mod proc;
 mod progress;
 mod replica;
-mod run_dir;
-mod ssh;
-mod standby;
-mod tablespace;
+mod sys;
 mod transfer;
 mod transport;
-mod verify;
-mod wal_stream;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
-use crate::cancel::Cancel;
+use crate::sys::cancel::Cancel;
 
 fn main() -> ExitCode {
     let args = cli::Args::parse();
@@ -76,7 +61,7 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("pgclone: error: {e}");
             if args.json {
-                println!("{{\"ok\":false,\"error\":{}}}", json::string(&e.to_string()));
+                println!("{{\"ok\":false,\"error\":{}}}", manifest::json::string(&e.to_string()));
             }
             ExitCode::FAILURE
         }
@@ -84,7 +69,7 @@ fn main() -> ExitCode {
 }
 
 fn verify(dir: &std::path::Path) -> ExitCode {
-    match verify::verify(dir) {
+    match manifest::verify::verify(dir) {
         Ok(r) if r.problems.is_empty() => {
             eprintln!(
                 "pgclone: {} is consistent with its backup_manifest: {} files, {}, {} WAL segments",

@@ -9,13 +9,14 @@ use std::path::{Path, PathBuf};
 
 use crossbeam_channel::select;
 
-use crate::cancel::Cancel;
-use crate::lsn::Lsn;
-use crate::manifest::{self, BadPage};
-use crate::page_checksum::{BLCKSZ, RELSEG_BLOCKS};
+use crate::pg::lsn::Lsn;
+use crate::pg::page_checksum::{check_pages, BadPage};
+use crate::pg::page_checksum::{BLCKSZ, RELSEG_BLOCKS};
+use crate::pg::relfile::relation_segment;
 use crate::progress::{self, Progress};
+use crate::sys::cancel::Cancel;
 use crate::transport::{Copied, Piece, Sink, Transport, TransportError};
-pub use plan::{plan, relation_segment, Plan, Tablespace};
+pub use plan::{plan, Plan, Tablespace};
 
 /// Small files travel together so that thousands of catalog files do not cost a request each.
 const BATCH_BYTES: u64 = 16 << 20;
@@ -219,7 +220,7 @@ impl Sink for Landing<'_> {
                 return;
             }
             let first = seg * RELSEG_BLOCKS + offset / BLCKSZ as u64;
-            manifest::check_pages(path, first, bytes, start, &mut self.landed.bad);
+            check_pages(path, first, bytes, start, &mut self.landed.bad);
         }
         let len = bytes.len() as u64;
         match self.landed.ranges.get_mut(path) {

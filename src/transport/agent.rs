@@ -9,7 +9,7 @@ use std::path::{Component, Path, PathBuf};
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::direct_io::read_at_full;
+use crate::replica::direct_io::read_at_full;
 
 use super::protocol::{compress, read_msg, write_data, write_msg, Codec, Msg, DATA_CHUNK, PROTOCOL_VERSION};
 use super::{EntryKind, RemoteEntry};

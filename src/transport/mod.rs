@@ -9,8 +9,8 @@ pub mod rsync;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use crate::cancel::Cancel;
-use crate::ssh::SshError;
+use crate::sys::cancel::Cancel;
+use crate::sys::ssh::SshError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryKind {

@@ -18,11 +18,11 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::protocol::{decompress_into, read_msg, write_msg, Codec, Msg, DATA_CHUNK, PROTOCOL_VERSION};
 use super::{Copied, Piece, RemoteEntry, Sink, Transport, TransportError, Worker};
-use crate::bandwidth::Budget;
-use crate::cancel::Cancel;
-use crate::direct_io::{AlignedBuf, Target};
-use crate::proc::OwnedChild;
-use crate::ssh::{last_line, quote, SshTarget};
+use crate::replica::direct_io::{AlignedBuf, Target};
+use crate::sys::bandwidth::Budget;
+use crate::sys::cancel::Cancel;
+use crate::sys::proc::OwnedChild;
+use crate::sys::ssh::{last_line, quote, SshTarget};
 
 /// Delta granularity: PostgreSQL's page (BLCKSZ, 8 KiB), the unit in which relation files change, so a
 /// re-sync moves the changed pages and nothing around them. Their hashes are 1/1024 of the data.
@@ -449,7 +449,7 @@ fn differing(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::direct_io::ALIGN;
+    use crate::replica::direct_io::ALIGN;
 
     #[test]
     fn differing_blocks_coalesce_into_runs() {

@@ -18,10 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{os, Copied, EntryKind, Piece, RemoteEntry, Sink, Transport, TransportError, Worker};
-use crate::bandwidth::{Budget, Proxy};
-use crate::cancel::Cancel;
-use crate::proc::OwnedChild;
-use crate::ssh::{last_line, quote, SshTarget};
+use crate::sys::bandwidth::{Budget, Proxy};
+use crate::sys::cancel::Cancel;
+use crate::sys::proc::OwnedChild;
+use crate::sys::ssh::{last_line, quote, SshTarget};
 
 /// The remote half. `$1` is the data directory. Prints `PGCLONE-RSYNCD <addr> <port> [<tablespace oid>...]`
 /// once listening.

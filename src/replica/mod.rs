@@ -1,5 +1,9 @@
 //! The replica directory on this host: one run at a time, clearing it when asked, its WAL directory.
 
+pub mod direct_io;
+pub mod run_dir;
+pub mod tablespace;
+
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};

@@ -1,6 +1,9 @@
 //! backup_manifest, in PostgreSQL's format (src/backend/backup/backup_manifest.c; read by pg_verifybackup),
 //! and the read pass over the copied files that produces its checksums and verifies data page checksums.
 
+pub mod json;
+pub mod verify;
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -11,11 +14,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
-use crate::direct_io::{AlignedBuf, Target};
-use crate::json;
-use crate::lsn::Lsn;
-use crate::page_checksum::{self, BLCKSZ, RELSEG_BLOCKS};
-use crate::transfer::relation_segment;
+use crate::pg::lsn::Lsn;
+use crate::pg::page_checksum::{check_pages, BadPage, BLCKSZ, RELSEG_BLOCKS};
+use crate::pg::relfile::relation_segment;
+use crate::replica::direct_io::{AlignedBuf, Target};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -30,13 +32,6 @@ pub struct FileSum {
     pub size: u64,
     pub mtime: i64,
     pub crc32c: u32,
-}
-
-/// A data page whose stored checksum does not match its contents.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BadPage {
-    pub path: PathBuf,
-    pub block: u64,
 }
 
 /// Reads each of `files` (relative to `dest`; missing ones vanished on the primary and are skipped) once,
@@ -119,22 +114,6 @@ fn sum_file(dest: &Path, rel: &Path, checks: Option<(Lsn, u64)>) -> Result<Optio
         }
     }
     Ok(Some((FileSum { path: rel.to_path_buf(), size: meta.len(), mtime: meta.mtime(), crc32c: crc }, bad)))
-}
-
-/// Verifies the checksum of each whole page of `data`, the relation file `rel`'s blocks from `first_block`
-/// on, that is older than `start`: newer pages may be torn by concurrent writes and are restored from WAL
-/// anyway (basebackup.c verifies the same pages). New (all-zero) pages carry no checksum.
-pub fn check_pages(rel: &Path, first_block: u64, data: &[u8], start: Lsn, bad: &mut Vec<BadPage>) {
-    for (i, page) in data.chunks_exact(BLCKSZ).enumerate() {
-        let page: &[u8; BLCKSZ] = page.try_into().expect("one block");
-        let blkno = first_block + i as u64;
-        if !page_checksum::is_new(page)
-            && page_checksum::page_lsn(page) < start.0
-            && page_checksum::stored_checksum(page) != page_checksum::page_checksum(page, blkno as u32)
-        {
-            bad.push(BadPage { path: rel.to_path_buf(), block: blkno });
-        }
-    }
 }
 
 /// The manifest entries of those `files` (relative to `dest`) whose every byte was seen landing: `ranges`

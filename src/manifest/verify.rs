@@ -3,13 +3,14 @@
 //! unlisted files, and every WAL segment of the manifest's WAL range present in pg_wal.
 
 use std::collections::HashMap;
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use sha2::Digest;
 
-use crate::lsn::{Lsn, SegSize};
 use crate::manifest::crc_hex;
+use crate::pg::lsn::{Lsn, SegSize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -45,7 +46,7 @@ pub fn verify(dir: &Path) -> Result<Report, VerifyError> {
         let rel = match (f["Path"].as_str(), f["Encoded-Path"].as_str()) {
             (Some(p), _) => PathBuf::from(p),
             (None, Some(hex)) => {
-                PathBuf::from(crate::transport::os(&unhex(hex).ok_or_else(|| bad("bad Encoded-Path"))?))
+                PathBuf::from(std::ffi::OsString::from_vec(unhex(hex).ok_or_else(|| bad("bad Encoded-Path"))?))
             }
             _ => return Err(bad("a file without Path")),
         };

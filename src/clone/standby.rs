@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::cancel::Cancel;
 use crate::pg::{Conn, PgError};
+use crate::sys::cancel::Cancel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StandbyError {
@@ -144,7 +144,7 @@ pub fn start(pg_ctl: &Path, replica: &Path, log: &Path) -> Result<(), StandbyErr
     let reason = std::fs::read_to_string(log)
         .ok()
         .and_then(|l| l.lines().rfind(|l| l.contains("FATAL") || l.contains("PANIC")).map(str::to_string))
-        .unwrap_or_else(|| crate::ssh::last_line(&out.stderr));
+        .unwrap_or_else(|| crate::sys::ssh::last_line(&out.stderr));
     Err(StandbyError::Start { dir: replica.to_path_buf(), reason })
 }
 

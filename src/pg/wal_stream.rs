@@ -16,9 +16,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::cancel::Cancel;
-use crate::lsn::{history_file_name, Lsn, SegSize};
+use crate::pg::lsn::{history_file_name, Lsn, SegSize};
 use crate::pg::{Conn, CopyData, PgError};
+use crate::sys::cancel::Cancel;
 
 /// Standby status updates keep wal_sender_timeout (60 s by default) from killing us and let the slot
 /// advance; pg_receivewal's default is 10 s, we answer faster.

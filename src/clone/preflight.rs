@@ -3,10 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::control_file::{self, CONTROL_FILE};
-use crate::lsn::SegSize;
+use crate::pg::control_file::{self, CONTROL_FILE};
+use crate::pg::lsn::SegSize;
 use crate::pg::{Conn, PgError};
-use crate::ssh::{last_line, quote, SshError, SshTarget};
+use crate::sys::ssh::{last_line, quote, SshError, SshTarget};
 
 /// Oldest supported major: pg_backup_start/pg_backup_stop replaced the exclusive-backup API in 15.
 const MIN_MAJOR: u32 = 15;

@@ -1,6 +1,10 @@
 //! PostgreSQL data page checksums (src/include/storage/checksum_impl.h), to find pages the primary's storage
 //! corrupted before they spread to the clone, as pg_basebackup does while it sends relation files.
 
+use std::path::{Path, PathBuf};
+
+use crate::pg::lsn::Lsn;
+
 /// PostgreSQL's block size (BLCKSZ); pgclone refuses nothing else because nothing else is built in practice.
 pub const BLCKSZ: usize = 8192;
 /// Blocks per relation segment file (RELSEG_SIZE at its default of 1 GB): block numbers continue across
@@ -58,6 +62,26 @@ pub fn stored_checksum(page: &[u8; BLCKSZ]) -> u16 {
 /// PageIsNew: pd_upper (offset 14) is zero for a page never initialised; such pages carry no checksum.
 pub fn is_new(page: &[u8; BLCKSZ]) -> bool {
     page[14..16] == [0, 0]
+}
+
+/// A data page whose stored checksum does not match its contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadPage {
+    pub path: PathBuf,
+    pub block: u64,
+}
+
+/// Verifies the checksum of each whole page of `data`, the relation file `rel`'s blocks from `first_block`
+/// on, that is older than `start`: newer pages may be torn by concurrent writes and are restored from WAL
+/// anyway (basebackup.c verifies the same pages). New (all-zero) pages carry no checksum.
+pub fn check_pages(rel: &Path, first_block: u64, data: &[u8], start: Lsn, bad: &mut Vec<BadPage>) {
+    for (i, page) in data.chunks_exact(BLCKSZ).enumerate() {
+        let page: &[u8; BLCKSZ] = page.try_into().expect("one block");
+        let blkno = first_block + i as u64;
+        if !is_new(page) && page_lsn(page) < start.0 && stored_checksum(page) != page_checksum(page, blkno as u32) {
+            bad.push(BadPage { path: rel.to_path_buf(), block: blkno });
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! closes first (we fail, are killed, the link drops) the server aborts the backup by itself, so an
 //! unfinished clone never leaves a backup in progress on the primary.
 
-use crate::lsn::Lsn;
+use crate::pg::lsn::Lsn;
 use crate::pg::{Conn, PgError};
 
 #[derive(Debug, thiserror::Error)]

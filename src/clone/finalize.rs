@@ -10,11 +10,11 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::backup_session::BackupEnd;
-use crate::control_file::{self, CONTROL_FILE};
-use crate::lsn::{history_file_name, Lsn, SegSize};
 use crate::manifest::{self, FileSum, ManifestError};
-use crate::tablespace::{self, Mapping};
+use crate::pg::backup_session::BackupEnd;
+use crate::pg::control_file::{self, CONTROL_FILE};
+use crate::pg::lsn::{history_file_name, Lsn, SegSize};
+use crate::replica::tablespace::{self, Mapping};
 use crate::transfer::Tablespace;
 
 #[derive(Debug, thiserror::Error)]

@@ -2,33 +2,37 @@
 //! (error, signal, WAL stream failure) drops them in reverse order: rsync daemon gone, backup aborted by
 //! closing its session, temporary slot gone with the replication connection, run directory removed.
 
+pub mod finalize;
+pub mod preflight;
+pub mod standby;
+
 use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::backup_session::{BackupError, BackupSession};
-use crate::bandwidth::Budget;
-use crate::cancel::Cancel;
 use crate::cli::Args;
 use crate::cli::TransportKind;
-use crate::control_file::CONTROL_FILE;
-use crate::finalize::{Finalize, FinalizeError};
-use crate::json;
-use crate::lsn::Lsn;
+use crate::manifest::json;
 use crate::manifest::{self, FileSum, ManifestError};
+use crate::pg::backup_session::{BackupError, BackupSession};
+use crate::pg::control_file::CONTROL_FILE;
+use crate::pg::lsn::Lsn;
+use crate::pg::wal_stream::{WalStream, WalStreamError};
 use crate::pg::Conn;
-use crate::preflight::{self, PreflightError, ReplicaState};
 use crate::progress::{self, Progress};
+use crate::replica::run_dir::RunDir;
 use crate::replica::{self, ReplicaError, ReplicaLock};
-use crate::run_dir::RunDir;
-use crate::ssh::{Forward, SshTarget};
-use crate::standby::{self, Recovery, StandbyError};
+use crate::sys::bandwidth::Budget;
+use crate::sys::cancel::Cancel;
+use crate::sys::ssh::{Forward, SshTarget};
 use crate::transfer::{self, TransferError};
 use crate::transport::native::{self, Launch, NativeTransport};
 use crate::transport::rsync::RsyncTransport;
 use crate::transport::{IgnoreSink, Piece, Transport, TransportError};
-use crate::wal_stream::{WalStream, WalStreamError};
+use finalize::{Finalize, FinalizeError};
+use preflight::{PreflightError, ReplicaState};
+use standby::{Recovery, StandbyError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CloneError {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::proc::{self, OwnedChild};
+use crate::sys::proc::{self, OwnedChild};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {
