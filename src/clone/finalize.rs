@@ -8,9 +8,10 @@
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::manifest::{self, FileSum, ManifestError};
+use crate::error::{IoAt, IoContext};
+use crate::manifest::{self, FileSum};
 use crate::pg::backup_session::BackupEnd;
 use crate::pg::control_file::{self, CONTROL_FILE};
 use crate::pg::lsn::{history_file_name, Lsn, SegSize};
@@ -23,15 +24,8 @@ pub enum FinalizeError {
     MissingSegment(String),
     #[error("the fetched pg_control belongs to system {found}, not to the streamed cluster {expected}")]
     ControlMismatch { found: u64, expected: u64 },
-    #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error(transparent)]
-    Manifest(#[from] ManifestError),
-}
-
-fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> FinalizeError {
-    let path = path.to_path_buf();
-    move |source| FinalizeError::Io { what, path, source }
+    Io(#[from] IoAt),
 }
 
 pub struct Finalize<'a> {
@@ -55,7 +49,7 @@ pub struct Finalize<'a> {
 impl Finalize<'_> {
     /// Returns the number of WAL segments laid into pg_wal.
     pub fn run(&self) -> Result<u64, FinalizeError> {
-        let control = std::fs::read(self.control).map_err(io("reading", self.control))?;
+        let control = std::fs::read(self.control).at("reading", self.control)?;
         let found = control_file::system_id(&control);
         if found != self.system_id {
             return Err(FinalizeError::ControlMismatch { found, expected: self.system_id });
@@ -73,16 +67,12 @@ impl Finalize<'_> {
         // pg_wal (--replica-waldir) and tablespaces may live on other filesystems: sync those too.
         let dirs = [self.replica.to_path_buf(), self.replica.join("pg_wal")];
         for dir in dirs.into_iter().chain(self.tablespaces.iter().map(|t| t.local.clone())) {
-            let f = File::open(&dir).map_err(io("opening", &dir))?;
-            rustix::fs::syncfs(&f).map_err(|e| FinalizeError::Io {
-                what: "syncing the filesystem of",
-                path: dir.clone(),
-                source: e.into(),
-            })?;
+            let f = File::open(&dir).at("opening", &dir)?;
+            rustix::fs::syncfs(&f).map_err(std::io::Error::from).at("syncing the filesystem of", &dir)?;
         }
         self.install_control(&control)?;
         std::fs::set_permissions(self.replica, std::fs::Permissions::from_mode(0o700))
-            .map_err(io("setting permissions of", self.replica))?;
+            .at("setting permissions of", self.replica)?;
         Ok(segments)
     }
 
@@ -141,7 +131,7 @@ impl Finalize<'_> {
     fn write_file(&self, name: &str, content: &str) -> Result<(), FinalizeError> {
         let path = self.replica.join(name);
         let mut f = private_file(&path)?;
-        f.write_all(content.as_bytes()).and_then(|()| f.sync_all()).map_err(io("writing", &path))
+        Ok(f.write_all(content.as_bytes()).and_then(|()| f.sync_all()).at("writing", &path)?)
     }
 
     /// Writes pg_control under a temporary name, syncs it, renames it into place and syncs the directory:
@@ -150,33 +140,27 @@ impl Finalize<'_> {
         let target = self.replica.join(CONTROL_FILE);
         let tmp = target.with_extension("pgclone-new");
         let mut f = private_file(&tmp)?;
-        f.write_all(control).and_then(|()| f.sync_all()).map_err(io("writing", &tmp))?;
-        std::fs::rename(&tmp, &target).map_err(io("renaming into place", &target))?;
+        f.write_all(control).and_then(|()| f.sync_all()).at("writing", &tmp)?;
+        std::fs::rename(&tmp, &target).at("renaming into place", &target)?;
         let dir = target.parent().expect("global/");
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io("syncing", dir))
+        Ok(File::open(dir).and_then(|d| d.sync_all()).at("syncing", dir)?)
     }
 }
 
 /// A new file readable by its owner only (0600), as PostgreSQL creates its files (pg_file_create_mode).
-fn private_file(path: &Path) -> Result<File, FinalizeError> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io("creating", path))
+fn private_file(path: &Path) -> Result<File, IoAt> {
+    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).at("creating", path)
 }
 
 /// Renames, or copies when the streamed WAL lives on another filesystem.
-fn move_file(from: &Path, to: &Path) -> Result<(), FinalizeError> {
+fn move_file(from: &Path, to: &Path) -> Result<(), IoAt> {
     match std::fs::rename(from, to) {
         Ok(()) => Ok(()),
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
-            std::fs::copy(from, to).map_err(io("copying", to))?;
-            std::fs::remove_file(from).map_err(io("removing", from))
+            std::fs::copy(from, to).at("copying", to)?;
+            std::fs::remove_file(from).at("removing", from)
         }
-        Err(e) => Err(io("moving", to)(e)),
+        Err(e) => Err(IoAt::new("moving", to, e)),
     }
 }
 

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use crate::cli::Args;
 use crate::cli::TransportKind;
+use crate::error::{Cancelled, IoAt, IoContext};
 use crate::manifest::json;
-use crate::manifest::{self, FileSum, ManifestError};
+use crate::manifest::{self, FileSum};
 use crate::pg::backup_session::{BackupError, BackupSession};
 use crate::pg::control_file::CONTROL_FILE;
 use crate::pg::lsn::Lsn;
@@ -56,18 +57,16 @@ pub enum CloneError {
     NoHost,
     #[error("backup started at {start}, before the WAL stream's start {stream}: the stream would miss WAL")]
     StreamTooLate { start: Lsn, stream: Lsn },
-    #[error("{what} {path}: {source}")]
-    Local { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Io(#[from] IoAt),
     #[error(transparent)]
     Replica(#[from] ReplicaError),
     #[error(transparent)]
     Standby(#[from] StandbyError),
-    #[error(transparent)]
-    Manifest(#[from] ManifestError),
     #[error("{0}; the copy would carry the corruption (--no-verify-checksums clones anyway)")]
     BadPages(String),
-    #[error("{0}")]
-    Cancelled(String),
+    #[error(transparent)]
+    Cancelled(#[from] Cancelled),
 }
 
 pub struct Summary {
@@ -193,7 +192,7 @@ fn borrowed<'a>(p: &'a [(&'static str, String)]) -> Vec<(&'a str, &'a str)> {
 }
 
 fn check(cancel: &Cancel) -> Result<(), CloneError> {
-    cancel.reason().map_or(Ok(()), |r| Err(CloneError::Cancelled(r)))
+    Ok(cancel.check()?)
 }
 
 pub fn run(args: &Args, cancel: &Cancel) -> Result<Summary, CloneError> {
@@ -298,11 +297,7 @@ fn run_locked(
             // From here until finalize puts the new one in place, the directory must not start.
             let control = replica.join(CONTROL_FILE);
             if control.exists() {
-                std::fs::remove_file(&control).map_err(|source| CloneError::Local {
-                    what: "removing",
-                    path: control,
-                    source,
-                })?;
+                std::fs::remove_file(&control).at("removing", &control)?;
             }
             let what = if state == ReplicaState::Unfinished { "an unfinished clone" } else { "a replica" };
             tracing::info!("{} holds {what} of this primary: re-syncing it", replica.display());
@@ -360,7 +355,7 @@ fn run_locked(
                     progress.tick();
                 }
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                    break Err(TransferError::Cancelled("the copy thread died".into()))
+                    break Err(Cancelled("the copy thread died".into()).into())
                 }
             }
         }
@@ -508,13 +503,11 @@ fn recovery(args: &Args, sql: &Conn, ssh: &SshTarget, tunnelled: bool) -> Recove
 /// The run's private directory, and with --temp-waldir a private subdirectory there for the stream, so that
 /// whatever else that directory holds can never be mistaken for streamed WAL.
 fn run_dirs(args: &Args) -> Result<(RunDir, Option<RunDir>), CloneError> {
-    let local = |what, path: PathBuf| move |source| CloneError::Local { what, path, source };
-    let run_dir =
-        RunDir::create(None, args.keep_run_tmp).map_err(local("creating a run directory in", std::env::temp_dir()))?;
+    let run_dir = RunDir::create(None, args.keep_run_tmp).at("creating a run directory in", std::env::temp_dir())?;
     let wal_dir = match &args.temp_waldir {
         Some(dir) => {
             replica::mkdir(dir)?;
-            Some(RunDir::create(Some(dir), args.keep_run_tmp).map_err(local("creating a directory in", dir.clone()))?)
+            Some(RunDir::create(Some(dir), args.keep_run_tmp).at("creating a directory in", dir)?)
         }
         None => None,
     };

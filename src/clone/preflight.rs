@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::error::{IoAt, IoContext};
 use crate::pg::control_file::{self, CONTROL_FILE};
 use crate::pg::lsn::SegSize;
 use crate::pg::{Conn, PgError};
@@ -26,8 +27,8 @@ pub enum PreflightError {
     OtherReplica { dir: PathBuf, found: u64, expected: u64 },
     #[error("--drop-existing refuses to empty {0}: it is / or a home directory")]
     WontDrop(PathBuf),
-    #[error("replica directory {path}: {source}")]
-    ReplicaDir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    ReplicaDir(#[from] IoAt),
     #[error("cannot connect to the primary: {0}{1}")]
     Connect(PgError, &'static str),
     #[error("PostgreSQL {0} is not supported: the primary must run PostgreSQL {MIN_MAJOR} or newer")]
@@ -118,7 +119,7 @@ pub fn replica_dir(replica: &Path, drop_existing: bool) -> Result<ReplicaState, 
     match std::fs::read(replica.join(CONTROL_FILE)) {
         Ok(control) => Ok(ReplicaState::Cluster(control_file::system_id(&control))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ReplicaState::Unfinished),
-        Err(source) => Err(PreflightError::ReplicaDir { path: replica.join(CONTROL_FILE), source }),
+        Err(e) => Err(IoAt::new("replica directory", replica.join(CONTROL_FILE), e).into()),
     }
 }
 
@@ -149,13 +150,12 @@ pub fn waldir(waldir: &Path, replica: &Path, drop_existing: bool) -> Result<(), 
 }
 
 fn is_empty(dir: &Path) -> Result<bool, PreflightError> {
-    let mut entries =
-        std::fs::read_dir(dir).map_err(|source| PreflightError::ReplicaDir { path: dir.to_path_buf(), source })?;
+    let mut entries = std::fs::read_dir(dir).at("replica directory", dir)?;
     Ok(entries.next().is_none())
 }
 
 fn may_drop(dir: &Path) -> Result<(), PreflightError> {
-    let real = dir.canonicalize().map_err(|source| PreflightError::ReplicaDir { path: dir.to_path_buf(), source })?;
+    let real = dir.canonicalize().at("replica directory", dir)?;
     let home = std::env::home_dir().and_then(|h| h.canonicalize().ok());
     if real == Path::new("/") || Some(&real) == home.as_ref() {
         return Err(PreflightError::WontDrop(dir.to_path_buf()));

@@ -7,13 +7,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::error::{Cancelled, IoAt, IoContext};
 use crate::pg::{Conn, PgError};
 use crate::sys::cancel::Cancel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StandbyError {
-    #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Io(#[from] IoAt),
     #[error("creating replication slot {slot} failed: {source}")]
     Slot { slot: String, source: PgError },
     #[error(
@@ -26,8 +27,8 @@ pub enum StandbyError {
     NotStreaming { secs: u64, last: String },
     #[error("watching the standby failed: {0}")]
     Watch(PgError),
-    #[error("{0}")]
-    Cancelled(String),
+    #[error(transparent)]
+    Cancelled(#[from] Cancelled),
 }
 
 /// What -R writes: how the standby reaches the primary.
@@ -72,17 +73,8 @@ impl Recovery {
     /// then starts as a standby streaming from the primary (high-availability.sgml, "Preparing for Standby").
     pub fn write(&self, replica: &Path) -> Result<(), StandbyError> {
         let conf = replica.join("postgresql.auto.conf");
-        let mut f = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(&conf)
-            .map_err(|source| StandbyError::Io { what: "opening", path: conf.clone(), source })?;
-        f.write_all(self.settings().as_bytes()).and_then(|()| f.sync_all()).map_err(|source| StandbyError::Io {
-            what: "writing",
-            path: conf,
-            source,
-        })?;
+        let mut f = OpenOptions::new().append(true).create(true).mode(0o600).open(&conf).at("opening", &conf)?;
+        f.write_all(self.settings().as_bytes()).and_then(|()| f.sync_all()).at("writing", &conf)?;
         let signal = replica.join("standby.signal");
         OpenOptions::new()
             .write(true)
@@ -91,7 +83,8 @@ impl Recovery {
             .mode(0o600)
             .open(&signal)
             .and_then(|f| f.sync_all())
-            .map_err(|source| StandbyError::Io { what: "creating", path: signal, source })
+            .at("creating", &signal)?;
+        Ok(())
     }
 }
 
@@ -137,7 +130,7 @@ pub fn start(pg_ctl: &Path, replica: &Path, log: &Path) -> Result<(), StandbyErr
         .args(["-w", "-t", "300", "start"])
         .stdin(Stdio::null())
         .output()
-        .map_err(|source| StandbyError::Io { what: "running", path: pg_ctl.to_path_buf(), source })?;
+        .at("running", pg_ctl)?;
     if out.status.success() {
         return Ok(());
     }
@@ -172,9 +165,7 @@ pub fn wait_streaming(
             }
             last = format!(" (last state: {state})");
         }
-        if let Some(reason) = cancel.reason() {
-            return Err(StandbyError::Cancelled(reason));
-        }
+        cancel.check()?;
         if Instant::now() >= deadline {
             return Err(StandbyError::NotStreaming { secs, last });
         }

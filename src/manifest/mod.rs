@@ -14,16 +14,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
+use crate::error::{IoAt, IoContext};
 use crate::pg::lsn::Lsn;
 use crate::pg::page_checksum::{check_pages, BadPage, BLCKSZ, RELSEG_BLOCKS};
 use crate::pg::relfile::relation_segment;
 use crate::replica::direct_io::{AlignedBuf, Target};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ManifestError {
-    #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: PathBuf, source: std::io::Error },
-}
 
 /// One file as the manifest lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +38,7 @@ pub fn scan(
     files: &[PathBuf],
     pages_before: Option<Lsn>,
     parallel: usize,
-) -> Result<(Vec<FileSum>, Vec<BadPage>), ManifestError> {
+) -> Result<(Vec<FileSum>, Vec<BadPage>), IoAt> {
     let next = AtomicUsize::new(0);
     let out = Mutex::new((Vec::new(), Vec::new(), None));
     std::thread::scope(|s| {
@@ -78,20 +73,16 @@ type Checked = (FileSum, Vec<BadPage>);
 /// Bytes per read of the scan: whole pages, large enough that direct reads keep the disk busy.
 const SCAN_CHUNK: usize = 128 * BLCKSZ;
 
-fn sum_file(dest: &Path, rel: &Path, checks: Option<(Lsn, u64)>) -> Result<Option<Checked>, ManifestError> {
+fn sum_file(dest: &Path, rel: &Path, checks: Option<(Lsn, u64)>) -> Result<Option<Checked>, IoAt> {
     let path = dest.join(rel);
-    let io = |what| {
-        let path = path.clone();
-        move |source| ManifestError::Io { what, path, source }
-    };
     // Directly from the disk where possible: the copy was written past the page cache, and reading it back
     // through the cache would cost what writing past it saved.
     let f = match Target::open_read(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io("opening")(e)),
+        Err(e) => return Err(IoAt::new("opening", path, e)),
     };
-    let meta = f.file.metadata().map_err(io("reading"))?;
+    let meta = f.file.metadata().at("reading", &path)?;
     let mut crc = 0u32;
     let mut bad = Vec::new();
     let mut buf = AlignedBuf::new(SCAN_CHUNK);
@@ -99,7 +90,7 @@ fn sum_file(dest: &Path, rel: &Path, checks: Option<(Lsn, u64)>) -> Result<Optio
     let mut block = 0u64;
     let mut pos = 0u64;
     loop {
-        let n = f.read_at(buf, pos).map_err(io("reading"))?;
+        let n = f.read_at(buf, pos).at("reading", &path)?;
         if n == 0 {
             break;
         }
@@ -123,14 +114,14 @@ pub fn from_landed(
     dest: &Path,
     files: &[PathBuf],
     ranges: &mut HashMap<PathBuf, Vec<(u64, u64, u32)>>,
-) -> Result<(Vec<FileSum>, Vec<PathBuf>), ManifestError> {
+) -> Result<(Vec<FileSum>, Vec<PathBuf>), IoAt> {
     let (mut sums, mut rest) = (Vec::new(), Vec::new());
     for rel in files {
         let path = dest.join(rel);
         let meta = match std::fs::metadata(&path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => return Err(ManifestError::Io { what: "reading", path, source }),
+            Err(e) => return Err(IoAt::new("reading", path, e)),
         };
         let mut parts = ranges.remove(rel).unwrap_or_default();
         parts.sort_unstable();
@@ -243,20 +234,16 @@ pub fn render(h: &Header, files: &[FileSum]) -> String {
     s
 }
 
-pub fn write(replica: &Path, text: &str) -> Result<(), ManifestError> {
+pub fn write(replica: &Path, text: &str) -> Result<(), IoAt> {
     let path = replica.join("backup_manifest");
-    let io = |what| {
-        let path = path.clone();
-        move |source| ManifestError::Io { what, path, source }
-    };
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(&path)
-        .map_err(io("creating"))?;
-    f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(io("writing"))
+        .at("creating", &path)?;
+    f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).at("writing", &path)
 }
 
 /// PostgreSQL hex-encodes the CRC's bytes as they lie in memory (pg_checksum_final copies the pg_crc32c), so
@@ -312,7 +299,7 @@ mod tests {
         std::fs::create_dir_all(d.path().join("base/5")).unwrap();
         let mut good = [0u8; BLCKSZ];
         good[14] = 0x20;
-        let c = page_checksum::page_checksum(&good, 1);
+        let c = crate::pg::page_checksum::page_checksum(&good, 1);
         good[8..10].copy_from_slice(&c.to_ne_bytes());
         let mut bad = good;
         bad[3000] = 1;

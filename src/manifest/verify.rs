@@ -9,13 +9,14 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use sha2::Digest;
 
+use crate::error::{IoAt, IoContext};
 use crate::manifest::crc_hex;
 use crate::pg::lsn::{Lsn, SegSize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
-    #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Io(#[from] IoAt),
     #[error("backup_manifest is not valid: {0}")]
     Manifest(String),
 }
@@ -35,7 +36,7 @@ const IGNORED: [&str; 5] = ["backup_manifest", "pg_wal", "postgresql.auto.conf",
 
 pub fn verify(dir: &Path) -> Result<Report, VerifyError> {
     let path = dir.join("backup_manifest");
-    let text = std::fs::read(&path).map_err(|source| VerifyError::Io { what: "reading", path, source })?;
+    let text = std::fs::read(&path).at("reading", &path)?;
     check_manifest_checksum(&text)?;
     let m: Value = serde_json::from_slice(&text).map_err(|e| VerifyError::Manifest(e.to_string()))?;
     let bad = |what: &str| VerifyError::Manifest(what.to_string());
@@ -120,7 +121,7 @@ fn check_manifest_checksum(text: &[u8]) -> Result<(), VerifyError> {
 fn check_wal(dir: &Path, tli: u32, start: Lsn, end: Lsn, problems: &mut Vec<String>) -> Result<u64, VerifyError> {
     let pg_wal = dir.join("pg_wal");
     let size = std::fs::read_dir(&pg_wal)
-        .map_err(|source| VerifyError::Io { what: "reading", path: pg_wal.clone(), source })?
+        .at("reading", &pg_wal)?
         .flatten()
         .filter(|e| e.file_name().len() == 24)
         .find_map(|e| e.metadata().ok().and_then(|m| SegSize::new(m.len())));
@@ -144,8 +145,7 @@ fn walk(dir: &Path) -> Result<Vec<PathBuf>, VerifyError> {
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         let abs = dir.join(&rel);
-        let entries =
-            std::fs::read_dir(&abs).map_err(|source| VerifyError::Io { what: "reading", path: abs, source })?;
+        let entries = std::fs::read_dir(&abs).at("reading", &abs)?;
         for e in entries.flatten() {
             let child = rel.join(e.file_name());
             let follow = rel == Path::new("pg_tblspc");

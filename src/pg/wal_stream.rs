@@ -16,6 +16,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::error::{Cancelled, IoAt, IoContext};
 use crate::pg::lsn::{history_file_name, Lsn, SegSize};
 use crate::pg::{Conn, CopyData, PgError};
 use crate::sys::cancel::Cancel;
@@ -34,16 +35,18 @@ pub enum WalStreamError {
     Command { what: &'static str, source: PgError },
     #[error("replication protocol: {0}")]
     Protocol(String),
-    #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    #[error(transparent)]
+    Io(#[from] IoAt),
+    #[error("starting the WAL stream thread: {0}")]
+    Thread(std::io::Error),
     #[error("the primary ended the WAL stream at {0} (timeline switch or shutdown)")]
     ServerEnded(Lsn),
     #[error("WAL stream stalled at {at} for {secs} s while waiting for {want}")]
     Stalled { at: Lsn, want: Lsn, secs: u64 },
     #[error("{0}")]
     Failed(String),
-    #[error("{0}")]
-    Cancelled(String),
+    #[error(transparent)]
+    Cancelled(#[from] Cancelled),
 }
 
 /// Where the stream began, as the server reported it.
@@ -132,7 +135,7 @@ impl WalStream {
             let rows = conn.query(&format!("TIMELINE_HISTORY {timeline}")).map_err(cmd("TIMELINE_HISTORY"))?;
             let content = rows.get(0, 1).unwrap_or_default();
             let path = dir.join(history_file_name(timeline));
-            std::fs::write(&path, content).map_err(|source| io(format!("writing {}", path.display()), source))?;
+            std::fs::write(&path, content).at("writing", &path)?;
         }
         conn.start_copy_both(&format!("START_REPLICATION SLOT {slot} PHYSICAL {} TIMELINE {timeline}", start.lsn))
             .map_err(cmd("START_REPLICATION"))?;
@@ -155,7 +158,7 @@ impl WalStream {
                 st.outcome = Some(outcome);
                 thread_shared.changed.notify_all();
             })
-            .map_err(|source| io("starting the WAL stream thread".into(), source))?;
+            .map_err(WalStreamError::Thread)?;
         Ok(WalStream { start, shared, thread: Some(thread) })
     }
 
@@ -173,9 +176,7 @@ impl WalStream {
             if let Some(o) = &st.outcome {
                 return Err(WalStreamError::Failed(o.clone().err().unwrap_or_else(|| "the stream ended early".into())));
             }
-            if let Some(reason) = cancel.reason() {
-                return Err(WalStreamError::Cancelled(reason));
-            }
+            cancel.check()?;
             if st.received > seen {
                 (seen, since) = (st.received, Instant::now());
             } else if since.elapsed() > STALL_LIMIT {
@@ -207,10 +208,6 @@ impl Drop for WalStream {
             let _ = t.join();
         }
     }
-}
-
-fn io(what: String, source: std::io::Error) -> WalStreamError {
-    WalStreamError::Io { what, source }
 }
 
 /// The receive loop, on its own thread. Returns the position received up to when asked to stop.
@@ -319,13 +316,13 @@ impl SegmentWriter {
                         .create_new(true)
                         .mode(0o600)
                         .open(&path)
-                        .map_err(|e| io(format!("creating {}", path.display()), e))?;
-                    f.set_len(self.seg.bytes()).map_err(|e| io(format!("sizing {}", path.display()), e))?;
+                        .at("creating", &path)?;
+                    f.set_len(self.seg.bytes()).at("sizing", &path)?;
                     &self.open.insert((segno, f)).1
                 }
             };
             let n = data.len().min((self.seg.bytes() - offset) as usize);
-            file.write_all_at(&data[..n], offset).map_err(|e| io("writing streamed WAL".into(), e))?;
+            file.write_all_at(&data[..n], offset).map_err(|e| IoAt::new("writing", self.partial(segno), e))?;
             pos = Lsn(pos.0 + n as u64);
             data = &data[n..];
             if offset + n as u64 == self.seg.bytes() {
@@ -336,8 +333,8 @@ impl SegmentWriter {
     }
 
     fn sync(&mut self) -> Result<(), WalStreamError> {
-        if let Some((_, f)) = &self.open {
-            f.sync_data().map_err(|e| io("syncing streamed WAL".into(), e))?;
+        if let Some((segno, f)) = &self.open {
+            f.sync_data().map_err(|e| IoAt::new("syncing", self.partial(*segno), e))?;
         }
         Ok(())
     }
@@ -346,8 +343,8 @@ impl SegmentWriter {
         self.sync()?;
         self.open = None;
         let done = self.dir.join(self.seg.file_name(self.timeline, segno));
-        std::fs::rename(self.partial(segno), &done).map_err(|e| io(format!("renaming {}", done.display()), e))?;
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io("syncing the WAL directory".into(), e))
+        std::fs::rename(self.partial(segno), &done).at("renaming into place", &done)?;
+        Ok(File::open(&self.dir).and_then(|d| d.sync_all()).at("syncing", &self.dir)?)
     }
 
     fn partial(&self, segno: u64) -> PathBuf {

@@ -9,17 +9,14 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use crate::error::{IoAt, IoContext};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {
     #[error("another pgclone{holder} is already cloning into {dir}")]
     Locked { dir: PathBuf, holder: String },
-    #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: PathBuf, source: io::Error },
-}
-
-fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ReplicaError {
-    let path = path.to_path_buf();
-    move |source| ReplicaError::Io { what, path, source }
+    #[error(transparent)]
+    Io(#[from] IoAt),
 }
 
 /// An exclusive lock on the replica directory for the whole run: a second run into the same directory
@@ -31,18 +28,18 @@ pub struct ReplicaLock {
 
 impl ReplicaLock {
     pub fn acquire(dir: &Path) -> Result<ReplicaLock, ReplicaError> {
-        let f = File::open(dir).map_err(io_err("opening", dir))?;
+        let f = File::open(dir).at("opening", dir)?;
         match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => Ok(ReplicaLock { _dir: f }),
             Err(rustix::io::Errno::WOULDBLOCK) => {
-                let ino = f.metadata().map_err(io_err("reading", dir))?.ino();
+                let ino = f.metadata().at("reading", dir)?.ino();
                 let holder = std::fs::read_to_string("/proc/locks")
                     .ok()
                     .and_then(|locks| lock_holder(&locks, ino))
                     .map_or_else(String::new, |pid| format!(" (pid {pid})"));
                 Err(ReplicaError::Locked { dir: dir.to_path_buf(), holder })
             }
-            Err(e) => Err(io_err("locking", dir)(e.into())),
+            Err(e) => Err(IoAt::new("locking", dir, e.into()).into()),
         }
     }
 }
@@ -59,25 +56,24 @@ fn lock_holder(locks: &str, ino: u64) -> Option<u32> {
 
 /// Creates a directory (and its parents) private to the owner, as PostgreSQL requires of its data
 /// directory; an existing one is left as it is.
-pub fn mkdir(path: &Path) -> Result<(), ReplicaError> {
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(io_err("creating directory", path))
+pub fn mkdir(path: &Path) -> Result<(), IoAt> {
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path).at("creating directory", path)
 }
 
 /// Deletes everything inside `dir` (--drop-existing), never `dir` itself and never through a symlink:
 /// a pg_wal link to another directory goes, its target stays. Returns how many entries went.
-pub fn clear(dir: &Path) -> Result<usize, ReplicaError> {
+pub fn clear(dir: &Path) -> Result<usize, IoAt> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(io_err("reading", dir)(e)),
+        Err(e) => return Err(IoAt::new("reading", dir, e)),
     };
     let mut n = 0;
     for e in entries {
-        let e = e.map_err(io_err("reading", dir))?;
+        let e = e.at("reading", dir)?;
         let path = e.path();
-        let is_dir = e.file_type().map_err(io_err("reading", &path))?.is_dir();
-        if is_dir { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) }
-            .map_err(io_err("removing", &path))?;
+        let is_dir = e.file_type().at("reading", &path)?.is_dir();
+        if is_dir { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) }.at("removing", &path)?;
         n += 1;
     }
     Ok(n)
@@ -86,17 +82,17 @@ pub fn clear(dir: &Path) -> Result<usize, ReplicaError> {
 /// Makes `replica/pg_wal` a symlink to `waldir` (--replica-waldir), as initdb -X and pg_basebackup
 /// --waldir do; PostgreSQL follows it. The target is absolute so the link survives moving the replica.
 /// A re-run replaces whatever pg_wal was: its contents are stale WAL that our stream supersedes.
-pub fn link_waldir(replica: &Path, waldir: &Path) -> Result<(), ReplicaError> {
+pub fn link_waldir(replica: &Path, waldir: &Path) -> Result<(), IoAt> {
     mkdir(waldir)?;
-    let target = std::path::absolute(waldir).map_err(io_err("resolving", waldir))?;
+    let target = std::path::absolute(waldir).at("resolving", waldir)?;
     let link = replica.join("pg_wal");
     match std::fs::symlink_metadata(&link) {
         Ok(m) if m.is_symlink() && std::fs::read_link(&link).ok().as_deref() == Some(&target) => return Ok(()),
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&link).map_err(io_err("removing", &link))?,
-        Ok(_) => std::fs::remove_file(&link).map_err(io_err("removing", &link))?,
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&link).at("removing", &link)?,
+        Ok(_) => std::fs::remove_file(&link).at("removing", &link)?,
         Err(_) => {}
     }
-    std::os::unix::fs::symlink(&target, &link).map_err(io_err("creating symlink", &link))
+    std::os::unix::fs::symlink(&target, &link).at("creating symlink", &link)
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::error::Cancelled;
+
 #[derive(Clone)]
 pub struct Cancel {
     inner: Arc<Inner>,
@@ -40,6 +42,11 @@ impl Cancel {
 
     pub fn reason(&self) -> Option<String> {
         self.inner.reason.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// `Err` with the first reason once cancelled: the check between steps of a phase.
+    pub fn check(&self) -> Result<(), Cancelled> {
+        self.reason().map_or(Ok(()), |r| Err(Cancelled(r)))
     }
 
     pub fn is_cancelled(&self) -> bool {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crossbeam_channel::select;
 
+use crate::error::{Cancelled, IoAt, IoContext};
 use crate::pg::lsn::Lsn;
 use crate::pg::page_checksum::{check_pages, BadPage};
 use crate::pg::page_checksum::{BLCKSZ, RELSEG_BLOCKS};
@@ -26,8 +27,8 @@ const BATCH_FILES: usize = 2000;
 pub enum TransferError {
     #[error(transparent)]
     Transport(#[from] TransportError),
-    #[error("{what} {path}: {source}")]
-    Local { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Io(#[from] IoAt),
     #[error(
         "not enough space for the clone in {}: it needs about {} more, the filesystem has {} free",
         dir.display(), progress::bytes(*need), progress::bytes(*free)
@@ -35,8 +36,8 @@ pub enum TransferError {
     NoSpace { dir: PathBuf, need: u64, free: u64 },
     #[error("tablespace location {0} is not empty (map it elsewhere with -T OLD=NEW)")]
     TablespaceNotEmpty(PathBuf),
-    #[error("{0}")]
-    Cancelled(String),
+    #[error(transparent)]
+    Cancelled(#[from] Cancelled),
 }
 
 /// Creates the tablespace locations and their pg_tblspc links, then the planned directories (with the
@@ -45,44 +46,30 @@ pub enum TransferError {
 pub fn lay_out(plan: &Plan, dest: &Path, resync: bool) -> Result<(), TransferError> {
     for ts in &plan.tablespaces {
         let link = dest.join(&ts.link);
-        let local = |what, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| TransferError::Local { what, path, source }
-        };
         if std::fs::read_link(&link).ok().as_deref() == Some(&ts.local) {
             continue;
         }
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&ts.local)
-            .map_err(local("creating", &ts.local))?;
-        if !resync && std::fs::read_dir(&ts.local).map_err(local("reading", &ts.local))?.next().is_some() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&ts.local).at("creating", &ts.local)?;
+        if !resync && std::fs::read_dir(&ts.local).at("reading", &ts.local)?.next().is_some() {
             return Err(TransferError::TablespaceNotEmpty(ts.local.clone()));
         }
         let parent = link.parent().expect("pg_tblspc");
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent).map_err(local("creating", parent))?;
-        std::os::unix::fs::symlink(&ts.local, &link).map_err(local("creating symlink", &link))?;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent).at("creating", parent)?;
+        std::os::unix::fs::symlink(&ts.local, &link).at("creating symlink", &link)?;
     }
     for (dir, mode) in &plan.dirs {
         let path = dest.join(dir);
-        let local = |what, source| TransferError::Local { what, path: path.clone(), source };
         match std::fs::DirBuilder::new().mode(*mode).create(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => {}
-            Err(e) => return Err(local("creating directory", e)),
+            Err(e) => return Err(IoAt::new("creating directory", path, e).into()),
         }
         // The umask may have narrowed the mode; PostgreSQL accepts 0700 or 0750 and we copy what it had.
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode))
-            .map_err(|e| local("setting permissions of", e))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode)).at("setting permissions of", &path)?;
     }
     for (link, target) in &plan.symlinks {
         let path = dest.join(link);
-        std::os::unix::fs::symlink(target, &path).map_err(|source| TransferError::Local {
-            what: "creating symlink",
-            path,
-            source,
-        })?;
+        std::os::unix::fs::symlink(target, &path).at("creating symlink", &path)?;
     }
     Ok(())
 }
@@ -102,14 +89,10 @@ pub fn prune(plan: &Plan, dest: &Path) -> Result<(usize, u64), TransferError> {
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         let dir = dest.join(&rel);
-        let local = |what, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| TransferError::Local { what, path, source }
-        };
-        for entry in std::fs::read_dir(&dir).map_err(local("reading", &dir))? {
-            let entry = entry.map_err(local("reading", &dir))?;
+        for entry in std::fs::read_dir(&dir).at("reading", &dir)? {
+            let entry = entry.at("reading", &dir)?;
             let (rel, path) = (rel.join(entry.file_name()), entry.path());
-            let meta = std::fs::symlink_metadata(&path).map_err(local("reading", &path))?;
+            let meta = std::fs::symlink_metadata(&path).at("reading", &path)?;
             let wal_link = rel == Path::new("pg_wal") && meta.is_symlink() && path.is_dir();
             let planned_dir = dirs.contains(rel.as_path()) && (meta.is_dir() || wal_link);
             let planned_file = meta.is_file() && files.contains(rel.as_path());
@@ -126,7 +109,7 @@ pub fn prune(plan: &Plan, dest: &Path) -> Result<(usize, u64), TransferError> {
                 present += meta.len().min(meta.blocks() * 512);
             } else if !planned_link {
                 if meta.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) }
-                    .map_err(local("removing", &path))?;
+                    .at("removing", &path)?;
                 removed += 1;
             }
         }
@@ -138,11 +121,7 @@ pub fn prune(plan: &Plan, dest: &Path) -> Result<(usize, u64), TransferError> {
 /// nobody. `reusable` bytes are already there; some room is kept for the WAL segments and rsync's
 /// temporary copies.
 pub fn check_space(plan: &Plan, dest: &Path, reusable: u64, margin: u64) -> Result<(), TransferError> {
-    let st = rustix::fs::statvfs(dest).map_err(|e| TransferError::Local {
-        what: "checking free space of",
-        path: dest.into(),
-        source: e.into(),
-    })?;
+    let st = rustix::fs::statvfs(dest).map_err(std::io::Error::from).at("checking free space of", dest)?;
     let free = st.f_bavail * st.f_frsize;
     let need = plan.total_bytes.saturating_sub(reusable) + margin;
     if need > free {
@@ -299,7 +278,7 @@ pub fn copy(
                         total.moved += c.moved;
                         total.vanished += c.vanished;
                     }
-                    Ok((Err(TransportError::Cancelled), _)) | Err(_) => break,
+                    Ok((Err(TransportError::Cancelled(_)), _)) | Err(_) => break,
                     Ok((Err(e), _)) => {
                         cancel.cancel(e.to_string());
                         break;
@@ -309,8 +288,8 @@ pub fn copy(
             }
         }
         match cancel.reason() {
-            Some(reason) => Err(TransferError::Cancelled(reason)),
-            None if finished < n_jobs => Err(TransferError::Cancelled("copy workers ended early".into())),
+            Some(reason) => Err(Cancelled(reason).into()),
+            None if finished < n_jobs => Err(Cancelled("copy workers ended early".into()).into()),
             None => Ok(total),
         }
     })

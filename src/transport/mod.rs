@@ -9,6 +9,7 @@ pub mod rsync;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+use crate::error::{Cancelled, IoAt};
 use crate::sys::cancel::Cancel;
 use crate::sys::ssh::SshError;
 
@@ -86,10 +87,13 @@ pub enum TransportError {
     Agent(String),
     #[error("fetching {file} from the primary failed: {reason}")]
     Fetch { file: String, reason: String },
+    /// Talking to a child process (ssh, rsync, an agent) failed.
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
-    #[error("cancelled")]
-    Cancelled,
+    Io { what: &'static str, source: std::io::Error },
+    #[error(transparent)]
+    Local(#[from] IoAt),
+    #[error(transparent)]
+    Cancelled(#[from] Cancelled),
 }
 
 pub trait Transport: Sync {

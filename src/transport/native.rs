@@ -18,6 +18,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::protocol::{decompress_into, read_msg, write_msg, Codec, Msg, DATA_CHUNK, PROTOCOL_VERSION};
 use super::{Copied, Piece, RemoteEntry, Sink, Transport, TransportError, Worker};
+use crate::error::{IoAt, IoContext};
 use crate::replica::direct_io::{AlignedBuf, Target};
 use crate::sys::bandwidth::Budget;
 use crate::sys::cancel::Cancel;
@@ -142,7 +143,7 @@ impl AgentConn {
 }
 
 fn io(what: &'static str) -> impl Fn(std::io::Error) -> TransportError {
-    move |source| TransportError::Io { what: what.into(), source }
+    move |source| TransportError::Io { what, source }
 }
 
 impl NativeTransport {
@@ -204,18 +205,18 @@ impl Transport for NativeTransport {
     fn fetch_file(&self, rel: &Path, to: &Path) -> Result<(), TransportError> {
         let mut c = self.take()?;
         c.send(&Msg::Read { id: 0, path: rel.into(), offset: 0, len: u64::MAX / 2, codec: Codec::None, level: 0 })?;
-        let f = File::create(to).map_err(io("creating the fetched file"))?;
+        let f = File::create(to).at("creating", to)?;
         let mut raw = Vec::new();
         loop {
             match c.recv()? {
                 Msg::Data { offset, raw_len, raw_hash, codec, bytes, .. } => {
                     raw.resize(chunk_len(raw_len)?, 0);
                     decompress_into(codec, raw_hash, &bytes, &mut raw).map_err(io("checking fetched data"))?;
-                    f.write_all_at(&raw, offset).map_err(io("writing the fetched file"))?;
+                    f.write_all_at(&raw, offset).at("writing", to)?;
                 }
                 Msg::Done { vanished: false, .. } => {
                     self.give_back(c);
-                    return f.sync_all().map_err(io("syncing the fetched file"));
+                    return Ok(f.sync_all().at("syncing", to)?);
                 }
                 Msg::Done { vanished: true, .. } => {
                     return Err(TransportError::Fetch { file: rel.display().to_string(), reason: "it vanished".into() })
@@ -266,12 +267,11 @@ impl Open {
     fn file(&mut self, dest: &Path, p: &Piece) -> Result<&Rc<Target>, TransportError> {
         if self.file.is_none() {
             let path = dest.join(&p.path);
-            let local = |source| TransportError::Io { what: format!("opening {}", path.display()), source };
-            let t = Target::open(&path, p.size).map_err(local)?;
+            let t = Target::open(&path, p.size).at("opening", &path)?;
             // Truncated or extended; ranges of one file may be handled by several workers at once, all setting
             // the same length.
-            if t.file.metadata().map_err(local)?.len() != p.size {
-                t.file.set_len(p.size).map_err(io("sizing a local file"))?;
+            if t.file.metadata().at("opening", &path)?.len() != p.size {
+                t.file.set_len(p.size).at("sizing", &path)?;
             }
             self.file = Some(Rc::new(t));
         }
@@ -331,9 +331,7 @@ impl Worker for NativeWorker<'_> {
                 open.insert(id, Open { piece: i, file: None, offset, hashes: delta.then(Vec::new) });
             }
             while outstanding > 0 {
-                if cancel.is_cancelled() {
-                    return Err(TransportError::Cancelled);
-                }
+                cancel.check()?;
                 let m = read_msg(r, spare)
                     .map_err(io("reading from the agent"))?
                     .ok_or_else(|| TransportError::Worker("the agent on the primary ended".into()))?;
@@ -348,7 +346,9 @@ impl Worker for NativeWorker<'_> {
                             .get_mut(&id)
                             .ok_or_else(|| TransportError::Agent(format!("data for unknown id {id}")))?;
                         let p = &pieces[o.piece];
-                        o.file(dest, p)?.write_at(raw, offset).map_err(io("writing received data"))?;
+                        o.file(dest, p)?
+                            .write_at(raw, offset)
+                            .map_err(|e| IoAt::new("writing", dest.join(&p.path), e))?;
                         moved += u64::from(raw_len);
                         sink.moving(u64::from(raw_len));
                         sink.landed(&p.path, offset, raw);
@@ -373,7 +373,9 @@ impl Worker for NativeWorker<'_> {
                         let file = Rc::clone(o.file(dest, p)?);
                         if let Some(remote) = &o.hashes {
                             let mut same = |offset, bytes: &[u8]| sink.landed(&p.path, offset, bytes);
-                            for (offset, len) in differing(&file, o.offset, remote, buf, &mut same)? {
+                            for (offset, len) in
+                                differing(&file, o.offset, remote, buf, &mut same).at("reading", dest.join(&p.path))?
+                            {
                                 let (codec, level) = (opts.codec, opts.level);
                                 let _ =
                                     tx.send(Msg::Read { id: next_id, path: p.path.clone(), offset, len, codec, level });
@@ -413,14 +415,14 @@ fn differing(
     remote: &[u64],
     buf: &mut AlignedBuf,
     same: &mut dyn FnMut(u64, &[u8]),
-) -> Result<Vec<(u64, u64)>, TransportError> {
+) -> std::io::Result<Vec<(u64, u64)>> {
     let (b, block) = (DELTA_BLOCK as usize, u64::from(DELTA_BLOCK));
     let mut runs: Vec<(u64, u64)> = Vec::new();
     let per_read = DATA_CHUNK / b;
     for (i, hashes) in remote.chunks(per_read).enumerate() {
         let at = offset + (i * per_read * b) as u64;
         let local = buf.get(hashes.len() * b);
-        let n = file.read_at(local, at).map_err(io("reading a local file"))?;
+        let n = file.read_at(local, at)?;
         let page = |j: usize| &local[(j * b).min(n)..((j + 1) * b).min(n)];
         // Pages [first_same, j) match the primary's.
         let mut first_same = 0;

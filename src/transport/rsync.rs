@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{os, Copied, EntryKind, Piece, RemoteEntry, Sink, Transport, TransportError, Worker};
+use crate::error::IoContext;
 use crate::sys::bandwidth::{Budget, Proxy};
 use crate::sys::cancel::Cancel;
 use crate::sys::proc::OwnedChild;
@@ -113,20 +114,17 @@ impl RsyncTransport {
     ) -> Result<RsyncTransport, TransportError> {
         let secret = random_secret()?;
         let password_file = run_dir.join("rsync.secret");
-        let io = |what: &str| {
-            let what = what.to_string();
-            move |source| TransportError::Io { what, source }
-        };
+        let io = |what: &'static str| move |source| TransportError::Io { what, source };
         std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&password_file)
             .and_then(|mut f| f.write_all(secret.as_bytes()))
-            .map_err(io("writing the rsync password file"))?;
+            .at("writing", &password_file)?;
 
         let stderr_path = run_dir.join("rsyncd-ssh.stderr");
-        let stderr = std::fs::File::create(&stderr_path).map_err(io("creating the ssh log"))?;
+        let stderr = std::fs::File::create(&stderr_path).at("creating", &stderr_path)?;
         let remote = format!("sh -c {} pgclone-rsyncd {}", quote(DAEMON_SCRIPT), quote(pgdata));
         let mut cmd = ssh.command(&remote);
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(stderr);
@@ -166,7 +164,7 @@ impl RsyncTransport {
         let proxy = budget
             .map(|b| Proxy::start(daemon_addr, b))
             .transpose()
-            .map_err(|source| TransportError::Io { what: "starting the bandwidth proxy".into(), source })?;
+            .map_err(|source| TransportError::Io { what: "starting the bandwidth proxy", source })?;
         let connect = proxy.as_ref().map_or(daemon_addr, |p| p.addr);
         Ok(RsyncTransport {
             ssh: ssh.clone(),
@@ -329,7 +327,7 @@ fn run_rsync(
     input: Option<&[u8]>,
     cancel: &Cancel,
 ) -> Result<(std::process::ExitStatus, String), TransportError> {
-    let io = |source| TransportError::Io { what: "running rsync".into(), source };
+    let io = |source| TransportError::Io { what: "running rsync", source };
     cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -346,9 +344,9 @@ fn run_rsync(
         buf
     });
     loop {
-        if cancel.is_cancelled() {
+        if let Err(c) = cancel.check() {
             drop(child);
-            return Err(TransportError::Cancelled);
+            return Err(c.into());
         }
         if let Some(status) = child.wait_timeout(Duration::from_millis(100)).map_err(io)? {
             // A client that died (killed, say) may leave its forked receiver running, holding stderr open;
@@ -411,7 +409,7 @@ fn bracket(addr: &str) -> String {
 fn random_secret() -> Result<String, TransportError> {
     let mut raw = [0u8; 24];
     rustix::rand::getrandom(&mut raw, rustix::rand::GetRandomFlags::empty())
-        .map_err(|e| TransportError::Io { what: "reading random bytes".into(), source: e.into() })?;
+        .map_err(|e| TransportError::Io { what: "reading random bytes", source: e.into() })?;
     Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
 }
 
