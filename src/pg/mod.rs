@@ -8,6 +8,7 @@ pub mod control_file;
 pub mod lsn;
 pub mod page_checksum;
 pub mod relfile;
+pub mod replication;
 
 pub mod wal_stream;
 

@@ -14,10 +14,11 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::{Cancelled, IoAt, IoContext};
 use crate::pg::lsn::{history_file_name, Lsn, SegSize};
+use crate::pg::replication::{ServerMessage, StandbyStatus};
 use crate::pg::{Conn, CopyData, PgError};
 use crate::sys::cancel::Cancel;
 
@@ -237,23 +238,23 @@ fn receive(mut conn: Conn, mut writer: SegmentWriter, shared: &Shared, start: Ls
         }
         let mut reply_now = false;
         match conn.get_copy_data().map_err(|source| WalStreamError::Command { what: "receiving WAL", source })? {
-            CopyData::Message(m) => match m.first() {
-                // Holding: the clone has its WAL; what arrives now is not written, and the position we report
-                // stays put, so the slot keeps what the standby will ask for at its first start.
-                Some(b'w') if held => {}
-                Some(b'w') if m.len() >= 25 => {
-                    let data_start = Lsn(be64(&m[1..9]));
-                    if data_start != received {
-                        return Err(WalStreamError::Protocol(format!("WAL data at {data_start}, expected {received}")));
+            CopyData::Message(m) => {
+                match ServerMessage::parse(&m).map_err(|e| WalStreamError::Protocol(e.to_string()))? {
+                    // Holding: the clone has its WAL; what arrives now is not written, and the position we report
+                    // stays put, so the slot keeps what the standby will ask for at its first start.
+                    ServerMessage::XLogData { .. } if held => {}
+                    ServerMessage::XLogData { start, data, .. } => {
+                        if start != received {
+                            return Err(WalStreamError::Protocol(format!("WAL data at {start}, expected {received}")));
+                        }
+                        writer.write(start, data)?;
+                        received = Lsn(start.0 + data.len() as u64);
+                        shared.lock().received = received;
+                        shared.changed.notify_all();
                     }
-                    writer.write(data_start, &m[25..])?;
-                    received = Lsn(data_start.0 + (m.len() - 25) as u64);
-                    shared.lock().received = received;
-                    shared.changed.notify_all();
+                    ServerMessage::Keepalive { reply_requested, .. } => reply_now = reply_requested,
                 }
-                Some(b'k') if m.len() >= 18 => reply_now = m[17] == 1,
-                _ => return Err(WalStreamError::Protocol(format!("unexpected message {:?}", m.first()))),
-            },
+            }
             CopyData::WouldBlock => conn
                 .wait_readable(Duration::from_millis(100))
                 .map_err(|source| WalStreamError::Command { what: "waiting for WAL", source })?,
@@ -264,32 +265,12 @@ fn receive(mut conn: Conn, mut writer: SegmentWriter, shared: &Shared, start: Ls
                 writer.sync()?;
                 flushed = received;
             }
-            conn.put_copy_data(&status_update(received, flushed))
+            let status = StandbyStatus { written: received, flushed, applied: Lsn(0), reply_requested: false };
+            conn.put_copy_data(&status.encode(SystemTime::now()))
                 .map_err(|source| WalStreamError::Command { what: "sending status", source })?;
             last_status = Some(Instant::now());
         }
     }
-}
-
-fn be64(b: &[u8]) -> u64 {
-    u64::from_be_bytes(b.try_into().expect("8 bytes"))
-}
-
-/// Standby status update ('r'): written, flushed and applied positions, our clock, no reply wanted.
-/// We apply nothing, so "applied" is InvalidXLogRecPtr as pg_receivewal sends.
-fn status_update(written: Lsn, flushed: Lsn) -> Vec<u8> {
-    // Microseconds since the PostgreSQL epoch, 2000-01-01 00:00:00 UTC.
-    const PG_EPOCH_UNIX_SECS: u64 = 946_684_800;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let pg_now = now.as_micros() as i64 - (PG_EPOCH_UNIX_SECS as i64) * 1_000_000;
-    let mut m = Vec::with_capacity(34);
-    m.push(b'r');
-    m.extend_from_slice(&written.0.to_be_bytes());
-    m.extend_from_slice(&flushed.0.to_be_bytes());
-    m.extend_from_slice(&0u64.to_be_bytes());
-    m.extend_from_slice(&pg_now.to_be_bytes());
-    m.push(0);
-    m
 }
 
 /// Writes streamed WAL into segment files: `NAME.partial` while open, pre-sized to the segment size,
@@ -373,17 +354,5 @@ mod tests {
         let next = dir.path().join("000000010000000000000004.partial");
         assert_eq!(std::fs::metadata(&next).unwrap().len(), 1 << 20, "pre-sized");
         assert!(!dir.path().join("000000010000000000000003.partial").exists());
-    }
-
-    #[test]
-    fn status_update_layout() {
-        let m = status_update(Lsn(0x1_0000_0010), Lsn(0x20));
-        assert_eq!(m.len(), 34);
-        assert_eq!(m[0], b'r');
-        assert_eq!(be64(&m[1..9]), 0x1_0000_0010);
-        assert_eq!(be64(&m[9..17]), 0x20);
-        assert_eq!(be64(&m[17..25]), 0);
-        assert!(be64(&m[25..33]) > 0);
-        assert_eq!(m[33], 0);
     }
 }
