@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::progress;
-use crate::transport::protocol::Codec;
+use crate::transport::{Compression, TransportKind};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -110,8 +110,8 @@ pub struct Args {
     pub no_ssh: bool,
 
     /// Compression on the wire for the native transport: none, lz4, zstd or zstd:LEVEL
-    #[arg(long, value_name = "CODEC", default_value = "none", value_parser = parse_compress)]
-    pub compress: (Codec, i32),
+    #[arg(long, value_name = "CODEC", default_value = "none")]
+    pub compress: Compression,
 
     /// Files larger than this are split into ranges that any worker may take (native transport; K, M, G)
     #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
@@ -193,26 +193,6 @@ pub struct Args {
     /// Trace logging: every protocol step (pgclone.sh's shell trace)
     #[arg(long)]
     pub debug: bool,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum TransportKind {
-    Auto,
-    Native,
-    Rsync,
-}
-
-fn parse_compress(s: &str) -> Result<(Codec, i32), String> {
-    match s.split_once(':') {
-        None if s == "none" => Ok((Codec::None, 0)),
-        None if s == "lz4" => Ok((Codec::Lz4, 0)),
-        None if s == "zstd" => Ok((Codec::Zstd, 1)),
-        Some(("zstd", level)) => match level.parse::<i32>() {
-            Ok(l) if (-7..=19).contains(&l) => Ok((Codec::Zstd, l)),
-            _ => Err(format!("zstd level {level:?} is not a number from -7 to 19")),
-        },
-        _ => Err(format!("{s:?} is not none, lz4, zstd or zstd:LEVEL")),
-    }
 }
 
 /// A size in bytes with an optional K, M or G (binary multiples), at least 1 MiB.

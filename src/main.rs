@@ -1,4 +1,8 @@
 //! pgclone: turn an empty directory into a ready-to-start physical standby of a live PostgreSQL primary.
+//!
+//! `main` only dispatches: flags (`cli`) are resolved once into a `clone::CloneConfig`, and `clone::run` carries
+//! out the phases. Dependencies point one way: cli → clone (orchestration and its phases) → pg, transfer,
+//! transport, replica, manifest → sys. Error policy: see `error`.
 
 mod cli;
 mod clone;
@@ -50,7 +54,10 @@ fn main() -> ExitCode {
         eprintln!("pgclone: error: cannot install signal handlers: {e}");
         return ExitCode::FAILURE;
     }
-    match clone::run(&args, &cancel) {
+    let result = clone::CloneConfig::resolve(&args, &clone::Env::from_process())
+        .map_err(clone::CloneError::from)
+        .and_then(|config| clone::run(&config, &cancel));
+    match result {
         Ok(summary) => {
             eprintln!("pgclone: {summary}");
             if args.json {

@@ -3,11 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
+use super::config::CloneConfig;
+use super::standby::{self, Recovery};
+use super::CloneError;
 use crate::error::{IoAt, IoContext};
 use crate::pg::control_file::{self, CONTROL_FILE};
 use crate::pg::lsn::SegSize;
 use crate::pg::{Conn, PgError};
-use crate::sys::ssh::{last_line, quote, SshError, SshTarget};
+use crate::sys::ssh::{last_line, quote, Forward, SshError, SshTarget};
 
 /// Oldest supported major: pg_backup_start/pg_backup_stop replaced the exclusive-backup API in 15.
 const MIN_MAJOR: u32 = 15;
@@ -69,6 +72,82 @@ pub enum PreflightError {
     OtherCluster { dir: PathBuf, found: u64, expected: u64 },
 }
 
+/// Everything the checks found, and what they opened and the clone keeps: the SQL session (it becomes the
+/// backup session) and the ssh tunnel it may run through.
+pub struct Checked {
+    pub tunnel: Option<Forward>,
+    /// libpq keywords for every connection to the primary (through the tunnel, if any).
+    pub params: Vec<(&'static str, String)>,
+    pub sql: Conn,
+    pub primary: Primary,
+    pub replica: ReplicaState,
+    /// The system identifier in --primary-pgdata's pg_control.
+    pub system_id: u64,
+    /// --start: pg_ctl of the primary's major.
+    pub pg_ctl: Option<PathBuf>,
+    /// -R: what the standby's configuration will say.
+    pub recovery: Option<Recovery>,
+}
+
+/// Every check before anything is written: the replica directories here, the primary over SQL, and (at the
+/// same time, as it is an ssh round trip) --primary-pgdata on the primary host.
+pub fn run(config: &CloneConfig) -> Result<Checked, CloneError> {
+    let home = config.home.as_deref();
+    let state = replica_dir(&config.replica, config.drop_existing, home)?;
+    if let Some(w) = &config.replica_waldir {
+        waldir(w, &config.replica, config.drop_existing, home)?;
+    }
+    let pgdata = &config.primary_pgdata;
+    let probe = || match &config.ssh {
+        Some(ssh) => primary_pgdata(ssh, pgdata),
+        None => local_pgdata(pgdata),
+    };
+    let (checked, probed) = std::thread::scope(|s| {
+        let probe = s.spawn(probe);
+        (check_primary(config), probe.join().expect("the probe does not panic"))
+    });
+    let (tunnel, params, sql, primary, pg_ctl, recovery) = checked?;
+    let system_id = probed?;
+    replica_matches(&config.replica, state, system_id)?;
+    Ok(Checked { tunnel, params, sql, primary, replica: state, system_id, pg_ctl, recovery })
+}
+
+type PrimaryChecked = (Option<Forward>, Vec<(&'static str, String)>, Conn, Primary, Option<PathBuf>, Option<Recovery>);
+
+fn check_primary(config: &CloneConfig) -> Result<PrimaryChecked, CloneError> {
+    let tunnel = match (config.pg.tunnel_to, &config.ssh) {
+        (Some(remote_port), Some(ssh)) => {
+            let f = ssh.forward(remote_port).map_err(PreflightError::from)?;
+            tracing::info!(
+                "PostgreSQL connections go through ssh: 127.0.0.1:{} -> primary's 127.0.0.1:{remote_port}",
+                f.port
+            );
+            Some(f)
+        }
+        _ => None,
+    };
+    let params = config.pg.params(tunnel.as_ref().map(|f| f.port));
+    let mut sql_params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    if let Some(db) = config.pg.sql_dbname {
+        sql_params.push(("dbname", db));
+    }
+    let mut sql = Conn::connect(&sql_params).map_err(connect_error)?;
+    let primary = primary(&mut sql)?;
+    tracing::info!("primary {}@{} runs PostgreSQL {}", sql.user(), sql.host(), primary.major);
+    if let Some(name) = &config.create_slot {
+        slot_free(&mut sql, name)?;
+    }
+    let pg_ctl = config
+        .start
+        .as_ref()
+        .map(|s| standby::find_pg_ctl(s.pg_bindir.as_deref(), &s.search_path, primary.major))
+        .transpose()?;
+    // What -R writes: the primary as this run reached it, or as its host when the run went through a tunnel.
+    let through = tunnel.is_some().then_some((config.host.as_str(), config.pg.port_flag));
+    let recovery = config.recovery.as_ref().map(|r| Recovery::new(r, &sql, through));
+    Ok((tunnel, params, sql, primary, pg_ctl, recovery))
+}
+
 /// libpq's "no password supplied" does not say where a password could come from.
 pub fn connect_error(e: PgError) -> PreflightError {
     let hint = if e.message.contains("no password supplied") {
@@ -103,12 +182,12 @@ pub enum ReplicaState {
 
 /// Never a running cluster; never something that is not a data directory unless --drop-existing (and then
 /// not / or a home directory).
-pub fn replica_dir(replica: &Path, drop_existing: bool) -> Result<ReplicaState, PreflightError> {
+pub fn replica_dir(replica: &Path, drop_existing: bool, home: Option<&Path>) -> Result<ReplicaState, PreflightError> {
     if let Some(pid) = live_postmaster(replica) {
         return Err(PreflightError::PostmasterRunning { dir: replica.to_path_buf(), pid });
     }
     if drop_existing {
-        return may_drop(replica).map(|()| ReplicaState::Dropped);
+        return may_drop(replica, home).map(|()| ReplicaState::Dropped);
     }
     if is_empty(replica)? {
         return Ok(ReplicaState::Empty);
@@ -135,13 +214,13 @@ pub fn replica_matches(replica: &Path, state: ReplicaState, primary: u64) -> Res
 
 /// --replica-waldir: absent or empty, or anything but / and a home directory with --drop-existing.
 /// A re-run may also reuse the directory the replica's pg_wal already links to.
-pub fn waldir(waldir: &Path, replica: &Path, drop_existing: bool) -> Result<(), PreflightError> {
+pub fn waldir(waldir: &Path, replica: &Path, drop_existing: bool, home: Option<&Path>) -> Result<(), PreflightError> {
     let linked =
         |w: &Path| w.canonicalize().ok().is_some_and(|w| replica.join("pg_wal").canonicalize().ok() == Some(w));
     if !waldir.exists() || linked(waldir) {
         Ok(())
     } else if drop_existing {
-        may_drop(waldir)
+        may_drop(waldir, home)
     } else if is_empty(waldir)? {
         Ok(())
     } else {
@@ -154,9 +233,9 @@ fn is_empty(dir: &Path) -> Result<bool, PreflightError> {
     Ok(entries.next().is_none())
 }
 
-fn may_drop(dir: &Path) -> Result<(), PreflightError> {
+fn may_drop(dir: &Path, home: Option<&Path>) -> Result<(), PreflightError> {
     let real = dir.canonicalize().at("replica directory", dir)?;
-    let home = std::env::home_dir().and_then(|h| h.canonicalize().ok());
+    let home = home.and_then(|h| h.canonicalize().ok());
     if real == Path::new("/") || Some(&real) == home.as_ref() {
         return Err(PreflightError::WontDrop(dir.to_path_buf()));
     }

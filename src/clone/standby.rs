@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::config::RecoveryConfig;
 use crate::error::{Cancelled, IoAt, IoContext};
 use crate::pg::{Conn, PgError};
 use crate::sys::cancel::Cancel;
@@ -45,6 +46,26 @@ pub struct Recovery {
 }
 
 impl Recovery {
+    /// The primary as `sql` reached it; `through`: the run went through an ssh tunnel to this host, and
+    /// --pgport (if given) is the primary's port there.
+    pub fn new(config: &RecoveryConfig, sql: &Conn, through: Option<(&str, Option<u16>)>) -> Recovery {
+        let port = sql.option("port").unwrap_or_default();
+        let (host, port) = match through {
+            Some((host, port_flag)) => (host.to_string(), port_flag.map_or(port, |p| p.to_string())),
+            None => (sql.host(), port),
+        };
+        Recovery {
+            host,
+            port,
+            user: sql.user(),
+            sslmode: sql.option("sslmode"),
+            password: if config.password { sql.option("password") } else { None },
+            application_name: config.application_name.clone(),
+            slot: config.slot.clone(),
+            port_setting: config.replica_port,
+        }
+    }
+
     /// The lines appended to postgresql.auto.conf. primary_conninfo follows libpq's quoting (values in single
     /// quotes, \ and ' escaped), and the whole setting is a single-quoted GUC string ('' for ').
     pub fn settings(&self) -> String {
@@ -99,14 +120,13 @@ pub fn copy_slot(conn: &mut Conn, temporary: &str, name: &str) -> Result<(), Sta
 }
 
 /// pg_ctl of the primary's major: the standby must run the same major as the primary.
-pub fn find_pg_ctl(bindir: Option<&Path>, major: u32) -> Result<PathBuf, StandbyError> {
+pub fn find_pg_ctl(bindir: Option<&Path>, search_path: &[PathBuf], major: u32) -> Result<PathBuf, StandbyError> {
     let debian = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
-    let path_dirs = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).unwrap_or_default();
     bindir
         .map(Path::to_path_buf)
         .into_iter()
         .chain([debian])
-        .chain(path_dirs)
+        .chain(search_path.iter().cloned())
         .map(|d| d.join("pg_ctl"))
         .find(|p| pg_ctl_major(p) == Some(major))
         .ok_or(StandbyError::NoPgCtl { major })

@@ -19,15 +19,9 @@ pub struct RunDir {
 }
 
 impl RunDir {
-    /// Creates it in `parent` (default: $TMPDIR). `keep`: leave it for inspection (--keep-run-tmp).
-    pub fn create(parent: Option<&Path>, keep: bool) -> io::Result<RunDir> {
-        let mut b = tempfile::Builder::new();
-        b.prefix("pgclone-");
-        let path = match parent {
-            Some(p) => b.tempdir_in(p)?,
-            None => b.tempdir()?,
-        }
-        .keep();
+    /// Creates it in `parent`. `keep`: leave it for inspection (--keep-run-tmp).
+    pub fn create(parent: &Path, keep: bool) -> io::Result<RunDir> {
+        let path = tempfile::Builder::new().prefix("pgclone-").tempdir_in(parent)?.keep();
         if keep {
             tracing::info!("keeping the run directory {}", path.display());
             return Ok(RunDir { path, keep, _reaper: None });
@@ -63,13 +57,13 @@ mod tests {
 
     #[test]
     fn run_dir_is_removed_on_drop_and_by_the_reaper() {
-        let r = RunDir::create(None, false).unwrap();
+        let r = RunDir::create(&std::env::temp_dir(), false).unwrap();
         let p = r.path().to_path_buf();
         assert!(p.is_dir());
         drop(r);
         assert!(!p.exists());
         // The reaper's pipe closing (as when pgclone is killed) removes the directory too.
-        let mut r = RunDir::create(None, false).unwrap();
+        let mut r = RunDir::create(&std::env::temp_dir(), false).unwrap();
         let p = r.path().to_path_buf();
         r.keep = true;
         drop(r);

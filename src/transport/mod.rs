@@ -1,5 +1,6 @@
-//! How file contents get from the primary's data directory to ours. The phases only see this trait:
-//! which transport runs (rsync daemon, native agent) is decided once, by the clone orchestration.
+//! How file contents get from the primary's data directory to ours. The phases only see the `Transport` trait;
+//! which transport runs (native agents, rsync daemon) is chosen and built here, by `open`, from the run's
+//! `TransportConfig`.
 
 pub mod agent;
 pub mod native;
@@ -8,10 +9,114 @@ pub mod rsync;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use crate::error::{Cancelled, IoAt};
+use crate::sys::bandwidth::Budget;
 use crate::sys::cancel::Cancel;
-use crate::sys::ssh::SshError;
+use crate::sys::ssh::{SshError, SshTarget};
+use native::{Launch, NativeTransport};
+use protocol::Codec;
+use rsync::RsyncTransport;
+
+/// --transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransportKind {
+    Auto,
+    Native,
+    Rsync,
+}
+
+/// --compress: the native transport's codec on the wire, and its level for zstd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Compression {
+    pub codec: Codec,
+    pub level: i32,
+}
+
+impl FromStr for Compression {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Compression, String> {
+        let (codec, level) = match s.split_once(':') {
+            None if s == "none" => (Codec::None, 0),
+            None if s == "lz4" => (Codec::Lz4, 0),
+            None if s == "zstd" => (Codec::Zstd, 1),
+            Some(("zstd", level)) => match level.parse::<i32>() {
+                Ok(l) if (-7..=19).contains(&l) => (Codec::Zstd, l),
+                _ => return Err(format!("zstd level {level:?} is not a number from -7 to 19")),
+            },
+            _ => return Err(format!("{s:?} is not none, lz4, zstd or zstd:LEVEL")),
+        };
+        Ok(Compression { codec, level })
+    }
+}
+
+/// Everything a transport needs from the command line and the environment, resolved once.
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    pub kind: TransportKind,
+    /// How to reach the primary host; None with --no-ssh (the data directory is on this host).
+    pub ssh: Option<SshTarget>,
+    /// The pgclone binary on the primary host (--remote-pgclone).
+    pub remote_bin: String,
+    pub compression: Compression,
+    /// Files larger than this are split into ranges (native transport).
+    pub chunk_size: u64,
+    /// rsync: compare files already present by content (--paranoid).
+    pub paranoid: bool,
+    /// One network budget for all workers together, bytes/s (--limit-net-bw).
+    pub limit_net_bw: Option<u64>,
+    pub workers: usize,
+}
+
+/// Starts the transport the configuration asks for: native when asked, or when `auto` finds a matching pgclone
+/// on the primary; rsync when asked, or as `auto`'s fallback (with a notice). `pgdata` is the primary's data
+/// directory; `run_dir` the run's private directory here; `resync`: the replica already holds an earlier copy,
+/// so comparing before moving pays.
+pub fn open(
+    config: &TransportConfig,
+    pgdata: &Path,
+    run_dir: &Path,
+    resync: bool,
+) -> Result<Box<dyn Transport>, TransportError> {
+    let budget = config.limit_net_bw.map(Budget::new);
+    let native = || {
+        let launch = match &config.ssh {
+            None => Launch::Local,
+            Some(ssh) => {
+                let mut bulk = ssh.clone();
+                bulk.prefer_fast_ciphers();
+                Launch::Ssh(bulk)
+            }
+        };
+        NativeTransport::start(native::Options {
+            launch,
+            remote_bin: config.remote_bin.clone(),
+            pgdata: pgdata.to_path_buf(),
+            codec: config.compression.codec,
+            level: config.compression.level,
+            split: config.chunk_size,
+            budget: budget.clone(),
+            delta: resync,
+            workers: config.workers,
+        })
+    };
+    let rsync = |ssh| RsyncTransport::start(ssh, pgdata, run_dir, budget.clone(), config.paranoid);
+    Ok(match (config.kind, &config.ssh) {
+        (TransportKind::Native, _) | (TransportKind::Auto, None) => Box::new(native()?),
+        (TransportKind::Rsync, None) => return Err(TransportError::RsyncNeedsSsh),
+        (TransportKind::Rsync, Some(ssh)) => Box::new(rsync(ssh)?),
+        (TransportKind::Auto, Some(ssh)) => match native() {
+            Ok(t) => Box::new(t),
+            Err(TransportError::AgentMissing(why)) => {
+                tracing::warn!("{why}; using the rsync transport");
+                Box::new(rsync(ssh)?)
+            }
+            Err(e) => return Err(e),
+        },
+    })
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryKind {
@@ -83,6 +188,8 @@ pub enum TransportError {
     Worker(String),
     #[error("{0}")]
     AgentMissing(String),
+    #[error("the rsync transport needs ssh: drop --no-ssh or use --transport native")]
+    RsyncNeedsSsh,
     #[error("native transport: {0}")]
     Agent(String),
     #[error("fetching {file} from the primary failed: {reason}")]

@@ -1,0 +1,322 @@
+//! One clone's settings, resolved once from the flags and the environment: every default, every environment
+//! variable pgclone itself reads, and every rule between flags lives here, so that nothing below `main` sees
+//! clap and a setting has one meaning everywhere.
+//!
+//! libpq's own variables (PGUSER, PGPASSWORD, PGSSLMODE, service files, ~/.pgpass) are not read here: libpq
+//! applies them itself, and pgclone passes on only what the user gave as flags. The few read here are those
+//! pgclone needs for decisions of its own: the ssh host is PGHOST, a tunnel's far end is PGPORT.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cli::Args;
+use crate::progress;
+use crate::replica::tablespace::Mapping;
+use crate::sys::ssh::SshTarget;
+use crate::transport::TransportConfig;
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--primary-pgdata is required")]
+    NoPgdata,
+    #[error("no primary host: give --pghost (or set PGHOST) to a host name or address, it is also the ssh host")]
+    NoHost,
+}
+
+/// What the process environment contributes, read once by `Env::from_process` (and built by hand in tests).
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    pub pghost: Option<String>,
+    pub pgport: Option<String>,
+    pub pgdatabase_set: bool,
+    pub pgconnect_timeout_set: bool,
+    /// $TMPDIR or /tmp: where the run directory goes.
+    pub tmpdir: PathBuf,
+    /// The user's home directory, which --drop-existing refuses to empty.
+    pub home: Option<PathBuf>,
+    /// $PATH, searched last for pg_ctl.
+    pub path: Vec<PathBuf>,
+    pub cpus: usize,
+    /// This host's name: the standby's default application_name.
+    pub hostname: String,
+}
+
+impl Env {
+    pub fn from_process() -> Env {
+        let var = |k| std::env::var(k).ok();
+        Env {
+            pghost: var("PGHOST"),
+            pgport: var("PGPORT"),
+            pgdatabase_set: std::env::var_os("PGDATABASE").is_some(),
+            pgconnect_timeout_set: std::env::var_os("PGCONNECT_TIMEOUT").is_some(),
+            tmpdir: std::env::temp_dir(),
+            home: std::env::home_dir(),
+            path: std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default(),
+            cpus: std::thread::available_parallelism().map_or(4, |n| n.get()),
+            hostname: rustix::system::uname().nodename().to_string_lossy().into_owned(),
+        }
+    }
+}
+
+/// A clone, fully described.
+#[derive(Debug, Clone)]
+pub struct CloneConfig {
+    pub primary_pgdata: PathBuf,
+    pub replica: PathBuf,
+    pub replica_waldir: Option<PathBuf>,
+    /// --temp-waldir: streamed WAL waits in a private directory there instead of in the run directory.
+    pub temp_waldir: Option<PathBuf>,
+    pub tmpdir: PathBuf,
+    pub keep_run_tmp: bool,
+    pub drop_existing: bool,
+    pub home: Option<PathBuf>,
+    pub tablespace_mapping: Vec<Mapping>,
+    /// The primary's data directory is read over ssh (`Some`) or on this host (`None`, --no-ssh). Also the
+    /// host the probe of --primary-pgdata and a --bypass-rep-traffic tunnel go to.
+    pub ssh: Option<SshTarget>,
+    /// The ssh host, which is also the PostgreSQL host (`localhost` with --no-ssh and no host given).
+    pub host: String,
+    pub pg: PgConfig,
+    pub transport: TransportConfig,
+    pub parallel: usize,
+    pub progress: progress::Mode,
+    pub progress_interval: Duration,
+    /// Verify data page checksums while copying (when the primary has them on).
+    pub verify_checksums: bool,
+    pub manifest: bool,
+    /// -R (or --start): make the copy a standby.
+    pub recovery: Option<RecoveryConfig>,
+    /// --create-slot.
+    pub create_slot: Option<String>,
+    /// --start.
+    pub start: Option<StartConfig>,
+}
+
+/// How pgclone reaches PostgreSQL on the primary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgConfig {
+    /// libpq keywords from our flags only; everything else stays libpq's business.
+    pub params: Vec<(&'static str, String)>,
+    /// The SQL session needs some database; libpq's default (the user name) rarely exists on a primary.
+    pub sql_dbname: Option<&'static str>,
+    /// --bypass-rep-traffic: connections go through an ssh tunnel to this port on the primary's loopback.
+    pub tunnel_to: Option<u16>,
+    /// --pgport, which -R writes when the run went through a tunnel.
+    pub port_flag: Option<u16>,
+}
+
+impl PgConfig {
+    /// The connection keywords, with the local end of the tunnel in place of host and port when there is one.
+    pub fn params(&self, tunnel_port: Option<u16>) -> Vec<(&'static str, String)> {
+        let mut p = self.params.clone();
+        if let Some(port) = tunnel_port {
+            p.retain(|(k, _)| *k != "host" && *k != "port");
+            p.insert(0, ("port", port.to_string()));
+            p.insert(0, ("host", "127.0.0.1".into()));
+        }
+        p
+    }
+}
+
+/// What -R writes besides what the connection tells (host, port, user, sslmode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryConfig {
+    pub password: bool,
+    pub application_name: String,
+    pub slot: Option<String>,
+    pub replica_port: Option<u16>,
+}
+
+/// --start: where pg_ctl of the primary's major is looked for, and how long to wait for streaming.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartConfig {
+    pub pg_bindir: Option<PathBuf>,
+    pub search_path: Vec<PathBuf>,
+    pub wait_streaming: u64,
+}
+
+impl CloneConfig {
+    pub fn resolve(args: &Args, env: &Env) -> Result<CloneConfig, ConfigError> {
+        // clap requires --primary-pgdata whenever no subcommand is given.
+        let primary_pgdata = args.primary_pgdata.clone().ok_or(ConfigError::NoPgdata)?;
+        let replica = args.replica_pgdata.clone().unwrap_or_else(|| primary_pgdata.clone());
+        // The ssh host is the PostgreSQL host; a socket directory is no host, and with --no-ssh there is none
+        // to reach.
+        let host = args.pghost.clone().or_else(|| env.pghost.clone()).filter(|h| !h.is_empty() && !h.starts_with('/'));
+        let host = match host {
+            Some(h) => h,
+            None if args.no_ssh => "localhost".into(),
+            None => return Err(ConfigError::NoHost),
+        };
+        let ssh = SshTarget {
+            host: host.clone(),
+            user: args.ssh_user.clone(),
+            port: args.ssh_port,
+            key: args.ssh_key.clone(),
+            config: args.ssh_config.clone(),
+            insecure: args.insecure_ssh,
+            ciphers: None,
+        };
+        let parallel = args.parallel.map_or(env.cpus, usize::from);
+        let recovery = (args.write_recovery_conf || args.start).then(|| RecoveryConfig {
+            password: args.conninfo_password,
+            application_name: args.application_name.clone().unwrap_or_else(|| env.hostname.clone()),
+            slot: args.create_slot.clone(),
+            replica_port: args.replica_port,
+        });
+        Ok(CloneConfig {
+            replica,
+            replica_waldir: args.replica_waldir.clone(),
+            temp_waldir: args.temp_waldir.clone(),
+            tmpdir: env.tmpdir.clone(),
+            keep_run_tmp: args.keep_run_tmp,
+            drop_existing: args.drop_existing,
+            home: env.home.clone(),
+            tablespace_mapping: args.tablespace_mapping.clone(),
+            pg: pg_config(args, env),
+            transport: TransportConfig {
+                kind: args.transport,
+                ssh: (!args.no_ssh).then(|| ssh.clone()),
+                remote_bin: args.remote_pgclone.clone(),
+                compression: args.compress,
+                chunk_size: args.chunk_size,
+                paranoid: args.paranoid,
+                limit_net_bw: args.limit_net_bw,
+                workers: parallel,
+            },
+            ssh: (!args.no_ssh).then_some(ssh),
+            host,
+            parallel,
+            progress: args.progress,
+            progress_interval: Duration::from_secs(args.progress_interval),
+            verify_checksums: !args.no_verify_checksums,
+            manifest: !args.no_manifest,
+            recovery,
+            create_slot: args.create_slot.clone(),
+            start: args.start.then(|| StartConfig {
+                pg_bindir: args.pg_bindir.clone(),
+                search_path: env.path.clone(),
+                wait_streaming: args.wait_streaming,
+            }),
+            primary_pgdata,
+        })
+    }
+}
+
+fn pg_config(args: &Args, env: &Env) -> PgConfig {
+    let mut params = Vec::new();
+    if let Some(h) = &args.pghost {
+        params.push(("host", h.clone()));
+    }
+    if let Some(port) = args.pgport {
+        params.push(("port", port.to_string()));
+    }
+    if let Some(u) = &args.pguser {
+        params.push(("user", u.clone()));
+    }
+    // An unreachable primary must fail in seconds, not after the kernel's TCP timeout.
+    if !env.pgconnect_timeout_set {
+        params.push(("connect_timeout", "10".into()));
+    }
+    params.push(("fallback_application_name", "pgclone".into()));
+    let tunnel_to =
+        args.bypass_rep_traffic.then(|| args.pgport.or_else(|| env.pgport.as_deref()?.parse().ok()).unwrap_or(5432));
+    PgConfig { params, sql_dbname: (!env.pgdatabase_set).then_some("postgres"), tunnel_to, port_flag: args.pgport }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    fn env() -> Env {
+        Env { tmpdir: "/tmp".into(), cpus: 2, hostname: "replica1".into(), ..Env::default() }
+    }
+
+    fn resolve(flags: &[&str], env: &Env) -> Result<CloneConfig, ConfigError> {
+        let args = Args::try_parse_from([&["pgclone"], flags].concat()).expect("valid flags");
+        CloneConfig::resolve(&args, env)
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults() {
+        let c = resolve(&["--pghost", "db1", "--primary-pgdata", "/pg"], &env()).unwrap();
+        assert_eq!(c.replica, PathBuf::from("/pg"), "the replica defaults to the primary's path");
+        assert_eq!(c.host, "db1");
+        assert_eq!(c.ssh.as_ref().map(|s| s.host.as_str()), Some("db1"));
+        assert_eq!(c.parallel, 2, "one worker per CPU");
+        assert_eq!(c.transport.workers, 2);
+        assert!(c.verify_checksums && c.manifest);
+        assert!(c.recovery.is_none() && c.start.is_none());
+        assert_eq!(
+            c.pg.params,
+            vec![
+                ("host", "db1".to_string()),
+                ("connect_timeout", "10".into()),
+                ("fallback_application_name", "pgclone".into())
+            ]
+        );
+        assert_eq!(c.pg.sql_dbname, Some("postgres"));
+    }
+
+    #[test]
+    fn host_from_pghost_unless_a_socket_directory() {
+        let mut e = env();
+        e.pghost = Some("db2".into());
+        assert_eq!(resolve(&["--primary-pgdata", "/pg"], &e).unwrap().host, "db2");
+        assert!(resolve(&["--primary-pgdata", "/pg"], &e).unwrap().pg.params.iter().all(|(k, _)| *k != "host"));
+        e.pghost = Some("/var/run/postgresql".into());
+        assert_eq!(resolve(&["--primary-pgdata", "/pg"], &e).unwrap_err(), ConfigError::NoHost);
+        let local = resolve(&["--primary-pgdata", "/pg", "--no-ssh"], &e).unwrap();
+        assert_eq!(local.host, "localhost");
+        assert!(local.ssh.is_none() && local.transport.ssh.is_none());
+    }
+
+    #[test]
+    fn libpq_variables_of_our_own_leave_libpq_alone() {
+        let mut e = env();
+        e.pgconnect_timeout_set = true;
+        e.pgdatabase_set = true;
+        let c = resolve(&["--pghost", "db1", "--primary-pgdata", "/pg", "--pguser", "rep"], &e).unwrap();
+        assert!(c.pg.params.iter().all(|(k, _)| *k != "connect_timeout"));
+        assert!(c.pg.params.contains(&("user", "rep".into())));
+        assert_eq!(c.pg.sql_dbname, None);
+    }
+
+    #[test]
+    fn tunnel_goes_to_pgport_then_env_then_5432() {
+        let base = ["--pghost", "db1", "--primary-pgdata", "/pg", "--bypass-rep-traffic"];
+        let mut e = env();
+        assert_eq!(resolve(&base, &e).unwrap().pg.tunnel_to, Some(5432));
+        e.pgport = Some("5433".into());
+        assert_eq!(resolve(&base, &e).unwrap().pg.tunnel_to, Some(5433));
+        let c = resolve(&[&base[..], &["--pgport", "6000"]].concat(), &e).unwrap();
+        assert_eq!(c.pg.tunnel_to, Some(6000));
+        assert_eq!(
+            c.pg.params(Some(40000))[..2],
+            [("host", "127.0.0.1".to_string()), ("port", "40000".to_string())],
+            "through the tunnel's local end"
+        );
+    }
+
+    #[test]
+    fn start_implies_recovery_settings() {
+        let c = resolve(
+            &["--pghost", "db1", "--primary-pgdata", "/pg", "--start", "--create-slot", "s1", "--replica-port", "5444"],
+            &env(),
+        )
+        .unwrap();
+        let r = c.recovery.unwrap();
+        assert_eq!(r.application_name, "replica1", "this host's name by default");
+        assert_eq!(r.slot.as_deref(), Some("s1"));
+        assert_eq!(r.replica_port, Some(5444));
+        assert_eq!(c.start.unwrap().wait_streaming, 120);
+        let plain = resolve(&["--pghost", "db1", "--primary-pgdata", "/pg", "-R", "--application-name", "x"], &env());
+        assert_eq!(plain.unwrap().recovery.unwrap().application_name, "x");
+    }
+}

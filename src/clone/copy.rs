@@ -1,0 +1,153 @@
+//! The copy phase: plan what to copy from the primary's listing (basebackup.c's rules), make room for it, copy
+//! it with parallel workers while the backup session is watched, and take the manifest's checksums and the data
+//! page checks.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::preflight::Primary;
+use super::{CloneConfig, CloneError, Phases};
+use crate::error::Cancelled;
+use crate::manifest::{self, FileSum};
+use crate::pg::backup_session::BackupSession;
+use crate::pg::lsn::Lsn;
+use crate::progress::{self, Progress};
+use crate::sys::cancel::Cancel;
+use crate::transfer::{self, Plan};
+use crate::transport::{Copied, IgnoreSink, Piece, Transport};
+
+/// What the copy achieved.
+pub struct Copy {
+    pub plan: Plan,
+    pub totals: Copied,
+    /// Bytes a re-run found already in place.
+    pub reused: u64,
+    /// The manifest's entries (empty with --no-manifest when pages are not checked either).
+    pub sums: Vec<FileSum>,
+    pub start_lsn: Lsn,
+}
+
+pub fn run(
+    config: &CloneConfig,
+    transport: &dyn Transport,
+    backup: &mut BackupSession,
+    primary: Primary,
+    resync: bool,
+    timing: &mut Phases,
+    cancel: &Cancel,
+) -> Result<Copy, CloneError> {
+    let replica = config.replica.as_path();
+    let parallel = config.parallel;
+    let plan = transfer::plan(&transport.list()?, primary.major, &config.tablespace_mapping);
+    tracing::debug!("listed the primary's data directory");
+    let reused = if resync {
+        let (removed, present) = transfer::prune(&plan, replica)?;
+        tracing::info!(
+            "re-sync: removed {removed} entries the primary does not have; {} already here",
+            progress::bytes(present)
+        );
+        present
+    } else {
+        0
+    };
+    // Room for the WAL segments of the run and rsync's temporary copies besides the data itself.
+    transfer::check_space(&plan, replica, reused, 8 * primary.seg.bytes())?;
+    transfer::lay_out(&plan, replica, resync)?;
+    tracing::info!(
+        "copying {} files, {}, with {parallel} workers",
+        plan.files.len(),
+        progress::bytes(plan.total_bytes)
+    );
+    let progress = Progress::new(plan.total_bytes, config.progress, config.progress_interval);
+    let pages_before = (primary.checksums && config.verify_checksums).then_some(backup.start_lsn);
+    let copied = std::thread::scope(|s| {
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        let (plan, progress) = (&plan, &progress);
+        s.spawn(move || {
+            done_tx.send(transfer::copy(plan, transport, replica, parallel, pages_before, progress, cancel))
+        });
+        // This thread supervises: the backup session sits idle during the copy, and a server that ends
+        // it (pg_terminate_backend, restart) must stop the clone now, not at pg_backup_stop.
+        loop {
+            match done_rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(result) => break result,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    if let Err(e) = backup.check_alive() {
+                        cancel.cancel(e.to_string());
+                    }
+                    progress.tick();
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    break Err(Cancelled("the copy thread died".into()).into())
+                }
+            }
+        }
+    });
+    progress.finish();
+    let (totals, landed) = copied?;
+    cancel.check()?;
+    timing.end("copy");
+
+    // Before pg_backup_stop: a file fetched again must still be covered by the WAL the clone replays.
+    let sums = if !config.manifest && pages_before.is_none() {
+        Vec::new()
+    } else {
+        let sums = verify_copy(&plan, replica, transport, landed, pages_before, parallel, cancel)?;
+        timing.end("verify");
+        sums
+    };
+    Ok(Copy { plan, totals, reused, sums, start_lsn: backup.start_lsn })
+}
+
+/// The manifest's checksums and, with `pages_before`, the data page checksums: from what the copy saw land
+/// where it could (native transport), else by reading the copied files once. A page that fails may be a
+/// torn read of a page the primary was writing at that moment (basebackup.c re-reads such pages), so its
+/// file is fetched again and checked once more before it counts as corrupt.
+fn verify_copy(
+    plan: &transfer::Plan,
+    replica: &Path,
+    transport: &dyn Transport,
+    mut landed: transfer::Landed,
+    pages_before: Option<Lsn>,
+    parallel: usize,
+    cancel: &Cancel,
+) -> Result<Vec<FileSum>, CloneError> {
+    let files: Vec<PathBuf> = plan.files.iter().map(|(p, _)| p.clone()).collect();
+    let (mut sums, rest) = manifest::from_landed(replica, &files, &mut landed.ranges)?;
+    tracing::debug!("{} files summed as they landed, {} read again", sums.len(), rest.len());
+    let (scanned, mut bad) = manifest::scan(replica, &rest, pages_before, parallel)?;
+    sums.extend(scanned);
+    sums.sort_by(|a, b| a.path.cmp(&b.path));
+    // A file read again after a partial landing may report a page twice.
+    bad.extend(landed.bad);
+    bad.sort_by(|a, b| (&a.path, a.block).cmp(&(&b.path, b.block)));
+    bad.dedup();
+    if bad.is_empty() {
+        return Ok(sums);
+    }
+    let suspect: Vec<PathBuf> = bad.iter().map(|b| b.path.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+    tracing::info!("{} pages failed their checksum; fetching {} files again", bad.len(), suspect.len());
+    for f in &suspect {
+        let _ = std::fs::remove_file(replica.join(f));
+    }
+    let pieces: Vec<Piece> = plan
+        .files
+        .iter()
+        .filter(|(p, _)| suspect.contains(p))
+        .map(|(p, size)| Piece::whole(p.clone(), *size))
+        .collect();
+    transport.worker()?.copy(&pieces, replica, cancel, &mut IgnoreSink)?;
+    let (again, bad) = manifest::scan(replica, &suspect, pages_before, parallel)?;
+    sums.retain(|s| !suspect.contains(&s.path));
+    sums.extend(again);
+    sums.sort_by(|a, b| a.path.cmp(&b.path));
+    if !bad.is_empty() {
+        let list: Vec<String> =
+            bad.iter().take(10).map(|b| format!("{} block {}", b.path.display(), b.block)).collect();
+        let more = if bad.len() > 10 { format!(" and {} more", bad.len() - 10) } else { String::new() };
+        let what = format!("{} data pages fail their checksum on the primary: {}{more}", bad.len(), list.join(", "));
+        return Err(CloneError::BadPages(what));
+    }
+    Ok(sums)
+}

@@ -1,0 +1,100 @@
+//! What a finished clone reports: the summary line for people (stderr) and the `--json` object for machines.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::manifest::json;
+use crate::pg::lsn::Lsn;
+use crate::progress;
+
+pub struct Summary {
+    pub files: u64,
+    pub bytes: u64,
+    pub vanished: u64,
+    /// Bytes a re-run found already in place (a resumed or re-synced replica).
+    pub reused: u64,
+    /// Bytes that crossed the link (a block-hash delta moves only what differs).
+    pub moved: u64,
+    pub wal_segments: u64,
+    pub elapsed: Duration,
+    pub start_lsn: Lsn,
+    pub stop_lsn: Lsn,
+    pub timeline: u32,
+    pub replica: PathBuf,
+    pub phases: Vec<(&'static str, Duration)>,
+    /// With --start: the standby's application_name and its replay lag in bytes when first seen streaming.
+    pub standby: Option<(String, u64)>,
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.elapsed.as_secs_f64();
+        write!(
+            f,
+            "cloned {} files, {} in {secs:.1} s ({}/s) into {}; WAL {}..{} on timeline {} ({} segments)",
+            self.files,
+            progress::bytes(self.bytes),
+            progress::bytes((self.bytes as f64 / secs.max(0.001)) as u64),
+            self.replica.display(),
+            self.start_lsn,
+            self.stop_lsn,
+            self.timeline,
+            self.wal_segments,
+        )?;
+        if self.reused > 0 {
+            write!(f, "; {} of it was already in place", progress::bytes(self.reused))?;
+        }
+        if self.moved < self.bytes {
+            write!(f, "; {} moved over the link, the rest was identical", progress::bytes(self.moved))?;
+        }
+        if let Some((name, lag)) = &self.standby {
+            write!(f, "; standby {name} is streaming, replay lag {}", progress::bytes(*lag))?;
+        }
+        let phases: Vec<String> =
+            self.phases.iter().map(|(name, d)| format!("{name} {:.1} s", d.as_secs_f64())).collect();
+        write!(f, "; time: {}", phases.join(", "))?;
+        if self.vanished > 0 {
+            write!(
+                f,
+                "; {} files vanished on the primary during the copy (normal; WAL replay covers them)",
+                self.vanished
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Summary {
+    /// The summary for machines (--json): one object on stdout.
+    pub fn json(&self) -> String {
+        let phases: Vec<String> =
+            self.phases.iter().map(|(n, d)| format!("{}:{:.3}", json::string(n), d.as_secs_f64())).collect();
+        let standby = match &self.standby {
+            Some((name, lag)) => format!("{{\"application_name\":{},\"replay_lag_bytes\":{lag}}}", json::string(name)),
+            None => "null".into(),
+        };
+        let warnings: Vec<String> = (self.vanished > 0)
+            .then(|| json::string(&format!("{} files vanished on the primary during the copy", self.vanished)))
+            .into_iter()
+            .collect();
+        format!(
+            "{{\"ok\":true,\"replica\":{},\"files\":{},\"bytes\":{},\"reused_bytes\":{},\"moved_bytes\":{},\"vanished_files\":{},\
+             \"elapsed_seconds\":{:.3},\"start_lsn\":\"{}\",\"stop_lsn\":\"{}\",\"timeline\":{},\"wal_segments\":{},\
+             \"phases\":{{{}}},\"standby\":{standby},\"warnings\":[{}]}}",
+            json::string(&self.replica.to_string_lossy()),
+            self.files,
+            self.bytes,
+            self.reused,
+            self.moved,
+            self.vanished,
+            self.elapsed.as_secs_f64(),
+            self.start_lsn,
+            self.stop_lsn,
+            self.timeline,
+            self.wal_segments,
+            phases.join(","),
+            warnings.join(","),
+        )
+    }
+}
