@@ -27,7 +27,7 @@ pub use config::{CloneConfig, ConfigError, Env};
 use connect::{Connect, Connected};
 use finalize::{Finalize, FinalizeError};
 use preflight::{Checked, PreflightError, ReplicaState};
-use standby::StandbyError;
+use standby::{Recovery, StandbyError};
 pub use summary::Summary;
 
 #[derive(Debug, thiserror::Error)]
@@ -148,16 +148,10 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
     }
     stream.close()?;
 
-    let standby = match (&pg_ctl, &recovery, &config.start) {
-        (Some(pg_ctl), Some(r), Some(start)) => {
-            cancel.check()?;
-            standby::start(pg_ctl, &config.replica, &config.replica.join("startup.log"))?;
-            let lag = standby::wait_streaming(&mut sql, &r.application_name, start.wait_streaming, cancel)?;
-            timing.end("standby start");
-            Some((r.application_name.clone(), lag))
-        }
-        _ => None,
-    };
+    let standby = start_standby(config, pg_ctl.as_deref(), recovery.as_ref(), &mut sql, cancel)?;
+    if standby.is_some() {
+        timing.end("standby start");
+    }
     Ok(Summary {
         files: copied.totals.files,
         bytes: copied.totals.bytes,
@@ -237,6 +231,22 @@ fn backup_stop(
     let control = run_dir.join("pg_control");
     transport.fetch_file(Path::new(CONTROL_FILE), &control)?;
     Ok((end, sql, control))
+}
+
+/// --start: the standby started with pg_ctl of the primary's major, and its application_name and replay lag once
+/// the primary sees it streaming.
+fn start_standby(
+    config: &CloneConfig,
+    pg_ctl: Option<&Path>,
+    recovery: Option<&Recovery>,
+    sql: &mut Conn,
+    cancel: &Cancel,
+) -> Result<Option<(String, u64)>, CloneError> {
+    let (Some(pg_ctl), Some(r), Some(start)) = (pg_ctl, recovery, &config.start) else { return Ok(None) };
+    cancel.check()?;
+    standby::start(pg_ctl, &config.replica, &config.replica.join("startup.log"))?;
+    let lag = standby::wait_streaming(sql, &r.application_name, start.wait_streaming, cancel)?;
+    Ok(Some((r.application_name.clone(), lag)))
 }
 
 /// Wall-clock time per phase, for the summary: where a slow clone spent its time.
