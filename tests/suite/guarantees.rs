@@ -3,9 +3,7 @@
 //! each failure a pgclone.sh user meets. Copies are slowed with --limit-net-bw so that they can be
 //! interrupted mid-copy.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use rustix::process::Signal;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;

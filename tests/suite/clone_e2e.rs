@@ -2,9 +2,7 @@
 //! start the clone as a standby with the same major's binaries, and check it streams, catches up
 //! and holds exactly the primary's data.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use std::fs;
 use std::path::Path;
 use std::time::Duration;

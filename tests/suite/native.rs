@@ -3,9 +3,7 @@
 //! range splitting and compression, the block-hash delta of re-runs (including a corruption that keeps size and
 //! mtime), resuming an interrupted clone, and refusing an agent of another version or a missing one.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use rustix::process::Signal;
 use std::ffi::OsString;
 use std::fs;

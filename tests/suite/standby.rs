@@ -3,12 +3,7 @@
 //! primary under a little pgbench write load; every standby is started by the test (or by pgclone
 //! --start) exactly as pgclone left the directory and must stream and end with the primary's data.
 
-mod common;
-#[path = "common/netns.rs"]
-mod netns;
-
-use common::*;
-use netns::*;
+use crate::support::*;
 use std::fs;
 use std::path::Path;
 use std::time::Duration;

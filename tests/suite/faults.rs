@@ -4,12 +4,7 @@
 //! filesystem fills up. Each time: a bounded, clear outcome, nothing left on the primary, and a re-run
 //! into the same directory that completes.
 
-mod common;
-#[path = "common/netns.rs"]
-mod netns;
-
-use common::*;
-use netns::*;
+use crate::support::*;
 use std::path::Path;
 use std::thread::sleep;
 use std::time::{Duration, Instant};

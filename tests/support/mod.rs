@@ -30,6 +30,9 @@ use std::sync::{Arc, OnceLock};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+mod netns;
+pub use netns::*;
+
 pub const PG15_BIN: &str = "/usr/lib/postgresql/15/bin";
 /// Where scripts/install-deps.sh unpacks other PostgreSQL majors (overridable for debugging).
 pub const DEFAULT_CACHE: &str = "/var/tmp/pgclone-test-cache";

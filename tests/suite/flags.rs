@@ -1,9 +1,7 @@
 //! Every flag a pgclone.sh user relies on, and re-runs into an existing replica, against real servers:
 //! each clone is started as a standby and compared with the primary.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::FileExt;

@@ -2,9 +2,7 @@
 //! pg_basebackup does, with either transport (rsync: a read pass over the copy; native: checked as the pages
 //! land); `--no-verify-checksums` clones anyway.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use std::os::unix::fs::FileExt;
 
 #[test]

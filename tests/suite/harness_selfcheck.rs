@@ -1,9 +1,7 @@
 //! Checks of the test harness itself, independent of pgclone: pg_basebackup stands in for pgclone.
 //! When these fail, the harness or the machine is broken, not pgclone.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use std::time::Duration;
 
 fn history_rows(pg: &Postgres) -> u64 {

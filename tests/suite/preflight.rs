@@ -2,9 +2,7 @@
 //! the primary clean. Each test builds a setup that is valid except for the one defect it tests
 //! (and checks that defect is really there before running pgclone).
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use std::fs;
 use std::time::Duration;
 

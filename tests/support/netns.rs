@@ -15,7 +15,7 @@
 //! Drop. Names are unique per fixture, so tests run in parallel.
 #![allow(dead_code)]
 
-use crate::common::*;
+use super::*;
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::Write as _;
