@@ -20,7 +20,7 @@ fn corrupt_page_on_the_primary_fails_the_clone_naming_file_and_block() {
 
     for transport in ["rsync", "native"] {
         let mut run = s.pgclone();
-        run.arg(&["--transport", transport, "--remote-pgclone", s.lab.pgclone_bin().to_str().unwrap()]);
+        run.args(["--transport", transport, "--remote-pgclone", s.lab.pgclone_bin().to_str().unwrap()]);
         let out = run.run();
         out.assert_error(&format!("fail their checksum on the primary: {rel} block 3"));
         println!("{transport}: {}", out.stderr.lines().last().unwrap_or_default());
@@ -28,6 +28,6 @@ fn corrupt_page_on_the_primary_fails_the_clone_naming_file_and_block() {
     }
 
     let mut run = s.pgclone();
-    run.arg(&["--no-verify-checksums"]);
+    run.arg("--no-verify-checksums");
     run.run().assert_success();
 }
