@@ -2,9 +2,7 @@
 //! the primary clean. Each test builds a setup that is valid except for the one defect it tests
 //! (and checks that defect is really there before running pgclone).
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use std::fs;
 use std::time::Duration;
 
@@ -128,8 +126,8 @@ fn reports_ssh_failure() {
     let probe = run_bounded(&mut s.sshd.ssh_cmd(&config, "true"), Duration::from_secs(30));
     assert!(!probe.success(), "the unauthorized key logged in:\n{}", probe.report());
     let mut run = s.pgclone();
-    run.ssh_key = key;
-    run.ssh_config = config;
+    run.ssh_mut().key = key;
+    run.ssh_mut().config = config;
     run.run().assert_error("ssh to");
     s.assert_clean();
 }

@@ -2,9 +2,7 @@
 //! pg_basebackup does, with either transport (rsync: a read pass over the copy; native: checked as the pages
 //! land); `--no-verify-checksums` clones anyway.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use std::os::unix::fs::FileExt;
 
 #[test]
@@ -22,7 +20,7 @@ fn corrupt_page_on_the_primary_fails_the_clone_naming_file_and_block() {
 
     for transport in ["rsync", "native"] {
         let mut run = s.pgclone();
-        run.arg(&["--transport", transport, "--remote-pgclone", s.lab.pgclone_bin().to_str().unwrap()]);
+        run.args(["--transport", transport, "--remote-pgclone", s.lab.pgclone_bin().to_str().unwrap()]);
         let out = run.run();
         out.assert_error(&format!("fail their checksum on the primary: {rel} block 3"));
         println!("{transport}: {}", out.stderr.lines().last().unwrap_or_default());
@@ -30,6 +28,6 @@ fn corrupt_page_on_the_primary_fails_the_clone_naming_file_and_block() {
     }
 
     let mut run = s.pgclone();
-    run.arg(&["--no-verify-checksums"]);
+    run.arg("--no-verify-checksums");
     run.run().assert_success();
 }

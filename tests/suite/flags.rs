@@ -1,9 +1,7 @@
 //! Every flag a pgclone.sh user relies on, and re-runs into an existing replica, against real servers:
 //! each clone is started as a standby and compared with the primary.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::FileExt;
@@ -60,7 +58,7 @@ fn tablespace_goes_to_the_mapped_location_and_by_default_to_the_same_path() {
     let oid = tablespace_with_table(&s.primary, &ts);
     let new = s.lab.path().join("new ts dir");
     let mut run = s.pgclone();
-    run.arg(&["-T", &format!("{}={}", ts.display(), new.display())]);
+    run.args(["-T", &format!("{}={}", ts.display(), new.display())]);
     let out = run.run();
     out.assert_success();
     println!("{}", out.summary_line());
@@ -92,7 +90,7 @@ fn paths_with_spaces_and_umlauts_clone_with_1_and_16_workers() {
         let new = lab.path().join(format!("ts {parallel} ü new"));
         let mut run = Pgclone::new(&primary, &sshd, &replica);
         run.parallel = parallel;
-        run.arg(&["-T", &format!("{}={}", ts.display(), new.display())]);
+        run.args(["-T", &format!("{}={}", ts.display(), new.display())]);
         let out = run.run();
         out.assert_success();
         println!("--parallel {parallel}: {}", out.summary_line());
@@ -140,7 +138,7 @@ fn replica_waldir_becomes_the_target_of_pg_wal() {
     let s = Setup::with_pgbench("waldir", 1);
     let waldir = s.lab.path().join("wal ü dir");
     let mut run = s.pgclone();
-    run.arg(&["--replica-waldir"]).arg(&[&waldir]);
+    run.arg("--replica-waldir").arg(&waldir);
     run.run().assert_success();
     assert_primary_clean(&s.lab, &s.primary);
     let link = fs::read_link(s.replica.join("pg_wal")).expect("the clone's pg_wal should be a symlink");
@@ -182,7 +180,7 @@ fn temp_waldir_is_used_and_its_other_contents_are_left_alone() {
     let before = tree(&dir);
 
     let mut run = s.pgclone();
-    run.arg(&["--temp-waldir"]).arg(&[&dir]);
+    run.arg("--temp-waldir").arg(&dir);
     let running = run.spawn_slowly("8M");
     let private = wait_for("WAL in a private pgclone-* dir under --temp-waldir", Duration::from_secs(20), || {
         let dirs = entries_starting_with(&dir, "pgclone-");
@@ -218,7 +216,7 @@ fn keep_run_tmp_keeps_the_run_dir_and_the_default_removes_it() {
     );
 
     let mut run = s.pgclone_into("replica kept");
-    run.arg(&["--keep-run-tmp"]);
+    run.arg("--keep-run-tmp");
     let out = run.run();
     out.assert_success();
     let kept = entries_starting_with(&s.lab.tmpdir(), "pgclone-");
@@ -256,7 +254,7 @@ fn drop_existing_replaces_another_cluster_and_garbage_which_is_refused_without_i
     assert_primary_clean(&s.lab, &s.primary);
     println!("without --drop-existing the cluster {other_id} in {} was refused and left alone", dir.display());
 
-    run.arg(&["--drop-existing"]);
+    run.arg("--drop-existing");
     let out = run.run();
     out.assert_success();
     println!("{}", out.summary_line());
@@ -278,7 +276,7 @@ fn limit_net_bw_is_a_lower_bound_on_the_copy_time() {
     const RATE: f64 = (2 << 20) as f64;
     let s = Setup::new("bwlimit", &[]); // a fresh cluster: about 23 MB
     let mut run = s.pgclone();
-    run.arg(&["--limit-net-bw", "2M"]);
+    run.args(["--limit-net-bw", "2M"]);
     let started = Instant::now();
     let out = run.run();
     let took = started.elapsed().as_secs_f64();
@@ -314,7 +312,7 @@ fn progress_plain_prints_lines_and_progress_none_prints_none() {
     let s = Setup::new("progress", &[]); // a fresh cluster: about 23 MB, 6 s at 4 MiB/s
     let mut run = s.pgclone();
     run.verbose = false;
-    run.arg(&["--limit-net-bw", "4M", "--progress", "plain", "--progress-interval", "1"]);
+    run.args(["--limit-net-bw", "4M", "--progress", "plain", "--progress-interval", "1"]);
     let out = run.run();
     out.assert_success();
     let lines = progress_lines(&out);
@@ -324,7 +322,7 @@ fn progress_plain_prints_lines_and_progress_none_prints_none() {
 
     let mut run = s.pgclone_into("replica quiet");
     run.verbose = false;
-    run.arg(&["--limit-net-bw", "4M", "--progress", "none", "--progress-interval", "1"]);
+    run.args(["--limit-net-bw", "4M", "--progress", "none", "--progress-interval", "1"]);
     let out = run.run();
     out.assert_success();
     assert_eq!(progress_lines(&out), Vec::<String>::new(), "--progress none printed progress\n{}", out.report());
@@ -361,7 +359,7 @@ fn paranoid_rerun_repairs_a_file_changed_in_place_with_same_size_and_mtime() {
     println!("corrupted {} at offset {offset}, size {} and mtime kept", ours.display(), meta.len());
 
     let mut run = s.pgclone();
-    run.arg(&["--paranoid"]);
+    run.arg("--paranoid");
     let out = run.run();
     out.assert_success();
     println!("--paranoid re-run: {}", out.summary_line());
@@ -439,7 +437,7 @@ fn bypass_rep_traffic_reaches_a_primary_listening_only_on_its_loopback() {
     run.run().assert_error("cannot connect to the primary");
     assert_clean_after_error(&lab, &primary, &replica);
 
-    run.arg(&["--bypass-rep-traffic"]);
+    run.arg("--bypass-rep-traffic");
     let out = run.run();
     out.assert_success();
     println!("with --bypass-rep-traffic: {}", out.summary_line());

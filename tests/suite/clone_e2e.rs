@@ -2,18 +2,12 @@
 //! start the clone as a standby with the same major's binaries, and check it streams, catches up
 //! and holds exactly the primary's data.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
 const STANDBY: &str = "e2e_standby"; // must not start with "pgclone": the clean check looks for those
-
-fn history_rows(pg: &Postgres) -> u64 {
-    pg.psql("select count(*) from pgbench_history").parse().unwrap()
-}
 
 #[test]
 fn clones_pg15_primary_under_write_load() {
@@ -54,11 +48,8 @@ fn clone_under_write_load(major: u32, scale: u32) {
     let sshd = Sshd::start(&lab);
 
     let load = primary.pgbench_load(2);
-    wait_for("pgbench to write", Duration::from_secs(30), || match history_rows(&primary) {
-        0 => Err("no pgbench_history rows yet".to_string()),
-        _ => Ok(()),
-    });
-    let rows_before = history_rows(&primary);
+    primary.wait_for_pgbench_writes();
+    let rows_before = primary.history_rows();
 
     let replica = lab.path().join("replica");
     let mut run = Pgclone::new(&primary, &sshd, &replica);
@@ -69,7 +60,7 @@ fn clone_under_write_load(major: u32, scale: u32) {
     out.assert_success();
     println!("pgclone summary: {}", out.summary_line());
 
-    let rows_after = history_rows(&primary);
+    let rows_after = primary.history_rows();
     assert!(
         rows_after > rows_before,
         "no pgbench writes while pgclone ran ({rows_before} -> {rows_after} history rows)"

@@ -3,22 +3,13 @@
 //! primary under a little pgbench write load; every standby is started by the test (or by pgclone
 //! --start) exactly as pgclone left the directory and must stream and end with the primary's data.
 
-mod common;
-#[path = "common/netns.rs"]
-mod netns;
-
-use common::*;
-use netns::*;
+use crate::support::*;
 use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
 // Application names must not start with "pgclone": the clean checks look for those sessions.
 const WAIT: Duration = Duration::from_secs(120);
-
-fn history_rows(pg: &Postgres) -> u64 {
-    pg.psql("select count(*) from pgbench_history").parse().unwrap()
-}
 
 /// Primary (PG15, pgbench scale `scale`), sshd, and a running 1-client pgbench that has written.
 fn setup(name: &str, scale: u32) -> (Lab, Postgres, Sshd, Bg) {
@@ -27,15 +18,15 @@ fn setup(name: &str, scale: u32) -> (Lab, Postgres, Sshd, Bg) {
     primary.pgbench_init(scale);
     let sshd = Sshd::start(&lab);
     let load = primary.pgbench_load(1);
-    wait_for("pgbench to write", Duration::from_secs(30), || match history_rows(&primary) {
-        0 => Err("no pgbench_history rows yet".to_string()),
-        _ => Ok(()),
-    });
+    primary.wait_for_pgbench_writes();
     (lab, primary, sshd, load)
 }
 
-fn run_into(lab: &Lab, primary: &Postgres, sshd: &Sshd, replica: &Path) -> Run {
-    Run::from_harness(lab, &Pgclone::new(primary, sshd, replica))
+/// A valid clone of `primary` over `sshd` into `replica`, allowed 180 s.
+fn run_into(primary: &Postgres, sshd: &Sshd, replica: &Path) -> Pgclone {
+    let mut run = Pgclone::new(primary, sshd, replica);
+    run.timeout = Duration::from_secs(180);
+    run
 }
 
 fn auto_conf(replica: &Path) -> String {
@@ -58,11 +49,11 @@ fn get<'a>(ci: &'a [(String, String)], key: &str) -> Option<&'a str> {
 fn assert_caught_up(primary: &Postgres, load: Bg, standbys: &[(&dyn Sql, &str, &dyn Sql)]) {
     stop_load(load, primary);
     let lsn = primary.psql("select pg_current_wal_lsn()");
-    let expected = fingerprint(primary);
+    let expected = primary.fingerprint();
     for (upstream, app, standby) in standbys {
-        wait_replayed_on(*upstream, app, &lsn, WAIT);
-        assert_eq!(standby.sql("select pg_is_in_recovery()"), "t", "{app} is not in recovery");
-        assert_eq!(fingerprint(*standby), expected, "{app}'s pgbench tables differ from the primary's");
+        wait_replayed(*upstream, app, &lsn, WAIT);
+        assert_eq!(standby.psql("select pg_is_in_recovery()"), "t", "{app} is not in recovery");
+        assert_eq!(standby.fingerprint(), expected, "{app}'s pgbench tables differ from the primary's");
         println!("{app} replayed {lsn} and matches the primary");
     }
     println!("fingerprint:\n{expected}");
@@ -79,7 +70,7 @@ fn recovery_conf_with_and_without_password_streams_as_application_name() {
     for (app, with_password) in [("g5_nopw", false), ("g5_pw", true)] {
         let replica = lab.path().join(app);
         let port = free_port();
-        let mut run = run_into(&lab, &primary, &sshd, &replica);
+        let mut run = run_into(&primary, &sshd, &replica);
         run.args(["-R", "--application-name", app, "--replica-port", &port.to_string()]);
         if with_password {
             run.arg("--conninfo-password");
@@ -111,9 +102,9 @@ fn recovery_conf_with_and_without_password_streams_as_application_name() {
             Creds::PassFile(pgpass_file(&lab, &format!("{app}.pgpass"), "127.0.0.1", primary.port))
         };
         let standby = Server::start(&lab, &replica, app, port, creds);
-        wait_streaming_on(&primary, app, WAIT, Some(&standby.log));
-        assert_eq!(standby.sql("show port"), port.to_string());
-        let receiver = standby.sql("select status || ' ' || conninfo from pg_stat_wal_receiver");
+        wait_streaming(&primary, &standby, app, WAIT);
+        assert_eq!(standby.psql("show port"), port.to_string());
+        let receiver = standby.psql("select status || ' ' || conninfo from pg_stat_wal_receiver");
         println!("{app}: wal receiver: {receiver}");
         assert!(receiver.starts_with("streaming "), "{receiver}");
         standbys.push(standby);
@@ -133,7 +124,7 @@ fn start_exits_once_the_standby_streams() {
     let app = "g5_started";
     // Stops the standby whatever happens below (pgclone started it; we own it from here).
     let standby = Server::adopt(&lab, &replica, app, port);
-    let mut run = run_into(&lab, &primary, &sshd, &replica);
+    let mut run = run_into(&primary, &sshd, &replica);
     run.args(["--start", "--replica-port", &port.to_string(), "--application-name", app]);
     let out = run.run();
     let state = primary.psql(&format!("select state from pg_stat_replication where application_name = '{app}'"));
@@ -143,7 +134,7 @@ fn start_exits_once_the_standby_streams() {
     assert_eq!(state, "streaming", "pgclone --start exited 0 before {app} streamed\n{}", out.report());
     assert!(summary.contains(&format!("standby {app} is streaming")), "summary: {summary}");
     assert!(replica.join("standby.signal").is_file(), "--start implies -R");
-    assert_eq!(standby.sql("show port"), port.to_string());
+    assert_eq!(standby.psql("show port"), port.to_string());
     // Started with PG15's own binaries (pg_ctl from /usr/lib/postgresql/15/bin).
     let pid = fs::read_to_string(replica.join("postmaster.pid")).expect("postmaster.pid");
     let exe = fs::read_link(format!("/proc/{}/exe", pid.lines().next().unwrap().trim())).expect("postmaster exe");
@@ -170,27 +161,27 @@ fn create_slot_is_permanent_used_and_never_left_by_a_failed_run() {
     let app = "g5_slotted";
     let replica = lab.path().join("replica");
     let port = free_port();
-    let mut run = run_into(&lab, &primary, &sshd, &replica);
+    let mut run = run_into(&primary, &sshd, &replica);
     run.args(["-R", "--create-slot", slot, "--application-name", app, "--replica-port", &port.to_string()]);
     let out = run.run();
     out.assert_success();
     println!("{}", out.summary_line());
     assert_eq!(slot_row(&primary, slot), "physical|f|f", "slot {slot} after the run");
     assert_eq!(conf_value(&auto_conf(&replica), "primary_slot_name").as_deref(), Some(slot));
-    wait_clean(&lab, &primary, &[slot], &[(Run::tmpdir(&lab), "pgclone-")], Duration::from_secs(10));
+    wait_clean(&lab, &primary, &[slot], &[(lab.tmpdir(), "pgclone-")], Duration::from_secs(10));
 
     let standby = Server::start(&lab, &replica, app, port, Creds::Env);
-    wait_streaming_on(&primary, app, WAIT, Some(&standby.log));
+    wait_streaming(&primary, &standby, app, WAIT);
     let used = primary.psql(&format!(
         "select s.active, s.active_pid = r.pid from pg_replication_slots s, pg_stat_replication r \
          where s.slot_name = '{slot}' and r.application_name = '{app}'"
     ));
     assert_eq!(used, "t|t", "{app} does not stream through slot {slot}");
-    assert_eq!(standby.sql("select slot_name from pg_stat_wal_receiver"), slot);
+    assert_eq!(standby.psql("select slot_name from pg_stat_wal_receiver"), slot);
 
     // Same name again: refused before anything is copied.
     let again = lab.path().join("again");
-    let mut run = run_into(&lab, &primary, &sshd, &again);
+    let mut run = run_into(&primary, &sshd, &again);
     run.args(["-R", "--create-slot", slot]);
     let out = run.run();
     out.assert_error("already exists");
@@ -207,7 +198,7 @@ fn create_slot_is_permanent_used_and_never_left_by_a_failed_run() {
     ];
     for (name, sig, after, slow) in cases {
         let dir = lab.path().join(name);
-        let mut run = run_into(&lab, &primary, &sshd, &dir);
+        let mut run = run_into(&primary, &sshd, &dir);
         run.args(["-R", "--create-slot", name, "--application-name", name]);
         if slow {
             run.args(["--limit-net-bw", "1M"]);
@@ -233,7 +224,7 @@ fn create_slot_is_permanent_used_and_never_left_by_a_failed_run() {
             out.assert_error("interrupted by SIGTERM");
             assert!(!dir.join("global/pg_control").exists(), "failed run left pg_control");
         }
-        let took = wait_clean(&lab, &primary, &[slot], &[(Run::tmpdir(&lab), "pgclone-")], Duration::from_secs(10));
+        let took = wait_clean(&lab, &primary, &[slot], &[(lab.tmpdir(), "pgclone-")], Duration::from_secs(10));
         println!("{name}: clean {took:.1?} after the end (no slot {name}, no temporary slot)");
         assert_eq!(slot_row(&primary, name), "", "slot {name} left behind");
     }
@@ -290,7 +281,7 @@ fn lsn(s: &str) -> u64 {
 fn json_summary_on_success_and_failure() {
     let (lab, primary, sshd, load) = setup("g5-json", 2);
     let replica = lab.path().join("replica");
-    let mut run = run_into(&lab, &primary, &sshd, &replica);
+    let mut run = run_into(&primary, &sshd, &replica);
     run.arg("--json");
     let out = run.run();
     out.assert_success();
@@ -318,10 +309,9 @@ fn json_summary_on_success_and_failure() {
 
     // Failure: a key sshd does not accept.
     let (key, config) = sshd.unauthorized_key("g5_wrong_key");
-    let mut pg = Pgclone::new(&primary, &sshd, &lab.path().join("failed"));
-    pg.ssh_key = key;
-    pg.ssh_config = config;
-    let mut run = Run::from_harness(&lab, &pg);
+    let mut run = run_into(&primary, &sshd, &lab.path().join("failed"));
+    run.ssh_mut().key = key;
+    run.ssh_mut().config = config;
     run.arg("--json");
     let out = run.run();
     println!("failure stdout: {}", out.stdout.trim());
@@ -359,17 +349,14 @@ fn clones_from_a_standby_into_a_cascading_standby() {
     let mid_data = lab.path().join("mid");
     lab.run(primary.client("pg_basebackup", SUPERUSER).arg("-D").arg(&mid_data).args(["-X", "stream", "-c", "fast"]));
     let mid = Postgres::standby(&lab, &mid_data, &primary, "g5_mid");
-    wait_streaming_on(&primary, "g5_mid", WAIT, Some(&mid.log));
+    wait_streaming(&primary, &mid, "g5_mid", WAIT);
     let load = primary.pgbench_load(1);
-    wait_for("pgbench to write", Duration::from_secs(30), || match history_rows(&primary) {
-        0 => Err("no pgbench_history rows yet".to_string()),
-        _ => Ok(()),
-    });
+    primary.wait_for_pgbench_writes();
 
     let replica = lab.path().join("cascade");
     let port = free_port();
     let app = "g5_cascade";
-    let mut run = run_into(&lab, &mid, &sshd, &replica);
+    let mut run = run_into(&mid, &sshd, &replica);
     run.args(["-R", "--application-name", app, "--replica-port", &port.to_string()]);
     let out = run.run();
     out.assert_success();
@@ -381,15 +368,15 @@ fn clones_from_a_standby_into_a_cascading_standby() {
     assert!(label.contains("BACKUP FROM: standby"), "{label}");
 
     let cascade = Server::start(&lab, &replica, app, port, Creds::Env);
-    wait_streaming_on(&mid, app, WAIT, Some(&cascade.log));
+    wait_streaming(&mid, &cascade, app, WAIT);
     stop_load(load, &primary);
     let lsn = primary.psql("select pg_current_wal_lsn()");
-    wait_replayed_on(&primary, "g5_mid", &lsn, WAIT);
-    wait_replayed_on(&mid, app, &lsn, WAIT);
-    let expected = fingerprint(&primary);
-    assert_eq!(fingerprint(&mid), expected, "the standby cloned from differs from the primary");
-    assert_eq!(fingerprint(&cascade), expected, "the cascading clone differs from the primary");
-    assert_eq!(cascade.sql("select pg_is_in_recovery()"), "t");
+    wait_replayed(&primary, "g5_mid", &lsn, WAIT);
+    wait_replayed(&mid, app, &lsn, WAIT);
+    let expected = primary.fingerprint();
+    assert_eq!(mid.fingerprint(), expected, "the standby cloned from differs from the primary");
+    assert_eq!(cascade.fingerprint(), expected, "the cascading clone differs from the primary");
+    assert_eq!(cascade.psql("select pg_is_in_recovery()"), "t");
     println!("cascade replayed {lsn}; fingerprint:\n{expected}");
     drop(cascade);
     assert_primary_clean(&lab, &mid);
@@ -405,7 +392,7 @@ fn create_slot_not_left_by_kill_during_finalize() {
     for attempt in 1..=3 {
         let name = format!("g5_fin_kill{attempt}");
         let dir = lab.path().join(&name);
-        let mut run = run_into(&lab, &primary, &sshd, &dir);
+        let mut run = run_into(&primary, &sshd, &dir);
         run.args(["-R", "--create-slot", &name]);
         let mut p = run.spawn();
         p.wait_for_log("WAL received through", Duration::from_secs(60));
@@ -417,7 +404,7 @@ fn create_slot_not_left_by_kill_during_finalize() {
             continue;
         }
         println!("{name}: killed at {:?}", out.stderr.lines().last());
-        wait_clean(&lab, &primary, &[], &[(Run::tmpdir(&lab), "pgclone-")], Duration::from_secs(10));
+        wait_clean(&lab, &primary, &[], &[(lab.tmpdir(), "pgclone-")], Duration::from_secs(10));
         drop(load);
         return;
     }

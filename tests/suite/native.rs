@@ -3,11 +3,7 @@
 //! range splitting and compression, the block-hash delta of re-runs (including a corruption that keeps size and
 //! mtime), resuming an interrupted clone, and refusing an agent of another version or a missing one.
 
-mod common;
-
-use common::*;
-use rustix::process::Signal;
-use std::ffi::OsString;
+use crate::support::*;
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -17,13 +13,9 @@ use std::time::{Duration, Instant};
 // Application names must not start with "pgclone": the clean check looks for those.
 const STANDBY: &str = "native_standby";
 
-fn history_rows(pg: &Postgres) -> u64 {
-    pg.psql("select count(*) from pgbench_history").parse().unwrap()
-}
-
 /// `--transport native --remote-pgclone <the lab's copy of pgclone>`.
 fn native(run: &mut Pgclone, lab: &Lab) {
-    run.arg(&[OsString::from("--transport"), "native".into(), "--remote-pgclone".into(), lab.pgclone_bin().into()]);
+    run.args(["--transport", "native", "--remote-pgclone"]).arg(lab.pgclone_bin());
 }
 
 /// The figures of a successful run's `--json` summary.
@@ -75,31 +67,6 @@ fn verify_both(lab: &Lab, replica: &Path) {
         let said = format!("{} {}", out.stdout.trim(), out.stderr.trim());
         println!("{name} accepts the clone: {}", said.trim());
     }
-}
-
-/// pgclone as the lab user with exactly `args` (no harness defaults): TMPDIR and the lab's tag as for
-/// `Pgclone::spawn`, bounded by `timeout`.
-fn run_pgclone_raw(lab: &Lab, args: &[OsString], timeout: Duration, max_open_files: u64) -> CmdOutput {
-    let tag = lab.tag();
-    let (tag_var, tag_val) = tag.split_once('=').expect("tag is VAR=value");
-    let mut cmd = lab.cmd(lab.pgclone_bin());
-    cmd.args(args).env(tag_var, tag_val).env("TMPDIR", lab.tmpdir());
-    let limit = rustix::process::Rlimit { current: Some(max_open_files), maximum: Some(max_open_files) };
-    // SAFETY: setrlimit is a plain system call, safe between fork and exec.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            rustix::process::setrlimit(rustix::process::Resource::Nofile, limit).map_err(Into::into)
-        });
-    }
-    println!(
-        "running {} {}",
-        lab.pgclone_bin().display(),
-        args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
-    );
-    let started = Instant::now();
-    let out = run_bounded(&mut cmd, timeout);
-    println!("pgclone finished in {:.1?}: {}", started.elapsed(), out.status);
-    out
 }
 
 /// Disk space actually allocated to the regular files under `dir` (a pre-sized, sparse file counts only what
@@ -193,17 +160,14 @@ fn native_clone_under_write_load() {
     let started = Instant::now();
     let s = Setup::with_pgbench("native-load", 5);
     let load = s.primary.pgbench_load(2);
-    wait_for("pgbench to write", Duration::from_secs(30), || match history_rows(&s.primary) {
-        0 => Err("no pgbench_history rows yet".to_string()),
-        _ => Ok(()),
-    });
-    let rows_before = history_rows(&s.primary);
+    s.primary.wait_for_pgbench_writes();
+    let rows_before = s.primary.history_rows();
 
     let mut run = s.pgclone();
     run.parallel = 4;
     run.timeout = Duration::from_secs(300);
     native(&mut run, &s.lab);
-    run.arg(&["--chunk-size", "1M", "--compress", "zstd", "--json"]);
+    run.args(["--chunk-size", "1M", "--compress", "zstd", "--json"]);
     let out = run.run();
     out.assert_success();
     println!("pgclone summary: {}", out.stderr.lines().rev().find(|l| l.starts_with("pgclone: ")).unwrap_or(""));
@@ -212,7 +176,7 @@ fn native_clone_under_write_load() {
     assert!(f.bytes > 0 && f.moved > 0, "a fresh clone moved nothing: {f:?}");
     assert!(f.files > 0, "a fresh clone copied no files: {f:?}");
 
-    let rows_after = history_rows(&s.primary);
+    let rows_after = s.primary.history_rows();
     assert!(rows_after > rows_before, "no pgbench writes while pgclone ran ({rows_before} -> {rows_after})");
     println!("pgbench wrote {} history rows while pgclone ran", rows_after - rows_before);
     assert!(s.replica.join("global/pg_control").exists(), "clone lacks global/pg_control");
@@ -234,28 +198,13 @@ fn native_no_ssh_clones_locally() {
     primary.pgbench_init(2);
     let load = primary.pgbench_load(1);
     let replica = lab.path().join("replica");
-    let args: Vec<OsString> = vec![
-        "--pghost".into(),
-        "127.0.0.1".into(),
-        "--pgport".into(),
-        primary.port.to_string().into(),
-        "--pguser".into(),
-        SUPERUSER.into(),
-        "--primary-pgdata".into(),
-        primary.data.clone().into(),
-        "--replica-pgdata".into(),
-        replica.clone().into(),
-        "--no-ssh".into(),
-        "--transport".into(),
-        "native".into(),
-        "--parallel".into(),
-        "2".into(),
-        "--verbose".into(),
-        "--json".into(),
-    ];
+    let mut run = Pgclone::without_ssh(&lab, "127.0.0.1", primary.port, &primary.data, &replica);
+    run.args(["--transport", "native", "--json"]);
+    run.timeout = Duration::from_secs(180);
     // A batch of small files is ~1000 files here: a worker must not hold them all open (a common soft limit
     // is 1024 descriptors).
-    let out = run_pgclone_raw(&lab, &args, Duration::from_secs(180), 128);
+    run.max_open_files = Some(128);
+    let out = run.run();
     out.assert_success();
     let f = json_figures(&out);
     assert!(f.bytes > 0 && f.moved > 0, "nothing copied: {f:?}");
@@ -279,7 +228,7 @@ fn native_delta_rerun_moves_little_and_repairs_silent_corruption() {
         let mut run = s.pgclone();
         run.timeout = Duration::from_secs(300);
         native(&mut run, &s.lab);
-        run.arg(&["--json"]);
+        run.arg("--json");
         let out = run.run();
         out.assert_success();
         println!("pgclone summary: {}", out.stderr.lines().rev().find(|l| l.starts_with("pgclone: ")).unwrap_or(""));
@@ -385,7 +334,7 @@ fn native_interrupted_clone_rerun_moves_only_the_rest() {
     let mut rerun = s.pgclone();
     rerun.timeout = Duration::from_secs(300);
     native(&mut rerun, &s.lab);
-    rerun.arg(&["--json"]);
+    rerun.arg("--json");
     let out = rerun.run();
     out.assert_success();
     println!("pgclone summary: {}", out.stderr.lines().rev().find(|l| l.starts_with("pgclone: ")).unwrap_or(""));
@@ -431,7 +380,7 @@ fn native_agent_version_mismatch_refused() {
     fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
 
     let mut run = s.pgclone();
-    run.arg(&[OsString::from("--transport"), "native".into(), "--remote-pgclone".into(), script.clone().into()]);
+    run.args(["--transport", "native", "--remote-pgclone"]).arg(&script);
     let out = run.run();
     assert_eq!(out.status.code(), Some(1), "expected exit 1\n{}", out.report());
     out.assert_error("version 0.0.0-other");
@@ -450,13 +399,13 @@ fn native_missing_agent_and_auto_fallback() {
     let missing = ["--remote-pgclone", "/nonexistent/pgclone"];
 
     let mut run = s.pgclone();
-    run.arg(&["--transport", "native"]).arg(&missing);
+    run.args(["--transport", "native"]).args(missing);
     let out = run.run();
     out.assert_error("is not installed on the primary host");
     s.assert_clean();
 
     let mut run = s.pgclone();
-    run.arg(&["--transport", "auto"]).arg(&missing);
+    run.args(["--transport", "auto"]).args(missing);
     let out = run.run();
     out.assert_success();
     let notice = out.stderr.lines().find(|l| l.contains("using the rsync transport"));

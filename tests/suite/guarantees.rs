@@ -3,10 +3,7 @@
 //! each failure a pgclone.sh user meets. Copies are slowed with --limit-net-bw so that they can be
 //! interrupted mid-copy.
 
-mod common;
-
-use common::*;
-use rustix::process::Signal;
+use crate::support::*;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::thread::sleep;
@@ -117,7 +114,7 @@ fn interrupted_mid_copy(name: &str, sig: Signal, message: Option<&str>) {
 fn slot_flag_shows_one_temporary_pgclone_slot_during_the_run_and_none_after() {
     let s = Setup::new("slot", &[]);
     let mut run = s.pgclone();
-    run.arg(&["--slot", "--transport", "rsync"]);
+    run.args(["--slot", "--transport", "rsync"]);
     let running = run.spawn_slowly("4M");
     let slots = s.primary.psql("select slot_name, temporary, slot_type, active from pg_replication_slots");
     println!("pg_replication_slots during the copy:\n{slots}");
@@ -145,7 +142,7 @@ fn slot_flag_shows_one_temporary_pgclone_slot_during_the_run_and_none_after() {
 /// of `messages` and leave nothing behind.
 fn fault_mid_copy(name: &str, args: &[&str], messages: &[&str], fault: impl FnOnce(&Setup, &Running)) {
     let s = Setup::with_pgbench(name, 2);
-    let running = s.pgclone().arg(args).spawn_slowly(SLOW);
+    let running = s.pgclone().args(args).spawn_slowly(SLOW);
     sleep(Duration::from_secs(1));
     let injected = Instant::now();
     fault(&s, &running);
@@ -231,41 +228,18 @@ fn unknown_host_key_is_one_clear_line_and_insecure_ssh_gets_past_it() {
         probe.report()
     );
     let mut run = s.pgclone();
-    run.ssh_config = config;
+    run.ssh_mut().config = config;
     let out = run.run();
     out.assert_error("ssh to");
     out.assert_error("Host key verification failed");
     s.assert_clean();
 
-    run.arg(&["--insecure-ssh"]);
+    run.arg("--insecure-ssh");
     let out = run.run();
     out.assert_success();
     println!("with --insecure-ssh: {}", out.summary_line());
     assert!(s.replica.join("global/pg_control").exists(), "the clone with --insecure-ssh is not complete");
     assert_primary_clean(&s.lab, &s.primary);
-}
-
-/// A tmpfs mounted for one test, unmounted when dropped.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(lab: &Lab, name: &str, size: &str) -> Tmpfs {
-        let dir = lab.mkdir(name);
-        let u = lab.user();
-        let opts = format!("size={size},mode=0700,uid={},gid={}", u.uid, u.gid);
-        let out = run_bounded(
-            std::process::Command::new("mount").args(["-t", "tmpfs", "-o", &opts, "pgclone-test"]).arg(&dir),
-            Duration::from_secs(30),
-        );
-        out.assert_success();
-        Tmpfs(dir)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-    }
 }
 
 #[test]
@@ -274,14 +248,14 @@ fn not_enough_space_is_one_clear_line() {
         return;
     }
     let s = Setup::new("space", &[]);
-    let small = Tmpfs::mount(&s.lab, "small", "32m");
-    let replica = small.0.join("replica");
+    let small = Tmpfs::mount(&s.lab, "small", 32 << 20);
+    let replica = small.path.join("replica");
     let mut run = s.pgclone();
     run.replica_pgdata = replica.clone();
     run.run().assert_error("not enough space for the clone in");
     println!(
         "replica filesystem: {}",
-        run_bounded(std::process::Command::new("df").arg("-h").arg(&small.0), Duration::from_secs(10)).stdout.trim()
+        run_bounded(std::process::Command::new("df").arg("-h").arg(&small.path), Duration::from_secs(10)).stdout.trim()
     );
     assert_clean_after_error(&s.lab, &s.primary, &replica);
 }
@@ -296,7 +270,7 @@ fn drop_existing_refuses_root_and_home() {
         run.replica_pgdata = dir.to_path_buf();
         // Safety net: nothing listens on this port, so a broken refusal fails at connect, before emptying.
         run.pgport = free_port();
-        run.arg(&["--drop-existing"]).env("HOME", Some(&home.to_string_lossy()));
+        run.arg("--drop-existing").env("HOME", Some(&home.to_string_lossy()));
         run.run().assert_error("refuses to empty");
     }
     assert!(marker.exists(), "the home directory was emptied");

@@ -1,14 +1,8 @@
 //! Checks of the test harness itself, independent of pgclone: pg_basebackup stands in for pgclone.
 //! When these fail, the harness or the machine is broken, not pgclone.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use std::time::Duration;
-
-fn history_rows(pg: &Postgres) -> u64 {
-    pg.psql("select count(*) from pgbench_history").parse().unwrap()
-}
 
 /// Primary + sshd + pgbench load + replica (from pg_basebackup) started as a standby through the
 /// same path the end-to-end test uses, caught up, with equal fingerprints.
@@ -27,18 +21,12 @@ fn basebackup_replica_streams_and_matches() {
     lab.run(lab.cmd(lab.pgclone_bin()).arg("--help"));
 
     let load = primary.pgbench_load(2);
-    wait_for("pgbench to write", Duration::from_secs(30), || {
-        if history_rows(&primary) > 0 {
-            Ok(())
-        } else {
-            Err("no history rows yet".into())
-        }
-    });
+    primary.wait_for_pgbench_writes();
     let replica = lab.path().join("replica");
     lab.run(primary.client("pg_basebackup", SUPERUSER).arg("-D").arg(&replica).args(["-X", "stream", "-c", "fast"]));
 
     let standby = assert_standby_matches(&lab, &primary, &replica, "selfcheck_standby", Some(load));
-    assert!(history_rows(&standby) > 0);
+    assert!(standby.history_rows() > 0);
     // pg_basebackup's temporary slot is gone with its connection.
     assert_primary_clean(&lab, &primary);
 }

@@ -1,0 +1,18 @@
+//! pgclone's integration tests, as one test binary: `support` is the harness (labs, servers, sshd,
+//! network namespaces, the pgclone runner, the shared checks), `suite` holds the tests, one module per area.
+//! One binary means one compile and link of the harness instead of one per area, and a dead-code lint
+//! that sees every use of a helper.
+
+mod support;
+
+mod suite {
+    mod clone_e2e;
+    mod faults;
+    mod flags;
+    mod guarantees;
+    mod harness_selfcheck;
+    mod native;
+    mod preflight;
+    mod standby;
+    mod verification;
+}
