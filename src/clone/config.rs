@@ -6,6 +6,7 @@
 //! applies them itself, and pgclone passes on only what the user gave as flags. The few read here are those
 //! pgclone needs for decisions of its own: the ssh host is PGHOST, a tunnel's far end is PGPORT.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -23,13 +24,14 @@ pub enum ConfigError {
     NoHost,
 }
 
+/// The environment variables pgclone reads for decisions of its own.
+const VARS: [&str; 4] = ["PGHOST", "PGPORT", "PGDATABASE", "PGCONNECT_TIMEOUT"];
+
 /// What the process environment contributes, read once by `Env::from_process` (and built by hand in tests).
 #[derive(Debug, Clone, Default)]
 pub struct Env {
-    pub pghost: Option<String>,
-    pub pgport: Option<String>,
-    pub pgdatabase_set: bool,
-    pub pgconnect_timeout_set: bool,
+    /// Those of `VARS` that are set.
+    pub vars: BTreeMap<&'static str, String>,
     /// $TMPDIR or /tmp: where the run directory goes.
     pub tmpdir: PathBuf,
     /// The user's home directory, which --drop-existing refuses to empty.
@@ -43,18 +45,21 @@ pub struct Env {
 
 impl Env {
     pub fn from_process() -> Env {
-        let var = |k| std::env::var(k).ok();
         Env {
-            pghost: var("PGHOST"),
-            pgport: var("PGPORT"),
-            pgdatabase_set: std::env::var_os("PGDATABASE").is_some(),
-            pgconnect_timeout_set: std::env::var_os("PGCONNECT_TIMEOUT").is_some(),
+            vars: VARS
+                .into_iter()
+                .filter_map(|k| Some((k, std::env::var_os(k)?.to_string_lossy().into_owned())))
+                .collect(),
             tmpdir: std::env::temp_dir(),
             home: std::env::home_dir(),
             path: std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default(),
             cpus: std::thread::available_parallelism().map_or(4, |n| n.get()),
             hostname: rustix::system::uname().nodename().to_string_lossy().into_owned(),
         }
+    }
+
+    fn var(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str)
     }
 }
 
@@ -142,7 +147,11 @@ impl CloneConfig {
         let replica = args.replica_pgdata.clone().unwrap_or_else(|| primary_pgdata.clone());
         // The ssh host is the PostgreSQL host; a socket directory is no host, and with --no-ssh there is none
         // to reach.
-        let host = args.pghost.clone().or_else(|| env.pghost.clone()).filter(|h| !h.is_empty() && !h.starts_with('/'));
+        let host = args
+            .pghost
+            .clone()
+            .or_else(|| env.var("PGHOST").map(str::to_string))
+            .filter(|h| !h.is_empty() && !h.starts_with('/'));
         let host = match host {
             Some(h) => h,
             None if args.no_ssh => "localhost".into(),
@@ -215,13 +224,18 @@ fn pg_config(args: &Args, env: &Env) -> PgConfig {
         params.push(("user", u.clone()));
     }
     // An unreachable primary must fail in seconds, not after the kernel's TCP timeout.
-    if !env.pgconnect_timeout_set {
+    if env.var("PGCONNECT_TIMEOUT").is_none() {
         params.push(("connect_timeout", "10".into()));
     }
     params.push(("fallback_application_name", "pgclone".into()));
     let tunnel_to =
-        args.bypass_rep_traffic.then(|| args.pgport.or_else(|| env.pgport.as_deref()?.parse().ok()).unwrap_or(5432));
-    PgConfig { params, sql_dbname: (!env.pgdatabase_set).then_some("postgres"), tunnel_to, port_flag: args.pgport }
+        args.bypass_rep_traffic.then(|| args.pgport.or_else(|| env.var("PGPORT")?.parse().ok()).unwrap_or(5432));
+    PgConfig {
+        params,
+        sql_dbname: env.var("PGDATABASE").is_none().then_some("postgres"),
+        tunnel_to,
+        port_flag: args.pgport,
+    }
 }
 
 #[cfg(test)]
@@ -267,10 +281,10 @@ mod tests {
     #[test]
     fn host_from_pghost_unless_a_socket_directory() {
         let mut e = env();
-        e.pghost = Some("db2".into());
+        e.vars.insert("PGHOST", "db2".into());
         assert_eq!(resolve(&["--primary-pgdata", "/pg"], &e).unwrap().host, "db2");
         assert!(resolve(&["--primary-pgdata", "/pg"], &e).unwrap().pg.params.iter().all(|(k, _)| *k != "host"));
-        e.pghost = Some("/var/run/postgresql".into());
+        e.vars.insert("PGHOST", "/var/run/postgresql".into());
         assert_eq!(resolve(&["--primary-pgdata", "/pg"], &e).unwrap_err(), ConfigError::NoHost);
         let local = resolve(&["--primary-pgdata", "/pg", "--no-ssh"], &e).unwrap();
         assert_eq!(local.host, "localhost");
@@ -280,8 +294,8 @@ mod tests {
     #[test]
     fn libpq_variables_of_our_own_leave_libpq_alone() {
         let mut e = env();
-        e.pgconnect_timeout_set = true;
-        e.pgdatabase_set = true;
+        e.vars.insert("PGCONNECT_TIMEOUT", "3".into());
+        e.vars.insert("PGDATABASE", "app".into());
         let c = resolve(&["--pghost", "db1", "--primary-pgdata", "/pg", "--pguser", "rep"], &e).unwrap();
         assert!(c.pg.params.iter().all(|(k, _)| *k != "connect_timeout"));
         assert!(c.pg.params.contains(&("user", "rep".into())));
@@ -293,7 +307,7 @@ mod tests {
         let base = ["--pghost", "db1", "--primary-pgdata", "/pg", "--bypass-rep-traffic"];
         let mut e = env();
         assert_eq!(resolve(&base, &e).unwrap().pg.tunnel_to, Some(5432));
-        e.pgport = Some("5433".into());
+        e.vars.insert("PGPORT", "5433".into());
         assert_eq!(resolve(&base, &e).unwrap().pg.tunnel_to, Some(5433));
         let c = resolve(&[&base[..], &["--pgport", "6000"]].concat(), &e).unwrap();
         assert_eq!(c.pg.tunnel_to, Some(6000));

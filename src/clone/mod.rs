@@ -245,8 +245,9 @@ fn start_standby(
     let (Some(pg_ctl), Some(r), Some(start)) = (pg_ctl, recovery, &config.start) else { return Ok(None) };
     cancel.check()?;
     standby::start(pg_ctl, &config.replica, &config.replica.join("startup.log"))?;
-    let lag = standby::wait_streaming(sql, &r.application_name, start.wait_streaming, cancel)?;
-    Ok(Some((r.application_name.clone(), lag)))
+    let name = &r.standby.application_name;
+    let lag = standby::wait_streaming(sql, name, start.wait_streaming, cancel)?;
+    Ok(Some((name.clone(), lag)))
 }
 
 /// Wall-clock time per phase, for the summary: where a slow clone spent its time.

@@ -39,10 +39,8 @@ pub struct Recovery {
     pub user: String,
     pub sslmode: Option<String>,
     pub password: Option<String>,
-    pub application_name: String,
-    pub slot: Option<String>,
-    /// --replica-port: the standby's own port.
-    pub port_setting: Option<u16>,
+    /// What the flags say: application_name, slot, the standby's own port.
+    pub standby: RecoveryConfig,
 }
 
 impl Recovery {
@@ -60,9 +58,7 @@ impl Recovery {
             user: sql.user(),
             sslmode: sql.option("sslmode"),
             password: if config.password { sql.option("password") } else { None },
-            application_name: config.application_name.clone(),
-            slot: config.slot.clone(),
-            port_setting: config.replica_port,
+            standby: config.clone(),
         }
     }
 
@@ -76,15 +72,15 @@ impl Recovery {
         if let Some(p) = &self.password {
             conninfo.push(("password", p));
         }
-        conninfo.push(("application_name", &self.application_name));
+        conninfo.push(("application_name", &self.standby.application_name));
         let conninfo: Vec<String> =
             conninfo.iter().map(|(k, v)| format!("{k}='{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))).collect();
         let mut s = String::from("# Added by pgclone -R\n");
         s.push_str(&format!("primary_conninfo = '{}'\n", conninfo.join(" ").replace('\'', "''")));
-        if let Some(slot) = &self.slot {
+        if let Some(slot) = &self.standby.slot {
             s.push_str(&format!("primary_slot_name = '{slot}'\n"));
         }
-        if let Some(port) = self.port_setting {
+        if let Some(port) = self.standby.replica_port {
             s.push_str(&format!("port = {port}\n"));
         }
         s
@@ -205,9 +201,12 @@ mod tests {
             user: "rep'l".into(),
             sslmode: Some("require".into()),
             password: None,
-            application_name: "replica1".into(),
-            slot: Some("standby1".into()),
-            port_setting: Some(5434),
+            standby: RecoveryConfig {
+                password: false,
+                application_name: "replica1".into(),
+                slot: Some("standby1".into()),
+                replica_port: Some(5434),
+            },
         };
         assert_eq!(
             r.settings(),
@@ -229,9 +228,7 @@ mod tests {
             user: "u".into(),
             sslmode: None,
             password: Some("p w".into()),
-            application_name: "a".into(),
-            slot: None,
-            port_setting: None,
+            standby: RecoveryConfig { password: true, application_name: "a".into(), slot: None, replica_port: None },
         };
         r.write(d.path()).unwrap();
         let conf = std::fs::read_to_string(d.path().join("postgresql.auto.conf")).unwrap();

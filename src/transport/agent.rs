@@ -30,14 +30,12 @@ pub fn serve(pgdata: &Path, input: impl Read, output: impl Write) -> io::Result<
                 write_msg(&mut w, &Msg::ListDone)?;
             }
             Msg::Read { id, path, offset, len, codec, level } => {
-                if let Err(e) = read(pgdata, &mut w, &mut buf, id, &path, (offset, len), (codec, level)) {
-                    answer_error(&mut w, id, &path, e)?;
-                }
+                let answered = answer(pgdata, &mut w, &mut buf, id, &path, (offset, len), Want::Data(codec, level));
+                answered.or_else(|e| answer_error(&mut w, id, &path, e))?;
             }
             Msg::Sums { id, path, offset, len, block } => {
-                if let Err(e) = sums(pgdata, &mut w, &mut buf, id, &path, (offset, len), block) {
-                    answer_error(&mut w, id, &path, e)?;
-                }
+                let answered = answer(pgdata, &mut w, &mut buf, id, &path, (offset, len), Want::Hashes(block));
+                answered.or_else(|e| answer_error(&mut w, id, &path, e))?;
             }
             Msg::Quit => break,
             other => write_msg(&mut w, &Msg::Error { id: 0, message: format!("unexpected request {other:?}") })?,
@@ -65,22 +63,50 @@ fn open(pgdata: &Path, rel: &Path) -> io::Result<File> {
     File::open(pgdata.join(rel))
 }
 
-/// `buf`: the agent's one read buffer, reused by every request (a fresh MiB for each of thousands of small
-/// files would be zeroed each time).
-fn read(
+/// What a request asks of a range: its bytes (with a codec and level) or the hashes of its blocks.
+enum Want {
+    Data(Codec, i32),
+    Hashes(u32),
+}
+
+/// Hashes per Hashes frame: 512 KiB, far below MAX_FRAME.
+const HASHES_PER_FRAME: usize = 1 << 16;
+
+/// Answers one Read or Sums request, then Done. `buf`: the agent's one read buffer, reused by every request (a
+/// fresh MiB for each of thousands of small files would be zeroed each time).
+fn answer(
     pgdata: &Path,
     w: &mut impl Write,
     buf: &mut Vec<u8>,
     id: u32,
     rel: &Path,
-    (offset, len): (u64, u64),
-    (codec, level): (Codec, i32),
+    range: (u64, u64),
+    want: Want,
 ) -> io::Result<()> {
     let f = open(pgdata, rel)?;
-    each_chunk(&f, buf, (offset, len), DATA_CHUNK, |pos, raw| {
-        let bytes = compress(codec, level, raw)?;
-        write_data(w, (id, pos, raw.len() as u32, xxh3_64(raw), codec), &bytes)
-    })?;
+    match want {
+        Want::Data(codec, level) => each_chunk(&f, buf, range, DATA_CHUNK, |pos, raw| {
+            let bytes = compress(codec, level, raw)?;
+            write_data(w, (id, pos, raw.len() as u32, xxh3_64(raw), codec), &bytes)
+        })?,
+        Want::Hashes(block) => {
+            // Blocks of at least 512 bytes keep a read's hashes (and so a frame) small.
+            if !(512..=DATA_CHUNK as u32).contains(&block) {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("block size {block} out of range")));
+            }
+            // Whole blocks per read, about a MiB: one system call per page would dominate the hashing.
+            let per_read = DATA_CHUNK / block as usize * block as usize;
+            let mut hashes = Vec::new();
+            each_chunk(&f, buf, range, per_read, |_, data| {
+                hashes.extend(data.chunks(block as usize).map(xxh3_64));
+                if hashes.len() >= HASHES_PER_FRAME {
+                    write_msg(w, &Msg::Hashes { id, hashes: std::mem::take(&mut hashes) })?;
+                }
+                Ok(())
+            })?;
+            write_msg(w, &Msg::Hashes { id, hashes })?;
+        }
+    }
     write_msg(w, &Msg::Done { id, vanished: false })
 }
 
@@ -108,37 +134,6 @@ fn each_chunk(
         }
     }
     Ok(())
-}
-
-/// Hashes per Hashes frame: 512 KiB, far below MAX_FRAME.
-const HASHES_PER_FRAME: usize = 1 << 16;
-
-fn sums(
-    pgdata: &Path,
-    w: &mut impl Write,
-    buf: &mut Vec<u8>,
-    id: u32,
-    rel: &Path,
-    (offset, len): (u64, u64),
-    block: u32,
-) -> io::Result<()> {
-    // Blocks of at least 512 bytes keep a read's hashes (and so a frame) small.
-    if !(512..=DATA_CHUNK as u32).contains(&block) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("block size {block} out of range")));
-    }
-    let f = open(pgdata, rel)?;
-    // Whole blocks per read, about a MiB: one system call per page would dominate the hashing.
-    let per_read = DATA_CHUNK / block as usize * block as usize;
-    let mut hashes = Vec::new();
-    each_chunk(&f, buf, (offset, len), per_read, |_, data| {
-        hashes.extend(data.chunks(block as usize).map(xxh3_64));
-        if hashes.len() >= HASHES_PER_FRAME {
-            write_msg(w, &Msg::Hashes { id, hashes: std::mem::take(&mut hashes) })?;
-        }
-        Ok(())
-    })?;
-    write_msg(w, &Msg::Hashes { id, hashes })?;
-    write_msg(w, &Msg::Done { id, vanished: false })
 }
 
 /// The data directory's entries, not following symlinks, plus the contents of each tablespace reached

@@ -27,38 +27,41 @@ fn refuses_postgresql_14() {
     s.assert_clean();
 }
 
-#[test]
-fn refuses_role_without_replication() {
-    let s = Setup::new("norepl", &[]);
-    // Everything but REPLICATION: may log in, run the backup functions, read settings and stats.
-    s.primary.psql(&format!(
-        "create role norepl login password '{PASSWORD}';
-         grant pg_monitor to norepl;
-         grant execute on function pg_backup_start(text, boolean), pg_backup_stop(boolean) to norepl"
-    ));
-    assert_eq!(
-        s.primary.try_psql_as("norepl", "select rolreplication from pg_roles where rolname = current_user"),
-        Ok("f".into())
-    );
+/// A clone as `role`, made by `create` and lacking what `probe` shows it lacks, fails with `error` and leaves
+/// nothing behind.
+fn refuses_role(role: &str, create: &str, probe: &str, error: &str) {
+    let s = Setup::new(role, &[]);
+    s.primary.psql(create);
+    assert_eq!(s.primary.try_psql_as(role, probe), Ok("f".into()));
     let mut run = s.pgclone();
-    run.pguser = "norepl".into();
-    run.run().assert_error("lacks the REPLICATION attribute");
+    run.pguser = role.into();
+    run.run().assert_error(error);
     s.assert_clean();
 }
 
 #[test]
-fn refuses_role_without_backup_privilege() {
-    let s = Setup::new("nobackup", &[]);
-    s.primary
-        .psql(&format!("create role nobackup login replication password '{PASSWORD}'; grant pg_monitor to nobackup"));
-    assert_eq!(
-        s.primary.try_psql_as("nobackup", "select has_function_privilege('pg_backup_start(text, boolean)', 'execute')"),
-        Ok("f".into())
+fn refuses_role_without_replication() {
+    // Everything but REPLICATION: may log in, run the backup functions, read settings and stats.
+    refuses_role(
+        "norepl",
+        &format!(
+            "create role norepl login password '{PASSWORD}';
+             grant pg_monitor to norepl;
+             grant execute on function pg_backup_start(text, boolean), pg_backup_stop(boolean) to norepl"
+        ),
+        "select rolreplication from pg_roles where rolname = current_user",
+        "lacks the REPLICATION attribute",
     );
-    let mut run = s.pgclone();
-    run.pguser = "nobackup".into();
-    run.run().assert_error("may not execute pg_backup_start");
-    s.assert_clean();
+}
+
+#[test]
+fn refuses_role_without_backup_privilege() {
+    refuses_role(
+        "nobackup",
+        &format!("create role nobackup login replication password '{PASSWORD}'; grant pg_monitor to nobackup"),
+        "select has_function_privilege('pg_backup_start(text, boolean)', 'execute')",
+        "may not execute pg_backup_start",
+    );
 }
 
 #[test]
