@@ -10,6 +10,7 @@ mod suite {
     mod faults;
     mod flags;
     mod guarantees;
+    mod hardening;
     mod harness_selfcheck;
     mod native;
     mod preflight;

@@ -53,6 +53,9 @@ pub fn run(
     };
     // Room for the WAL segments of the run and rsync's temporary copies besides the data itself.
     transfer::check_space(&plan, replica, reused, 8 * primary.seg.bytes())?;
+    // Every file the copy creates gets PostgreSQL's mode (0600, or 0640 with group access), whatever the
+    // transport: PostgreSQL refuses a server.key others may read.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(plan.umask()));
     transfer::lay_out(&plan, replica, resync)?;
     tracing::info!(
         "copying {} files, {}, with {parallel} workers",
@@ -87,6 +90,7 @@ pub fn run(
     progress.finish();
     let (totals, landed) = copied?;
     cancel.check()?;
+    transfer::keep_private(&plan, replica)?;
     timing.end("copy");
 
     // Before pg_backup_stop: a file fetched again must still be covered by the WAL the clone replays.

@@ -40,6 +40,8 @@ pub struct Finalize<'a> {
     /// pg_control as fetched from the primary after pg_backup_stop.
     pub control: &'a Path,
     pub tablespaces: &'a [Tablespace],
+    /// The primary's data directory grants its group read access: ours gets 0750 instead of 0700.
+    pub group_access: bool,
     pub mappings: &'a [Mapping],
     /// Write backup_manifest: the primary's major (which decides the format version) and the checksums of the
     /// copied files.
@@ -71,7 +73,8 @@ impl Finalize<'_> {
             rustix::fs::syncfs(&f).map_err(std::io::Error::from).at("syncing the filesystem of", &dir)?;
         }
         self.install_control(&control)?;
-        std::fs::set_permissions(self.replica, std::fs::Permissions::from_mode(0o700))
+        let mode = if self.group_access { 0o750 } else { 0o700 };
+        std::fs::set_permissions(self.replica, std::fs::Permissions::from_mode(mode))
             .at("setting permissions of", self.replica)?;
         Ok(segments)
     }
@@ -193,6 +196,7 @@ mod tests {
             end,
             control: c,
             tablespaces: &[],
+            group_access: false,
             mappings: &[],
             manifest: None,
         }

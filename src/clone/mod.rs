@@ -9,6 +9,7 @@ pub mod preflight;
 pub mod standby;
 mod summary;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -64,6 +65,9 @@ pub enum CloneError {
 /// again when the run fails before copying anything into it, so a failed preflight changes nothing.
 pub fn run(config: &CloneConfig, cancel: &Cancel) -> Result<Summary, CloneError> {
     preflight::not_root()?;
+    // What pgclone creates is its owner's alone (PostgreSQL's modes: 0700 directories, 0600 files) until the
+    // primary's listing says its group may read it too.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let replica = &config.replica;
     let created = !replica.exists();
     replica::mkdir(replica)?;
@@ -133,6 +137,7 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
         end: &end,
         control: &control,
         tablespaces: &copied.plan.tablespaces,
+        group_access: copied.plan.group_access,
         mappings: &config.tablespace_mapping,
         manifest: config.manifest.then_some((primary.major, copied.sums)),
     }
@@ -187,6 +192,8 @@ fn run_dirs(config: &CloneConfig) -> Result<(RunDir, Option<RunDir>), CloneError
 /// Destroys nothing before every check has passed: a failed preflight leaves an old replica alone.
 fn prepare_replica(config: &CloneConfig, state: ReplicaState) -> Result<(), CloneError> {
     let replica = &config.replica;
+    // PostgreSQL refuses a data directory that others may enter; nothing lands in it before this.
+    std::fs::set_permissions(replica, std::fs::Permissions::from_mode(0o700)).at("setting permissions of", replica)?;
     match state {
         ReplicaState::Dropped => {
             let n = replica::clear(replica)? + config.replica_waldir.as_deref().map_or(Ok(0), replica::clear)?;

@@ -40,8 +40,21 @@ pub enum TransferError {
     Cancelled(#[from] Cancelled),
 }
 
-/// Creates the tablespace locations and their pg_tblspc links, then the planned directories (with the
-/// primary's permission bits, through those links where they lead) and symbolic links under `dest`.
+/// Files the primary keeps private in a group-readable data directory stay private here (see `Plan::private`);
+/// the umask gave every copied file the group's read access. Files gone since (vanished) are skipped.
+pub fn keep_private(plan: &Plan, dest: &Path) -> Result<(), TransferError> {
+    for rel in &plan.private {
+        let path = dest.join(rel);
+        match std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            r => r.at("setting permissions of", &path)?,
+        }
+    }
+    Ok(())
+}
+
+/// Creates the tablespace locations and their pg_tblspc links, then the planned directories (with
+/// PostgreSQL's mode, through those links where they lead) and symbolic links under `dest`.
 /// A tablespace location must be empty unless this run re-syncs an earlier clone that uses it.
 pub fn lay_out(plan: &Plan, dest: &Path, resync: bool) -> Result<(), TransferError> {
     for ts in &plan.tablespaces {
@@ -64,7 +77,7 @@ pub fn lay_out(plan: &Plan, dest: &Path, resync: bool) -> Result<(), TransferErr
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => {}
             Err(e) => return Err(IoAt::new("creating directory", path, e).into()),
         }
-        // The umask may have narrowed the mode; PostgreSQL accepts 0700 or 0750 and we copy what it had.
+        // An existing directory (a re-sync) gets the mode too.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode)).at("setting permissions of", &path)?;
     }
     for (link, target) in &plan.symlinks {

@@ -38,7 +38,7 @@ const TEMP_PREFIX: &str = "pgsql_tmp";
 /// What finalize needs that the planner found.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// Directories to create, parents first, with the primary's permission bits.
+    /// Directories to create, parents first, with PostgreSQL's mode (0700, or 0750 with group access).
     pub dirs: Vec<(PathBuf, u32)>,
     /// Symbolic links to recreate as they are.
     pub symlinks: Vec<(PathBuf, PathBuf)>,
@@ -47,6 +47,24 @@ pub struct Plan {
     pub total_bytes: u64,
     /// Tablespaces: the link pg_tblspc/<oid> and the local directory it is to point to.
     pub tablespaces: Vec<Tablespace>,
+    /// The primary's data directory grants its group read access (initdb --allow-group-access): PostgreSQL
+    /// then creates directories 0750 and files 0640, else 0700 and 0600 (src/common/file_perm.c; it tells by
+    /// the data directory's mode, which `global/` shares).
+    pub group_access: bool,
+    /// With group access: files the primary keeps private to its owner all the same (a `server.key`, which
+    /// the server refuses to load when its group may read it), to be made 0600 here too.
+    pub private: Vec<PathBuf>,
+}
+
+impl Plan {
+    /// The process umask under which the copy creates files and directories with PostgreSQL's modes.
+    pub fn umask(&self) -> u32 {
+        if self.group_access {
+            0o027
+        } else {
+            0o077
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +112,9 @@ pub fn plan(entries: &[RemoteEntry], major: u32, mappings: &[Mapping]) -> Plan {
             continue;
         }
         if EMPTY_DIRS.contains(&name.as_ref()) && matches!(e.kind, EntryKind::Dir | EntryKind::Symlink(_)) {
-            p.dirs.push((e.path.clone(), dir_mode(e)));
+            // A symlinked runtime directory (e.g. pg_stat_tmp on tmpfs) becomes a plain directory, as
+            // basebackup.c's convert_link_to_directory does.
+            p.dirs.push((e.path.clone(), 0o700));
             emptied.insert(e.path.clone());
             continue;
         }
@@ -112,7 +132,12 @@ pub fn plan(entries: &[RemoteEntry], major: u32, mappings: &[Mapping]) -> Plan {
             }
         }
         match &e.kind {
-            EntryKind::Dir => p.dirs.push((e.path.clone(), e.mode)),
+            EntryKind::Dir => {
+                if e.path == Path::new("global") {
+                    p.group_access = e.mode & 0o070 != 0;
+                }
+                p.dirs.push((e.path.clone(), 0o700));
+            }
             EntryKind::Symlink(target) => p.symlinks.push((e.path.clone(), target.clone())),
             EntryKind::Other => {}
             EntryKind::File => {
@@ -134,26 +159,24 @@ pub fn plan(entries: &[RemoteEntry], major: u32, mappings: &[Mapping]) -> Plan {
                 }
                 p.total_bytes += e.size;
                 p.files.push((e.path.clone(), e.size));
+                if e.mode & 0o040 == 0 {
+                    p.private.push(e.path.clone());
+                }
             }
         }
     }
     p.dirs.sort_by(|a, b| a.0.cmp(&b.0));
     p.files.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    if p.group_access {
+        p.dirs.iter_mut().for_each(|(_, mode)| *mode = 0o750);
+    } else {
+        p.private.clear();
+    }
     p
 }
 
 fn parent(p: &Path) -> PathBuf {
     p.parent().map(Path::to_path_buf).unwrap_or_default()
-}
-
-fn dir_mode(e: &RemoteEntry) -> u32 {
-    // A symlinked runtime directory (e.g. pg_stat_tmp on tmpfs) becomes a plain private directory,
-    // as basebackup.c's convert_link_to_directory does.
-    if e.kind == EntryKind::Dir {
-        e.mode
-    } else {
-        0o700
-    }
 }
 
 fn excluded_by_ancestor(path: &Path, emptied: &BTreeSet<PathBuf>) -> bool {
@@ -172,6 +195,24 @@ mod tests {
     }
     fn files(p: &Plan) -> Vec<&str> {
         p.files.iter().map(|(f, _)| f.to_str().unwrap()).collect()
+    }
+
+    #[test]
+    fn modes_follow_postgresql_and_a_private_key_stays_private() {
+        let dir = |path: &str, mode| RemoteEntry { path: path.into(), kind: EntryKind::Dir, size: 4096, mode };
+        let file = |path: &str, mode| RemoteEntry { path: path.into(), kind: EntryKind::File, size: 1, mode };
+        let private = [dir("global", 0o700), dir("pg_wal", 0o700), dir("base", 0o755), file("server.key", 0o600)];
+        let p = plan(&private, 15, &[]);
+        assert!(!p.group_access && p.private.is_empty());
+        assert_eq!(p.umask(), 0o077);
+        assert!(p.dirs.iter().all(|(_, m)| *m == 0o700), "never more than 0700: {:?}", p.dirs);
+
+        let group = [dir("global", 0o750), dir("pg_wal", 0o750), file("server.key", 0o600), file("PG_VERSION", 0o640)];
+        let p = plan(&group, 15, &[]);
+        assert!(p.group_access);
+        assert_eq!(p.umask(), 0o027);
+        assert_eq!(p.private, vec![PathBuf::from("server.key")]);
+        assert!(p.dirs.iter().all(|(_, m)| *m == 0o750), "{:?}", p.dirs);
     }
 
     #[test]

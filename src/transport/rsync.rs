@@ -300,11 +300,12 @@ fn tablespace_file(path: &Path) -> Option<(&str, PathBuf)> {
 impl RsyncWorker<'_> {
     fn copy_module(&self, module: &str, files: &[PathBuf], dest: &Path, cancel: &Cancel) -> Result<(), TransportError> {
         let mut cmd = self.transport.rsync();
-        // -lpt: links, permissions, times; never owners (we are not root) nor devices.
+        // -lt: links, times; never owners (we are not root) nor devices, nor the primary's exact permissions: a
+        // new file gets the primary's bits masked by our umask, which the clone set to PostgreSQL's modes.
         // --ignore-missing-args: a listed file dropped since the listing is not an error (see Copied::vanished).
         // --inplace: an interrupted copy leaves its partial file, the basis rsync's delta transfer resumes
         // from on a re-run; nothing can start from the directory meanwhile (no pg_control).
-        cmd.args(["-lpt", "--inplace", "--files-from=-", "--from0", "--no-implied-dirs", "--ignore-missing-args"])
+        cmd.args(["-lt", "--inplace", "--files-from=-", "--from0", "--no-implied-dirs", "--ignore-missing-args"])
             .arg(format!("{}{module}/", self.transport.url))
             .arg(format!("{}/", dest.display()));
         let mut list = Vec::new();

@@ -207,15 +207,51 @@ impl Postgres {
 
     /// Like `primary`, with the server binaries of `install`; checks the server runs that major.
     pub fn primary_with(lab: &Lab, name: &str, install: PgInstall, extra_conf: &[&str]) -> Postgres {
-        Self::init(lab, name, install, "C", extra_conf)
+        Self::init(lab, name, install, "C", &[], extra_conf)
+    }
+
+    /// A PG15 primary laid out as PGDG and RHEL packages do: `ssl = on` with `server.key` (0600) and
+    /// `server.crt` inside the data directory. `group_access`: initdb --allow-group-access (directories 0750,
+    /// files 0640), where the key must stay 0600 all the same.
+    pub fn primary_tls(lab: &Lab, name: &str, group_access: bool) -> Postgres {
+        let initdb: &[&str] = if group_access { &["--allow-group-access"] } else { &[] };
+        lab.run(
+            lab.cmd("openssl")
+                .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+                .args(["-days", "2", "-subj", "/CN=localhost", "-keyout"])
+                .arg(lab.path().join(format!("{name}.key")))
+                .arg("-out")
+                .arg(lab.path().join(format!("{name}.crt"))),
+        );
+        // ssl_cert_file and ssl_key_file keep their defaults, relative to the data directory: a clone then
+        // loads its own copies. initdb wants an empty directory; the two files move in before the start.
+        Self::init_then(lab, name, PgInstall::of(15), "C", initdb, &["ssl = on"], |data| {
+            for f in ["key", "crt"] {
+                fs::rename(lab.path().join(format!("{name}.{f}")), data.join(format!("server.{f}"))).unwrap();
+            }
+            fs::set_permissions(data.join("server.key"), fs::Permissions::from_mode(0o600)).unwrap();
+        })
     }
 
     /// Like `primary`, initdb'd with `--locale=LOCALE` (see `locale_available`).
     pub fn primary_in_locale(lab: &Lab, name: &str, locale: &str, extra_conf: &[&str]) -> Postgres {
-        Self::init(lab, name, PgInstall::of(15), locale, extra_conf)
+        Self::init(lab, name, PgInstall::of(15), locale, &[], extra_conf)
     }
 
-    fn init(lab: &Lab, name: &str, install: PgInstall, locale: &str, extra_conf: &[&str]) -> Postgres {
+    fn init(lab: &Lab, name: &str, install: PgInstall, locale: &str, initdb: &[&str], extra_conf: &[&str]) -> Postgres {
+        Self::init_then(lab, name, install, locale, initdb, extra_conf, |_| ())
+    }
+
+    /// initdb (with `initdb` flags), configure, `before_start` on the data directory, start.
+    fn init_then(
+        lab: &Lab,
+        name: &str,
+        install: PgInstall,
+        locale: &str,
+        initdb: &[&str],
+        extra_conf: &[&str],
+        before_start: impl FnOnce(&Path),
+    ) -> Postgres {
         let data = lab.path().join(name);
         let pwfile = lab.write(format!("{name}.pw"), &format!("{PASSWORD}\n"));
         lab.run(
@@ -225,7 +261,8 @@ impl Postgres {
                 .arg(&data)
                 .args(["-U", SUPERUSER, "--auth=scram-sha-256", "--encoding=UTF8", "--no-sync"])
                 .arg(format!("--locale={locale}"))
-                .arg(format!("--pwfile={}", pwfile.display())),
+                .arg(format!("--pwfile={}", pwfile.display()))
+                .args(initdb),
         );
         let pg = Postgres {
             lab: lab.clone(),
@@ -242,6 +279,7 @@ impl Postgres {
              host  all         all  127.0.0.1/32 scram-sha-256\n\
              host  replication all  127.0.0.1/32 scram-sha-256\n",
         );
+        before_start(&pg.data);
         pg.pg_ctl(&["start"]);
         let major = pg.psql("select current_setting('server_version_num')::int / 10000");
         assert_eq!(major, pg.install.major.to_string(), "{} runs the wrong PostgreSQL major", pg.name);
