@@ -99,10 +99,12 @@ impl Finalize<'_> {
                 return Err(FinalizeError::MissingSegment(name));
             };
             move_file(&src, &pg_wal.join(&name))?;
+            archived(&pg_wal, &name)?;
         }
-        let history = self.streamed.join(history_file_name(self.timeline));
-        if history.exists() {
-            move_file(&history, &pg_wal.join(history_file_name(self.timeline)))?;
+        let history = history_file_name(self.timeline);
+        if self.streamed.join(&history).exists() {
+            move_file(&self.streamed.join(&history), &pg_wal.join(&history))?;
+            archived(&pg_wal, &history)?;
         }
         Ok(last - first + 1)
     }
@@ -155,6 +157,15 @@ fn private_file(path: &Path) -> Result<File, IoAt> {
     std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).at("creating", path)
 }
 
+/// Marks a WAL file laid into pg_wal as archived (`archive_status/<name>.done`), as pg_basebackup and the
+/// walreceiver do: it came from the primary, whose own archiver handles it. Without the mark, a clone promoted
+/// with archive_mode on archives it again: XLogArchiveCheckDone (xlogarchive.c) makes a `.ready` for every
+/// segment a checkpoint would remove that has no status, and an archive_command that refuses to overwrite
+/// (`test ! -f`) then fails on it forever while pg_wal grows.
+fn archived(pg_wal: &Path, name: &str) -> Result<(), IoAt> {
+    private_file(&pg_wal.join("archive_status").join(format!("{name}.done"))).map(drop)
+}
+
 /// Renames, or copies when the streamed WAL lives on another filesystem.
 fn move_file(from: &Path, to: &Path) -> Result<(), IoAt> {
     match std::fs::rename(from, to) {
@@ -173,7 +184,7 @@ mod tests {
 
     fn setup(stop: Lsn, files: &[&str]) -> (tempfile::TempDir, tempfile::TempDir, BackupEnd) {
         let (replica, streamed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        std::fs::create_dir_all(replica.path().join("pg_wal")).unwrap();
+        std::fs::create_dir_all(replica.path().join("pg_wal/archive_status")).unwrap();
         std::fs::create_dir_all(replica.path().join("global")).unwrap();
         for f in files {
             std::fs::write(streamed.path().join(f), b"wal").unwrap();
@@ -213,10 +224,19 @@ mod tests {
         let (r, s, end) = setup(Lsn((4 << 20) + 100), &names);
         let c = s.path().join("pg_control");
         assert_eq!(finalize(r.path(), s.path(), &c, &end, 42).run().unwrap(), 3);
-        let mut got: Vec<_> =
-            std::fs::read_dir(r.path().join("pg_wal")).unwrap().map(|e| e.unwrap().file_name()).collect();
-        got.sort();
-        assert_eq!(got, ["000000010000000000000002", "000000010000000000000003", "000000010000000000000004"]);
+        let listing = |dir: &str| {
+            let mut names: Vec<_> = std::fs::read_dir(r.path().join(dir))
+                .unwrap()
+                .map(|e| e.unwrap())
+                .filter(|e| e.file_type().unwrap().is_file())
+                .map(|e| e.file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            names
+        };
+        let laid = ["000000010000000000000002", "000000010000000000000003", "000000010000000000000004"];
+        assert_eq!(listing("pg_wal"), laid);
+        assert_eq!(listing("pg_wal/archive_status"), laid.map(|n| format!("{n}.done")), "archived by the primary");
         assert_eq!(std::fs::read(r.path().join("global/pg_control")).unwrap(), 42u64.to_ne_bytes());
         assert!(r.path().join("backup_label").exists());
         assert!(!r.path().join("tablespace_map").exists());

@@ -93,7 +93,7 @@ pub fn lay_out(plan: &Plan, dest: &Path, resync: bool) -> Result<(), TransferErr
 /// stale contents go too. Returns how many entries went, and the bytes of planned files already present
 /// (allocated), which the copy may reuse.
 pub fn prune(plan: &Plan, dest: &Path) -> Result<(usize, u64), TransferError> {
-    let files: HashSet<&Path> = plan.files.iter().map(|(p, _)| p.as_path()).collect();
+    let files: HashMap<&Path, u64> = plan.files.iter().map(|(p, size)| (p.as_path(), *size)).collect();
     let dirs: HashSet<&Path> = plan.dirs.iter().map(|(p, _)| p.as_path()).collect();
     let links: HashMap<&Path, &Path> = plan.symlinks.iter().map(|(l, t)| (l.as_path(), t.as_path())).collect();
     let tablespaces: HashMap<&Path, &Path> =
@@ -108,7 +108,7 @@ pub fn prune(plan: &Plan, dest: &Path) -> Result<(usize, u64), TransferError> {
             let meta = std::fs::symlink_metadata(&path).at("reading", &path)?;
             let wal_link = rel == Path::new("pg_wal") && meta.is_symlink() && path.is_dir();
             let planned_dir = dirs.contains(rel.as_path()) && (meta.is_dir() || wal_link);
-            let planned_file = meta.is_file() && files.contains(rel.as_path());
+            let planned_size = files.get(rel.as_path()).filter(|_| meta.is_file());
             let points_to = |map: &HashMap<&Path, &Path>| {
                 meta.is_symlink()
                     && map.get(rel.as_path()).is_some_and(|t| std::fs::read_link(&path).ok().as_deref() == Some(*t))
@@ -117,9 +117,10 @@ pub fn prune(plan: &Plan, dest: &Path) -> Result<(usize, u64), TransferError> {
             // A tablespace's location is ours to prune like the data directory; other links' targets are not.
             if planned_dir || points_to(&tablespaces) {
                 stack.push(rel);
-            } else if planned_file {
-                // Allocated bytes, not the length: an interrupted native copy leaves files pre-sized but sparse.
-                present += meta.len().min(meta.blocks() * 512);
+            } else if let Some(size) = planned_size {
+                // Allocated bytes, not the length: an interrupted native copy leaves files pre-sized but sparse;
+                // and no more than the primary's size: bytes past its end are not reused but cut off.
+                present += meta.len().min(meta.blocks() * 512).min(*size);
             } else if !planned_link {
                 if meta.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) }
                     .at("removing", &path)?;

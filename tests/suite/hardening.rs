@@ -6,6 +6,9 @@ use crate::support::*;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(120);
 
 /// Every entry under `dir` whose permission bits are not `dir_mode` (directories) or one of `file_modes`
 /// (files), as `path mode`, except the files named in `private`, which must be 0600.
@@ -80,4 +83,86 @@ fn tls_primary_clone_starts_with_private_modes() {
 #[test]
 fn tls_primary_with_group_access_keeps_its_key_private() {
     tls_primary_clone_starts("h-tls-group", true);
+}
+
+/// The primary's `pg_stat_archiver` row as `archived|failed|last archived`.
+fn archiver(pg: &dyn Sql) -> (u64, u64, String) {
+    let row = pg.psql(
+        "select concat_ws('|', archived_count, failed_count, coalesce(last_archived_wal, '')) from pg_stat_archiver",
+    );
+    let f: Vec<&str> = row.split('|').collect();
+    (f[0].parse().unwrap(), f[1].parse().unwrap(), f[2].to_string())
+}
+
+/// A clone of an archiving primary (archive_mode = on, an archive_command that refuses to overwrite, as the
+/// docs' example does), promoted, must not archive again the WAL it got from the primary: that WAL is the
+/// primary's to archive, and is already. Before the clone marked each segment it laid into pg_wal as archived,
+/// the first checkpoint after the promotion marked them `.ready` and the archiver failed on them forever.
+#[test]
+fn promoted_clone_does_not_archive_the_primarys_wal_again() {
+    let lab = Lab::new("h-archive");
+    let archive = lab.mkdir("archive");
+    let command = format!("archive_command = 'test ! -f {0}/%f && cp %p {0}/%f'", archive.display());
+    let primary = Postgres::primary(&lab, "primary", &["archive_mode = on", &command]);
+    primary.pgbench_init(1);
+    let sshd = Sshd::start(&lab);
+    let replica = lab.path().join("replica");
+    Pgclone::new(&primary, &sshd, &replica).run().assert_success();
+    let mut laid: Vec<String> = fs::read_dir(replica.join("pg_wal"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.len() == 24)
+        .collect();
+    laid.sort();
+    let last = laid.last().expect("the clone has WAL").clone();
+    // The primary archives the backup's segments before the clone could.
+    primary.psql("select pg_switch_wal()");
+    wait_for("the primary to archive the clone's WAL", WAIT, || {
+        let (_, _, archived) = archiver(&primary);
+        (archived >= last).then_some(()).ok_or(archived)
+    });
+
+    let standby = Postgres::standby(&lab, &replica, &primary, "h_archive");
+    wait_streaming(&primary, &standby, "h_archive", WAIT);
+    standby.psql("select pg_promote()");
+    standby.psql("checkpoint");
+    let switched = standby.psql("select pg_walfile_name(pg_switch_wal())");
+    // Archived in order: the promoted clone's own segment comes only after whatever it marked before it.
+    wait_for("the promoted clone to archive its own WAL", WAIT, || {
+        let (_, failed, archived) = archiver(&standby);
+        if failed > 0 {
+            panic!("the promoted clone's archiver failed {failed} times; archive_status: {:?}", status(&replica));
+        }
+        (archived >= switched).then_some(()).ok_or(archived)
+    });
+    assert_eq!(archiver(&standby).1, 0, "the archiver never failed");
+}
+
+fn status(replica: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(replica.join("pg_wal/archive_status"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A re-sync into a replica whose copy of a file is larger than the primary's (here PG_VERSION, grown by 64
+/// MiB): the summary counts as already in place only what the primary has, never more than the total, and the
+/// file ends as the primary's.
+#[test]
+fn reused_bytes_never_exceed_the_total() {
+    let s = Setup::with_pgbench("h-reused", 1);
+    s.pgclone().run().assert_success();
+    let version = s.replica.join("PG_VERSION");
+    let mut grown = fs::read(&version).unwrap();
+    grown.extend(std::iter::repeat_n(7u8, 64 << 20));
+    fs::write(&version, grown).unwrap();
+    let mut run = s.pgclone();
+    run.args(["--json", "--transport", "native", "--remote-pgclone"]).arg(s.lab.pgclone_bin());
+    let out = run.run();
+    out.assert_success();
+    let f = json_figures(&out);
+    assert!(f.reused <= f.bytes, "{} bytes reused of {} in all\n{}", f.reused, f.bytes, out.report());
+    assert_eq!(fs::read(&version).unwrap(), fs::read(s.primary.data.join("PG_VERSION")).unwrap());
 }

@@ -18,35 +18,6 @@ fn native(run: &mut Pgclone, lab: &Lab) {
     run.args(["--transport", "native", "--remote-pgclone"]).arg(lab.pgclone_bin());
 }
 
-/// The figures of a successful run's `--json` summary.
-#[derive(Debug, Clone, Copy)]
-struct Figures {
-    files: u64,
-    bytes: u64,
-    moved: u64,
-    reused: u64,
-}
-
-/// stdout of a `--json` run must be exactly one JSON object with ok=true; returns its figures.
-fn json_figures(out: &CmdOutput) -> Figures {
-    let v: serde_json::Value = serde_json::from_str(out.stdout.trim())
-        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e})\n{}", out.report()));
-    assert!(v.is_object(), "--json printed {v}, not an object");
-    assert_eq!(v["ok"], serde_json::Value::Bool(true), "--json: {v}");
-    let n = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("--json lacks a number {k:?}: {v}"));
-    let f = Figures { files: n("files"), bytes: n("bytes"), moved: n("moved_bytes"), reused: n("reused_bytes") };
-    println!(
-        "--json: files={} bytes={} moved_bytes={} reused_bytes={} ({:.1}% moved); phases {}",
-        f.files,
-        f.bytes,
-        f.moved,
-        f.reused,
-        100.0 * f.moved as f64 / f.bytes.max(1) as f64,
-        v["phases"]
-    );
-    f
-}
-
 /// `pg_verifybackup DIR` (PG15) and `pgclone verify DIR`, as the lab user, must both accept the clone.
 fn verify_both(lab: &Lab, replica: &Path) {
     let tools: [(&str, Command); 2] = [

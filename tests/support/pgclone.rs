@@ -297,3 +297,32 @@ impl Drop for Running {
         let _ = self.child.wait();
     }
 }
+
+/// The figures of a successful run's `--json` summary.
+#[derive(Debug, Clone, Copy)]
+pub struct Figures {
+    pub files: u64,
+    pub bytes: u64,
+    pub moved: u64,
+    pub reused: u64,
+}
+
+/// stdout of a `--json` run must be exactly one JSON object with ok=true; returns its figures.
+pub fn json_figures(out: &CmdOutput) -> Figures {
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e})\n{}", out.report()));
+    assert!(v.is_object(), "--json printed {v}, not an object");
+    assert_eq!(v["ok"], serde_json::Value::Bool(true), "--json: {v}");
+    let n = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("--json lacks a number {k:?}: {v}"));
+    let f = Figures { files: n("files"), bytes: n("bytes"), moved: n("moved_bytes"), reused: n("reused_bytes") };
+    println!(
+        "--json: files={} bytes={} moved_bytes={} reused_bytes={} ({:.1}% moved); phases {}",
+        f.files,
+        f.bytes,
+        f.moved,
+        f.reused,
+        100.0 * f.moved as f64 / f.bytes.max(1) as f64,
+        v["phases"]
+    );
+    f
+}
