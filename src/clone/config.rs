@@ -228,6 +228,12 @@ fn pg_config(args: &Args, env: &Env) -> PgConfig {
         params.push(("connect_timeout", "10".into()));
     }
     params.push(("fallback_application_name", "pgclone".into()));
+    // The backup session is idle for the whole copy: TCP keepalives keep an idle-connection timeout of a
+    // firewall or NAT on the way from dropping it, and notice a dead primary within minutes, not hours.
+    params.extend(
+        [("keepalives_idle", "30"), ("keepalives_interval", "10"), ("keepalives_count", "6")]
+            .map(|(k, v)| (k, v.to_string())),
+    );
     let tunnel_to =
         args.bypass_rep_traffic.then(|| args.pgport.or_else(|| env.var("PGPORT")?.parse().ok()).unwrap_or(5432));
     PgConfig {
@@ -272,7 +278,10 @@ mod tests {
             vec![
                 ("host", "db1".to_string()),
                 ("connect_timeout", "10".into()),
-                ("fallback_application_name", "pgclone".into())
+                ("fallback_application_name", "pgclone".into()),
+                ("keepalives_idle", "30".into()),
+                ("keepalives_interval", "10".into()),
+                ("keepalives_count", "6".into())
             ]
         );
         assert_eq!(c.pg.sql_dbname, Some("postgres"));

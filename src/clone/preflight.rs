@@ -132,6 +132,9 @@ fn check_primary(config: &CloneConfig) -> Result<PrimaryChecked, CloneError> {
         sql_params.push(("dbname", db));
     }
     let mut sql = Conn::connect(&sql_params).map_err(connect_error)?;
+    // This session becomes the backup session and sits idle for the whole copy: a server whose
+    // idle_session_timeout (or the role's statement_timeout) would end it would abort the backup.
+    sql.query("SET idle_session_timeout = 0; SET statement_timeout = 0").map_err(PreflightError::Query)?;
     let primary = primary(&mut sql)?;
     tracing::info!("primary {}@{} runs PostgreSQL {}", sql.user(), sql.host(), primary.major);
     if let Some(name) = &config.create_slot {

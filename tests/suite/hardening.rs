@@ -166,3 +166,18 @@ fn reused_bytes_never_exceed_the_total() {
     assert!(f.reused <= f.bytes, "{} bytes reused of {} in all\n{}", f.reused, f.bytes, out.report());
     assert_eq!(fs::read(&version).unwrap(), fs::read(s.primary.data.join("PG_VERSION")).unwrap());
 }
+
+/// A primary with `idle_session_timeout = 1s` (set by a DBA for application sessions): pgclone's backup session
+/// idles for the whole copy and must not be ended by it, or the backup is aborted mid-copy ("the backup session
+/// on the primary ended").
+#[test]
+fn idle_session_timeout_does_not_end_the_backup() {
+    let s = Setup::new("h-idle", &["idle_session_timeout = '1s'"]);
+    s.primary.pgbench_init(1);
+    let mut run = s.pgclone();
+    // About 40 MB at 8 MiB/s: the copy lasts several times the timeout.
+    run.args(["--limit-net-bw", "8M"]);
+    let out = run.run();
+    out.assert_success();
+    s.assert_standby(&s.replica, "h_idle", None);
+}
