@@ -137,8 +137,16 @@ fn pg_ctl_major(pg_ctl: &Path) -> Option<u32> {
 
 /// Starts the standby with pg_ctl, logging to `log` (pg_ctl -w waits until it accepts connections or has
 /// reached its consistent state as a hot standby).
+///
+/// Without pgclone's PG* variables: the server and its walreceiver's libpq read them, so a PGPASSWORD given to
+/// pgclone would let this first start stream and the next start (by systemd, without it) fail, and a PGPORT
+/// would move the server's default port. The standby must run on what the clone wrote, as it will later.
 pub fn start(pg_ctl: &Path, replica: &Path, log: &Path) -> Result<(), StandbyError> {
-    let out = Command::new(pg_ctl)
+    let mut cmd = Command::new(pg_ctl);
+    for (name, _) in std::env::vars_os().filter(|(k, _)| k.as_encoded_bytes().starts_with(b"PG")) {
+        cmd.env_remove(name);
+    }
+    let out = cmd
         .arg("-D")
         .arg(replica)
         .arg("-l")

@@ -45,7 +45,9 @@ fn wrong_modes(dir: &Path, dir_mode: u32, file_modes: &[u32], private: &[&str]) 
 /// A TLS primary with `server.key` in its data directory (the PGDG/RHEL layout), cloned by each transport and
 /// started by pgclone: PostgreSQL refuses a key its group or others may read, so the standby starts only when
 /// the clone gives every file PostgreSQL's own mode. Before pgclone made them so, the native transport created
-/// files 0644 and the standby failed with `private key file "server.key" has group or world access`.
+/// files 0644 and the standby failed with `private key file "server.key" has group or world access`. The
+/// standby runs without pgclone's PG* environment (it streams with the password -R wrote, as it will after
+/// its next restart).
 fn tls_primary_clone_starts(name: &str, group_access: bool) {
     let lab = Lab::new(name);
     let primary = Postgres::primary_tls(&lab, "primary", group_access);
@@ -66,6 +68,16 @@ fn tls_primary_clone_starts(name: &str, group_access: bool) {
         out.assert_success();
         assert!(out.summary_line().contains("is streaming"), "{}", out.report());
         assert_eq!(standby.psql("show ssl"), "on", "{transport}: the standby serves TLS with its own key");
+        // pgclone ran with PGPASSWORD and PGCONNECT_TIMEOUT (the harness gives it both): the standby must not
+        // inherit them (PGDATA, PGLOCALEDIR and the like are the server's own).
+        let pid = fs::read_to_string(replica.join("postmaster.pid")).unwrap();
+        let environ = fs::read(format!("/proc/{}/environ", pid.lines().next().unwrap().trim())).unwrap();
+        let pg_vars: Vec<String> = environ
+            .split(|b| *b == 0)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .filter(|v| v.starts_with("PGPASSWORD=") || v.starts_with("PGCONNECT_TIMEOUT="))
+            .collect();
+        assert!(pg_vars.is_empty(), "{transport}: the standby inherited {pg_vars:?}");
         let wrong = wrong_modes(&replica, dir_mode, file_modes, &["server.key"]);
         assert!(wrong.is_empty(), "{transport}: entries without PostgreSQL's modes: {wrong:?}");
         let top = fs::metadata(&replica).unwrap().permissions().mode() & 0o777;

@@ -126,6 +126,10 @@ fn start_exits_once_the_standby_streams() {
     let standby = Server::adopt(&lab, &replica, app, port);
     let mut run = run_into(&primary, &sshd, &replica);
     run.args(["--start", "--replica-port", &port.to_string(), "--application-name", app]);
+    // The standby starts without pgclone's PGPASSWORD: its password comes from ~/.pgpass, as a DBA's would.
+    let home = lab.mkdir("home");
+    pgpass_file(&lab, "home/.pgpass", "127.0.0.1", primary.port);
+    run.env("HOME", Some(&home.to_string_lossy()));
     let out = run.run();
     let state = primary.psql(&format!("select state from pg_stat_replication where application_name = '{app}'"));
     out.assert_success();
