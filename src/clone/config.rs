@@ -104,10 +104,9 @@ pub struct PgConfig {
     pub params: Vec<(&'static str, String)>,
     /// The SQL session needs some database; libpq's default (the user name) rarely exists on a primary.
     pub sql_dbname: Option<&'static str>,
-    /// --bypass-rep-traffic: connections go through an ssh tunnel to this port on the primary's loopback.
+    /// --bypass-rep-traffic: connections go through an ssh tunnel to this port on the primary's loopback (the
+    /// primary's port, which -R writes).
     pub tunnel_to: Option<u16>,
-    /// --pgport, which -R writes when the run went through a tunnel.
-    pub port_flag: Option<u16>,
 }
 
 impl PgConfig {
@@ -236,12 +235,7 @@ fn pg_config(args: &Args, env: &Env) -> PgConfig {
     );
     let tunnel_to =
         args.bypass_rep_traffic.then(|| args.pgport.or_else(|| env.var("PGPORT")?.parse().ok()).unwrap_or(5432));
-    PgConfig {
-        params,
-        sql_dbname: env.var("PGDATABASE").is_none().then_some("postgres"),
-        tunnel_to,
-        port_flag: args.pgport,
-    }
+    PgConfig { params, sql_dbname: env.var("PGDATABASE").is_none().then_some("postgres"), tunnel_to }
 }
 
 #[cfg(test)]

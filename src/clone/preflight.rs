@@ -145,8 +145,9 @@ fn check_primary(config: &CloneConfig) -> Result<PrimaryChecked, CloneError> {
         .as_ref()
         .map(|s| standby::find_pg_ctl(s.pg_bindir.as_deref(), &s.search_path, primary.major))
         .transpose()?;
-    // What -R writes: the primary as this run reached it, or as its host when the run went through a tunnel.
-    let through = tunnel.is_some().then_some((config.host.as_str(), config.pg.port_flag));
+    // What -R writes: the primary as this run reached it, or, through a tunnel, its host and the port the
+    // tunnel leads to there (not the tunnel's local end).
+    let through = config.pg.tunnel_to.filter(|_| tunnel.is_some()).map(|port| (config.host.as_str(), port));
     let recovery = config.recovery.as_ref().map(|r| Recovery::new(r, &sql, through));
     Ok((tunnel, params, sql, primary, pg_ctl, recovery))
 }

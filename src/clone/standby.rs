@@ -44,13 +44,11 @@ pub struct Recovery {
 }
 
 impl Recovery {
-    /// The primary as `sql` reached it; `through`: the run went through an ssh tunnel to this host, and
-    /// --pgport (if given) is the primary's port there.
-    pub fn new(config: &RecoveryConfig, sql: &Conn, through: Option<(&str, Option<u16>)>) -> Recovery {
-        let port = sql.option("port").unwrap_or_default();
+    /// The primary as `sql` reached it; `through`: the run went through an ssh tunnel to this host and port.
+    pub fn new(config: &RecoveryConfig, sql: &Conn, through: Option<(&str, u16)>) -> Recovery {
         let (host, port) = match through {
-            Some((host, port_flag)) => (host.to_string(), port_flag.map_or(port, |p| p.to_string())),
-            None => (sql.host(), port),
+            Some((host, port)) => (host.to_string(), port.to_string()),
+            None => (sql.host(), sql.option("port").unwrap_or_default()),
         };
         Recovery {
             host,

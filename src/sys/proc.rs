@@ -68,12 +68,14 @@ impl Drop for OwnedChild {
 /// that are run to completion with `Command::output` rather than held as `OwnedChild`.
 pub fn prepare(cmd: &mut Command) {
     cmd.process_group(0);
+    let parent = rustix::process::getpid();
     // SAFETY: the closure only makes async-signal-safe system calls between fork and exec.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
-            // The parent may have died between fork and prctl; then nobody would ever send the signal.
-            if rustix::process::getppid().is_none() {
+            // The parent may have died between fork and prctl; then nobody would ever send the signal. Its
+            // orphan has been re-parented (to init or a subreaper), so the parent is no longer the one we had.
+            if rustix::process::getppid() != Some(parent) {
                 return Err(io::Error::other("parent exited"));
             }
             Ok(())

@@ -269,7 +269,7 @@ fn drop_existing_refuses_root_and_home() {
         let mut run = s.pgclone();
         run.replica_pgdata = dir.to_path_buf();
         // Safety net: nothing listens on this port, so a broken refusal fails at connect, before emptying.
-        run.pgport = free_port();
+        run.pgport = Some(free_port());
         run.arg("--drop-existing").env("HOME", Some(&home.to_string_lossy()));
         run.run().assert_error("refuses to empty");
     }

@@ -193,3 +193,23 @@ fn idle_session_timeout_does_not_end_the_backup() {
     out.assert_success();
     s.assert_standby(&s.replica, "h_idle", None);
 }
+
+/// --bypass-rep-traffic -R with the primary's port from PGPORT (no --pgport): primary_conninfo names the
+/// primary's host and port, not the local end of pgclone's tunnel, which is gone once pgclone ends.
+#[test]
+fn bypass_rep_traffic_writes_the_primarys_port() {
+    let lab = Lab::new("h-bypass");
+    let primary = Postgres::primary(&lab, "primary", &[]);
+    let sshd = Sshd::start_on(&lab, "127.0.0.2");
+    let replica = lab.path().join("replica");
+    let mut run = Pgclone::new(&primary, &sshd, &replica);
+    run.pgport = None;
+    run.env("PGPORT", Some(&primary.port.to_string())).args(["--bypass-rep-traffic", "-R"]);
+    run.run().assert_success();
+    let conf = fs::read_to_string(replica.join("postgresql.auto.conf")).unwrap();
+    let conninfo = parse_conninfo(&conf_value(&conf, "primary_conninfo").expect("primary_conninfo"));
+    let get = |k: &str| conninfo.iter().rev().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+    assert_eq!(get("host").as_deref(), Some("127.0.0.2"), "{conf}");
+    assert_eq!(get("port"), Some(primary.port.to_string()), "{conf}");
+    assert_primary_clean(&lab, &primary);
+}

@@ -30,7 +30,8 @@ pub struct SshLogin {
 pub struct Pgclone {
     lab: Lab,
     pub pghost: String,
-    pub pgport: u16,
+    /// `--pgport`, or None to leave the port to PGPORT.
+    pub pgport: Option<u16>,
     pub pguser: String,
     pub primary_pgdata: PathBuf,
     pub replica_pgdata: PathBuf,
@@ -75,7 +76,7 @@ impl Pgclone {
         Pgclone {
             lab: lab.clone(),
             pghost: pghost.to_string(),
-            pgport,
+            pgport: Some(pgport),
             pguser: SUPERUSER.into(),
             primary_pgdata: primary_pgdata.to_path_buf(),
             replica_pgdata: replica.to_path_buf(),
@@ -123,7 +124,9 @@ impl Pgclone {
             a.push(v);
         };
         opt("--pghost", self.pghost.clone().into());
-        opt("--pgport", self.pgport.to_string().into());
+        if let Some(port) = self.pgport {
+            opt("--pgport", port.to_string().into());
+        }
         opt("--pguser", self.pguser.clone().into());
         opt("--primary-pgdata", self.primary_pgdata.clone().into());
         opt("--replica-pgdata", self.replica_pgdata.clone().into());
