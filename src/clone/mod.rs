@@ -19,7 +19,7 @@ use crate::pg::control_file::CONTROL_FILE;
 use crate::pg::lsn::Lsn;
 use crate::pg::wal_stream::{WalStream, WalStreamError};
 use crate::pg::Conn;
-use crate::replica::run_dir::RunDir;
+use crate::replica::run_dir::{MadeDirs, RunDir};
 use crate::replica::{self, ReplicaError, ReplicaLock};
 use crate::sys::cancel::Cancel;
 use crate::transfer::TransferError;
@@ -93,18 +93,12 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
     cancel.check()?;
     timing.end("preflight");
 
-    let (run_dir, wal_run_dir) = run_dirs(config)?;
-    let streamed = match &wal_run_dir {
-        Some(d) => d.path().to_path_buf(),
-        None => {
-            let p = run_dir.path().join("wal");
-            replica::mkdir(&p)?;
-            p
-        }
-    };
+    let dirs = RunDirs::create(config)?;
+    let streamed = dirs.streamed.clone();
+    preflight::wal_space(&streamed, primary.seg)?;
     let resync = matches!(state, ReplicaState::Unfinished | ReplicaState::Cluster(_));
     let connect =
-        Connect { config, params: &params, primary, system_id, streamed: &streamed, run_dir: run_dir.path(), resync };
+        Connect { config, params: &params, primary, system_id, streamed: &streamed, run_dir: dirs.run.path(), resync };
     let Connected { mut stream, transport, slot } = connect.run(&mut sql, cancel)?;
     cancel.check()?;
     timing.end("connect");
@@ -115,7 +109,7 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
 
     let copied = copy::run(config, &*transport, &mut backup, primary, resync, &mut timing, cancel)?;
 
-    let (end, mut sql, control) = backup_stop(backup, &*transport, run_dir.path())?;
+    let (end, mut sql, control) = backup_stop(backup, &*transport, dirs.run.path())?;
     drop(transport);
     timing.end("backup stop");
 
@@ -169,24 +163,44 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
         stop_lsn: end.stop_lsn,
         timeline,
         replica: config.replica.clone(),
+        wal_dir: streamed,
         phases: timing.done,
         standby,
     })
 }
 
 /// The run's private directory, and with --temp-waldir a private subdirectory there for the stream, so that
-/// whatever else that directory holds can never be mistaken for streamed WAL.
-fn run_dirs(config: &CloneConfig) -> Result<(RunDir, Option<RunDir>), CloneError> {
-    let run_dir =
-        RunDir::create(&config.tmpdir, config.keep_run_tmp).at("creating a run directory in", &config.tmpdir)?;
-    let wal_dir = match &config.temp_waldir {
-        Some(dir) => {
-            replica::mkdir(dir)?;
-            Some(RunDir::create(dir, config.keep_run_tmp).at("creating a directory in", dir)?)
-        }
-        None => None,
-    };
-    Ok((run_dir, wal_dir))
+/// whatever else that directory holds can never be mistaken for streamed WAL. Fields drop in order: the
+/// directories' contents go first, then the --temp-waldir path this run created, if it did.
+struct RunDirs {
+    _wal: Option<RunDir>,
+    run: RunDir,
+    _made: Option<MadeDirs>,
+    /// Where the stream writes its segments.
+    streamed: PathBuf,
+}
+
+impl RunDirs {
+    fn create(config: &CloneConfig) -> Result<RunDirs, CloneError> {
+        let run =
+            RunDir::create(&config.tmpdir, config.keep_run_tmp).at("creating a run directory in", &config.tmpdir)?;
+        let (made, wal) = match &config.temp_waldir {
+            Some(dir) => {
+                let made = MadeDirs::create(dir).at("creating directory", dir)?;
+                (Some(made), Some(RunDir::create(dir, config.keep_run_tmp).at("creating a directory in", dir)?))
+            }
+            None => (None, None),
+        };
+        let streamed = match &wal {
+            Some(d) => d.path().to_path_buf(),
+            None => {
+                let p = run.path().join("wal");
+                replica::mkdir(&p)?;
+                p
+            }
+        };
+        Ok(RunDirs { _wal: wal, run, _made: made, streamed })
+    }
 }
 
 /// Destroys nothing before every check has passed: a failed preflight leaves an old replica alone.

@@ -57,6 +57,12 @@ pub enum PreflightError {
     SegSize(String),
     #[error(transparent)]
     Ssh(#[from] SshError),
+    #[error(
+        "not enough space for the streamed WAL in {}: {} free, the clone needs at least {} there while it runs \
+         (choose another place with --temp-waldir)",
+        dir.display(), crate::progress::bytes(*free), crate::progress::bytes(*need)
+    )]
+    WalSpace { dir: PathBuf, need: u64, free: u64 },
     #[error("--primary-pgdata {dir} does not exist on {host} or {user} may not enter it")]
     NoPgdata { dir: PathBuf, host: String, user: String },
     #[error(
@@ -360,6 +366,18 @@ pub fn local_pgdata(pgdata: &Path) -> Result<u64, PreflightError> {
     std::fs::read(pgdata.join(CONTROL_FILE))
         .map(|c| control_file::system_id(&c))
         .map_err(|_| PreflightError::NotPgdata { dir: pgdata.to_path_buf(), host, user })
+}
+
+/// Room where the streamed WAL waits (the run directory under $TMPDIR, often a tmpfs, or --temp-waldir): a
+/// busy primary writes segments for as long as the copy runs, and running out of room there fails the clone
+/// only at its end. Eight segments at least, as for the replica (transfer::check_space).
+pub fn wal_space(dir: &Path, seg: SegSize) -> Result<(), PreflightError> {
+    let st = rustix::fs::statvfs(dir).map_err(std::io::Error::from).at("checking free space of", dir)?;
+    let (free, need) = (st.f_bavail * st.f_frsize, 8 * seg.bytes());
+    if free < need {
+        return Err(PreflightError::WalSpace { dir: dir.to_path_buf(), need, free });
+    }
+    Ok(())
 }
 
 /// The directory we copy from must be the cluster we stream WAL from and back up.

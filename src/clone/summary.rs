@@ -22,6 +22,8 @@ pub struct Summary {
     pub stop_lsn: Lsn,
     pub timeline: u32,
     pub replica: PathBuf,
+    /// Where the streamed WAL waited until finalize laid it into pg_wal.
+    pub wal_dir: PathBuf,
     pub phases: Vec<(&'static str, Duration)>,
     /// With --start: the standby's application_name and its replay lag in bytes when first seen streaming.
     pub standby: Option<(String, u64)>,
@@ -54,6 +56,7 @@ impl fmt::Display for Summary {
         let phases: Vec<String> =
             self.phases.iter().map(|(name, d)| format!("{name} {:.1} s", d.as_secs_f64())).collect();
         write!(f, "; time: {}", phases.join(", "))?;
+        write!(f, "; streamed WAL waited in {}", self.wal_dir.display())?;
         if self.vanished > 0 {
             write!(
                 f,
@@ -79,10 +82,11 @@ impl Summary {
             .into_iter()
             .collect();
         format!(
-            "{{\"ok\":true,\"replica\":{},\"files\":{},\"bytes\":{},\"reused_bytes\":{},\"moved_bytes\":{},\"vanished_files\":{},\
+            "{{\"ok\":true,\"replica\":{},\"wal_dir\":{},\"files\":{},\"bytes\":{},\"reused_bytes\":{},\"moved_bytes\":{},\"vanished_files\":{},\
              \"elapsed_seconds\":{:.3},\"start_lsn\":\"{}\",\"stop_lsn\":\"{}\",\"timeline\":{},\"wal_segments\":{},\
              \"phases\":{{{}}},\"standby\":{standby},\"warnings\":[{}]}}",
             json::string(&self.replica.to_string_lossy()),
+            json::string(&self.wal_dir.to_string_lossy()),
             self.files,
             self.bytes,
             self.reused,

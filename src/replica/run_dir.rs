@@ -1,6 +1,7 @@
 //! The private directory a run owns.
 
 use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -51,6 +52,28 @@ impl Drop for RunDir {
     }
 }
 
+/// The directories a run created on its way to one it was given (--temp-waldir), removed again when the run
+/// ends, deepest first and only while empty: a run leaves the file system as it found it, no more.
+pub struct MadeDirs(Vec<PathBuf>);
+
+impl MadeDirs {
+    /// Creates `path` and its missing parents, private to the owner.
+    pub fn create(path: &Path) -> io::Result<MadeDirs> {
+        let missing = path.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.exists());
+        let made = MadeDirs(missing.map(Path::to_path_buf).collect());
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)?;
+        Ok(made)
+    }
+}
+
+impl Drop for MadeDirs {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,5 +95,19 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         assert!(!p.exists(), "reaper did not remove {}", p.display());
+    }
+
+    #[test]
+    fn made_dirs_go_and_found_ones_stay() {
+        let top = tempfile::tempdir().unwrap();
+        let made = MadeDirs::create(&top.path().join("a/b/c")).unwrap();
+        assert!(top.path().join("a/b/c").is_dir());
+        std::fs::write(top.path().join("a/keep"), "x").unwrap();
+        drop(made);
+        assert!(!top.path().join("a/b").exists(), "made and empty: removed");
+        assert!(top.path().join("a/keep").exists(), "a directory holding something stays");
+        let found = MadeDirs::create(&top.path().join("a")).unwrap();
+        drop(found);
+        assert!(top.path().join("a").is_dir(), "found, so kept");
     }
 }

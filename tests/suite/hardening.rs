@@ -213,3 +213,49 @@ fn bypass_rep_traffic_writes_the_primarys_port() {
     assert_eq!(get("port"), Some(primary.port.to_string()), "{conf}");
     assert_primary_clean(&lab, &primary);
 }
+
+/// A --temp-waldir that did not exist is created for the run and removed with it (parents included), on success
+/// and on failure; the summary says where the WAL waited.
+#[test]
+fn temp_waldir_pgclone_created_is_removed() {
+    let s = Setup::new("h-tempwal", &[]);
+    let top = s.lab.path().join("made");
+    let dir = top.join("by/pgclone");
+    let mut run = s.pgclone();
+    run.arg("--temp-waldir").arg(&dir);
+    let out = run.run();
+    out.assert_success();
+    assert!(
+        out.summary_line().contains(&format!("streamed WAL waited in {}/pgclone-", dir.display())),
+        "{}",
+        out.report()
+    );
+    assert!(!top.exists(), "{} is left behind", top.display());
+    // A failing run (into a directory holding something else) removes it too.
+    let mut failing = s.pgclone_into("not-empty");
+    s.lab.mkdir("not-empty");
+    s.lab.write("not-empty/file", "x");
+    failing.arg("--temp-waldir").arg(&dir);
+    failing.run().assert_error("is not empty");
+    assert!(!top.exists(), "{} is left behind by a failed run", top.display());
+}
+
+/// Streamed WAL waits on a filesystem too small for it (a tmpfs of 32 MiB: two 16 MiB segments): the run
+/// refuses at once, naming the directory and --temp-waldir, instead of failing after the copy.
+#[test]
+fn too_little_room_for_streamed_wal_is_one_clear_line_before_copying() {
+    if !root_or_skip("too_little_room_for_streamed_wal", "mounting a small tmpfs needs root") {
+        return;
+    }
+    let s = Setup::with_pgbench("h-walspace", 1);
+    let fs = Tmpfs::mount(&s.lab, "small-tmp", 32 << 20);
+    let load = s.primary.pgbench_load(2);
+    let mut run = s.pgclone();
+    run.arg("--temp-waldir").arg(&fs.path).args(["--limit-net-bw", "4M"]);
+    let out = run.run();
+    stop_load(load, &s.primary);
+    let line = assert_one_error_line(&out);
+    assert!(line.contains("not enough space for the streamed WAL") && line.contains("--temp-waldir"), "{line}");
+    assert!(!out.stderr.contains("copying "), "refused before copying\n{}", out.report());
+    s.assert_clean();
+}
