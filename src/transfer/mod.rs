@@ -82,6 +82,10 @@ pub fn lay_out(plan: &Plan, dest: &Path, resync: bool) -> Result<(), TransferErr
     }
     for (link, target) in &plan.symlinks {
         let path = dest.join(link);
+        // A re-sync keeps a link that already points where the primary's does (prune removed any other).
+        if std::fs::read_link(&path).ok().as_ref() == Some(target) {
+            continue;
+        }
         std::os::unix::fs::symlink(target, &path).at("creating symlink", &path)?;
     }
     Ok(())

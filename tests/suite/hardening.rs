@@ -259,3 +259,20 @@ fn too_little_room_for_streamed_wal_is_one_clear_line_before_copying() {
     assert!(!out.stderr.contains("copying "), "refused before copying\n{}", out.report());
     s.assert_clean();
 }
+
+/// A primary whose data directory holds a symbolic link that is no tablespace (`log -> /var/log/...`, Debian's
+/// `server.crt` links): a re-run into its finished clone re-syncs it. Before, prune kept the link and laying
+/// out the tree made it again: EEXIST, with the old pg_control already gone.
+#[test]
+fn rerun_keeps_a_symlink_of_the_primary() {
+    let s = Setup::with_pgbench("h-symlink", 1);
+    let logs = s.lab.mkdir("pglogs");
+    std::os::unix::fs::symlink(&logs, s.primary.data.join("log")).unwrap();
+    for round in ["first", "re-run"] {
+        let out = s.pgclone().run();
+        out.assert_success();
+        println!("{round}: {}", out.summary_line());
+        assert_eq!(fs::read_link(s.replica.join("log")).unwrap(), logs, "{round}");
+    }
+    s.assert_standby(&s.replica, "h_symlink", None);
+}
