@@ -61,8 +61,8 @@ pub struct Args {
     #[arg(long)]
     pub drop_existing: bool,
 
-    /// Compare files already in the replica (a re-run) with the primary's by content, never by size and
-    /// modification time; slower, as every such file is read on both sides
+    /// Implied (kept so that scripts passing it keep working): a re-run compares the files already in the
+    /// replica with the primary's by content, never by size and modification time
     #[arg(long)]
     pub paranoid: bool,
 

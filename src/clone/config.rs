@@ -166,6 +166,9 @@ impl CloneConfig {
             ciphers: None,
         };
         let parallel = args.parallel.map_or(env.cpus, usize::from);
+        if args.paranoid {
+            tracing::info!("--paranoid is implied: every re-sync compares the files already here by content");
+        }
         let recovery = (args.write_recovery_conf || args.start).then(|| RecoveryConfig {
             password: args.conninfo_password,
             application_name: args.application_name.clone().unwrap_or_else(|| env.hostname.clone()),
@@ -188,7 +191,6 @@ impl CloneConfig {
                 remote_bin: args.remote_pgclone.clone(),
                 compression: args.compress,
                 chunk_size: args.chunk_size,
-                paranoid: args.paranoid,
                 limit_net_bw: args.limit_net_bw,
                 workers: parallel,
             },

@@ -63,8 +63,6 @@ pub struct TransportConfig {
     pub compression: Compression,
     /// Files larger than this are split into ranges (native transport).
     pub chunk_size: u64,
-    /// rsync: compare files already present by content (--paranoid).
-    pub paranoid: bool,
     /// One network budget for all workers together, bytes/s (--limit-net-bw).
     pub limit_net_bw: Option<u64>,
     pub workers: usize,
@@ -102,7 +100,7 @@ pub fn open(
             workers: config.workers,
         })
     };
-    let rsync = |ssh| RsyncTransport::start(ssh, pgdata, run_dir, budget.clone(), config.paranoid);
+    let rsync = |ssh| RsyncTransport::start(ssh, pgdata, run_dir, budget.clone(), resync);
     Ok(match (config.kind, &config.ssh) {
         (TransportKind::Native, _) | (TransportKind::Auto, None) => Box::new(native()?),
         (TransportKind::Rsync, None) => return Err(TransportError::RsyncNeedsSsh),

@@ -96,21 +96,25 @@ pub struct RsyncTransport {
     url: String,
     tablespaces: HashSet<String>,
     password_file: PathBuf,
-    /// --paranoid: compare existing files by content (rsync --checksum), never by size and mtime.
-    paranoid: bool,
+    /// A re-sync: compare files already present by content (rsync --checksum), never by size and mtime. rsync
+    /// stamps a copy with the mtime it read at listing time, so a page the server writes later within the same
+    /// second leaves size and mtime equal; skipping that file would keep the old page, and WAL replay, which
+    /// starts at the new backup's redo point, would not repair it (backup.sgml: rsync needs --checksum).
+    resync: bool,
     /// Closing this ends the daemon (see the module comment); dropped before `daemon` is waited for.
     daemon_stdin: Option<ChildStdin>,
     daemon: OwnedChild,
 }
 
 impl RsyncTransport {
-    /// Starts the daemon on the primary. `run_dir` is our private (0700) directory for the secret.
+    /// Starts the daemon on the primary. `run_dir` is our private (0700) directory for the secret; `resync`: the
+    /// replica holds an earlier copy.
     pub fn start(
         ssh: &SshTarget,
         pgdata: &Path,
         run_dir: &Path,
         budget: Option<Arc<Budget>>,
-        paranoid: bool,
+        resync: bool,
     ) -> Result<RsyncTransport, TransportError> {
         let secret = random_secret()?;
         let password_file = run_dir.join("rsync.secret");
@@ -173,7 +177,7 @@ impl RsyncTransport {
             url: format!("rsync://pgclone@{}:{}/", bracket(&connect.ip().to_string()), connect.port()),
             tablespaces: words.map(str::to_string).collect(),
             password_file,
-            paranoid,
+            resync,
             daemon_stdin: Some(stdin),
             daemon,
         })
@@ -185,7 +189,7 @@ impl RsyncTransport {
             // A stalled link fails the worker instead of hanging the clone.
             .arg("--timeout=120")
             .arg("--contimeout=30");
-        if self.paranoid {
+        if self.resync {
             cmd.arg("--checksum");
         }
         cmd
