@@ -235,11 +235,11 @@ impl Transport for RsyncTransport {
     fn fetch_file(&self, rel: &Path, to: &Path) -> Result<(), TransportError> {
         let mut cmd = self.rsync();
         cmd.arg("--times").arg(format!("{}pgdata/{}", self.url, rel.display())).arg(to);
-        let out = run_rsync(cmd, None, &Cancel::default())?;
-        if out.0.success() {
+        let (status, stderr) = run_rsync(cmd, None, &Cancel::default())?;
+        if status.success() {
             Ok(())
         } else {
-            Err(TransportError::Fetch { file: rel.display().to_string(), reason: out.1 })
+            Err(TransportError::Fetch { file: rel.display().to_string(), reason: rsync_reason(&stderr) })
         }
     }
 }
@@ -317,21 +317,26 @@ impl RsyncWorker<'_> {
             list.extend_from_slice(f.as_os_str().as_encoded_bytes());
             list.push(0);
         }
-        let (status, reason) = run_rsync(cmd, Some(&list), cancel)?;
-        // Exit 24: "some files vanished before they could be transferred": normal while PostgreSQL runs.
+        let (status, stderr) = run_rsync(cmd, Some(&list), cancel)?;
+        // Exit 24: "some files vanished before they could be transferred"; exit 23 when a file shrank while
+        // it was read (VACUUM truncating a relation): both normal while PostgreSQL runs.
         match status.code() {
             Some(0) | Some(24) => Ok(()),
-            _ => Err(TransportError::Worker(format!("rsync {status}: {reason}"))),
+            Some(23) if only_files_that_changed(&stderr) => {
+                tracing::debug!("rsync: files changed while read: {}", rsync_reason(&stderr));
+                Ok(())
+            }
+            _ => Err(TransportError::Worker(format!("rsync {status}: {}", rsync_reason(&stderr)))),
         }
     }
 }
 
-/// Runs one rsync client to completion (or until cancelled) and returns its status and last stderr line.
+/// Runs one rsync client to completion (or until cancelled) and returns its status and what it said on stderr.
 fn run_rsync(
     mut cmd: Command,
     input: Option<&[u8]>,
     cancel: &Cancel,
-) -> Result<(std::process::ExitStatus, String), TransportError> {
+) -> Result<(std::process::ExitStatus, Vec<u8>), TransportError> {
     let io = |source| TransportError::Io { what: "running rsync", source };
     cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::null())
@@ -359,8 +364,7 @@ fn run_rsync(
             if !status.success() {
                 child.kill_group();
             }
-            let err = reader.join().unwrap_or_default();
-            return Ok((status, rsync_reason(&err)));
+            return Ok((status, reader.join().unwrap_or_default()));
         }
     }
 }
@@ -373,6 +377,18 @@ fn rsync_reason(stderr: &[u8]) -> String {
         .map(str::trim)
         .find(|l| l.starts_with("@ERROR") || l.starts_with("rsync: "))
         .map_or_else(|| last_line(stderr), str::to_string)
+}
+
+/// Whether every error rsync reported is about a file that changed on the primary while it was read: one that
+/// shrank ("read errors mapping": fewer bytes than listed), vanished, or whose whole-file check failed because it
+/// changed during the transfer. On a live server that is normal, as it is for pg_basebackup (basebackup.c pads a
+/// file that shrank): the change is in the WAL the clone replays. Any other error is the clone's to report.
+fn only_files_that_changed(stderr: &[u8]) -> bool {
+    const CHANGED: [&str; 3] = ["read errors mapping", "file has vanished", "failed verification"];
+    let text = String::from_utf8_lossy(stderr);
+    let errors: Vec<&str> =
+        text.lines().filter(|l| ["rsync: ", "ERROR: ", "WARNING: "].iter().any(|p| l.starts_with(p))).collect();
+    !errors.is_empty() && errors.iter().all(|l| CHANGED.iter().any(|c| l.contains(c)))
 }
 
 /// Parses `find -printf '%y\0%s\0%m\0%p\0%l\0'`: type letter, size, octal mode, path, link target.
@@ -421,6 +437,19 @@ fn random_secret() -> Result<String, TransportError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_that_shrank_while_read_is_no_error_but_others_are() {
+        let shrank = b"rsync: [sender] read errors mapping \"/pg/base/5/16384\": No data available (61)\n\
+            rsync error: some files/attrs were not transferred (see previous errors) (code 23) at main.c(1394)\n";
+        assert!(only_files_that_changed(shrank));
+        let denied = b"rsync: [sender] send_files failed to open \"/pg/x\": Permission denied (13)\n\
+            rsync error: some files/attrs were not transferred (see previous errors) (code 23) at main.c(1394)\n";
+        assert!(!only_files_that_changed(denied));
+        let mixed = [&shrank[..], &denied[..]].concat();
+        assert!(!only_files_that_changed(&mixed));
+        assert!(!only_files_that_changed(b"rsync error: some files/attrs were not transferred (code 23)\n"));
+    }
 
     #[test]
     fn listing_parses_every_kind_and_odd_names() {

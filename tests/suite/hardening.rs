@@ -276,3 +276,25 @@ fn rerun_keeps_a_symlink_of_the_primary() {
     }
     s.assert_standby(&s.replica, "h_symlink", None);
 }
+
+/// A file that shrinks on the primary while the rsync transport reads it (as VACUUM truncates a relation):
+/// normal on a live server, and WAL replay covers it. Before, rsync's exit 23 ("read errors mapping") failed
+/// the whole clone.
+#[test]
+fn rsync_file_shrinking_mid_read_is_no_error() {
+    let s = Setup::with_pgbench("h-shrink", 1);
+    let blob = s.primary.data.join("shrinking.bin");
+    fs::write(&blob, vec![1u8; 64 << 20]).unwrap();
+    s.lab.chown(&blob);
+    let mut run = s.pgclone();
+    run.parallel = 1;
+    run.args(["--transport", "rsync"]);
+    // Largest first: the 64 MiB file is the first rsync reads, for about 16 s at 4 MiB/s.
+    let running = run.spawn_slowly("4M");
+    std::thread::sleep(Duration::from_secs(2));
+    fs::OpenOptions::new().write(true).open(&blob).unwrap().set_len(1 << 20).unwrap();
+    let out = running.wait();
+    out.assert_success();
+    println!("{}", out.summary_line());
+    s.assert_standby(&s.replica, "h_shrink", None);
+}
