@@ -68,7 +68,8 @@ pub fn run(
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         let (plan, progress) = (&plan, &progress);
         s.spawn(move || {
-            done_tx.send(transfer::copy(plan, transport, replica, parallel, pages_before, progress, cancel))
+            // The supervisor below waits for this unless the scope is already unwinding.
+            let _ = done_tx.send(transfer::copy(plan, transport, replica, parallel, pages_before, progress, cancel));
         });
         // This thread supervises: the backup session sits idle during the copy, and a server that ends
         // it (pg_terminate_backend, restart) must stop the clone now, not at pg_backup_stop.

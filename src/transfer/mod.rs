@@ -193,6 +193,8 @@ pub struct Landed {
     pub ranges: HashMap<PathBuf, Vec<(u64, u64, u32)>>,
     /// Data pages that failed their checksum as they landed (with `pages_before`).
     pub bad: Vec<BadPage>,
+    /// Files the primary removed during the copy.
+    pub vanished: Vec<PathBuf>,
 }
 
 /// One worker thread's sink: live progress, and what landed.
@@ -232,6 +234,10 @@ impl Sink for Landing<'_> {
             None => drop(self.landed.ranges.insert(path.to_path_buf(), vec![(offset, len, crc32c::crc32c(bytes))])),
         }
     }
+
+    fn vanished(&mut self, path: &Path) {
+        self.landed.vanished.push(path.to_path_buf());
+    }
 }
 
 /// Copies every planned file with `parallel` workers. Any worker's failure, or a cancel from elsewhere
@@ -258,7 +264,7 @@ pub fn copy(
     let workers = parallel.min(n_jobs).max(1);
     let landed = std::sync::Mutex::new(Landed::default());
 
-    std::thread::scope(|s| {
+    let total = std::thread::scope(|s| {
         for _ in 0..workers {
             let (job_rx, done_tx, landed) = (job_rx.clone(), done_tx.clone(), &landed);
             s.spawn(move || {
@@ -279,6 +285,7 @@ pub fn copy(
                     all.ranges.entry(path).or_default().extend(ranges);
                 }
                 all.bad.extend(sink.landed.bad);
+                all.vanished.extend(sink.landed.vanished);
             });
         }
         drop(done_tx);
@@ -306,12 +313,28 @@ pub fn copy(
             }
         }
         match cancel.reason() {
-            Some(reason) => Err(Cancelled(reason).into()),
+            Some(reason) => Err(TransferError::from(Cancelled(reason))),
             None if finished < n_jobs => Err(Cancelled("copy workers ended early".into()).into()),
             None => Ok(total),
         }
-    })
-    .map(|total| (total, landed.into_inner().unwrap_or_else(|e| e.into_inner())))
+    })?;
+    let landed = landed.into_inner().unwrap_or_else(|e| e.into_inner());
+    remove_vanished(dest, &landed.vanished)?;
+    Ok((total, landed))
+}
+
+/// A file the primary removed during the copy is removed here too, as a fresh clone would not have it: WAL
+/// replay removes a dropped relation's files, but not every file that vanishes is a relation's (logical decoding
+/// snapshots and mappings, pg_stat files), and a re-sync's old copy must not outlive the primary's.
+fn remove_vanished(dest: &Path, vanished: &[PathBuf]) -> Result<(), TransferError> {
+    for rel in vanished {
+        let path = dest.join(rel);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            r => r.at("removing", &path)?,
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

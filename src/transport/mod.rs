@@ -225,6 +225,9 @@ pub trait Sink {
     /// replica, received or found identical. The transfer takes the manifest's checksums and verifies data
     /// pages from these, instead of reading the whole copy back once more.
     fn landed(&mut self, path: &Path, offset: u64, bytes: &[u8]);
+    /// The primary no longer has the file `path`: whatever copy of it the replica holds (a re-sync's old one, or
+    /// ranges that landed before it went) goes too, once every worker is done with it.
+    fn vanished(&mut self, path: &Path);
 }
 
 /// For a lone re-fetch of files that are read again anyway.
@@ -233,6 +236,7 @@ pub struct IgnoreSink;
 impl Sink for IgnoreSink {
     fn moving(&mut self, _: u64) {}
     fn landed(&mut self, _: &Path, _: u64, _: &[u8]) {}
+    fn vanished(&mut self, _: &Path) {}
 }
 
 pub trait Worker: Send {

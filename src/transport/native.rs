@@ -367,6 +367,7 @@ impl Worker for NativeWorker<'_> {
                         let p = &pieces[o.piece];
                         if gone {
                             vanished[o.piece] = true;
+                            sink.vanished(&p.path);
                             continue;
                         }
                         // Also a file that needed no data (empty, or identical) must exist with its size.

@@ -306,10 +306,11 @@ impl RsyncWorker<'_> {
         let mut cmd = self.transport.rsync();
         // -lt: links, times; never owners (we are not root) nor devices, nor the primary's exact permissions: a
         // new file gets the primary's bits masked by our umask, which the clone set to PostgreSQL's modes.
-        // --ignore-missing-args: a listed file dropped since the listing is not an error (see Copied::vanished).
+        // --delete-missing-args: a listed file the primary dropped since the listing is no error (see
+        // Copied::vanished), and a re-sync's old copy of it is deleted here.
         // --inplace: an interrupted copy leaves its partial file, the basis rsync's delta transfer resumes
         // from on a re-run; nothing can start from the directory meanwhile (no pg_control).
-        cmd.args(["-lt", "--inplace", "--files-from=-", "--from0", "--no-implied-dirs", "--ignore-missing-args"])
+        cmd.args(["-lt", "--inplace", "--files-from=-", "--from0", "--no-implied-dirs", "--delete-missing-args"])
             .arg(format!("{}{module}/", self.transport.url))
             .arg(format!("{}/", dest.display()));
         let mut list = Vec::new();

@@ -298,3 +298,34 @@ fn rsync_file_shrinking_mid_read_is_no_error() {
     println!("{}", out.summary_line());
     s.assert_standby(&s.replica, "h_shrink", None);
 }
+
+/// A re-sync during which the primary removes a file the replica still has from the earlier copy: the replica
+/// must not keep it (a fresh clone would not have it), by either transport. Before, the native transport and
+/// rsync's --ignore-missing-args both left the old copy in place.
+#[test]
+fn file_vanishing_during_a_resync_is_removed_here() {
+    let s = Setup::with_pgbench("h-vanish", 1);
+    let (big, gone) = (s.primary.data.join("big.bin"), s.primary.data.join("vanishing.bin"));
+    for transport in ["native", "rsync"] {
+        fs::write(&big, vec![1u8; 24 << 20]).unwrap();
+        fs::write(&gone, vec![2u8; 4 << 20]).unwrap();
+        s.lab.chown(&big);
+        s.lab.chown(&gone);
+        let mut run = s.pgclone();
+        run.parallel = 1;
+        run.args(["--transport", transport, "--remote-pgclone"]).arg(s.lab.pgclone_bin());
+        run.run().assert_success();
+        assert!(s.replica.join("vanishing.bin").exists(), "{transport}: the first run copies it");
+        // The re-sync moves big.bin again (new content) at 4 MiB/s with one worker, largest first: the file
+        // that vanishes meanwhile is listed, and gone by the time its turn comes.
+        fs::write(&big, vec![3u8; 24 << 20]).unwrap();
+        let running = run.spawn_slowly("4M");
+        fs::remove_file(&gone).unwrap();
+        let out = running.wait();
+        out.assert_success();
+        println!("{transport}: {}", out.summary_line());
+        assert!(!s.replica.join("vanishing.bin").exists(), "{transport}: the old copy outlived the primary's file");
+        assert_eq!(fs::read(s.replica.join("big.bin")).unwrap(), vec![3u8; 24 << 20], "{transport}");
+    }
+    s.assert_standby(&s.replica, "h_vanish", None);
+}
