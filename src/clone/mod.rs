@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Cancelled, IoAt, IoContext};
 use crate::pg::backup_session::{BackupEnd, BackupError, BackupSession};
-use crate::pg::control_file::CONTROL_FILE;
+use crate::pg::control_file::{self, CONTROL_FILE};
 use crate::pg::lsn::Lsn;
 use crate::pg::wal_stream::{WalStream, WalStreamError};
 use crate::pg::Conn;
@@ -47,6 +47,8 @@ pub enum CloneError {
     Transfer(#[from] TransferError),
     #[error(transparent)]
     Finalize(#[from] FinalizeError),
+    #[error("global/pg_control fetched from the primary failed its CRC check {tries} times in a row")]
+    ControlCrc { tries: u32 },
     #[error("backup started at {start}, before the WAL stream's start {stream}: the stream would miss WAL")]
     StreamTooLate { start: Lsn, stream: Lsn },
     #[error(transparent)]
@@ -109,7 +111,7 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
 
     let copied = copy::run(config, &*transport, &mut backup, primary, resync, &mut timing, cancel)?;
 
-    let (end, mut sql, control) = backup_stop(backup, &*transport, dirs.run.path())?;
+    let (end, mut sql, control) = backup_stop(backup, &*transport, dirs.run.path(), primary.major)?;
     drop(transport);
     timing.end("backup stop");
 
@@ -246,12 +248,29 @@ fn backup_stop(
     backup: BackupSession,
     transport: &dyn Transport,
     run_dir: &Path,
+    major: u32,
 ) -> Result<(BackupEnd, Conn, PathBuf), CloneError> {
     let (end, sql) = backup.stop()?;
     tracing::info!("backup stopped at {}", end.stop_lsn);
     let control = run_dir.join("pg_control");
-    transport.fetch_file(Path::new(CONTROL_FILE), &control)?;
+    fetch_control(transport, &control, major)?;
     Ok((end, sql, control))
+}
+
+/// Fetches `global/pg_control` until a copy passes its CRC check: the server rewrites the file in place at
+/// every checkpoint (and a standby's at every restartpoint and minRecoveryPoint advance), so a read can catch
+/// it half-written, and the copy's pg_control is what its recovery trusts first.
+fn fetch_control(transport: &dyn Transport, to: &Path, major: u32) -> Result<(), CloneError> {
+    const TRIES: u32 = 5;
+    for attempt in 1..=TRIES {
+        transport.fetch_file(Path::new(CONTROL_FILE), to)?;
+        if control_file::crc_ok(&std::fs::read(to).at("reading", to)?, major) {
+            return Ok(());
+        }
+        tracing::info!("the fetched pg_control failed its CRC check (a read during a rewrite); fetching it again");
+        std::thread::sleep(Duration::from_millis(100 * u64::from(attempt)));
+    }
+    Err(CloneError::ControlCrc { tries: TRIES })
 }
 
 /// --start: the standby started with pg_ctl of the primary's major, and its application_name and replay lag once
@@ -285,5 +304,51 @@ impl Phases {
     pub fn end(&mut self, name: &'static str) {
         self.done.push((name, self.mark.elapsed()));
         self.mark = Instant::now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::{RemoteEntry, Worker};
+    use std::sync::Mutex;
+
+    /// A primary whose pg_control reads come out as given, one per fetch.
+    struct Reads(Mutex<Vec<Vec<u8>>>);
+
+    impl Transport for Reads {
+        fn list(&self) -> Result<Vec<RemoteEntry>, TransportError> {
+            Ok(Vec::new())
+        }
+        fn worker(&self) -> Result<Box<dyn Worker + '_>, TransportError> {
+            Err(TransportError::Worker("this primary only serves pg_control".into()))
+        }
+        fn fetch_file(&self, _: &Path, to: &Path) -> Result<(), TransportError> {
+            let next = self.0.lock().unwrap().remove(0);
+            Ok(std::fs::write(to, next).at("writing", to)?)
+        }
+    }
+
+    fn control(major_crc_at: usize, fill: u8) -> Vec<u8> {
+        let mut c = vec![fill; major_crc_at];
+        c.extend(crc32c::crc32c(&c).to_ne_bytes());
+        c.resize(8192, 0);
+        c
+    }
+
+    #[test]
+    fn a_torn_pg_control_is_fetched_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let to = dir.path().join("pg_control");
+        let good = control(288, 7);
+        let mut torn = good.clone();
+        torn[..64].fill(9);
+        let primary = Reads(Mutex::new(vec![torn.clone(), torn.clone(), good.clone()]));
+        fetch_control(&primary, &to, 15).unwrap();
+        assert_eq!(std::fs::read(&to).unwrap(), good, "the untorn copy is the one kept");
+
+        let always_torn = Reads(Mutex::new(vec![torn; 5]));
+        let err = fetch_control(&always_torn, &to, 15).unwrap_err();
+        assert!(err.to_string().contains("failed its CRC check 5 times"), "{err}");
     }
 }

@@ -30,10 +30,12 @@ fn clones_pg18_primary_under_write_load() {
     clone_under_write_load(18, 2);
 }
 
-/// Names of the entries of a directory of the clone, which must exist.
+/// Names of the entries of a directory of the clone, sorted; the directory must exist.
 fn dir_entries(dir: &Path) -> Vec<String> {
     let entries = fs::read_dir(dir).unwrap_or_else(|e| panic!("clone lacks directory {}: {e}", dir.display()));
-    entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+    let mut names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
 }
 
 /// Clone a PostgreSQL `major` primary with pgbench data of `scale` while pgbench writes to it.
@@ -71,13 +73,15 @@ fn clone_under_write_load(major: u32, scale: u32) {
     }
     let version = fs::read_to_string(replica.join("PG_VERSION")).expect("clone has PG_VERSION");
     assert_eq!(version.trim(), major.to_string(), "clone's PG_VERSION");
-    let segments = dir_entries(&replica.join("pg_wal"))
-        .iter()
+    let segments: Vec<String> = dir_entries(&replica.join("pg_wal"))
+        .into_iter()
         .filter(|n| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit()))
-        .count();
-    assert!(segments > 0, "clone's pg_wal holds no WAL segment");
-    // Like basebackup.c: pg_wal/archive_status, and from PG17 pg_wal/summaries, created empty.
-    assert_eq!(dir_entries(&replica.join("pg_wal/archive_status")), Vec::<String>::new(), "pg_wal/archive_status");
+        .collect();
+    assert!(!segments.is_empty(), "clone's pg_wal holds no WAL segment");
+    // As pg_basebackup -X stream does: every segment laid in is marked archived (the primary archives it).
+    let done: Vec<String> = segments.iter().map(|s| format!("{s}.done")).collect();
+    assert_eq!(dir_entries(&replica.join("pg_wal/archive_status")), done, "pg_wal/archive_status");
+    // Like basebackup.c: from PG17 pg_wal/summaries, created empty.
     let summaries = replica.join("pg_wal/summaries");
     if major >= 17 {
         assert_eq!(dir_entries(&summaries), Vec::<String>::new(), "pg_wal/summaries");
