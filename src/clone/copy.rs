@@ -13,6 +13,7 @@ use crate::manifest::{self, FileSum};
 use crate::pg::backup_session::BackupSession;
 use crate::pg::lsn::Lsn;
 use crate::progress::{self, Progress};
+use crate::replica;
 use crate::sys::cancel::Cancel;
 use crate::transfer::{self, Plan};
 use crate::transport::{Copied, IgnoreSink, Piece, Transport};
@@ -43,6 +44,7 @@ pub fn run(
     tracing::debug!("listed the primary's data directory");
     let reused = if resync {
         let (removed, present) = transfer::prune(&plan, replica)?;
+        replica::sync_filesystem(replica)?;
         tracing::info!(
             "re-sync: removed {removed} entries the primary does not have; {} already here",
             progress::bytes(present)

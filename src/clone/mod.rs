@@ -210,17 +210,17 @@ fn prepare_replica(config: &CloneConfig, state: ReplicaState) -> Result<(), Clon
     let replica = &config.replica;
     // PostgreSQL refuses a data directory that others may enter; nothing lands in it before this.
     std::fs::set_permissions(replica, std::fs::Permissions::from_mode(0o700)).at("setting permissions of", replica)?;
+    // From here until finalize puts the new one in place, the directory must not start.
+    if state != ReplicaState::Empty {
+        replica::retire_control(replica)?;
+    }
     match state {
         ReplicaState::Dropped => {
             let n = replica::clear(replica)? + config.replica_waldir.as_deref().map_or(Ok(0), replica::clear)?;
+            replica::sync_filesystem(replica)?;
             tracing::info!("--drop-existing: removed {n} entries from the replica directories");
         }
         ReplicaState::Unfinished | ReplicaState::Cluster(_) => {
-            // From here until finalize puts the new one in place, the directory must not start.
-            let control = replica.join(CONTROL_FILE);
-            if control.exists() {
-                std::fs::remove_file(&control).at("removing", &control)?;
-            }
             let what = if state == ReplicaState::Unfinished { "an unfinished clone" } else { "a replica" };
             tracing::info!("{} holds {what} of this primary: re-syncing it", replica.display());
         }

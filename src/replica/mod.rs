@@ -54,6 +54,26 @@ fn lock_holder(locks: &str, ino: u64) -> Option<u32> {
     })
 }
 
+/// Makes the directory unable to start until finalize puts a new `global/pg_control` in place: removes the old
+/// one and syncs `global/`, so that the removal is on disk before any file of the new copy is: after a power
+/// loss mid-copy, the directory must never start again as the old cluster over half-new files.
+pub fn retire_control(replica: &Path) -> Result<(), IoAt> {
+    let global = replica.join("global");
+    let control = global.join("pg_control");
+    match std::fs::remove_file(&control) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        r => r.at("removing", &control)?,
+    }
+    File::open(&global).and_then(|d| d.sync_all()).at("syncing", &global)
+}
+
+/// Flushes everything written to the filesystem of `dir` so far: the removals of a --drop-existing or a
+/// re-sync's prune reach the disk before the new copy's files do.
+pub fn sync_filesystem(dir: &Path) -> Result<(), IoAt> {
+    let d = File::open(dir).at("opening", dir)?;
+    rustix::fs::syncfs(&d).map_err(io::Error::from).at("syncing the filesystem of", dir)
+}
+
 /// Creates a directory (and its parents) private to the owner, as PostgreSQL requires of its data
 /// directory; an existing one is left as it is.
 pub fn mkdir(path: &Path) -> Result<(), IoAt> {

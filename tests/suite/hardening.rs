@@ -329,3 +329,35 @@ fn file_vanishing_during_a_resync_is_removed_here() {
     }
     s.assert_standby(&s.replica, "h_vanish", None);
 }
+
+/// A re-sync removes the old pg_control first, and that removal reaches the disk (its directory synced)
+/// before any file of the new copy is written: after a power loss mid-copy the directory must not start as
+/// the old cluster over half-new files. Watched with strace: unlink of global/pg_control, then fsync of
+/// global/, then the first file created under the replica.
+#[test]
+fn resync_makes_the_old_pg_control_gone_durably_before_writing() {
+    let s = Setup::with_pgbench("h-durable", 1);
+    s.pgclone().run().assert_success();
+    let trace = s.lab.path().join("pgclone.strace");
+    let mut run = s.pgclone();
+    run.strace = Some(trace.clone());
+    run.run().assert_success();
+    let replica = s.replica.to_string_lossy().into_owned();
+    let lines: Vec<String> = fs::read_to_string(&trace).unwrap().lines().map(str::to_string).collect();
+    let find =
+        |from: usize, what: &dyn Fn(&str) -> bool| lines.iter().skip(from).position(|l| what(l)).map(|i| i + from);
+    let unlink = find(0, &|l| l.contains("unlink") && l.contains(&format!("\"{replica}/global/pg_control\"")))
+        .expect("the re-sync removes the old pg_control");
+    let open_global = find(unlink, &|l| l.contains("openat(") && l.contains(&format!("\"{replica}/global\"")))
+        .expect("global/ opened after the removal");
+    let fd = lines[open_global].rsplit("= ").next().unwrap().trim().to_string();
+    let synced = find(open_global, &|l| l.contains(&format!("fsync({fd})"))).expect("global/ synced after the removal");
+    let first_write =
+        find(0, &|l| l.contains("openat(") && l.contains(&format!("\"{replica}/")) && l.contains("O_CREAT"))
+            .expect("the re-sync writes files");
+    assert!(
+        unlink < synced && synced < first_write,
+        "unlink at line {unlink}, sync at {synced}, first file created at {first_write}:\n{}",
+        lines[first_write]
+    );
+}

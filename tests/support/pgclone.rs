@@ -49,6 +49,8 @@ pub struct Pgclone {
     pub max_open_files: Option<u64>,
     /// From the start to the kill (see `Running::wait`).
     pub timeout: Duration,
+    /// Run under `strace -f`, logging the file-system calls of pgclone and its threads to this file.
+    pub strace: Option<PathBuf>,
 }
 
 impl Pgclone {
@@ -88,6 +90,7 @@ impl Pgclone {
             as_root: false,
             max_open_files: None,
             timeout: Duration::from_secs(120),
+            strace: None,
         }
     }
 
@@ -153,14 +156,19 @@ impl Pgclone {
     pub fn spawn(&self) -> Running {
         let lab = &self.lab;
         let bin = lab.pgclone_bin();
+        let program = if self.strace.is_some() { Path::new("strace") } else { bin };
         let mut cmd = if self.as_root {
             let root = lookup_user("0").expect("getent passwd 0");
-            let mut cmd = lab.base_cmd(bin);
+            let mut cmd = lab.base_cmd(program);
             cmd.env("HOME", &root.home).env("USER", &root.name).env("LOGNAME", &root.name);
             cmd
         } else {
-            lab.cmd(bin)
+            lab.cmd(program)
         };
+        if let Some(log) = &self.strace {
+            cmd.args(["-f", "-qq", "-e", "trace=unlink,unlinkat,openat,fsync,fdatasync,syncfs", "-o"]);
+            cmd.arg(log).arg("--").arg(bin);
+        }
         cmd.args(self.argv()).env(TAG_VAR, lab.path()).env("TMPDIR", lab.tmpdir());
         for (k, v) in &self.env {
             match v {
