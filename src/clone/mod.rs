@@ -57,6 +57,8 @@ pub enum CloneError {
     Replica(#[from] ReplicaError),
     #[error(transparent)]
     Standby(#[from] StandbyError),
+    #[error("{error}; {slot}")]
+    AfterSlot { error: String, slot: String },
     #[error("{0}; the copy would carry the corruption (--no-verify-checksums clones anyway)")]
     BadPages(String),
     #[error(transparent)]
@@ -147,9 +149,14 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
         standby::copy_slot(&mut sql, &slot, name)?;
         tracing::info!("created replication slot {name} for the standby");
     }
-    stream.close()?;
-
-    let standby = start_standby(config, pg_ctl.as_deref(), recovery.as_ref(), &mut sql, cancel)?;
+    let standby = stream
+        .close()
+        .map_err(CloneError::from)
+        .and_then(|()| start_standby(config, pg_ctl.as_deref(), recovery.as_ref(), &mut sql, cancel))
+        .map_err(|e| match &config.create_slot {
+            Some(name) => standby::settle_slot(&mut sql, name, &config.replica, e.to_string()),
+            None => e,
+        })?;
     if standby.is_some() {
         timing.end("standby start");
     }

@@ -253,7 +253,7 @@ fn may_drop(dir: &Path, home: Option<&Path>) -> Result<(), PreflightError> {
 }
 
 /// The pid in `postmaster.pid` if that process exists (owned by anyone: EPERM still means alive).
-fn live_postmaster(dir: &Path) -> Option<i32> {
+pub fn live_postmaster(dir: &Path) -> Option<i32> {
     let text = std::fs::read_to_string(dir.join("postmaster.pid")).ok()?;
     let pid: i32 = text.lines().next()?.trim().parse().ok()?;
     let p = rustix::process::Pid::from_raw(pid)?;

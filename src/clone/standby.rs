@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::config::RecoveryConfig;
+use super::CloneError;
 use crate::error::{Cancelled, IoAt, IoContext};
 use crate::pg::{Conn, PgError};
 use crate::sys::cancel::Cancel;
@@ -111,6 +112,22 @@ pub fn copy_slot(conn: &mut Conn, temporary: &str, name: &str) -> Result<(), Sta
     conn.query_params("SELECT pg_copy_physical_replication_slot($1, $2, false)", &[temporary, name])
         .map(drop)
         .map_err(|source| StandbyError::Slot { slot: name.to_string(), source })
+}
+
+/// What becomes of the --create-slot slot when the run fails after making it: a slot nobody uses keeps WAL on
+/// the primary until its disk fills, so it is dropped, unless the standby is running after all (pg_ctl started
+/// it, but it did not stream in time, or the run was interrupted while waiting), which will use it. Either
+/// way the error says which.
+pub fn settle_slot(conn: &mut Conn, name: &str, replica: &Path, error: String) -> CloneError {
+    let slot = if super::preflight::live_postmaster(replica).is_some() {
+        format!("the standby in {} is running and keeps replication slot {name}", replica.display())
+    } else {
+        match conn.query_params("SELECT pg_drop_replication_slot($1)", &[name]) {
+            Ok(_) => format!("replication slot {name} was dropped again"),
+            Err(e) => format!("replication slot {name} is left on the primary, dropping it failed: {e}"),
+        }
+    };
+    CloneError::AfterSlot { error, slot }
 }
 
 /// pg_ctl of the primary's major: the standby must run the same major as the primary.

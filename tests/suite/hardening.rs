@@ -361,3 +361,36 @@ fn resync_makes_the_old_pg_control_gone_durably_before_writing() {
         lines[first_write]
     );
 }
+
+/// --create-slot when the run fails after making the slot: a standby that could not start (its port is taken)
+/// leaves no slot behind; a standby that started but did not stream in time (it has no password: no
+/// --conninfo-password, no ~/.pgpass) keeps it, and the error says so. Before, the slot stayed either way,
+/// silently, holding WAL on the primary.
+#[test]
+fn create_slot_is_dropped_or_reported_when_start_fails() {
+    let s = Setup::new("h-slot", &[]);
+    let slots = || s.primary.psql("select string_agg(slot_name, ',') from pg_replication_slots");
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let mut run = s.pgclone();
+    run.args(["--start", "--create-slot", "h_slot_busy", "--replica-port", &port.to_string()]);
+    let out = run.run();
+    let line = assert_one_error_line(&out);
+    assert!(line.contains("could not start the standby") && line.contains("was dropped again"), "{line}");
+    assert_eq!(slots(), "", "no slot is left behind");
+    drop(busy);
+
+    let replica = s.lab.path().join("replica-nopass");
+    let port = free_port();
+    let standby = Server::adopt(&s.lab, &replica, "h_slot_nopass", port);
+    let mut run = s.pgclone_into("replica-nopass");
+    let home = s.lab.mkdir("home-without-pgpass");
+    run.env("HOME", Some(&home.to_string_lossy()));
+    run.args(["--start", "--create-slot", "h_slot_kept", "--wait-streaming", "3", "--replica-port", &port.to_string()]);
+    let out = run.run();
+    let line = assert_one_error_line(&out);
+    assert!(line.contains("is running and keeps replication slot h_slot_kept"), "{line}");
+    assert_eq!(slots(), "h_slot_kept", "the running standby's slot stays");
+    standby.stop();
+    s.primary.psql("select pg_drop_replication_slot('h_slot_kept')");
+}
