@@ -19,7 +19,7 @@ use crate::pg::control_file::{self, CONTROL_FILE};
 use crate::pg::lsn::Lsn;
 use crate::pg::wal_stream::{WalStream, WalStreamError};
 use crate::pg::Conn;
-use crate::replica::run_dir::{MadeDirs, RunDir};
+use crate::replica::run_dir::{self, MadeDirs, RunDir};
 use crate::replica::{self, ReplicaError, ReplicaLock};
 use crate::sys::cancel::Cancel;
 use crate::transfer::TransferError;
@@ -191,6 +191,9 @@ struct RunDirs {
 
 impl RunDirs {
     fn create(config: &CloneConfig) -> Result<RunDirs, CloneError> {
+        for parent in std::iter::once(&config.tmpdir).chain(&config.temp_waldir) {
+            run_dir::reap_stale(parent);
+        }
         let run =
             RunDir::create(&config.tmpdir, config.keep_run_tmp).at("creating a run directory in", &config.tmpdir)?;
         let (made, wal) = match &config.temp_waldir {

@@ -394,3 +394,30 @@ fn create_slot_is_dropped_or_reported_when_start_fails() {
     standby.stop();
     s.primary.psql("select pg_drop_replication_slot('h_slot_kept')");
 }
+
+/// The whole process tree of a run killed at once (as Patroni cancels a replica method, or a container stops):
+/// pgclone and the reaper that would have removed its run directory both die, and the directory, with its
+/// streamed WAL, stays under $TMPDIR. The next run finds it (unlocked, so nobody's) and removes it. Before,
+/// such directories stayed forever.
+#[test]
+fn a_killed_runs_directory_is_removed_by_the_next_run() {
+    let s = Setup::with_pgbench("h-reap", 2);
+    let mut run = s.pgclone();
+    let running = run.spawn_slowly("2M");
+    let mut tree = vec![running.pid()];
+    tree.extend(children_of(running.pid()).into_iter().map(|(pid, _)| pid));
+    for pid in &tree {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(*pid as i32).unwrap(),
+            rustix::process::Signal::KILL,
+        );
+    }
+    let _ = running.wait();
+    let left = entries_starting_with(&s.lab.tmpdir(), "pgclone-");
+    assert_eq!(left.len(), 1, "the killed run's directory is left: {left:?}");
+    // Runs older than a minute only: a run locks its directory just after making it.
+    fs::File::open(&left[0]).unwrap().set_modified(std::time::SystemTime::now() - Duration::from_secs(3600)).unwrap();
+    s.pgclone().run().assert_success();
+    assert!(!left[0].exists(), "{} is still there", left[0].display());
+    s.assert_standby(&s.replica, "h_reap", None);
+}
