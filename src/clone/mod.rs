@@ -109,6 +109,7 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
 
     prepare_replica(config, state)?;
     let mut backup = backup_start(sql, &stream, &config.replica)?;
+    confirm_live_pgdata(config, &*transport, dirs.run.path(), backup.start_lsn, primary)?;
     timing.end("backup start");
 
     let copied = copy::run(config, &*transport, &mut backup, primary, resync, &mut timing, cancel)?;
@@ -250,6 +251,21 @@ fn backup_start(sql: Conn, stream: &WalStream, replica: &Path) -> Result<BackupS
     }
     tracing::info!("backup started at {}", backup.start_lsn);
     Ok(backup)
+}
+
+/// The directory the transport reads must be the backed-up server's own (see `preflight::live_directory`):
+/// its pg_control, read now that pg_backup_start's checkpoint has rewritten it, says so.
+fn confirm_live_pgdata(
+    config: &CloneConfig,
+    transport: &dyn Transport,
+    run_dir: &Path,
+    backup_start: Lsn,
+    primary: preflight::Primary,
+) -> Result<(), CloneError> {
+    let to = run_dir.join("pg_control.start");
+    fetch_control(transport, &to, primary.major)?;
+    let control = std::fs::read(&to).at("reading", &to)?;
+    Ok(preflight::live_directory(&config.primary_pgdata, &config.host, &control, backup_start, primary.in_recovery)?)
 }
 
 /// pg_backup_stop, then `global/pg_control` into the run directory: taken after the stop, so it is at least

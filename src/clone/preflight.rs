@@ -8,7 +8,7 @@ use super::standby::{self, Recovery};
 use super::CloneError;
 use crate::error::{IoAt, IoContext};
 use crate::pg::control_file::{self, CONTROL_FILE};
-use crate::pg::lsn::SegSize;
+use crate::pg::lsn::{Lsn, SegSize};
 use crate::pg::{Conn, PgError};
 use crate::sys::ssh::{last_line, quote, Forward, SshError, SshTarget};
 
@@ -71,6 +71,12 @@ pub enum PreflightError {
     NotPgdata { dir: PathBuf, host: String, user: String },
     #[error("checking --primary-pgdata on {host} failed: {reason}")]
     Probe { host: String, reason: String },
+    #[error(
+        "--primary-pgdata {dir} on {host} is not the live data directory of the server pgclone backs up: its \
+         pg_control has REDO {redo} (state {state}), the server's backup started at {start}; give the running \
+         server's own data directory (SHOW data_directory)"
+    )]
+    NotLive { dir: PathBuf, host: String, redo: Lsn, state: u32, start: Lsn },
     #[error(
         "--primary-pgdata {dir} belongs to another cluster (system identifier {found}) than the server \
          pgclone connected to ({expected})"
@@ -380,11 +386,58 @@ pub fn wal_space(dir: &Path, seg: SegSize) -> Result<(), PreflightError> {
     Ok(())
 }
 
+/// --primary-pgdata must be the live data directory of the very server the backup runs on, not only one of the
+/// same cluster: a standby's, a stopped copy's or an old primary's directory on the ssh host shares the system
+/// identifier, and copying its files under this backup's backup_label and WAL would make a standby that starts
+/// with wrong data and valid checksums. pg_backup_start's checkpoint (a restartpoint on a standby) rewrote the
+/// live directory's pg_control before it returned, so that file's REDO is at least the backup's start, and its
+/// state is the server's (in production, or in archive recovery when the server is a standby); an older
+/// REDO or another state is another directory.
+pub fn live_directory(
+    dir: &Path,
+    host: &str,
+    control: &[u8],
+    backup_start: Lsn,
+    in_recovery: bool,
+) -> Result<(), PreflightError> {
+    let want = if in_recovery { control_file::DB_IN_ARCHIVE_RECOVERY } else { control_file::DB_IN_PRODUCTION };
+    let (redo, state) = (control_file::redo(control), control_file::state(control));
+    if redo >= backup_start && state == want {
+        return Ok(());
+    }
+    Err(PreflightError::NotLive { dir: dir.to_path_buf(), host: host.to_string(), redo, state, start: backup_start })
+}
+
 /// The directory we copy from must be the cluster we stream WAL from and back up.
 pub fn same_cluster(pgdata: &Path, found: u64, expected: u64) -> Result<(), PreflightError> {
     if found == expected {
         Ok(())
     } else {
         Err(PreflightError::OtherCluster { dir: pgdata.to_path_buf(), found, expected })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn control(state: u32, redo: u64) -> Vec<u8> {
+        let mut c = vec![0u8; 8192];
+        c[16..20].copy_from_slice(&state.to_ne_bytes());
+        c[40..48].copy_from_slice(&redo.to_ne_bytes());
+        c
+    }
+
+    #[test]
+    fn only_the_live_directory_of_the_backed_up_server_passes() {
+        let (dir, start) = (Path::new("/pg"), Lsn(0x3000028));
+        let live = |c: &[u8], in_recovery| live_directory(dir, "db1", c, start, in_recovery);
+        assert!(live(&control(control_file::DB_IN_PRODUCTION, 0x3000028), false).is_ok());
+        assert!(live(&control(control_file::DB_IN_PRODUCTION, 0x4000028), false).is_ok(), "a later checkpoint");
+        let stale = live(&control(control_file::DB_IN_PRODUCTION, 0x2000028), false).unwrap_err();
+        assert!(stale.to_string().contains("REDO 0/2000028") && stale.to_string().contains("0/3000028"), "{stale}");
+        assert!(live(&control(1, 0x3000028), false).is_err(), "a stopped copy");
+        assert!(live(&control(control_file::DB_IN_ARCHIVE_RECOVERY, 0x3000028), false).is_err(), "a standby's");
+        assert!(live(&control(control_file::DB_IN_ARCHIVE_RECOVERY, 0x3000028), true).is_ok(), "from a standby");
     }
 }

@@ -1,4 +1,7 @@
-//! Facts about `global/pg_control` (src/include/catalog/pg_control.h) that several phases rely on.
+//! Facts about `global/pg_control` (src/include/catalog/pg_control.h) that several phases rely on. Fields are in
+//! the byte order of the machine that wrote them; a physical replica always runs on the same architecture.
+
+use crate::pg::lsn::Lsn;
 
 /// Path of the control file inside a data directory (XLOG_CONTROL_FILE).
 pub const CONTROL_FILE: &str = "global/pg_control";
@@ -7,6 +10,22 @@ pub const CONTROL_FILE: &str = "global/pg_control";
 /// wrote it (a physical replica always runs on the same architecture).
 pub fn system_id(control: &[u8]) -> u64 {
     control.get(..8).map_or(0, |b| u64::from_ne_bytes(b.try_into().expect("8 bytes")))
+}
+
+/// DBState values (pg_control.h) of a running server: a primary's file says DB_IN_PRODUCTION, a standby's
+/// DB_IN_ARCHIVE_RECOVERY; a stopped copy says DB_SHUTDOWNED, or whatever its last writer left.
+pub const DB_IN_ARCHIVE_RECOVERY: u32 = 5;
+pub const DB_IN_PRODUCTION: u32 = 6;
+
+/// `state`, the fourth field (after system_identifier and two uint32 versions).
+pub fn state(control: &[u8]) -> u32 {
+    control.get(16..20).map_or(0, |b| u32::from_ne_bytes(b.try_into().expect("4 bytes")))
+}
+
+/// checkPointCopy.redo: where recovery from the latest checkpoint (or restartpoint) starts. ControlFileData puts
+/// `time` (int64) at 24 and `checkPoint` at 32; the CheckPoint copy, whose first field is `redo`, at 40.
+pub fn redo(control: &[u8]) -> Lsn {
+    Lsn(control.get(40..48).map_or(0, |b| u64::from_ne_bytes(b.try_into().expect("8 bytes"))))
 }
 
 /// offsetof(ControlFileData, crc): the CRC32C covers every byte before it, and `crc` is the struct's last field.

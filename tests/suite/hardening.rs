@@ -421,3 +421,20 @@ fn a_killed_runs_directory_is_removed_by_the_next_run() {
     assert!(!left[0].exists(), "{} is still there", left[0].display());
     s.assert_standby(&s.replica, "h_reap", None);
 }
+
+/// --primary-pgdata naming a stopped copy of the very cluster (same system identifier) instead of the running
+/// server's directory: the clone refuses, naming both positions, instead of copying the old files under the
+/// live server's backup_label and WAL (a standby that starts, with wrong data).
+#[test]
+fn a_copy_of_the_cluster_is_not_the_live_directory() {
+    let s = Setup::with_pgbench("h-live", 1);
+    let copy = s.lab.path().join("old-copy");
+    Pgclone::new(&s.primary, &s.sshd, &copy).run().assert_success();
+    s.primary.psql("update pgbench_accounts set abalance = abalance + 1 where aid < 100");
+    let mut run = s.pgclone();
+    run.primary_pgdata = copy.clone();
+    let out = run.run();
+    let line = assert_one_error_line(&out);
+    assert!(line.contains(&format!("{} on", copy.display())) && line.contains("not the live data directory"), "{line}");
+    s.assert_clean();
+}
