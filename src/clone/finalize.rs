@@ -37,6 +37,8 @@ pub struct Finalize<'a> {
     pub system_id: u64,
     pub start: Lsn,
     pub end: &'a BackupEnd,
+    /// WAL is laid in through this position: the stop position, or beyond it from a standby (minRecoveryPoint).
+    pub wal_end: Lsn,
     /// pg_control as fetched from the primary after pg_backup_stop.
     pub control: &'a Path,
     pub tablespaces: &'a [Tablespace],
@@ -86,7 +88,7 @@ impl Finalize<'_> {
     fn lay_wal(&self) -> Result<u64, FinalizeError> {
         let pg_wal = self.replica.join("pg_wal");
         let first = self.seg.segno(self.start);
-        let last = self.seg.segno(Lsn(self.end.stop_lsn.0.saturating_sub(1)));
+        let last = self.seg.segno(Lsn(self.wal_end.0.saturating_sub(1)));
         for segno in first..=last {
             let name = self.seg.file_name(self.timeline, segno);
             let complete = self.streamed.join(&name);
@@ -205,6 +207,7 @@ mod tests {
             system_id: sysid,
             start: Lsn(2 << 20),
             end,
+            wal_end: end.stop_lsn,
             control: c,
             tablespaces: &[],
             group_access: false,
@@ -247,6 +250,17 @@ mod tests {
         let (r, s, end) = setup(Lsn(4 << 20), &["000000010000000000000002", "000000010000000000000003"]);
         let c = s.path().join("pg_control");
         assert_eq!(finalize(r.path(), s.path(), &c, &end, 42).run().unwrap(), 2);
+    }
+
+    #[test]
+    fn from_a_standby_wal_goes_on_to_its_min_recovery_point() {
+        let names = ["000000010000000000000002", "000000010000000000000003", "000000010000000000000004.partial"];
+        let (r, s, end) = setup(Lsn((2 << 20) + 100), &names);
+        let c = s.path().join("pg_control");
+        let mut f = finalize(r.path(), s.path(), &c, &end, 42);
+        f.wal_end = Lsn((4 << 20) + 8);
+        assert_eq!(f.run().unwrap(), 3, "through the segment holding minRecoveryPoint, not only the stop's");
+        assert!(r.path().join("pg_wal/000000010000000000000004").exists());
     }
 
     #[test]

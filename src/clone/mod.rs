@@ -47,6 +47,8 @@ pub enum CloneError {
     Transfer(#[from] TransferError),
     #[error(transparent)]
     Finalize(#[from] FinalizeError),
+    #[error("reading the standby's minimum recovery point failed: {0}")]
+    MinRecovery(crate::pg::PgError),
     #[error("global/pg_control fetched from the primary failed its CRC check {tries} times in a row")]
     ControlCrc { tries: u32 },
     #[error("backup started at {start}, before the WAL stream's start {stream}: the stream would miss WAL")]
@@ -114,12 +116,12 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
 
     let copied = copy::run(config, &*transport, &mut backup, primary, resync, &mut timing, cancel)?;
 
-    let (end, mut sql, control) = backup_stop(backup, &*transport, dirs.run.path(), primary.major)?;
+    let (end, mut sql, control, wal_end) = backup_stop(backup, &*transport, dirs.run.path(), primary)?;
     drop(transport);
     timing.end("backup stop");
 
     let timeline = stream.start.timeline;
-    let received = stream.reach(end.stop_lsn, cancel)?;
+    let received = stream.reach(wal_end, cancel)?;
     tracing::info!("WAL received through {received}");
     cancel.check()?;
     // Before pg_control: a copy that can start must never start as a second primary.
@@ -134,6 +136,7 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
         system_id,
         start: copied.start_lsn,
         end: &end,
+        wal_end,
         control: &control,
         tablespaces: &copied.plan.tablespaces,
         group_access: copied.plan.group_access,
@@ -269,18 +272,28 @@ fn confirm_live_pgdata(
 }
 
 /// pg_backup_stop, then `global/pg_control` into the run directory: taken after the stop, so it is at least
-/// as new as every copied file.
+/// as new as every copied file. Returns also how far the clone needs WAL: to the stop position, and from a
+/// standby to the fetched pg_control's minRecoveryPoint too, which can lie beyond it (replay went on after the
+/// stop), and where the clone's recovery ends the backup (xlogrecovery.c: a backup from a standby ends at the
+/// control file's minRecoveryPoint). The server's value read after the fetch is at least the file's.
 fn backup_stop(
     backup: BackupSession,
     transport: &dyn Transport,
     run_dir: &Path,
-    major: u32,
-) -> Result<(BackupEnd, Conn, PathBuf), CloneError> {
-    let (end, sql) = backup.stop()?;
+    primary: preflight::Primary,
+) -> Result<(BackupEnd, Conn, PathBuf, Lsn), CloneError> {
+    let (end, mut sql) = backup.stop()?;
     tracing::info!("backup stopped at {}", end.stop_lsn);
     let control = run_dir.join("pg_control");
-    fetch_control(transport, &control, major)?;
-    Ok((end, sql, control))
+    fetch_control(transport, &control, primary.major)?;
+    let mut wal_end = end.stop_lsn;
+    if primary.in_recovery {
+        let rows =
+            sql.query("SELECT min_recovery_end_lsn FROM pg_control_recovery()").map_err(CloneError::MinRecovery)?;
+        let min_recovery: Lsn = rows.get(0, 0).and_then(|l| l.parse().ok()).unwrap_or(wal_end);
+        wal_end = wal_end.max(min_recovery);
+    }
+    Ok((end, sql, control, wal_end))
 }
 
 /// Fetches `global/pg_control` until a copy passes its CRC check: the server rewrites the file in place at

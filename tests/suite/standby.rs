@@ -370,6 +370,19 @@ fn clones_from_a_standby_into_a_cascading_standby() {
     let label = fs::read_to_string(replica.join("backup_label")).expect("backup_label");
     println!("backup_label:\n{label}");
     assert!(label.contains("BACKUP FROM: standby"), "{label}");
+    // Recovery of a backup from a standby ends at its pg_control's minRecoveryPoint, which replay may have
+    // moved past the stop position by the time pgclone read the file: the WAL laid in must reach it.
+    let controldata = lab.run(lab.cmd(Path::new(PG15_BIN).join("pg_controldata")).arg(&replica));
+    let min_recovery = controldata
+        .lines()
+        .find_map(|l| l.strip_prefix("Minimum recovery ending location:"))
+        .map(|v| v.trim().to_string())
+        .expect("pg_controldata shows the minimum recovery ending location");
+    let (hi, lo) = min_recovery.split_once('/').unwrap();
+    let lsn = (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap();
+    let needed =
+        format!("00000001{:08X}{:08X}", (lsn.saturating_sub(1) >> 24) >> 8, (lsn.saturating_sub(1) >> 24) & 0xff);
+    assert!(replica.join("pg_wal").join(&needed).exists(), "minRecoveryPoint {min_recovery} needs {needed} in pg_wal");
 
     let cascade = Server::start(&lab, &replica, app, port, Creds::Env);
     wait_streaming(&mid, &cascade, app, WAIT);
