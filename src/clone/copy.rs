@@ -15,7 +15,7 @@ use crate::pg::lsn::Lsn;
 use crate::progress::{self, Progress};
 use crate::replica;
 use crate::sys::cancel::Cancel;
-use crate::transfer::{self, Plan};
+use crate::transfer::{self, Plan, TransferError};
 use crate::transport::{Copied, IgnoreSink, Piece, Transport};
 
 /// What the copy achieved.
@@ -40,7 +40,9 @@ pub fn run(
 ) -> Result<Copy, CloneError> {
     let replica = config.replica.as_path();
     let parallel = config.parallel;
-    let plan = transfer::plan(&transport.list()?, primary.major, &config.tablespace_mapping);
+    let entries = transport.list()?;
+    transfer::check_listing(&entries).map_err(TransferError::Listing)?;
+    let plan = transfer::plan(&entries, primary.major, &config.tablespace_mapping);
     tracing::debug!("listed the primary's data directory");
     let reused = if resync {
         let (removed, present) = transfer::prune(&plan, replica)?;

@@ -34,9 +34,11 @@ pub struct Target {
 }
 
 impl Target {
-    /// Opens (creating) a file of `size` bytes to fill.
+    /// Opens (creating) a file of `size` bytes to fill. Never through a symbolic link in its place: the copy
+    /// writes the primary's bytes only where the plan says.
     pub fn open(path: &Path, size: u64) -> io::Result<Target> {
         let open = |flags: OFlags| {
+            let flags = flags | OFlags::NOFOLLOW;
             OpenOptions::new()
                 .read(true)
                 .write(true)

@@ -17,7 +17,7 @@ use crate::pg::relfile::relation_segment;
 use crate::progress::{self, Progress};
 use crate::sys::cancel::Cancel;
 use crate::transport::{Copied, Piece, Sink, Transport, TransportError};
-pub use plan::{plan, Plan, Tablespace};
+pub use plan::{check_listing, plan, Plan, Tablespace};
 
 /// Small files travel together so that thousands of catalog files do not cost a request each.
 const BATCH_BYTES: u64 = 16 << 20;
@@ -34,6 +34,8 @@ pub enum TransferError {
         dir.display(), progress::bytes(*need), progress::bytes(*free)
     )]
     NoSpace { dir: PathBuf, need: u64, free: u64 },
+    #[error("{0}: refusing to copy from this primary")]
+    Listing(String),
     #[error("tablespace location {0} is not empty (map it elsewhere with -T OLD=NEW)")]
     TablespaceNotEmpty(PathBuf),
     #[error(transparent)]

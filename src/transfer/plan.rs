@@ -73,6 +73,26 @@ pub struct Tablespace {
     pub local: PathBuf,
 }
 
+/// Refuses a listing no PostgreSQL data directory gives: a path that is absolute, empty or has `..` in it, or
+/// an entry beneath a symbolic link other than a tablespace's `pg_tblspc/<oid>`. The copy writes every listed
+/// file at its path under the replica (or a mapped tablespace), so such an entry, from a compromised or
+/// impersonated primary, would write outside them.
+pub fn check_listing(entries: &[RemoteEntry]) -> Result<(), String> {
+    let links: HashSet<&Path> =
+        entries.iter().filter(|e| matches!(e.kind, EntryKind::Symlink(_))).map(|e| e.path.as_path()).collect();
+    for e in entries {
+        let path = &e.path;
+        if path.as_os_str().is_empty() || !path.components().all(|c| matches!(c, Component::Normal(_))) {
+            return Err(format!("the primary listed {path:?}, which is not a path inside its data directory"));
+        }
+        let through = path.ancestors().skip(1).find(|a| links.contains(a) && parent(a) != Path::new("pg_tblspc"));
+        if let Some(link) = through {
+            return Err(format!("the primary listed {path:?} beneath the symbolic link {link:?}"));
+        }
+    }
+    Ok(())
+}
+
 /// Builds the plan. `major` is the primary's major version: PG 17 added pg_wal/summaries, and a tablespace
 /// holds one directory per major (PG_<major>_<catversion>) of which only ours is copied, as basebackup.c
 /// sends only TABLESPACE_VERSION_DIRECTORY. `mappings` relocates tablespaces (-T).
@@ -195,6 +215,25 @@ mod tests {
     }
     fn files(p: &Plan) -> Vec<&str> {
         p.files.iter().map(|(f, _)| f.to_str().unwrap()).collect()
+    }
+
+    #[test]
+    fn listings_that_would_write_outside_the_replica_are_refused() {
+        let link = |path: &str, to: &str| RemoteEntry {
+            path: path.into(),
+            kind: EntryKind::Symlink(to.into()),
+            size: 0,
+            mode: 0o777,
+        };
+        let fine =
+            [d("base"), f("base/1", 8192), link("pg_tblspc/16400", "/srv/ts"), f("pg_tblspc/16400/PG_15_1/5/1", 1)];
+        assert_eq!(check_listing(&fine), Ok(()));
+        for bad in ["/etc/passwd", "../outside", "base/../../x", ""] {
+            assert!(check_listing(&[f(bad, 1)]).is_err(), "{bad:?}");
+        }
+        let planted = [link("log", "/home/u/.ssh"), f("log/authorized_keys", 10)];
+        let err = check_listing(&planted).unwrap_err();
+        assert!(err.contains("beneath the symbolic link"), "{err}");
     }
 
     #[test]

@@ -346,6 +346,14 @@ impl Worker for NativeWorker<'_> {
                             .get_mut(&id)
                             .ok_or_else(|| TransportError::Agent(format!("data for unknown id {id}")))?;
                         let p = &pieces[o.piece];
+                        let (start, len) = p.range.unwrap_or((0, p.size));
+                        if offset < start || offset + raw.len() as u64 > start + len {
+                            return Err(TransportError::Agent(format!(
+                                "data for {} at {offset} (+{}) lies outside the range asked for, {start} (+{len})",
+                                p.path.display(),
+                                raw.len()
+                            )));
+                        }
                         o.file(dest, p)?
                             .write_at(raw, offset)
                             .map_err(|e| IoAt::new("writing", dest.join(&p.path), e))?;
