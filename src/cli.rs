@@ -96,14 +96,15 @@ pub struct Args {
     #[arg(long)]
     pub insecure_ssh: bool,
 
-    /// How files travel: native (pgclone agents on the primary, over ssh), rsync (a throwaway rsync daemon),
-    /// or auto: native when the primary has a matching pgclone, else rsync
+    /// How files travel: native (pgclone agents on the primary, over ssh; auto means the same), or rsync (a
+    /// throwaway rsync daemon, as pgclone.sh: whole files only, data in clear text; only when asked for)
     #[arg(long, value_enum, default_value_t = TransportKind::Auto)]
     pub transport: TransportKind,
 
-    /// The pgclone binary on the primary host, for the native transport
-    #[arg(long, value_name = "PATH", default_value = "pgclone")]
-    pub remote_pgclone: String,
+    /// A pgclone of this version installed on the primary host, for the native transport's agents [default:
+    /// this binary, brought to the primary for the run and removed after it]
+    #[arg(long, value_name = "PATH")]
+    pub remote_pgclone: Option<String>,
 
     /// The primary's data directory is on this host: native transport agents run as local processes, no ssh
     #[arg(long, conflicts_with = "bypass_rep_traffic")]

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod native;
 pub mod protocol;
+mod push;
 pub mod rsync;
 
 use std::ffi::OsString;
@@ -22,6 +23,7 @@ use rsync::RsyncTransport;
 /// --transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum TransportKind {
+    /// Kept for scripts that name it: the native transport.
     Auto,
     Native,
     Rsync,
@@ -58,8 +60,8 @@ pub struct TransportConfig {
     pub kind: TransportKind,
     /// How to reach the primary host; None with --no-ssh (the data directory is on this host).
     pub ssh: Option<SshTarget>,
-    /// The pgclone binary on the primary host (--remote-pgclone).
-    pub remote_bin: String,
+    /// The pgclone binary on the primary host (--remote-pgclone); None: bring our own for the run.
+    pub remote_bin: Option<String>,
     pub compression: Compression,
     /// Files larger than this are split into ranges (native transport).
     pub chunk_size: u64,
@@ -68,8 +70,9 @@ pub struct TransportConfig {
     pub workers: usize,
 }
 
-/// Starts the transport the configuration asks for: native when asked, or when `auto` finds a matching pgclone
-/// on the primary; rsync when asked, or as `auto`'s fallback (with a notice). `pgdata` is the primary's data
+/// Starts the transport the configuration asks for: native (also for `auto`), with agents from --remote-pgclone
+/// or from our own binary brought along; rsync only when asked for, never as a silent fallback: it is the
+/// pgclone.sh-compatible path, whole files only. `pgdata` is the primary's data
 /// directory; `run_dir` the run's private directory here; `resync`: the replica already holds an earlier copy,
 /// so comparing before moving pays.
 pub fn open(
@@ -90,7 +93,8 @@ pub fn open(
         };
         NativeTransport::start(native::Options {
             launch,
-            remote_bin: config.remote_bin.clone(),
+            remote_bin: config.remote_bin.clone().unwrap_or_default(),
+            push: config.remote_bin.is_none(),
             pgdata: pgdata.to_path_buf(),
             codec: config.compression.codec,
             level: config.compression.level,
@@ -102,17 +106,9 @@ pub fn open(
     };
     let rsync = |ssh| RsyncTransport::start(ssh, pgdata, run_dir, budget.clone(), resync);
     Ok(match (config.kind, &config.ssh) {
-        (TransportKind::Native, _) | (TransportKind::Auto, None) => Box::new(native()?),
+        (TransportKind::Native | TransportKind::Auto, _) => Box::new(native()?),
         (TransportKind::Rsync, None) => return Err(TransportError::RsyncNeedsSsh),
         (TransportKind::Rsync, Some(ssh)) => Box::new(rsync(ssh)?),
-        (TransportKind::Auto, Some(ssh)) => match native() {
-            Ok(t) => Box::new(t),
-            Err(TransportError::AgentMissing(why)) => {
-                tracing::warn!("{why}; using the rsync transport");
-                Box::new(rsync(ssh)?)
-            }
-            Err(e) => return Err(e),
-        },
     })
 }
 

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::protocol::{decompress_into, read_msg, write_msg, Codec, Msg, DATA_CHUNK, PROTOCOL_VERSION};
+use super::push::Pushed;
 use super::{Copied, Piece, RemoteEntry, Sink, Transport, TransportError, Worker};
 use crate::error::{IoAt, IoContext};
 use crate::replica::direct_io::{AlignedBuf, Target};
@@ -40,8 +41,9 @@ pub enum Launch {
 #[derive(Clone)]
 pub struct Options {
     pub launch: Launch,
-    /// The pgclone binary on the primary host (--remote-pgclone).
+    /// The pgclone binary on the primary host: --remote-pgclone, or (`push`) our own, brought along.
     pub remote_bin: String,
+    pub push: bool,
     pub pgdata: PathBuf,
     pub codec: Codec,
     pub level: i32,
@@ -62,6 +64,8 @@ pub struct NativeTransport {
     /// Agents started for the workers, not greeted yet: their ssh logins go on while the backup starts and
     /// the primary is listed, and each worker greets its own.
     starting: Mutex<Vec<AgentConn>>,
+    /// Our binary on the primary host, when we brought it; removed after the agents above have ended.
+    _pushed: Option<Pushed>,
 }
 
 struct AgentConn {
@@ -121,6 +125,12 @@ impl AgentConn {
         }
         match (self.child.child_mut().try_wait().ok().flatten().and_then(|s| s.code()), &o.launch) {
             (Some(255), Launch::Ssh(ssh)) => TransportError::Ssh(ssh.connect_error(&err)),
+            (Some(126 | 127), _) if o.push => TransportError::AgentMissing(format!(
+                "the pgclone brought to the primary host cannot run there ({}): install pgclone {} there and give \
+                 --remote-pgclone PATH, or use --transport rsync",
+                last_line(&err),
+                env!("CARGO_PKG_VERSION")
+            )),
             (Some(126 | 127), _) => TransportError::AgentMissing(format!(
                 "{} is not installed on the primary host ({}); install pgclone {} there or give --remote-pgclone PATH",
                 o.remote_bin,
@@ -147,13 +157,20 @@ fn io(what: &'static str) -> impl Fn(std::io::Error) -> TransportError {
 }
 
 impl NativeTransport {
-    pub fn start(opts: Options) -> Result<NativeTransport, TransportError> {
+    pub fn start(mut opts: Options) -> Result<NativeTransport, TransportError> {
+        let pushed = match &opts.launch {
+            Launch::Ssh(ssh) if opts.push => Some(Pushed::push(ssh)?),
+            _ => None,
+        };
+        if let Some(p) = &pushed {
+            opts.remote_bin.clone_from(&p.bin);
+        }
         // Each ssh connection costs a key exchange and a login: start them all now, at once, rather than one
         // after the other or only when the copy begins. Only the first must answer before we go on: it tells
         // whether the agent is there at all, and of our version.
         let mut spawned = (0..opts.workers.max(1)).map(|_| AgentConn::spawn(&opts)).collect::<Result<Vec<_>, _>>()?;
         let first = spawned.pop().expect("at least one agent").hello(&opts)?;
-        Ok(NativeTransport { opts, idle: Mutex::new(vec![first]), starting: Mutex::new(spawned) })
+        Ok(NativeTransport { opts, idle: Mutex::new(vec![first]), starting: Mutex::new(spawned), _pushed: pushed })
     }
 
     fn take(&self) -> Result<AgentConn, TransportError> {

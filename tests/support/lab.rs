@@ -91,7 +91,7 @@ impl Lab {
 
     /// Where pgclone's run directories go, here and on the primary's side: `(dir, name prefix)`.
     pub fn run_dirs(&self) -> Vec<(PathBuf, &'static str)> {
-        vec![(self.tmpdir(), "pgclone-"), (self.remote_tmpdir(), "pgclone-rsyncd.")]
+        vec![(self.tmpdir(), "pgclone-"), (self.remote_tmpdir(), "pgclone-")]
     }
 
     /// Tag put in the environment of pgclone (and, via sshd's SetEnv, of every ssh session), so
