@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::progress;
-use crate::transport::{Compression, TransportKind};
+use crate::transport::{Compression, DataChannel, TransportKind};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -100,6 +100,11 @@ pub struct Args {
     /// throwaway rsync daemon, as pgclone.sh: whole files only, data in clear text; only when asked for)
     #[arg(long, value_enum, default_value_t = TransportKind::Auto)]
     pub transport: TransportKind,
+
+    /// How file data travels: ssh (encrypted and authenticated), or tcp: clear text over direct TCP, for a
+    /// trusted network only (rsync transport, as pgclone.sh: anyone on the path can read or change the copy)
+    #[arg(long, value_enum, default_value_t = DataChannel::Ssh)]
+    pub data_channel: DataChannel,
 
     /// A pgclone of this version installed on the primary host, for the native transport's agents [default:
     /// this binary, brought to the primary for the run and removed after it]

@@ -187,6 +187,7 @@ impl CloneConfig {
             pg: pg_config(args, env),
             transport: TransportConfig {
                 kind: args.transport,
+                data_channel: args.data_channel,
                 ssh: (!args.no_ssh).then(|| ssh.clone()),
                 remote_bin: args.remote_pgclone.clone(),
                 compression: args.compress,

@@ -29,6 +29,15 @@ pub enum TransportKind {
     Rsync,
 }
 
+/// --data-channel: how file data travels between the hosts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DataChannel {
+    /// Encrypted and authenticated by ssh.
+    Ssh,
+    /// Clear text over direct TCP, for a trusted network (rsync transport only).
+    Tcp,
+}
+
 /// --compress: the native transport's codec on the wire, and its level for zstd.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Compression {
@@ -58,6 +67,7 @@ impl FromStr for Compression {
 #[derive(Clone, Debug)]
 pub struct TransportConfig {
     pub kind: TransportKind,
+    pub data_channel: DataChannel,
     /// How to reach the primary host; None with --no-ssh (the data directory is on this host).
     pub ssh: Option<SshTarget>,
     /// The pgclone binary on the primary host (--remote-pgclone); None: bring our own for the run.
@@ -104,8 +114,10 @@ pub fn open(
             workers: config.workers,
         })
     };
-    let rsync = |ssh| RsyncTransport::start(ssh, pgdata, run_dir, budget.clone(), resync);
+    let clear_text = config.data_channel == DataChannel::Tcp;
+    let rsync = |ssh| RsyncTransport::start(ssh, pgdata, run_dir, budget.clone(), resync, clear_text);
     Ok(match (config.kind, &config.ssh) {
+        (TransportKind::Native | TransportKind::Auto, _) if clear_text => return Err(TransportError::NativeOverSsh),
         (TransportKind::Native | TransportKind::Auto, _) => Box::new(native()?),
         (TransportKind::Rsync, None) => return Err(TransportError::RsyncNeedsSsh),
         (TransportKind::Rsync, Some(ssh)) => Box::new(rsync(ssh)?),
@@ -184,6 +196,8 @@ pub enum TransportError {
     AgentMissing(String),
     #[error("the rsync transport needs ssh: drop --no-ssh or use --transport native")]
     RsyncNeedsSsh,
+    #[error("the native transport moves its data over ssh only: --data-channel tcp goes with --transport rsync")]
+    NativeOverSsh,
     #[error("native transport: {0}")]
     Agent(String),
     #[error("fetching {file} from the primary failed: {reason}")]

@@ -4,9 +4,14 @@
 //! The daemon is started by a shell over one ssh session and lives exactly as long as that session:
 //! the shell waits for end-of-file on its standard input, which comes when we close it, when pgclone
 //! dies (the kernel closes the pipe) or when the link drops (sshd closes the session). It then kills
-//! the daemon and removes its private directory. Its port is random, it binds only to the address ssh
-//! reached, accepts only the address we came from, and requires a secret made for this run that never
-//! appears on a command line.
+//! the daemon and removes its private directory. Its port is random, and it requires a secret made for this
+//! run that never appears on a command line.
+//!
+//! rsync's daemon protocol is clear text: anyone on the path could read the cluster (pg_authid's hashes
+//! among it) or rewrite what arrives. So by default the daemon listens on the primary's loopback only, and each
+//! worker reaches it through an ssh port forward of its own: the data is encrypted and authenticated by ssh.
+//! Only with `--data-channel tcp` (a trusted network) does the daemon bind to the address ssh reached and
+//! accept the address we came from, as pgclone.sh's does.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
@@ -22,14 +27,15 @@ use crate::error::IoContext;
 use crate::sys::bandwidth::{Budget, Proxy};
 use crate::sys::cancel::Cancel;
 use crate::sys::proc::OwnedChild;
-use crate::sys::ssh::{last_line, quote, SshTarget};
+use crate::sys::ssh::{last_line, quote, Forward, SshTarget};
 
-/// The remote half. `$1` is the data directory. Prints `PGCLONE-RSYNCD <addr> <port> [<tablespace oid>...]`
-/// once listening.
+/// The remote half. `$1` is the data directory, `$2` `ssh` (listen on the loopback, for port forwards) or `tcp`
+/// (listen on the address ssh reached, for our address only). Prints `PGCLONE-RSYNCD <addr> <port>
+/// [<tablespace oid>...]` once listening.
 const DAEMON_SCRIPT: &str = r#"
 set -u
 umask 077
-pgdata=$1
+pgdata=$1 channel=$2
 command -v rsync >/dev/null 2>&1 || { echo "rsync is not installed on the primary host" >&2; exit 11; }
 dir=$(mktemp -d "${TMPDIR:-/tmp}/pgclone-rsyncd.XXXXXX") || exit 12
 # sshd runs the session in a process group of its own: on the way out, TERM the whole group, which
@@ -37,9 +43,13 @@ dir=$(mktemp -d "${TMPDIR:-/tmp}/pgclone-rsyncd.XXXXXX") || exit 12
 trap 'trap "" HUP INT TERM; kill -TERM 0 2>/dev/null; rm -rf "$dir"' EXIT
 trap 'exit 1' HUP INT TERM PIPE
 IFS= read -r secret || exit 13
-set -- ${SSH_CONNECTION:-}
-[ $# -eq 4 ] || { echo "SSH_CONNECTION is not set by sshd" >&2; exit 14; }
-client=$1 addr=$3
+if [ "$channel" = ssh ]; then
+  client=127.0.0.1 addr=127.0.0.1
+else
+  set -- ${SSH_CONNECTION:-}
+  [ $# -eq 4 ] || { echo "SSH_CONNECTION is not set by sshd" >&2; exit 14; }
+  client=$1 addr=$3
+fi
 printf 'pgclone:%s\n' "$secret" > "$dir/secrets"
 # As root the daemon would switch to "nobody" and fail to read the data directory; as anyone else
 # naming a uid makes it call setgroups(), which fails.
@@ -89,11 +99,13 @@ exit 15
 
 pub struct RsyncTransport {
     ssh: SshTarget,
-    /// With --limit-net-bw every rsync connection runs through this proxy, which holds them all to one rate.
-    _proxy: Option<Proxy>,
     pgdata: PathBuf,
-    /// `rsync://pgclone@host:port/`: modules `pgdata` and `ts_<oid>` for each tablespace link.
-    url: String,
+    /// The daemon's address and port on the primary.
+    daemon: SocketAddr,
+    /// Reached through an ssh port forward per connection (the default), or directly (`--data-channel tcp`).
+    forwarded: bool,
+    /// --limit-net-bw: every rsync connection runs through a proxy holding them all to one rate.
+    budget: Option<Arc<Budget>>,
     tablespaces: HashSet<String>,
     password_file: PathBuf,
     /// A re-sync: compare files already present by content (rsync --checksum), never by size and mtime. rsync
@@ -101,20 +113,29 @@ pub struct RsyncTransport {
     /// second leaves size and mtime equal; skipping that file would keep the old page, and WAL replay, which
     /// starts at the new backup's redo point, would not repair it (backup.sgml: rsync needs --checksum).
     resync: bool,
-    /// Closing this ends the daemon (see the module comment); dropped before `daemon` is waited for.
+    /// Closing this ends the daemon (see the module comment); dropped before `holder` is waited for.
     daemon_stdin: Option<ChildStdin>,
-    daemon: OwnedChild,
+    holder: OwnedChild,
+}
+
+/// One way to the daemon: `rsync://pgclone@127.0.0.1:<port>/`, through this connection's own port forward
+/// (and bandwidth proxy), which end when it drops; modules `pgdata` and `ts_<oid>` for each tablespace link.
+struct Link {
+    url: String,
+    _proxy: Option<Proxy>,
+    _forward: Option<Forward>,
 }
 
 impl RsyncTransport {
     /// Starts the daemon on the primary. `run_dir` is our private (0700) directory for the secret; `resync`: the
-    /// replica holds an earlier copy.
+    /// replica holds an earlier copy; `clear_text`: reach the daemon directly (--data-channel tcp).
     pub fn start(
         ssh: &SshTarget,
         pgdata: &Path,
         run_dir: &Path,
         budget: Option<Arc<Budget>>,
         resync: bool,
+        clear_text: bool,
     ) -> Result<RsyncTransport, TransportError> {
         let secret = random_secret()?;
         let password_file = run_dir.join("rsync.secret");
@@ -129,7 +150,8 @@ impl RsyncTransport {
 
         let stderr_path = run_dir.join("rsyncd-ssh.stderr");
         let stderr = std::fs::File::create(&stderr_path).at("creating", &stderr_path)?;
-        let remote = format!("sh -c {} pgclone-rsyncd {}", quote(DAEMON_SCRIPT), quote(pgdata));
+        let channel = if clear_text { "tcp" } else { "ssh" };
+        let remote = format!("sh -c {} pgclone-rsyncd {} {channel}", quote(DAEMON_SCRIPT), quote(pgdata));
         let mut cmd = ssh.command(&remote);
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(stderr);
         let mut daemon = OwnedChild::spawn(cmd, "rsync daemon over ssh").map_err(io("starting ssh"))?;
@@ -165,22 +187,35 @@ impl RsyncTransport {
         let daemon_addr: SocketAddr = format!("{}:{port}", bracket(addr))
             .parse()
             .map_err(|_| TransportError::Daemon(format!("unusable daemon address {addr} port {port}")))?;
-        let proxy = budget
-            .map(|b| Proxy::start(daemon_addr, b))
-            .transpose()
-            .map_err(|source| TransportError::Io { what: "starting the bandwidth proxy", source })?;
-        let connect = proxy.as_ref().map_or(daemon_addr, |p| p.addr);
         Ok(RsyncTransport {
             ssh: ssh.clone(),
-            _proxy: proxy,
             pgdata: pgdata.to_path_buf(),
-            url: format!("rsync://pgclone@{}:{}/", bracket(&connect.ip().to_string()), connect.port()),
+            daemon: daemon_addr,
+            forwarded: !clear_text,
+            budget,
             tablespaces: words.map(str::to_string).collect(),
             password_file,
             resync,
             daemon_stdin: Some(stdin),
-            daemon,
+            holder: daemon,
         })
+    }
+
+    /// A way to the daemon for one connection's use: its own ssh port forward (its own ssh connection, so
+    /// workers do not share one stream's encryption), or the daemon's address itself with --data-channel tcp;
+    /// behind the bandwidth proxy with --limit-net-bw.
+    fn link(&self) -> Result<Link, TransportError> {
+        let forward = self.forwarded.then(|| self.ssh.forward(self.daemon.port())).transpose()?;
+        let target = forward.as_ref().map_or(self.daemon, |f| SocketAddr::from(([127, 0, 0, 1], f.port)));
+        let proxy = self
+            .budget
+            .clone()
+            .map(|b| Proxy::start(target, b))
+            .transpose()
+            .map_err(|source| TransportError::Io { what: "starting the bandwidth proxy", source })?;
+        let connect = proxy.as_ref().map_or(target, |p| p.addr);
+        let url = format!("rsync://pgclone@{}:{}/", bracket(&connect.ip().to_string()), connect.port());
+        Ok(Link { url, _proxy: proxy, _forward: forward })
     }
 
     fn rsync(&self) -> Command {
@@ -199,8 +234,8 @@ impl RsyncTransport {
 impl Drop for RsyncTransport {
     fn drop(&mut self) {
         self.daemon_stdin.take();
-        if let Ok(None) = self.daemon.wait_timeout(Duration::from_secs(5)) {
-            tracing::warn!("{} did not end within 5 s of closing it; killing it", self.daemon.what());
+        if let Ok(None) = self.holder.wait_timeout(Duration::from_secs(5)) {
+            tracing::warn!("{} did not end within 5 s of closing it; killing it", self.holder.what());
         }
     }
 }
@@ -229,12 +264,13 @@ impl Transport for RsyncTransport {
     }
 
     fn worker(&self) -> Result<Box<dyn Worker + '_>, TransportError> {
-        Ok(Box::new(RsyncWorker { transport: self }))
+        Ok(Box::new(RsyncWorker { transport: self, link: self.link()? }))
     }
 
     fn fetch_file(&self, rel: &Path, to: &Path) -> Result<(), TransportError> {
+        let link = self.link()?;
         let mut cmd = self.rsync();
-        cmd.arg("--times").arg(format!("{}pgdata/{}", self.url, rel.display())).arg(to);
+        cmd.arg("--times").arg(format!("{}pgdata/{}", link.url, rel.display())).arg(to);
         let (status, stderr) = run_rsync(cmd, None, &Cancel::default())?;
         if status.success() {
             Ok(())
@@ -246,6 +282,7 @@ impl Transport for RsyncTransport {
 
 struct RsyncWorker<'a> {
     transport: &'a RsyncTransport,
+    link: Link,
 }
 
 impl Worker for RsyncWorker<'_> {
@@ -311,7 +348,7 @@ impl RsyncWorker<'_> {
         // --inplace: an interrupted copy leaves its partial file, the basis rsync's delta transfer resumes
         // from on a re-run; nothing can start from the directory meanwhile (no pg_control).
         cmd.args(["-lt", "--inplace", "--files-from=-", "--from0", "--no-implied-dirs", "--delete-missing-args"])
-            .arg(format!("{}{module}/", self.transport.url))
+            .arg(format!("{}{module}/", self.link.url))
             .arg(format!("{}/", dest.display()));
         let mut list = Vec::new();
         for f in files {

@@ -438,3 +438,29 @@ fn a_copy_of_the_cluster_is_not_the_live_directory() {
     assert!(line.contains(&format!("{} on", copy.display())) && line.contains("not the live data directory"), "{line}");
     s.assert_clean();
 }
+
+/// The rsync transport's data goes through ssh: its daemon listens on the primary's loopback only, reached by a
+/// port forward per worker, unless --data-channel tcp asks for clear text over direct TCP (pgclone.sh's way),
+/// where it listens on the primary's own address. The native transport refuses clear text. Before, rsync
+/// always moved the cluster in clear text.
+#[test]
+fn rsync_data_goes_through_ssh_unless_clear_text_is_asked_for() {
+    if !root_or_skip("rsync_data_goes_through_ssh", "network namespaces need root") {
+        return;
+    }
+    let h = Host::new("h-rsync-ssh", 2, &[]);
+    for (channel, bound) in [("ssh", "127.0.0.1"), ("tcp", h.primary.addr.as_str())] {
+        let replica = h.lab.path().join(format!("replica-{channel}"));
+        let mut run = h.pgclone(&replica);
+        run.args(["--transport", "rsync", "--data-channel", channel, "--limit-net-bw", "64M"]);
+        let out = run.run();
+        out.assert_success();
+        let line = out.stderr.lines().find(|l| l.contains("rsync daemon listening on the primary")).unwrap_or_default();
+        assert!(line.contains(bound), "--data-channel {channel}: the daemon must listen on {bound}: {line:?}");
+        println!("--data-channel {channel}: {line}");
+        h.wait_clean(Duration::from_secs(10));
+    }
+    let mut run = h.pgclone(&h.lab.path().join("replica-native"));
+    run.args(["--transport", "native", "--data-channel", "tcp"]);
+    run.run().assert_error("moves its data over ssh only");
+}
