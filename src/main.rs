@@ -39,7 +39,7 @@ fn main() -> ExitCode {
     match &args.command {
         Some(cli::Command::Verify { dir }) => return verify(dir),
         Some(cli::Command::Agent { pgdata }) => {
-            return match transport::agent::serve(pgdata, std::io::stdin().lock(), std::io::stdout().lock()) {
+            return match transport::agent::serve(pgdata, std::io::stdin(), std::io::stdout().lock()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("pgclone agent: {e}");

@@ -164,6 +164,7 @@ impl CloneConfig {
             config: args.ssh_config.clone(),
             insecure: args.insecure_ssh,
             ciphers: None,
+            user_keepalive: Default::default(),
         };
         let parallel = args.parallel.map_or(env.cpus, usize::from);
         if args.paranoid {

@@ -4,6 +4,7 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::sys::proc::{self, OwnedChild};
@@ -28,6 +29,8 @@ pub struct SshTarget {
     pub insecure: bool,
     /// `Ciphers=` for this connection (see `prefer_fast_ciphers`); None: ssh's own choice.
     pub ciphers: Option<String>,
+    /// Whether the user's ssh configuration sets ServerAliveInterval itself (read once, see `options`).
+    pub user_keepalive: OnceLock<bool>,
 }
 
 impl SshTarget {
@@ -46,23 +49,42 @@ impl SshTarget {
     }
 
     /// An `ssh` command that runs `remote` (a shell command line) on the primary host.
-    /// BatchMode: never prompt, a missing key must fail, not hang. ServerAlive*: a dead link ends the
-    /// session within a minute, and with it everything we started on the primary.
+    /// BatchMode: never prompt, a missing key must fail, not hang.
     pub fn command(&self, remote: &str) -> Command {
         let mut cmd = self.options();
         cmd.arg("--").arg(&self.host).arg(remote);
         cmd
     }
 
-    /// `ssh` with our options, before the host.
+    /// `ssh` with our options, before the host. ServerAlive*: a dead link ends our side of the session within
+    /// a minute (the primary's side ends by itself, see transport::agent and proc::Heartbeat), unless the
+    /// user's configuration has its own keepalive, which then stands (an ssh option on the command line would
+    /// override it).
     fn options(&self) -> Command {
+        let mut cmd = self.base();
+        cmd.args(["-o", "BatchMode=yes"]);
+        if !*self.user_keepalive.get_or_init(|| self.configured("serveraliveinterval").is_some_and(|v| v != "0")) {
+            cmd.args(["-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"]);
+        }
+        cmd
+    }
+
+    /// An effective setting of ssh's configuration for this host, as `ssh -G` shows it (without BatchMode, which
+    /// would show its own keepalive of 300 s as if configured).
+    fn configured(&self, name: &str) -> Option<String> {
+        let mut cmd = self.base();
+        cmd.arg("-G").arg("--").arg(&self.host).stdin(Stdio::null()).stderr(Stdio::null());
+        let out = cmd.output().ok()?;
+        let prefix = format!("{name} ");
+        String::from_utf8_lossy(&out.stdout).lines().find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+    }
+
+    /// `ssh` with the options that do not depend on its configuration.
+    fn base(&self) -> Command {
         let mut cmd = Command::new("ssh");
         let mut opt = |o: &str| {
             cmd.arg("-o").arg(o);
         };
-        opt("BatchMode=yes");
-        opt("ServerAliveInterval=15");
-        opt("ServerAliveCountMax=4");
         if self.insecure {
             opt("StrictHostKeyChecking=no");
             opt("UserKnownHostsFile=/dev/null");
@@ -96,12 +118,9 @@ impl SshTarget {
         if !cpu_has_aes() {
             return;
         }
-        let mut cmd = self.options();
-        cmd.arg("-G").arg("--").arg(&self.host).stdin(Stdio::null()).stderr(Stdio::null());
-        let Ok(out) = cmd.output() else { return };
-        let effective = String::from_utf8_lossy(&out.stdout);
-        let Some(list) = effective.lines().find_map(|l| l.strip_prefix("ciphers ")) else { return };
-        self.ciphers = gcm_first(list);
+        if let Some(list) = self.configured("ciphers") {
+            self.ciphers = gcm_first(&list);
+        }
     }
 
     /// Forwards a local loopback port to `remote_port` on the primary host's loopback (--bypass-rep-traffic):
@@ -203,6 +222,33 @@ pub fn quote(word: impl Into<OsString>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn target(config: Option<PathBuf>) -> SshTarget {
+        SshTarget {
+            host: "db1.example".into(),
+            user: None,
+            port: None,
+            key: None,
+            config,
+            insecure: false,
+            ciphers: None,
+            user_keepalive: OnceLock::new(),
+        }
+    }
+
+    fn args(cmd: &Command) -> Vec<String> {
+        cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect()
+    }
+
+    #[test]
+    fn keepalive_is_ours_unless_the_users_config_has_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (theirs, none) = (dir.path().join("theirs"), dir.path().join("none"));
+        std::fs::write(&theirs, "Host *\n  ServerAliveInterval 7\n").unwrap();
+        std::fs::write(&none, "Host *\n  Compression no\n").unwrap();
+        assert!(args(&target(Some(none)).options()).contains(&"ServerAliveInterval=15".to_string()));
+        assert!(!args(&target(Some(theirs)).options()).iter().any(|a| a.starts_with("ServerAlive")));
+    }
 
     #[test]
     fn quote_survives_a_shell() {

@@ -6,6 +6,9 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -14,10 +17,21 @@ use crate::replica::direct_io::read_at_full;
 use super::protocol::{compress, read_msg, write_data, write_msg, Codec, Msg, DATA_CHUNK, PROTOCOL_VERSION};
 use super::{EntryKind, RemoteEntry};
 
-pub fn serve(pgdata: &Path, input: impl Read, output: impl Write) -> io::Result<()> {
-    let (mut r, mut w) = (BufReader::new(input), BufWriter::with_capacity(1 << 20, output));
-    let (mut spare, mut buf) = (Vec::new(), Vec::new());
-    while let Some(msg) = read_msg(&mut r, &mut spare)? {
+/// How often a client speaks up on a connection that has nothing else to send (see `Msg::Ping`).
+pub const PING_EVERY: Duration = Duration::from_secs(10);
+/// How long an agent goes on without a word from its client: six Pings missed.
+pub const CLIENT_SILENCE: Duration = Duration::from_secs(60);
+
+pub fn serve(pgdata: &Path, input: impl Read + Send + 'static, output: impl Write) -> io::Result<()> {
+    let alive = Alive::watch();
+    let mut w = BufWriter::with_capacity(1 << 20, Noted { inner: output, alive: alive.clone() });
+    let mut buf = Vec::new();
+    let requests = listen(input, alive);
+    for msg in requests {
+        let msg = match msg? {
+            Some(m) => m,
+            None => break,
+        };
         match msg {
             Msg::Hello { .. } => write_msg(
                 &mut w,
@@ -43,6 +57,80 @@ pub fn serve(pgdata: &Path, input: impl Read, output: impl Write) -> io::Result<
         w.flush()?;
     }
     w.flush()
+}
+
+/// When the agent last heard from its client (a frame read) or got something to it (a write accepted): a
+/// watcher thread ends the whole process, whatever it is blocked in, once neither happened for CLIENT_SILENCE.
+/// A live client pings at least every PING_EVERY and drains what it is sent, however slowly; a client whose link
+/// was cut for good does neither, and sshd may keep its dead session for hours.
+#[derive(Clone)]
+struct Alive {
+    started: Instant,
+    /// Milliseconds after `started`.
+    last: Arc<AtomicU64>,
+}
+
+impl Alive {
+    fn watch() -> Alive {
+        let alive = Alive { started: Instant::now(), last: Arc::new(AtomicU64::new(0)) };
+        let watched = alive.clone();
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let last = Duration::from_millis(watched.last.load(Ordering::Relaxed));
+            let silent = watched.started.elapsed().saturating_sub(last);
+            if silent > CLIENT_SILENCE {
+                eprintln!(
+                    "pgclone agent: nothing from or to the client for {} s: it is gone; ending",
+                    silent.as_secs()
+                );
+                std::process::exit(3);
+            }
+        });
+        alive
+    }
+
+    fn now(&self) {
+        self.last.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// The agent's output, noting every write the client's side accepted.
+struct Noted<W> {
+    inner: W,
+    alive: Alive,
+}
+
+impl<W: Write> Write for Noted<W> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(b)?;
+        self.alive.now();
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Reads the client's frames on a thread of its own, so they are heard while the agent writes a long answer.
+/// Pings are noted and dropped; everything else, and the end of the input, goes to the returned channel.
+fn listen(input: impl Read + Send + 'static, alive: Alive) -> crossbeam_channel::Receiver<io::Result<Option<Msg>>> {
+    let (tx, rx) = crossbeam_channel::bounded(64);
+    std::thread::spawn(move || {
+        let (mut r, mut spare) = (BufReader::new(input), Vec::new());
+        loop {
+            let m = read_msg(&mut r, &mut spare);
+            alive.now();
+            let end = !matches!(m, Ok(Some(_)));
+            if matches!(m, Ok(Some(Msg::Ping))) {
+                continue;
+            }
+            if tx.send(m).is_err() || end {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// A file removed since it was listed is normal on a live server: say so instead of failing.
@@ -176,11 +264,19 @@ fn list(pgdata: &Path) -> io::Result<Vec<RemoteEntry>> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn pings_are_heard_and_never_answered() {
+        let d = tempfile::tempdir().unwrap();
+        let answers =
+            ask(d.path(), &[Msg::Ping, Msg::Hello { protocol: PROTOCOL_VERSION, version: "x".into() }, Msg::Ping]);
+        assert!(matches!(answers[..], [Msg::Hello { .. }]), "{answers:?}");
+    }
+
     fn ask(pgdata: &Path, requests: &[Msg]) -> Vec<Msg> {
         let mut input = Vec::new();
         requests.iter().for_each(|m| write_msg(&mut input, m).unwrap());
         let mut output = Vec::new();
-        serve(pgdata, input.as_slice(), &mut output).unwrap();
+        serve(pgdata, std::io::Cursor::new(input), &mut output).unwrap();
         let mut r = output.as_slice();
         std::iter::from_fn(|| read_msg(&mut r, &mut Vec::new()).unwrap()).collect()
     }

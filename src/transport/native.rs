@@ -14,8 +14,11 @@ use std::process::{ChildStdin, ChildStdout, Command, Stdio};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
+use crossbeam_channel::RecvTimeoutError;
+
 use xxhash_rust::xxh3::xxh3_64;
 
+use super::agent::PING_EVERY;
 use super::protocol::{decompress_into, read_msg, write_msg, Codec, Msg, DATA_CHUNK, PROTOCOL_VERSION};
 use super::push::Pushed;
 use super::{Copied, Piece, RemoteEntry, Sink, Transport, TransportError, Worker};
@@ -57,13 +60,15 @@ pub struct Options {
 }
 
 pub struct NativeTransport {
+    /// Stopped first: it holds the pools below.
+    _pinger: Pinger,
     opts: Options,
     /// Agent connections not in use: greeted, and given back by each worker that ends with nothing in
     /// flight, so listing and the last fetch need no connection (no ssh login) of their own.
-    idle: Mutex<Vec<AgentConn>>,
+    idle: Pool,
     /// Agents started for the workers, not greeted yet: their ssh logins go on while the backup starts and
     /// the primary is listed, and each worker greets its own.
-    starting: Mutex<Vec<AgentConn>>,
+    starting: Pool,
     /// Our binary on the primary host, when we brought it; removed after the agents above have ended.
     _pushed: Option<Pushed>,
 }
@@ -152,6 +157,41 @@ impl AgentConn {
     }
 }
 
+type Pool = Arc<Mutex<Vec<AgentConn>>>;
+
+/// Pings the agents of the connections waiting in the pools (see `Msg::Ping`): one may wait there for the whole
+/// copy (the one that listed, for the final fetch of pg_control). Ends when dropped.
+struct Pinger {
+    stop: Option<crossbeam_channel::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Pinger {
+    fn start(pools: Vec<Pool>) -> Pinger {
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+        let thread = std::thread::spawn(move || {
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(PING_EVERY) {
+                for pool in &pools {
+                    for c in pool.lock().unwrap_or_else(|e| e.into_inner()).iter_mut() {
+                        // A connection that fails here fails its next user with the reason.
+                        let _ = c.send(&Msg::Ping);
+                    }
+                }
+            }
+        });
+        Pinger { stop: Some(stop), thread: Some(thread) }
+    }
+}
+
+impl Drop for Pinger {
+    fn drop(&mut self) {
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 fn io(what: &'static str) -> impl Fn(std::io::Error) -> TransportError {
     move |source| TransportError::Io { what, source }
 }
@@ -170,7 +210,9 @@ impl NativeTransport {
         // whether the agent is there at all, and of our version.
         let mut spawned = (0..opts.workers.max(1)).map(|_| AgentConn::spawn(&opts)).collect::<Result<Vec<_>, _>>()?;
         let first = spawned.pop().expect("at least one agent").hello(&opts)?;
-        Ok(NativeTransport { opts, idle: Mutex::new(vec![first]), starting: Mutex::new(spawned), _pushed: pushed })
+        let (idle, starting) = (Arc::new(Mutex::new(vec![first])), Arc::new(Mutex::new(spawned)));
+        let _pinger = Pinger::start(vec![idle.clone(), starting.clone()]);
+        Ok(NativeTransport { _pinger, opts, idle, starting, _pushed: pushed })
     }
 
     fn take(&self) -> Result<AgentConn, TransportError> {
@@ -324,16 +366,16 @@ impl Worker for NativeWorker<'_> {
         let buf = &mut self.buf;
         std::thread::scope(|s| {
             // Requests go out on their own thread, so a long batch never waits on answers it is not reading.
-            s.spawn(move || {
-                while let Ok(m) = rx.recv() {
-                    if write_msg(w, &m).is_err() {
-                        return;
-                    }
-                    if rx.is_empty() && w.flush().is_err() {
-                        return;
-                    }
+            // With nothing to send it pings, so the agent knows we are there while we only receive.
+            s.spawn(move || loop {
+                let m = match rx.recv_timeout(PING_EVERY) {
+                    Ok(m) => m,
+                    Err(RecvTimeoutError::Timeout) => Msg::Ping,
+                    Err(RecvTimeoutError::Disconnected) => return drop(w.flush()),
+                };
+                if write_msg(w, &m).is_err() || (rx.is_empty() && w.flush().is_err()) {
+                    return;
                 }
-                let _ = w.flush();
             });
             for (i, p) in pieces.iter().enumerate() {
                 let (offset, len) = p.range.unwrap_or((0, p.size));

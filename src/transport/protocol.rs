@@ -12,7 +12,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::{os, EntryKind, RemoteEntry};
 
 /// Bumped on any incompatible change; client and agent must agree exactly (see Hello).
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Largest frame accepted: bounds memory whatever the peer sends.
 pub const MAX_FRAME: usize = 8 << 20;
 /// Raw bytes per Data frame.
@@ -79,6 +79,9 @@ pub enum Msg {
         message: String,
     },
     Quit,
+    /// The client is still there: sent on every connection that has had nothing else to say for a while, so an
+    /// agent whose client is gone (a link cut for good, which its sshd may not notice for hours) can tell.
+    Ping,
 }
 
 pub fn write_msg(w: &mut impl Write, m: &Msg) -> io::Result<()> {
@@ -143,6 +146,7 @@ pub fn write_msg(w: &mut impl Write, m: &Msg) -> io::Result<()> {
             b'X'
         }
         Msg::Quit => b'Q',
+        Msg::Ping => b'P',
     };
     write_frame(w, kind, &[&p], &p)
 }
@@ -259,6 +263,7 @@ fn parse(kind: u8, p: &[u8]) -> io::Result<Msg> {
         b'F' => Msg::Done { id: c.u32()?, vanished: c.u8()? != 0 },
         b'X' => Msg::Error { id: c.u32()?, message: String::from_utf8_lossy(c.rest()).into_owned() },
         b'Q' => Msg::Quit,
+        b'P' => Msg::Ping,
         k => return Err(bad(format!("unknown frame kind {k}"))),
     };
     Ok(m)
@@ -377,6 +382,7 @@ mod tests {
         round_trip(Msg::Done { id: 3, vanished: true });
         round_trip(Msg::Error { id: 3, message: "permission denied".into() });
         round_trip(Msg::Quit);
+        round_trip(Msg::Ping);
         assert_eq!(read_msg(&mut [].as_slice(), &mut Vec::new()).unwrap(), None);
         // A recycled buffer: its old contents never leak into the next message.
         let mut spare = vec![9u8; 100];

@@ -5,20 +5,21 @@
 //! One ssh session holds the copy. Its shell makes the directory (0700, under the session's $TMPDIR), reads the
 //! binary from standard input, prints its SHA-256 for us to compare with what we sent, and then waits for the
 //! end of its input, which comes when we close it, when pgclone dies (the kernel closes the pipe) or when the
-//! link drops (sshd closes the session). It then removes the directory. Agents started from the copy keep
+//! link drops (sshd closes the session), or for our heartbeat to stop (a link cut for good). It then removes
+//! the directory. Agents started from the copy keep
 //! running if it goes first: Linux keeps an executing file's contents until its last user ends.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{ChildStderr, ChildStdin, Stdio};
+use std::process::{ChildStderr, Stdio};
 
 use sha2::{Digest, Sha256};
 
 use super::TransportError;
-use crate::sys::proc::OwnedChild;
+use crate::sys::proc::{holder_wait, Heartbeat, OwnedChild};
 use crate::sys::ssh::{last_line, quote, SshTarget};
 
-/// The remote half. `$1` is the binary's size in bytes. Prints `<machine> <dir>`, then, once the binary is in
-/// `<dir>/pgclone`, its SHA-256.
+/// The remote half. `$1` is the binary's size in bytes, `$2` the loop it then waits in (`holder_wait`). Prints
+/// `<machine> <dir>`, then, once the binary is in `<dir>/pgclone`, its SHA-256.
 const HOLDER_SCRIPT: &str = r#"
 set -u
 umask 077
@@ -29,15 +30,15 @@ echo "$(uname -m) $dir"
 head -c "$1" > "$dir/pgclone" || exit 13
 chmod 700 "$dir/pgclone"
 sha256sum "$dir/pgclone" || exit 14
-while read -r _; do :; done
+eval "$2"
 "#;
 
 /// The copy of our binary on the primary host, there as long as this value lives.
 pub struct Pushed {
     /// Where the agents are started from.
     pub bin: String,
-    /// Closing this ends the holder session, which removes the copy; dropped before `holder` is waited for.
-    stdin: Option<ChildStdin>,
+    /// Its end ends the holder session, which removes the copy; dropped before `holder` is waited for.
+    heartbeat: Option<Heartbeat>,
     /// Kept open: a holder whose stderr went away would die of SIGPIPE at its first word, and take the copy.
     _stderr: ChildStderr,
     holder: OwnedChild,
@@ -48,7 +49,8 @@ impl Pushed {
         let fail = |what: &str| TransportError::Agent(format!("bringing pgclone to the primary host: {what}"));
         let exe = std::env::current_exe().map_err(|e| fail(&format!("finding our own binary: {e}")))?;
         let binary = std::fs::read(&exe).map_err(|e| fail(&format!("reading {}: {e}", exe.display())))?;
-        let remote = format!("sh -c {} pgclone-agent-holder {}", quote(HOLDER_SCRIPT), binary.len());
+        let remote =
+            format!("sh -c {} pgclone-agent-holder {} {}", quote(HOLDER_SCRIPT), binary.len(), quote(holder_wait()));
         let mut cmd = ssh.command(&remote);
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut holder = OwnedChild::spawn(cmd, "pgclone agent holder over ssh")
@@ -91,13 +93,13 @@ impl Pushed {
             return Err(fail(&format!("the copy's SHA-256 is {}, not {sent}", line.trim())));
         }
         tracing::debug!("pgclone {} brought to the primary host as {bin}", env!("CARGO_PKG_VERSION"));
-        Ok(Pushed { bin, stdin: Some(stdin), _stderr: stderr, holder })
+        Ok(Pushed { bin, heartbeat: Some(Heartbeat::start(stdin)), _stderr: stderr, holder })
     }
 }
 
 impl Drop for Pushed {
     fn drop(&mut self) {
-        self.stdin.take();
+        self.heartbeat.take();
         if let Ok(None) = self.holder.wait_timeout(std::time::Duration::from_secs(5)) {
             tracing::warn!("{} did not end within 5 s of closing it; killing it", self.holder.what());
         }

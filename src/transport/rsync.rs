@@ -18,7 +18,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,21 +26,22 @@ use super::{os, Copied, EntryKind, Piece, RemoteEntry, Sink, Transport, Transpor
 use crate::error::IoContext;
 use crate::sys::bandwidth::{Budget, Proxy};
 use crate::sys::cancel::Cancel;
-use crate::sys::proc::OwnedChild;
+use crate::sys::proc::{holder_wait, Heartbeat, OwnedChild};
 use crate::sys::ssh::{last_line, quote, Forward, SshTarget};
 
 /// The remote half. `$1` is the data directory, `$2` `ssh` (listen on the loopback, for port forwards) or `tcp`
-/// (listen on the address ssh reached, for our address only). Prints `PGCLONE-RSYNCD <addr> <port>
+/// (listen on the address ssh reached, for our address only), `$3` the loop it waits in (`holder_wait`). Prints `PGCLONE-RSYNCD <addr> <port>
 /// [<tablespace oid>...]` once listening.
 const DAEMON_SCRIPT: &str = r#"
 set -u
 umask 077
-pgdata=$1 channel=$2
+pgdata=$1 channel=$2 wait_in=$3
 command -v rsync >/dev/null 2>&1 || { echo "rsync is not installed on the primary host" >&2; exit 11; }
 dir=$(mktemp -d "${TMPDIR:-/tmp}/pgclone-rsyncd.XXXXXX") || exit 12
-# sshd runs the session in a process group of its own: on the way out, TERM the whole group, which
-# takes the daemon and every per-connection child it forked, not just the listener.
-trap 'trap "" HUP INT TERM; kill -TERM 0 2>/dev/null; rm -rf "$dir"' EXIT
+# sshd runs the session in a process group of its own: on the way out, KILL the whole group (this shell
+# included, last), which takes the daemon and every per-connection child it forked, not just the listener. Not
+# TERM: a child blocked writing to a dead link would try to say goodbye on it and linger.
+trap 'trap "" HUP INT TERM; rm -rf "$dir"; kill -KILL 0' EXIT
 trap 'exit 1' HUP INT TERM PIPE
 IFS= read -r secret || exit 13
 if [ "$channel" = ssh ]; then
@@ -63,6 +64,7 @@ reverse lookup = no
 [pgdata]
 path = $pgdata
 read only = yes
+timeout = 300
 list = no
 auth users = pgclone
 secrets file = $dir/secrets
@@ -74,7 +76,7 @@ mods=
 for l in "$pgdata"/pg_tblspc/*; do
   [ -L "$l" ] || continue
   oid=${l##*/}
-  printf '[ts_%s]\npath = %s\nread only = yes\nlist = no\nauth users = pgclone\nsecrets file = %s\nhosts allow = %s\n' \
+  printf '[ts_%s]\npath = %s\nread only = yes\ntimeout = 300\nlist = no\nauth users = pgclone\nsecrets file = %s\nhosts allow = %s\n' \
     "$oid" "$(readlink -- "$l")" "$dir/secrets" "$client" >> "$dir/rsyncd.conf"
   mods="$mods $oid"
 done
@@ -88,7 +90,7 @@ while [ $tries -lt 20 ]; do
   sleep 0.3
   if kill -0 "$pid" 2>/dev/null; then
     echo "PGCLONE-RSYNCD $addr $port$mods"
-    cat >/dev/null
+    eval "$wait_in"
     exit 0
   fi
   wait "$pid" 2>/dev/null
@@ -113,8 +115,8 @@ pub struct RsyncTransport {
     /// second leaves size and mtime equal; skipping that file would keep the old page, and WAL replay, which
     /// starts at the new backup's redo point, would not repair it (backup.sgml: rsync needs --checksum).
     resync: bool,
-    /// Closing this ends the daemon (see the module comment); dropped before `holder` is waited for.
-    daemon_stdin: Option<ChildStdin>,
+    /// Its end ends the daemon (see the module comment); dropped before `holder` is waited for.
+    heartbeat: Option<Heartbeat>,
     holder: OwnedChild,
 }
 
@@ -151,7 +153,12 @@ impl RsyncTransport {
         let stderr_path = run_dir.join("rsyncd-ssh.stderr");
         let stderr = std::fs::File::create(&stderr_path).at("creating", &stderr_path)?;
         let channel = if clear_text { "tcp" } else { "ssh" };
-        let remote = format!("sh -c {} pgclone-rsyncd {} {channel}", quote(DAEMON_SCRIPT), quote(pgdata));
+        let remote = format!(
+            "sh -c {} pgclone-rsyncd {} {channel} {}",
+            quote(DAEMON_SCRIPT),
+            quote(pgdata),
+            quote(holder_wait())
+        );
         let mut cmd = ssh.command(&remote);
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(stderr);
         let mut daemon = OwnedChild::spawn(cmd, "rsync daemon over ssh").map_err(io("starting ssh"))?;
@@ -196,7 +203,7 @@ impl RsyncTransport {
             tablespaces: words.map(str::to_string).collect(),
             password_file,
             resync,
-            daemon_stdin: Some(stdin),
+            heartbeat: Some(Heartbeat::start(stdin)),
             holder: daemon,
         })
     }
@@ -233,7 +240,7 @@ impl RsyncTransport {
 
 impl Drop for RsyncTransport {
     fn drop(&mut self) {
-        self.daemon_stdin.take();
+        self.heartbeat.take();
         if let Ok(None) = self.holder.wait_timeout(Duration::from_secs(5)) {
             tracing::warn!("{} did not end within 5 s of closing it; killing it", self.holder.what());
         }

@@ -464,3 +464,39 @@ fn rsync_data_goes_through_ssh_unless_clear_text_is_asked_for() {
     run.args(["--transport", "native", "--data-channel", "tcp"]);
     run.run().assert_error("moves its data over ssh only");
 }
+
+/// A link cut for good in the middle of a copy (the primary on a host of its own): pgclone fails, and on the
+/// primary's side everything of the run ends by itself within a minute or so (the agents, the binary brought for
+/// them, the rsync daemon and the shells that hold them), although that host's sshd keeps the dead sessions for
+/// hours. Before, they ran on until sshd noticed. PostgreSQL's own sessions are the server's to time out.
+#[test]
+fn a_link_cut_for_good_leaves_nothing_running_on_the_primary() {
+    if !root_or_skip("a_link_cut_for_good_leaves_nothing_running_on_the_primary", "network namespaces need root") {
+        return;
+    }
+    let h = Host::new("h-cut", 5, &[]);
+    for transport in ["native", "rsync"] {
+        let mut run = h.pgclone(&h.lab.path().join(format!("replica-{transport}")));
+        run.args(["--transport", transport]);
+        let running = run.spawn_slowly("1M");
+        std::thread::sleep(Duration::from_secs(2));
+        h.ns.cut();
+        let cut = std::time::Instant::now();
+        let out = running.wait_until(Duration::from_secs(240));
+        assert!(!out.status.success(), "{transport}: a clone over a cut link succeeded\n{}", out.report());
+        println!(
+            "{transport}: pgclone failed {:.0?} after the cut: {}",
+            cut.elapsed(),
+            out.stderr.lines().last().unwrap_or("")
+        );
+        wait_for("nothing of the run on the primary's side", Duration::from_secs(150), || {
+            let mut left = h.lab.leftover_processes();
+            left.extend(
+                entries_starting_with(&h.lab.remote_tmpdir(), "pgclone-").iter().map(|d| d.display().to_string()),
+            );
+            left.is_empty().then_some(()).ok_or(left.join("; "))
+        });
+        println!("{transport}: the primary's side was clean {:.0?} after the cut", cut.elapsed());
+        h.ns.restore();
+    }
+}
