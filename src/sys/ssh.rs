@@ -69,11 +69,11 @@ impl SshTarget {
         cmd
     }
 
-    /// An effective setting of ssh's configuration for this host, as `ssh -G` shows it (without BatchMode, which
-    /// would show its own keepalive of 300 s as if configured).
+    /// An effective setting of ssh's configuration for this host, as `ssh -G` shows it, with BatchMode off: a
+    /// BatchMode in the configuration would show its implied keepalive of 300 s as if it had been set.
     fn configured(&self, name: &str) -> Option<String> {
         let mut cmd = self.base();
-        cmd.arg("-G").arg("--").arg(&self.host).stdin(Stdio::null()).stderr(Stdio::null());
+        cmd.args(["-o", "BatchMode=no", "-G"]).arg("--").arg(&self.host).stdin(Stdio::null()).stderr(Stdio::null());
         let out = cmd.output().ok()?;
         let prefix = format!("{name} ");
         String::from_utf8_lossy(&out.stdout).lines().find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
@@ -245,7 +245,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (theirs, none) = (dir.path().join("theirs"), dir.path().join("none"));
         std::fs::write(&theirs, "Host *\n  ServerAliveInterval 7\n").unwrap();
-        std::fs::write(&none, "Host *\n  Compression no\n").unwrap();
+        std::fs::write(&none, "Host *\n  BatchMode yes\n").unwrap();
         assert!(args(&target(Some(none)).options()).contains(&"ServerAliveInterval=15".to_string()));
         assert!(!args(&target(Some(theirs)).options()).iter().any(|a| a.starts_with("ServerAlive")));
     }
