@@ -71,13 +71,16 @@ struct Alive {
 }
 
 impl Alive {
+    /// Watches until the returned value's last clone is gone (`serve` returned).
     fn watch() -> Alive {
         let alive = Alive { started: Instant::now(), last: Arc::new(AtomicU64::new(0)) };
-        let watched = alive.clone();
+        let watched = Arc::downgrade(&alive.last);
+        let started = alive.started;
         std::thread::spawn(move || loop {
             std::thread::sleep(Duration::from_secs(1));
-            let last = Duration::from_millis(watched.last.load(Ordering::Relaxed));
-            let silent = watched.started.elapsed().saturating_sub(last);
+            let Some(last) = watched.upgrade() else { return };
+            let last = Duration::from_millis(last.load(Ordering::Relaxed));
+            let silent = started.elapsed().saturating_sub(last);
             if silent > CLIENT_SILENCE {
                 eprintln!(
                     "pgclone agent: nothing from or to the client for {} s: it is gone; ending",
