@@ -109,9 +109,10 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
     cancel.check()?;
     timing.end("connect");
 
-    prepare_replica(config, state)?;
     let mut backup = backup_start(sql, &stream, &config.replica)?;
     confirm_live_pgdata(config, &*transport, dirs.run.path(), backup.start_lsn, primary)?;
+    // The last check has passed: only now is anything in the replica directory changed.
+    prepare_replica(config, state)?;
     timing.end("backup start");
 
     let copied = copy::run(config, &*transport, &mut backup, primary, resync, &mut timing, cancel)?;
