@@ -3,5 +3,6 @@
 
 pub mod bandwidth;
 pub mod cancel;
+pub mod periodic;
 pub mod proc;
 pub mod ssh;

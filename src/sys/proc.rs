@@ -3,10 +3,9 @@
 use std::io::{self, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, ExitStatus};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{RecvTimeoutError, Sender};
+use super::periodic::Periodic;
 
 /// A running child process that is killed when this value drops, and that the kernel kills if pgclone itself
 /// dies (PR_SET_PDEATHSIG), so even `kill -9 pgclone` leaves none of our local processes behind.
@@ -74,33 +73,10 @@ pub const HOLDER_PATIENCE_SECS: u32 = 30;
 /// A remote shell that holds something on the primary for the run (our agent binary, the rsync daemon) waits on
 /// its input; this writes it a line every HEARTBEAT, and the shell gives up after HOLDER_PATIENCE_SECS without
 /// one (`holder_wait`): a link cut for good, which the primary's sshd may not notice for hours, then still ends
-/// the hold within a minute. Dropping this closes the input, which ends the hold at once.
-pub struct Heartbeat {
-    stop: Option<Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Heartbeat {
-    pub fn start(mut input: ChildStdin) -> Heartbeat {
-        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
-        let thread = std::thread::spawn(move || {
-            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(HEARTBEAT) {
-                if input.write_all(b"\n").and_then(|()| input.flush()).is_err() {
-                    return;
-                }
-            }
-        });
-        Heartbeat { stop: Some(stop), thread: Some(thread) }
-    }
-}
-
-impl Drop for Heartbeat {
-    fn drop(&mut self) {
-        self.stop.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// the hold within a minute. Dropping the returned value closes the input (it goes with the thread), which
+/// ends the hold at once.
+pub fn heartbeat(mut input: ChildStdin) -> Periodic {
+    Periodic::start(HEARTBEAT, move || input.write_all(b"\n").and_then(|()| input.flush()).is_ok())
 }
 
 /// The shell loop a holder waits in: one line at a time, each within HOLDER_PATIENCE_SECS (coreutils `timeout`);

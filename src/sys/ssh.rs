@@ -57,7 +57,7 @@ impl SshTarget {
     }
 
     /// `ssh` with our options, before the host. ServerAlive*: a dead link ends our side of the session within
-    /// a minute (the primary's side ends by itself, see transport::agent and proc::Heartbeat), unless the
+    /// a minute (the primary's side ends by itself, see transport::agent and proc::heartbeat), unless the
     /// user's configuration has its own keepalive, which then stands (an ssh option on the command line would
     /// override it).
     fn options(&self) -> Command {

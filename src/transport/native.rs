@@ -26,6 +26,7 @@ use crate::error::{IoAt, IoContext};
 use crate::replica::direct_io::{AlignedBuf, Target};
 use crate::sys::bandwidth::Budget;
 use crate::sys::cancel::Cancel;
+use crate::sys::periodic::Periodic;
 use crate::sys::proc::OwnedChild;
 use crate::sys::ssh::{last_line, quote, SshTarget};
 
@@ -61,7 +62,7 @@ pub struct Options {
 
 pub struct NativeTransport {
     /// Stopped first: it holds the pools below.
-    _pinger: Pinger,
+    _pinger: Periodic,
     opts: Options,
     /// Agent connections not in use: greeted, and given back by each worker that ends with nothing in
     /// flight, so listing and the last fetch need no connection (no ssh login) of their own.
@@ -160,36 +161,17 @@ impl AgentConn {
 type Pool = Arc<Mutex<Vec<AgentConn>>>;
 
 /// Pings the agents of the connections waiting in the pools (see `Msg::Ping`): one may wait there for the whole
-/// copy (the one that listed, for the final fetch of pg_control). Ends when dropped.
-struct Pinger {
-    stop: Option<crossbeam_channel::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Pinger {
-    fn start(pools: Vec<Pool>) -> Pinger {
-        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
-        let thread = std::thread::spawn(move || {
-            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(PING_EVERY) {
-                for pool in &pools {
-                    for c in pool.lock().unwrap_or_else(|e| e.into_inner()).iter_mut() {
-                        // A connection that fails here fails its next user with the reason.
-                        let _ = c.send(&Msg::Ping);
-                    }
-                }
+/// copy (the one that listed, for the final fetch of pg_control).
+fn pinger(pools: Vec<Pool>) -> Periodic {
+    Periodic::start(PING_EVERY, move || {
+        for pool in &pools {
+            for c in pool.lock().unwrap_or_else(|e| e.into_inner()).iter_mut() {
+                // A connection that fails here fails its next user with the reason.
+                let _ = c.send(&Msg::Ping);
             }
-        });
-        Pinger { stop: Some(stop), thread: Some(thread) }
-    }
-}
-
-impl Drop for Pinger {
-    fn drop(&mut self) {
-        self.stop.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
         }
-    }
+        true
+    })
 }
 
 fn io(what: &'static str) -> impl Fn(std::io::Error) -> TransportError {
@@ -211,7 +193,7 @@ impl NativeTransport {
         let mut spawned = (0..opts.workers.max(1)).map(|_| AgentConn::spawn(&opts)).collect::<Result<Vec<_>, _>>()?;
         let first = spawned.pop().expect("at least one agent").hello(&opts)?;
         let (idle, starting) = (Arc::new(Mutex::new(vec![first])), Arc::new(Mutex::new(spawned)));
-        let _pinger = Pinger::start(vec![idle.clone(), starting.clone()]);
+        let _pinger = pinger(vec![idle.clone(), starting.clone()]);
         Ok(NativeTransport { _pinger, opts, idle, starting, _pushed: pushed })
     }
 

@@ -15,7 +15,8 @@ use std::process::{ChildStderr, Stdio};
 use sha2::{Digest, Sha256};
 
 use super::TransportError;
-use crate::sys::proc::{holder_wait, Heartbeat, OwnedChild};
+use crate::sys::periodic::Periodic;
+use crate::sys::proc::{heartbeat, holder_wait, OwnedChild};
 use crate::sys::ssh::{last_line, quote, SshTarget};
 
 /// The remote half. `$1` is the binary's size in bytes, `$2` the loop it then waits in (`holder_wait`). Prints
@@ -38,7 +39,7 @@ pub struct Pushed {
     /// Where the agents are started from.
     pub bin: String,
     /// Its end ends the holder session, which removes the copy; dropped before `holder` is waited for.
-    heartbeat: Option<Heartbeat>,
+    heartbeat: Option<Periodic>,
     /// Kept open: a holder whose stderr went away would die of SIGPIPE at its first word, and take the copy.
     _stderr: ChildStderr,
     holder: OwnedChild,
@@ -93,7 +94,7 @@ impl Pushed {
             return Err(fail(&format!("the copy's SHA-256 is {}, not {sent}", line.trim())));
         }
         tracing::debug!("pgclone {} brought to the primary host as {bin}", env!("CARGO_PKG_VERSION"));
-        Ok(Pushed { bin, heartbeat: Some(Heartbeat::start(stdin)), _stderr: stderr, holder })
+        Ok(Pushed { bin, heartbeat: Some(heartbeat(stdin)), _stderr: stderr, holder })
     }
 }
 

@@ -26,7 +26,8 @@ use super::{os, Copied, EntryKind, Piece, RemoteEntry, Sink, Transport, Transpor
 use crate::error::IoContext;
 use crate::sys::bandwidth::{Budget, Proxy};
 use crate::sys::cancel::Cancel;
-use crate::sys::proc::{holder_wait, Heartbeat, OwnedChild};
+use crate::sys::periodic::Periodic;
+use crate::sys::proc::{heartbeat, holder_wait, OwnedChild};
 use crate::sys::ssh::{last_line, quote, Forward, SshTarget};
 
 /// The remote half. `$1` is the data directory, `$2` `ssh` (listen on the loopback, for port forwards) or `tcp`
@@ -116,7 +117,7 @@ pub struct RsyncTransport {
     /// starts at the new backup's redo point, would not repair it (backup.sgml: rsync needs --checksum).
     resync: bool,
     /// Its end ends the daemon (see the module comment); dropped before `holder` is waited for.
-    heartbeat: Option<Heartbeat>,
+    heartbeat: Option<Periodic>,
     holder: OwnedChild,
 }
 
@@ -203,7 +204,7 @@ impl RsyncTransport {
             tablespaces: words.map(str::to_string).collect(),
             password_file,
             resync,
-            heartbeat: Some(Heartbeat::start(stdin)),
+            heartbeat: Some(heartbeat(stdin)),
             holder: daemon,
         })
     }
