@@ -11,8 +11,7 @@ use crossbeam_channel::select;
 
 use crate::error::{Cancelled, IoAt, IoContext};
 use crate::pg::lsn::Lsn;
-use crate::pg::page_checksum::{check_pages, BadPage};
-use crate::pg::page_checksum::{BLCKSZ, RELSEG_BLOCKS};
+use crate::pg::page_checksum::{check_pages, BadPage, BLCKSZ, RELSEG_BLOCKS};
 use crate::pg::relfile::relation_segment;
 use crate::progress::{self, Progress};
 use crate::sys::cancel::Cancel;
