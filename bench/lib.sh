@@ -1,11 +1,14 @@
 # Helpers for bench/run.sh (sourced after scripts/lib.sh; root only): a primary on "its own host" (a
-# network namespace behind a veth pair) with its sshd, a per-flow bandwidth cap on that link, and timing.
+# network namespace behind a veth pair) with its sshd and a self-signed TLS certificate, a per-flow bandwidth
+# cap on that link, and what a timed run measures (time, CPU of the whole machine, the agents' peak RSS).
 # Everything made here is recorded in BENCH_* variables so that bench_teardown can remove it.
 # shellcheck shell=bash disable=SC2034  # variables here are used by run.sh
 
 BENCH_NS='' BENCH_HOST_IF='' BENCH_NS_IF='' BENCH_HOST_ADDR='' BENCH_NS_ADDR=''
 BENCH_SSH_PORT=2222   # inside the namespace, where every port is free
 BENCH_CHILD=          # the timed command running now (killed by bench_teardown)
+BENCH_SAMPLER=        # the agents' RSS sampler running now (killed by bench_teardown)
+BENCH_HZ=$(getconf CLK_TCK)   # USER_HZ, the unit of /proc/stat
 
 # Run a command as the bench user, here or on the primary's "host". Not for `... &`: a function in the
 # background is a subshell, and $! would not be the command (setpriv, env and ip netns exec all exec).
@@ -42,7 +45,17 @@ bench_netns_up() {
 bench_teardown() {
   local d pid
   if [ -n "$BENCH_CHILD" ] && kill -0 "$BENCH_CHILD" 2>/dev/null; then
-    kill -TERM "$BENCH_CHILD" 2>/dev/null; wait "$BENCH_CHILD" 2>/dev/null || true
+    # GNU time, when it wraps the command, would die of SIGTERM without passing it on: the command gets it
+    # instead, and time ends when the command has (pgclone cleans up on the primary first).
+    if [ "$(ps -o comm= -p "$BENCH_CHILD")" = time ]; then
+      pkill -TERM -P "$BENCH_CHILD" || true
+    else
+      kill -TERM "$BENCH_CHILD" 2>/dev/null || true
+    fi
+    wait "$BENCH_CHILD" 2>/dev/null || true
+  fi
+  if [ -n "$BENCH_SAMPLER" ]; then
+    kill -TERM "$BENCH_SAMPLER" 2>/dev/null; wait "$BENCH_SAMPLER" 2>/dev/null || true
   fi
   for d in "${BENCH_SERVERS[@]}"; do
     [ -f "$d/postmaster.pid" ] && { as_user "$PGC_PG15_BIN/pg_ctl" stop -m fast -w -t 60 -D "$d" >/dev/null 2>&1 || true; }
@@ -56,26 +69,50 @@ bench_teardown() {
 }
 
 # bench_primary DIR PORT: a PostgreSQL 15 primary in the namespace, listening on its address only,
-# scram-sha-256 for the bench user's connections from the root namespace (normal and replication).
+# scram-sha-256 for the bench user's connections from the root namespace (normal and replication), with TLS
+# or without: `ssl = on` with a self-signed certificate (server.crt and server.key in DIR, the key 0600 and
+# owned by the server's user). libpq's default sslmode (prefer) then takes TLS: a method that wants clear
+# text says PGSSLMODE=disable.
 BENCH_SERVERS=()
 bench_primary() {
   local dir=$1 port=$2
   as_user "$PGC_PG15_BIN/initdb" -D "$dir" -U postgres --auth=scram-sha-256 --pwfile="$BENCH_WORK/pw" \
     --locale=C --encoding=UTF8 >/dev/null
+  as_user openssl req -new -x509 -days 30 -nodes -newkey rsa:2048 -subj "/CN=$BENCH_NS_ADDR" \
+    -keyout "$dir/server.key" -out "$dir/server.crt" 2>"$dir.openssl.log" ||
+    { cat "$dir.openssl.log" >&2; pgc_die "openssl could not make the primary's certificate"; }
+  as_user chmod 600 "$dir/server.key"
   as_user tee -a "$dir/postgresql.conf" >/dev/null <<EOF
 listen_addresses = '$BENCH_NS_ADDR'
 port = $port
 unix_socket_directories = '$BENCH_WORK'
 shared_buffers = 256MB
 max_locks_per_transaction = 256
+ssl = on
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'
 EOF
   as_user tee "$dir/pg_hba.conf" >/dev/null <<EOF
-local all         all                     scram-sha-256
-host  all         all  $BENCH_HOST_ADDR/32 scram-sha-256
-host  replication all  $BENCH_HOST_ADDR/32 scram-sha-256
+local   all         all                     scram-sha-256
+hostssl all         all  $BENCH_HOST_ADDR/32 scram-sha-256
+hostssl replication all  $BENCH_HOST_ADDR/32 scram-sha-256
+host    all         all  $BENCH_HOST_ADDR/32 scram-sha-256
+host    replication all  $BENCH_HOST_ADDR/32 scram-sha-256
 EOF
   BENCH_SERVERS+=("$dir")
   in_ns "$PGC_PG15_BIN/pg_ctl" start -w -t 120 -D "$dir" -l "$dir.log" >/dev/null
+}
+
+# bench_check_ssl PORT: a replication connection with PGSSLMODE=require (pg_basebackup TLS) is TLS, one with
+# PGSSLMODE=disable (pg_basebackup) is not.
+bench_check_ssl() {
+  local m got
+  for m in require:t disable:f; do
+    got=$(PGSSLMODE=${m%:*} as_user "$PGC_PG15_BIN/psql" -X -At -v ON_ERROR_STOP=1 -h "$BENCH_NS_ADDR" -p "$1" \
+      -U postgres -d "dbname=postgres replication=database" -c "select ssl from pg_stat_ssl where pid = pg_backend_pid()") ||
+      pgc_die "no replication connection with PGSSLMODE=${m%:*} to port $1"
+    [ "$got" = "${m#*:}" ] || pgc_die "PGSSLMODE=${m%:*}: pg_stat_ssl.ssl is '$got', not '${m#*:}'"
+  done
 }
 
 # bench_psql PORT SQL: one statement as postgres over the veth, unaligned output.
@@ -149,17 +186,79 @@ bench_cap() {
 }
 bench_uncap() { ip netns exec "$BENCH_NS" tc qdisc del dev "$BENCH_NS_IF" root; }
 
-# bench_timed LOG CMD...: run CMD as the bench user (stdout LOG.out, stderr LOG.err), seconds in BENCH_T.
-# A failure aborts the benchmark loudly, with the command and the end of its stderr.
+# bench_busy: in BENCH_BUSY, the CPU time the whole machine (both "hosts": the namespace shares this kernel)
+# has been busy since boot, in USER_HZ: user + nice + system + irq + softirq of /proc/stat's aggregate line.
+# Not idle or iowait; not steal (time the hypervisor gave to someone else) nor guest and guest_nice (already
+# in user and nice).
+bench_busy() {
+  local _cpu user nice system _idle _iowait irq softirq _rest
+  read -r _cpu user nice system _idle _iowait irq softirq _rest </proc/stat
+  BENCH_BUSY=$((user + nice + system + irq + softirq))
+}
+
+# bench_sampler_start FILE: in the background, every 0.2 s, the largest VmHWM (peak RSS, kB) of the agents on
+# the primary's "host": the processes in the namespace whose comm is pgclone or rsync (the rsync transport's
+# daemon) or whose command line has the word "agent". bench_sampler_stop writes it to FILE. Only builtins in
+# its loop (a fork would cost CPU the run is charged with); it runs during every timed run, whatever the
+# method, so that every method pays the same for it.
+bench_sampler_start() {
+  local file=$1
+  rm -f "$file" "$file.stop"
+  (
+    trap - EXIT INT TERM
+    max=0 ns=/run/netns/$BENCH_NS
+    exec {tick}<> <(:)   # a pipe nobody writes to: `read -t` on it sleeps without a fork
+    while :; do
+      for d in /proc/[0-9]*; do
+        [ "$d/ns/net" -ef "$ns" ] || continue
+        read -r comm 2>/dev/null <"$d/comm" || continue   # (it may have ended since the glob)
+        case $comm in
+          pgclone | rsync) ;;
+          postgres | sshd | sshd-session) continue ;;
+          *) mapfile -d '' args 2>/dev/null <"$d/cmdline" || continue
+             case " ${args[*]} " in *" agent "*) ;; *) continue ;; esac ;;
+        esac
+        while read -r key value _; do
+          if [ "$key" = VmHWM: ]; then [ "$value" -gt "$max" ] && max=$value; break; fi
+        done 2>/dev/null <"$d/status" || :
+      done
+      [ -e "$file.stop" ] && break
+      read -r -t 0.2 -u "$tick" _ || :
+    done
+    echo "$max" >"$file"
+  ) &
+  BENCH_SAMPLER=$!
+}
+
+# bench_sampler_stop FILE: stops the sampler after one last look; its result in BENCH_AGENT_KB (0: none seen).
+bench_sampler_stop() {
+  local file=$1
+  : >"$file.stop"
+  wait "$BENCH_SAMPLER" 2>/dev/null || true
+  BENCH_SAMPLER=
+  BENCH_AGENT_KB=$(cat "$file" 2>/dev/null || echo 0)
+  rm -f "$file.stop"
+}
+
+# bench_timed LOG CMD...: run CMD as the bench user (stdout LOG.out, stderr LOG.err): seconds in BENCH_T, the
+# CPU seconds of the whole machine meanwhile in BENCH_CPU, the agents' peak RSS (kB, 0: none) in
+# BENCH_AGENT_KB (also in LOG.agent). A failure aborts the benchmark loudly, with the command and the end of
+# its stderr.
 bench_timed() {
-  local log=$1 t0 rc=0
+  local log=$1 t0 c0 rc=0
   shift
+  bench_sampler_start "$log.agent"
+  bench_busy
+  c0=$BENCH_BUSY
   t0=$EPOCHREALTIME
   "${PGC_AS_USER[@]}" "$@" >"$log.out" 2>"$log.err" &   # not as_user: $! must be the command itself
   BENCH_CHILD=$!
   wait "$BENCH_CHILD" || rc=$?
   BENCH_CHILD=
   BENCH_T=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }')
+  bench_busy
+  BENCH_CPU=$(awk -v n=$((BENCH_BUSY - c0)) -v hz="$BENCH_HZ" 'BEGIN { printf "%.2f", n / hz }')
+  bench_sampler_stop "$log.agent"
   if [ "$rc" -ne 0 ]; then
     printf '\n*** FAILED (exit %s after %s s):' "$rc" "$BENCH_T" >&2
     printf ' %q' "$@" >&2
@@ -239,6 +338,9 @@ median() { tr -s ' ' '\n' <<<"$*" | grep . | sort -g | awk '{ v[NR] = $1 } END {
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf (b > 0 ? "%.2f" : "-"), a / b }'; }
 mbps() { awk -v n="$1" -v t="$2" 'BEGIN { printf "%.1f", n / t / 1e6 }'; }     # MB/s, MB = 10^6 bytes
 mb() { awk -v n="$1" 'BEGIN { printf "%.1f MB", n / 1e6 }'; }
+maxof() { tr -s ' ' '\n' <<<"$*" | grep . | sort -g | tail -n1; }              # of blank-separated numbers
+cpu_per_gb() { awk -v c="$1" -v n="$2" 'BEGIN { printf (n > 0 ? "%.2f" : "-"), c / (n / 1e9) }'; }   # CPU s per 10^9 bytes
+kb_mb() { awk -v k="${1:-0}" 'BEGIN { printf (k > 0 ? "%.0f" : "-"), k * 1024 / 1e6 }'; }   # kB (KiB, as Linux counts) -> MB
 json_field() { grep -o "\"$1\":[0-9.]*" "$2" | head -n1 | cut -d: -f2; }     # a number in pgclone's --json
 # Bytes of the regular files a clone moves from data directory $1 (all but pg_wal and postmaster.pid).
 data_bytes() { find "$1" -path "$1/pg_wal" -prune -o -type f ! -name postmaster.pid -printf '%s\n' | awk '{ s += $1 } END { print s + 0 }'; }

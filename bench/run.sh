@@ -1,39 +1,59 @@
 #!/usr/bin/env bash
-# Benchmark: pgclone against pg_basebackup and against a plain local copy (issue 4).
+# Benchmark: pgclone against pg_basebackup (clear text and TLS) and against a plain local copy (issues 4, 12).
 #
-#   bench/run.sh            run every scenario, print one markdown table per scenario
+#   bench/run.sh            run every scenario, print one markdown table per scenario and the issue's targets
 #   bench/run.sh --record   ... and append the tables, the exact command, date, machine and pgclone's git
 #                           revision to docs/BENCHMARKS.md
 #
 # Root only (network namespaces, tc). PostgreSQL 15, sshd and pgclone run as the unprivileged user
 # pgclonetest (scripts/lib.sh). The primary lives on "its own host": a network namespace behind a veth pair
-# (10.231.x.y/30), PostgreSQL and an sshd bound to its address; the replica side (pg_basebackup, pgclone)
-# runs in the root namespace, so every byte crosses a real (virtual) link, never loopback. The primary is
-# idle while a method is timed; a CHECKPOINT runs (untimed) before every timed run; each clone goes into a
-# fresh directory, removed afterwards; methods take turns within each round (interleaved) and the tables show
-# medians over the rounds. A failing run aborts the whole benchmark with its command and stderr. In round 1
-# every clone is also checked (untimed): `pgclone verify` for pgclone's, pg_verifybackup for pg_basebackup's.
+# (10.231.x.y/30), PostgreSQL (ssl = on, self-signed certificate; pg_hba takes hostssl and host) and an sshd
+# bound to its address; the replica side (pg_basebackup, pgclone) runs in the root namespace, so every byte
+# crosses a real (virtual) link, never loopback. The primary is idle while a method is timed; a CHECKPOINT
+# runs (untimed) before every timed run; each clone goes into a fresh directory, removed afterwards; methods
+# take turns within each round (interleaved) and the tables show medians over the rounds. A failing run
+# aborts the whole benchmark with its command and stderr. In round 1 every clone is also checked (untimed):
+# `pgclone verify` for pgclone's, pg_verifybackup for pg_basebackup's.
 #
 # Methods: "local cp -a" copies what a clone moves (the data directory but pg_wal and postmaster.pid) on this
 # disk, then `sync -f` (pgclone and pg_basebackup fsync what they write): the limit. Caches cannot be dropped
 # on a shared machine, so the primary's files are in the page cache for every method alike.
-# pg_basebackup: `-X stream -c fast` (pgclone also asks for a fast checkpoint), plain TCP over the veth.
-# pgclone: over ssh (encrypted) to the namespace; native transport with --remote-pgclone pointing at a copy
-# of the freshly built binary; rsync transport with its throwaway daemon.
+# pg_basebackup: `-X stream -c fast` (pgclone also asks for a fast checkpoint), PGSSLMODE=disable: clear TCP
+# over the veth. pg_basebackup TLS: the same with PGSSLMODE=require. pgclone: the binary as built (it brings
+# its own agent to the primary: no --remote-pgclone), `--progress none --json` and the flags of the method;
+# its own PostgreSQL connections keep libpq's default sslmode (prefer, so TLS).
 #
-# Scenarios:
-#   S1  uncapped veth. local cp, pg_basebackup, pgclone rsync / native / native lz4 / native zstd, each with
-#       pgclone's default --parallel (number of CPUs).
+# Columns: median and every round's time, data MB/s (MB = 10^6 bytes of the primary's files without pg_wal),
+# "CPU s/GB": CPU seconds the whole machine (both "hosts") was busy during the timed run (/proc/stat: user,
+# nice, system, irq, softirq), median over the rounds, per GB (10^9 bytes) of data; time ÷ pg_basebackup, ÷
+# pg_basebackup TLS and ÷ local cp -a (when those ran); the share of a capped link; for pgclone methods
+# "peak RSS client / agent MB", the largest over the rounds: the client's from pgclone's --json "peak_rss_kb"
+# (its own VmHWM) if it gives it, else GNU time's %M (it and the children it waited for: ssh, rsync; time is
+# installed with apt if missing); the agents' the largest VmHWM of the processes in the namespace whose comm
+# is pgclone or rsync (the rsync transport's daemon) or whose command line has the word "agent", sampled
+# every 0.2 s during every timed run (of every method, so that each pays the sampler's bit of CPU alike);
+# and "data channel", what pgclone's --json says the data travelled over (auto may fall back to ssh).
+#
+# Scenarios (methods are "label|kind|flags"; kind: cp, bb, bbtls or pgclone; flags: pgclone's):
+#   S1  uncapped veth, pgclone's default --parallel (number of CPUs): local cp -a; pg_basebackup;
+#       pg_basebackup TLS; pgclone default (no transport flags); pgclone --data-channel tcp; --data-channel
+#       ssh; --compress none; --compress lz4; pgclone rsync (--transport rsync).
+#       Targets: pgclone default time ≤ 0.8× pg_basebackup's and ≤ 0.6× pg_basebackup TLS's; its CPU s/GB ≤
+#       pg_basebackup TLS's; pgclone --data-channel tcp CPU s/GB ≤ pg_basebackup's.
 #   S2  a link that caps the whole link at 200 MB/s and each TCP flow at 25 MB/s (htb + u32 hash on the
 #       veth's egress in the namespace, i.e. primary -> replica; see bench_cap in bench/lib.sh):
-#       pg_basebackup, pgclone native --parallel 8 (also with --compress zstd: "data MB/s" is data bytes per
-#       second, not wire bytes), pgclone rsync --parallel 8; the share of the 200 MB/s link each achieved.
-#   S3  delta re-clone: pgclone native clones into a directory, pgbench writes for BENCH_DELTA_SECONDS, then
-#       pgclone native re-runs into the same directory. Shows bytes moved (--json moved_bytes) against the
-#       bytes of the 8 KiB pages that really changed (counted, untimed, just before the re-clone on the idle
-#       primary after a CHECKPOINT), time against the full clone, and the WAL the primary wrote in between.
-#   S4  many small files: a second primary with BENCH_TABLES one-row tables (one 8 KiB file each): local cp,
-#       pg_basebackup, pgclone native, pgclone rsync.
+#       pg_basebackup; pg_basebackup TLS; pgclone -p8 --compress none; pgclone -p8 (default compression);
+#       pgclone -p8 --data-channel ssh --compress none; pgclone rsync -p8; the share of the 200 MB/s link
+#       each achieved ("data MB/s" is data bytes per second, not wire bytes: compressed, it can exceed the link).
+#       Targets: pgclone -p8 --compress none ≥ 90 % of the link; pgclone -p8 data rate ≥ 1.5× the link.
+#   S3  delta re-clone: pgclone (default flags) clones into a directory, pgbench writes for
+#       BENCH_DELTA_SECONDS, then pgclone re-runs into the same directory. Shows bytes moved (--json
+#       moved_bytes) against the bytes of the 8 KiB pages that really changed (counted, untimed, just before
+#       the re-clone on the idle primary after a CHECKPOINT), time against the full clone, the WAL the
+#       primary wrote in between, CPU s/GB and peak RSS of both runs.
+#   S4  many small files: a second primary with BENCH_TABLES one-row tables (one 8 KiB file each): local cp -a,
+#       pg_basebackup, pgclone default, pgclone rsync. Target: pgclone default time ≤ 1.5× local cp -a's.
+# The targets look the methods up by label; one whose method did not run says "not run".
 #
 # Settings (environment):
 #   BENCH_SCALE=130          pgbench scale of the primary (130: about 2 GB to copy)
@@ -42,6 +62,12 @@
 #   BENCH_DELTA_TPS=N        S3: limit those writes to N transactions/s (pgbench -R; default: full speed)
 #   BENCH_TABLES=100000      S4: number of small tables
 #   BENCH_SCENARIOS="S1 S2 S3 S4"   which scenarios to run
+#   BENCH_S1_METHODS=...     S1's methods instead of the list above: "label|kind|flags" entries separated by
+#   BENCH_S2_METHODS=...       ";" or newlines, e.g. 'pg_basebackup|bb|;pgclone default|pgclone|' (to run
+#   BENCH_S4_METHODS=...       only what a given pgclone has, or one method alone)
+#   BENCH_S3_FLAGS=...       S3: pgclone's flags for both runs (default: none)
+#   BENCH_PGCLONE=PATH       benchmark this pgclone binary (and the pgclone-agent beside it) instead of building
+#                            them (cargo build --release)
 #   BENCH_NOTE=...           a remark for the --record heading (e.g. "busy machine")
 #   BENCH_TMP=/var/tmp       where the work directory (primaries, clones; about 3x the data) is made
 #   BENCH_KEEP=1             keep the work directory (logs of every run) instead of removing it
@@ -63,17 +89,59 @@ case "${1:-}" in
   *) pgc_die "unknown argument $1 (try --help)" ;;
 esac
 invocation=
-for v in BENCH_SCALE BENCH_ROUNDS BENCH_DELTA_SECONDS BENCH_DELTA_TPS BENCH_TABLES BENCH_SCENARIOS BENCH_NOTE BENCH_TMP BENCH_KEEP; do
+for v in BENCH_SCALE BENCH_ROUNDS BENCH_DELTA_SECONDS BENCH_DELTA_TPS BENCH_TABLES BENCH_SCENARIOS BENCH_S1_METHODS \
+         BENCH_S2_METHODS BENCH_S4_METHODS BENCH_S3_FLAGS BENCH_PGCLONE BENCH_NOTE BENCH_TMP BENCH_KEEP; do
   [ -n "${!v:-}" ] && invocation+="$v=$(shell_quote "${!v}") "
 done
 invocation+="bench/run.sh${1:+ $1}"
 SCALE=${BENCH_SCALE:-130} ROUNDS=${BENCH_ROUNDS:-3} DELTA=${BENCH_DELTA_SECONDS:-120} TABLES=${BENCH_TABLES:-100000}
 SCENARIOS=${BENCH_SCENARIOS:-S1 S2 S3 S4}
+S3_FLAGS=${BENCH_S3_FLAGS:-}
 PG=$PGC_PG15_BIN
+
+# methods NAME DEFAULT...: the array NAME ("label|kind|flags" entries), from $BENCH_<NAME> when that is set
+# (entries separated by ";" or newlines, blanks around them ignored), else the DEFAULTs.
+methods() {
+  local -n list=$1
+  local var=BENCH_$1 e kind parts
+  shift
+  list=("$@")
+  [ -n "${!var:-}" ] || return 0
+  list=()
+  IFS=';' read -ra parts <<<"${!var//$'\n'/;}"
+  for e in "${parts[@]}"; do
+    e=${e#"${e%%[![:space:]]*}"} e=${e%"${e##*[![:space:]]}"}
+    [ -n "$e" ] || continue
+    [[ $e == ?*'|'*'|'* ]] || pgc_die "$var: '$e' is not label|kind|flags"
+    kind=${e#*|} kind=${kind%%|*}
+    case $kind in cp | bb | bbtls | pgclone) ;; *) pgc_die "$var: kind '$kind' in '$e' (cp, bb, bbtls or pgclone)" ;; esac
+    list+=("$e")
+  done
+  [ ${#list[@]} -gt 0 ] || pgc_die "$var names no method"
+}
+methods S1_METHODS "local cp -a|cp|" "pg_basebackup|bb|" "pg_basebackup TLS|bbtls|" "pgclone default|pgclone|" \
+  "pgclone --data-channel tcp|pgclone|--data-channel tcp" "pgclone --data-channel ssh|pgclone|--data-channel ssh" \
+  "pgclone --compress none|pgclone|--compress none" "pgclone --compress lz4|pgclone|--compress lz4" \
+  "pgclone rsync|pgclone|--transport rsync"
+methods S2_METHODS "pg_basebackup|bb|" "pg_basebackup TLS|bbtls|" \
+  "pgclone -p8 --compress none|pgclone|--parallel 8 --compress none" "pgclone -p8|pgclone|--parallel 8" \
+  "pgclone -p8 --data-channel ssh --compress none|pgclone|--parallel 8 --data-channel ssh --compress none" \
+  "pgclone rsync -p8|pgclone|--transport rsync --parallel 8"
+methods S4_METHODS "local cp -a|cp|" "pg_basebackup|bb|" "pgclone default|pgclone|" "pgclone rsync|pgclone|--transport rsync"
 
 pgc_is_root || pgc_die "run as root: the benchmark makes a network namespace and shapes its link with tc"
 pgc_ensure_base || pgc_die "missing dependencies (see above)"
-cargo build --release
+# GNU time measures the client's peak RSS (%M) for a pgclone whose --json has no peak_rss_kb.
+pgc_ensure_packages time || pgc_log "no GNU time: the client's peak RSS only from pgclone's --json peak_rss_kb"
+GNU_TIME=
+/usr/bin/time --version 2>&1 | grep -q GNU && GNU_TIME=/usr/bin/time
+if [ -n "${BENCH_PGCLONE:-}" ]; then
+  [ -x "$BENCH_PGCLONE" ] || pgc_die "BENCH_PGCLONE=$BENCH_PGCLONE is no executable"
+  src_bin=$BENCH_PGCLONE
+else
+  cargo build --release
+  src_bin=${CARGO_TARGET_DIR:-target}/release/pgclone
+fi
 BENCH_USER=$PGC_TEST_USER
 pgc_as_user_cmd
 
@@ -94,22 +162,27 @@ chmod 755 "$BENCH_WORK"
 as_user mkdir "$BENCH_WORK"/{bin,logs,tmp,clones}
 export TMPDIR=$BENCH_WORK/tmp PGPASSWORD=bench   # pgclone's run directories land here; both pass setpriv
 echo "$PGPASSWORD" | as_user tee "$BENCH_WORK/pw" >/dev/null
-# A copy: other people's builds may replace target/release/pgclone during the benchmark.
-cp "${CARGO_TARGET_DIR:-target}/release/pgclone" "$BENCH_WORK/bin/pgclone"
-chmod 755 "$BENCH_WORK/bin/pgclone"
+# A copy: other people's builds may replace target/release/pgclone during the benchmark. pgclone-agent goes
+# beside it, as installed: it is what pgclone brings to the primary.
+cp "$src_bin" "$BENCH_WORK/bin/pgclone"
+[ -x "$(dirname "$src_bin")/pgclone-agent" ] || pgc_die "no pgclone-agent beside $src_bin"
+cp "$(dirname "$src_bin")/pgclone-agent" "$BENCH_WORK/bin/pgclone-agent"
+chmod 755 "$BENCH_WORK/bin/pgclone" "$BENCH_WORK/bin/pgclone-agent"
 BIN=$BENCH_WORK/bin/pgclone
 rev=$(git rev-parse --short HEAD)
 [ -z "$(git status --porcelain -- src Cargo.toml Cargo.lock)" ] || rev="$rev + uncommitted changes in src/"
+[ -n "${BENCH_PGCLONE:-}" ] && rev="$rev (binary: $BENCH_PGCLONE)"
 R=$BENCH_WORK/clones/replica   # every clone's target: absent before each run
 report=$BENCH_WORK/report.md
 out() { printf '%s\n' "$@" | tee -a "$report"; }   # one line per argument, to stdout and the report
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
-step "primary: PostgreSQL 15 in a network namespace, pgbench scale $SCALE, sshd"
+step "primary: PostgreSQL 15 (ssl = on) in a network namespace, pgbench scale $SCALE, sshd"
 bench_netns_up
 P=$BENCH_WORK/primary
 bench_primary "$P" 5432
+bench_check_ssl 5432
 as_user "$PG/pgbench" -i -q -s "$SCALE" -h "$BENCH_NS_ADDR" -p 5432 -U postgres postgres 2>"$BENCH_WORK/logs/pgbench-init.err" ||
   { cat "$BENCH_WORK/logs/pgbench-init.err" >&2; pgc_die "pgbench -i failed"; }
 bench_sshd
@@ -123,33 +196,46 @@ cmd_for() {
     cp) CMD=(sh -c 'mkdir "$2" && cd "$1" &&
                     find . -mindepth 1 -maxdepth 1 ! -name pg_wal ! -name postmaster.pid -exec cp -a -t "$2" {} + &&
                     sync -f "$2"' sh "$src" "$R") ;;
-    bb) CMD=("$PG/pg_basebackup" -h "$BENCH_NS_ADDR" -p "$port" -U postgres -X stream -c fast -D "$R") ;;
+    bb | bbtls)
+      CMD=(env "PGSSLMODE=$([ "$kind" = bb ] && echo disable || echo require)"
+           "$PG/pg_basebackup" -h "$BENCH_NS_ADDR" -p "$port" -U postgres -X stream -c fast -D "$R") ;;
     pgclone) CMD=("$BIN" --pghost "$BENCH_NS_ADDR" --pgport "$port" --pguser postgres --primary-pgdata "$src"
                   --replica-pgdata "$R" --ssh-user "$BENCH_USER" --ssh-port "$BENCH_SSH_PORT"
                   --ssh-config "$BENCH_WORK/ssh/config" --progress none --json "$@") ;;
   esac
 }
-NATIVE=(--transport native --remote-pgclone "$BIN")
 
 # run_method SCENARIO ROUND LABEL KIND SRC PORT [flags]: one timed run into $R (the caller empties it or,
-# for a re-clone, not); adds the time to TIMES[LABEL] (and pgclone's moved bytes to MOVED[LABEL]); in
-# round 1 verifies the clone.
-declare -A TIMES MOVED
+# for a re-clone, not); adds the time to TIMES[LABEL], the machine's CPU seconds to CPUS[LABEL], and for
+# pgclone the moved bytes to MOVED[LABEL], the peak RSS (kB) of client and agents to RSSC and RSSA[LABEL] and
+# the data channel its --json names (if it does) to CHAN[LABEL]; in round 1 verifies the clone.
+declare -A TIMES MOVED CPUS RSSC RSSA CHAN
 run_method() {
-  local sc=$1 round=$2 label=$3 kind=$4 src=$5 port=$6 log
+  local sc=$1 round=$2 label=$3 kind=$4 src=$5 port=$6 log=${3,,} client chan
   shift 6
-  log=$BENCH_WORK/logs/$sc.$round.${label//[^a-z0-9]/_}
+  log=$BENCH_WORK/logs/$sc.$round.${log//[^a-z0-9]/_}
   cmd_for "$kind" "$src" "$port" "$@"
+  [ "$kind" = pgclone ] && [ -n "$GNU_TIME" ] && CMD=("$GNU_TIME" -q -f %M -o "$log.rss" "${CMD[@]}")
   bench_psql "$port" checkpoint >/dev/null
-  printf '%s round %s: %-22s' "$sc" "$round" "$label" >&2
+  printf '%s round %s: %-48s' "$sc" "$round" "$label" >&2
   bench_timed "$log" "${CMD[@]}"
-  printf '%8s s\n' "$BENCH_T" >&2
+  printf '%8s s %7s CPU s\n' "$BENCH_T" "$BENCH_CPU" >&2
   TIMES[$label]+=" $BENCH_T"
-  [ "$kind" = pgclone ] && MOVED[$label]+=" $(json_field moved_bytes "$log.out")"
+  CPUS[$label]+=" $BENCH_CPU"
+  if [ "$kind" = pgclone ]; then
+    MOVED[$label]+=" $(json_field moved_bytes "$log.out")"
+    # pgclone's own peak (VmHWM) if it reports it; else GNU time's: it and the children it waited for.
+    client=$(json_field peak_rss_kb "$log.out" || true)
+    [ -n "$client" ] || client=$(tail -n1 "$log.rss" 2>/dev/null || true)
+    RSSC[$label]+=" ${client:-0}"
+    RSSA[$label]+=" $BENCH_AGENT_KB"
+    chan=$(grep -o '"data_channel":"[a-z0-9]*"' "$log.out" | head -n1 | cut -d'"' -f4 || true)
+    [ -z "$chan" ] || [[ " ${CHAN[$label]:-} " == *" $chan "* ]] || CHAN[$label]+=" $chan"
+  fi
   if [ "$round" = 1 ]; then
     case $kind in
       pgclone) as_user "$BIN" verify "$R" >"$log.verify" 2>&1 || { cat "$log.verify" >&2; pgc_die "pgclone verify $R failed ($label)"; } ;;
-      bb) as_user "$PG/pg_verifybackup" -q "$R" >"$log.verify" 2>&1 || { cat "$log.verify" >&2; pgc_die "pg_verifybackup $R failed"; } ;;
+      bb | bbtls) as_user "$PG/pg_verifybackup" -q "$R" >"$log.verify" 2>&1 || { cat "$log.verify" >&2; pgc_die "pg_verifybackup $R failed ($label)"; } ;;
     esac
   fi
   return 0
@@ -159,7 +245,7 @@ run_method() {
 rounds() {
   local sc=$1 src=$2 port=$3 r m label kind flags
   shift 3
-  TIMES=() MOVED=()
+  TIMES=() MOVED=() CPUS=() RSSC=() RSSA=() CHAN=()
   for r in $(seq "$ROUNDS"); do
     for m in "$@"; do
       IFS='|' read -r label kind flags <<<"$m"
@@ -171,25 +257,73 @@ rounds() {
   done
 }
 
+# tmed LABEL: the median time of LABEL in the last rounds(), empty if it did not run. cpugb LABEL BYTES: its
+# median CPU seconds per GB of BYTES. rss LABEL: "client / agent" peak RSS in MB, the largest over the rounds,
+# and the data channel(s) pgclone's --json named, if it did.
+tmed() { [ -z "${TIMES[$1]:-}" ] || median "${TIMES[$1]}"; }
+cpugb() { cpu_per_gb "$(median "${CPUS[$1]}")" "$2"; }
+rss() { printf '%s / %s' "$(kb_mb "$(maxof "${RSSC[$1]:-}")")" "$(kb_mb "$(maxof "${RSSA[$1]:-}")")"; }
+chan() { local c=${CHAN[$1]:-}; c=${c# }; printf '%s' "${c:--}"; }
+
 # table BYTES LINK_MB_S "LABEL|..."...: the markdown table of the last rounds(); LINK_MB_S adds the link share.
 table() {
-  local bytes=$1 link=$2 m label med bb cp hdr
+  local bytes=$1 link=$2 m label kind med bb tls cp pgc='' hdr row
   shift 2
-  bb=$(median "${TIMES[pg_basebackup]}")
-  cp=${TIMES[local cp -a]:+$(median "${TIMES[local cp -a]}")}
-  hdr="| method | median s | each round s | data MB/s | time ÷ pg_basebackup |"
-  [ -n "$cp" ] && hdr+=" time ÷ local copy |"
+  bb=$(tmed pg_basebackup) tls=$(tmed "pg_basebackup TLS") cp=$(tmed "local cp -a")
+  for m in "$@"; do [[ $m == *'|pgclone|'* ]] && pgc=1; done
+  hdr="| method | median s | each round s | data MB/s | CPU s/GB |"
+  [ -n "$bb" ] && hdr+=" time ÷ pg_basebackup |"
+  [ -n "$tls" ] && hdr+=" time ÷ pg_basebackup TLS |"
+  [ -n "$cp" ] && hdr+=" time ÷ local cp -a |"
   [ -n "$link" ] && hdr+=" share of the $link MB/s link |"
+  [ -n "$pgc" ] && hdr+=" peak RSS client / agent MB | data channel |"
   out "$hdr"
   out "$(awk -F'|' '{ s = "| --- |"; for (i = 3; i < NF; i++) s = s " ---: |"; print s }' <<<"$hdr")"
   for m in "$@"; do
-    label=${m%%|*}
-      med=$(median "${TIMES[$label]}")
-    row="| $label | $med |${TIMES[$label]} | $(mbps "$bytes" "$med") | $(ratio "$med" "$bb") |"
+    IFS='|' read -r label kind _ <<<"$m"
+    med=$(tmed "$label")
+    row="| $label | $med |${TIMES[$label]} | $(mbps "$bytes" "$med") | $(cpugb "$label" "$bytes") |"
+    [ -n "$bb" ] && row+=" $(ratio "$med" "$bb") |"
+    [ -n "$tls" ] && row+=" $(ratio "$med" "$tls") |"
     [ -n "$cp" ] && row+=" $(ratio "$med" "$cp") |"
     [ -n "$link" ] && row+=" $(awk -v r="$(mbps "$bytes" "$med")" -v l="$link" 'BEGIN { printf "%.0f %%", 100 * r / l }') |"
+    if [ -n "$pgc" ]; then
+      if [ "$kind" = pgclone ]; then row+=" $(rss "$label") | $(chan "$label") |"; else row+=" - | - |"; fi
+    fi
     out "$row"
   done
+}
+
+# The issue's targets after a scenario's table, each met or missed by the medians of the last rounds().
+# The methods are found by label; a target whose method did not run says so.
+targets() { out "" "Targets (issue 12), from the medians:" "" "| target | result | verdict |" "| --- | --- | ---: |"; }
+verdict() { awk -v v="$1" -v op="$2" -v l="$3" 'BEGIN { print ((op == "<=" ? v + 0 <= l + 0 : v + 0 >= l + 0) ? "met" : "**missed**") }'; }
+not_run() { out "| $1 | not run ($2) | - |"; }
+# target_time A B LIMIT: A's time ≤ LIMIT × B's.
+target_time() {
+  local t="$1 time ≤ $3× $2's" a b r
+  a=$(tmed "$1") b=$(tmed "$2")
+  [ -n "$a" ] || { not_run "$t" "$1"; return 0; }
+  [ -n "$b" ] || { not_run "$t" "$2"; return 0; }
+  r=$(ratio "$a" "$b")
+  out "| $t | $r× ($a s vs $b s) | $(verdict "$r" "<=" "$3") |"
+}
+# target_cpu A B BYTES: A's CPU s/GB ≤ B's.
+target_cpu() {
+  local t="$1 CPU s/GB ≤ $2's" a b
+  [ -n "$(tmed "$1")" ] || { not_run "$t" "$1"; return 0; }
+  [ -n "$(tmed "$2")" ] || { not_run "$t" "$2"; return 0; }
+  a=$(cpugb "$1" "$3") b=$(cpugb "$2" "$3")
+  out "| $t | $a vs $b | $(verdict "$a" "<=" "$b") |"
+}
+# target_link A BYTES LINK_MB_S FACTOR TEXT: A's data rate ≥ FACTOR × the link.
+target_link() {
+  local t="$1 data rate $5" med r f
+  med=$(tmed "$1")
+  [ -n "$med" ] || { not_run "$t" "$1"; return 0; }
+  r=$(mbps "$2" "$med")
+  f=$(awk -v r="$r" -v l="$3" 'BEGIN { printf "%.2f", r / l }')
+  out "| $t | $r MB/s = ${f}× the link | $(verdict "$f" ">=" "$4") |"
 }
 
 heading() {
@@ -203,21 +337,17 @@ heading() {
   DATA=$bytes
 }
 
-S1_METHODS=("local cp -a|cp|" "pg_basebackup|bb|" "pgclone rsync|pgclone|--transport rsync"
-  "pgclone native|pgclone|${NATIVE[*]}" "pgclone native lz4|pgclone|${NATIVE[*]} --compress lz4"
-  "pgclone native zstd|pgclone|${NATIVE[*]} --compress zstd")
-S2_METHODS=("pg_basebackup|bb|" "pgclone native -p8|pgclone|${NATIVE[*]} --parallel 8"
-  "pgclone native -p8 zstd|pgclone|${NATIVE[*]} --parallel 8 --compress zstd"
-  "pgclone rsync -p8|pgclone|--transport rsync --parallel 8")
-S4_METHODS=("local cp -a|cp|" "pg_basebackup|bb|" "pgclone native|pgclone|${NATIVE[*]}"
-  "pgclone rsync|pgclone|--transport rsync")
-
 s1() {
   step "S1: uncapped veth"
   bench_psql 5432 checkpoint >/dev/null
   heading "S1: uncapped veth (pgclone --parallel default = $(nproc))" "$P"
   rounds S1 "$P" 5432 "${S1_METHODS[@]}"
   table "$DATA" "" "${S1_METHODS[@]}"
+  targets
+  target_time "pgclone default" pg_basebackup 0.8
+  target_time "pgclone default" "pg_basebackup TLS" 0.6
+  target_cpu "pgclone default" "pg_basebackup TLS" "$DATA"
+  target_cpu "pgclone --data-channel tcp" pg_basebackup "$DATA"
 }
 
 s2() {
@@ -229,16 +359,20 @@ s2() {
   bench_uncap
   table "$DATA" 200 "${S2_METHODS[@]}"
   out ""
-  out "With --compress zstd, data MB/s counts the data, not the (compressed) bytes on the wire; it can exceed the link."
+  out "With compression (pgclone's default, lz4, zstd), data MB/s counts the data, not the (compressed) bytes on the wire; it can exceed the link."
+  targets
+  target_link "pgclone -p8 --compress none" "$DATA" 200 0.9 "≥ 90 % of the link"
+  target_link "pgclone -p8" "$DATA" 200 1.5 "≥ 1.5× the link"
 }
 
 s3() {
-  local r log lsn0 wal changed full delta moved bytes rows=()
+  local r log lsn0 wal changed full delta moved bytes fbytes rows=()
   step "S3: delta re-clone after $DELTA s of pgbench writes"
-  TIMES=() MOVED=()
+  TIMES=() MOVED=() CPUS=() RSSC=() RSSA=() CHAN=()
   for r in $(seq "$ROUNDS"); do
     rm -rf "$R"
-    run_method S3 "$r" full pgclone "$P" 5432 "${NATIVE[@]}"
+    # shellcheck disable=SC2086  # flags: words without blanks or globs
+    run_method S3 "$r" full pgclone "$P" 5432 $S3_FLAGS
     lsn0=$(bench_psql 5432 "select pg_current_wal_lsn()")
     log=$BENCH_WORK/logs/S3.$r.pgbench
     printf 'S3 round %s: pgbench writes for %s s\n' "$r" "$DELTA" >&2
@@ -250,17 +384,21 @@ s3() {
     wal=$(bench_psql 5432 "select pg_wal_lsn_diff(pg_current_wal_lsn(), '$lsn0')::bigint")
     bench_psql 5432 checkpoint >/dev/null
     changed=$(changed_pages "$P" "$R")   # untimed; the primary stays idle until the re-clone
-    run_method S3 "$r" delta pgclone "$P" 5432 "${NATIVE[@]}"   # into the same, now stale, clone
+    # shellcheck disable=SC2086
+    run_method S3 "$r" delta pgclone "$P" 5432 $S3_FLAGS   # into the same, now stale, clone
     full=${TIMES[full]##* } delta=${TIMES[delta]##* } moved=${MOVED[delta]##* }
+    fbytes=$(json_field bytes "$BENCH_WORK/logs/S3.$r.full.out")
     bytes=$(json_field bytes "$BENCH_WORK/logs/S3.$r.delta.out")
-    rows+=("| $r | $full | $(mb "$wal") | $(mb "$changed") | $delta | $(mb "$moved") | $(ratio "$moved" "$changed") | $(awk -v m="$moved" -v b="$bytes" 'BEGIN { printf "%.1f %%", 100 * m / b }') | $(ratio "$delta" "$full") |")
+    rows+=("| $r | $full | $(cpu_per_gb "${CPUS[full]##* }" "$fbytes") | $(kb_mb "${RSSC[full]##* }") / $(kb_mb "${RSSA[full]##* }") | $(mb "$wal") | $(mb "$changed") | $delta | $(mb "$moved") | $(ratio "$moved" "$changed") | $(awk -v m="$moved" -v b="$bytes" 'BEGIN { printf "%.1f %%", 100 * m / b }') | $(ratio "$delta" "$full") | $(cpu_per_gb "${CPUS[delta]##* }" "$bytes") | $(kb_mb "${RSSC[delta]##* }") / $(kb_mb "${RSSA[delta]##* }") |")
   done
   rm -rf "$R"
-  heading "S3: delta re-clone (pgclone native) after $DELTA s of pgbench writes (-c 2${BENCH_DELTA_TPS:+, -R $BENCH_DELTA_TPS})" "$P"
-  out "| round | full clone s | WAL written in between | pages changed | re-clone s | moved over the link | moved ÷ changed | moved ÷ data | re-clone time ÷ full clone |"
-  out "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  heading "S3: delta re-clone (pgclone${S3_FLAGS:+ $S3_FLAGS}) after $DELTA s of pgbench writes (-c 2${BENCH_DELTA_TPS:+, -R $BENCH_DELTA_TPS})" "$P"
+  out "CPU s/GB: per GB of the clone's data (--json bytes), whatever was moved."
+  out ""
+  out "| round | full clone s | full CPU s/GB | full peak RSS client / agent MB | WAL written in between | pages changed | re-clone s | moved over the link | moved ÷ changed | moved ÷ data | re-clone time ÷ full clone | re-clone CPU s/GB | re-clone peak RSS client / agent MB |"
+  out "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
   for r in "${rows[@]}"; do out "$r"; done
-  [ "$ROUNDS" -gt 1 ] && out "| median | $(median "${TIMES[full]}") | | | $(median "${TIMES[delta]}") | $(mb "$(median "${MOVED[delta]}")") | | | $(ratio "$(median "${TIMES[delta]}")" "$(median "${TIMES[full]}")") |"
+  [ "$ROUNDS" -gt 1 ] && out "| median | $(median "${TIMES[full]}") | $(cpugb full "$DATA") | $(rss full) | | | $(median "${TIMES[delta]}") | $(mb "$(median "${MOVED[delta]}")") | | | $(ratio "$(median "${TIMES[delta]}")" "$(median "${TIMES[full]}")") | $(cpugb delta "$DATA") | $(rss delta) |"
   return 0
 }
 
@@ -268,6 +406,7 @@ s4() {
   local S=$BENCH_WORK/small
   step "S4: a second primary with $TABLES small tables"
   bench_primary "$S" 5433
+  bench_check_ssl 5433
   # One 8 KiB file per table; a COMMIT every 1000 tables keeps the lock table small.
   bench_psql 5433 "DO \$\$ BEGIN FOR i IN 1..$TABLES LOOP
                      EXECUTE format('CREATE TABLE t%s AS SELECT %s AS id', i, i);
@@ -277,6 +416,8 @@ s4() {
   heading "S4: $TABLES small tables (pgclone --parallel default = $(nproc))" "$S"
   rounds S4 "$S" 5433 "${S4_METHODS[@]}"
   table "$DATA" "" "${S4_METHODS[@]}"
+  targets
+  target_time "pgclone default" "local cp -a" 1.5
 }
 
 for sc in $SCENARIOS; do
