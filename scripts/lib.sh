@@ -15,7 +15,7 @@ PGC_PACKAGES=(
   postgresql-15 postgresql-client-15                   # server, psql, pgbench, pg_basebackup
   openssh-server openssh-client rsync                  # pgclone's transport
   util-linux procps passwd iproute2 findutils coreutils tar gzip
-  openssl strace                                       # tests: a TLS primary's key, the order of syscalls
+  openssl strace nftables                              # tests: a TLS primary's key, the order of syscalls, a firewall
 )
 
 pgc_log() { printf '%s: %s\n' "${0##*/}" "$*" >&2; }

@@ -101,13 +101,15 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = TransportKind::Auto)]
     pub transport: TransportKind,
 
-    /// How file data travels: ssh (encrypted and authenticated), or tcp: clear text over direct TCP, for a
-    /// trusted network only (rsync transport, as pgclone.sh: anyone on the path can read or change the copy)
-    #[arg(long, value_enum, default_value_t = DataChannel::Ssh)]
+    /// How file data travels: tls (TLS 1.3 over direct TCP to the agent, keyed through ssh; native transport),
+    /// ssh (one ssh connection per worker), tcp (clear text, for a trusted network only: anyone on the path can
+    /// read or change the copy); auto: tls, or ssh with a notice when the agent's port cannot be reached
+    #[arg(long, value_enum, default_value_t = DataChannel::Auto)]
     pub data_channel: DataChannel,
 
-    /// A pgclone of this version installed on the primary host, for the native transport's agents [default:
-    /// this binary, brought to the primary for the run and removed after it]
+    /// A pgclone (or pgclone-agent) of this version installed on the primary host, for the native transport's
+    /// agents [default: pgclone-agent from beside this binary, brought to the primary for the run and removed
+    /// after it]
     #[arg(long, value_name = "PATH")]
     pub remote_pgclone: Option<String>,
 
@@ -115,8 +117,9 @@ pub struct Args {
     #[arg(long, conflicts_with = "bypass_rep_traffic")]
     pub no_ssh: bool,
 
-    /// Compression on the wire for the native transport: none, lz4, zstd or zstd:LEVEL
-    #[arg(long, value_name = "CODEC", default_value = "none")]
+    /// Compression on the wire for the native transport: auto (lz4 where it makes the copy faster, as measured
+    /// on each connection), none, lz4, zstd or zstd:LEVEL
+    #[arg(long, value_name = "CODEC", default_value = "auto")]
     pub compress: Compression,
 
     /// Files larger than this are split into ranges that any worker may take (native transport; K, M, G)

@@ -7,6 +7,7 @@ mod support;
 
 mod suite {
     mod clone_e2e;
+    mod data_channel;
     mod faults;
     mod flags;
     mod guarantees;

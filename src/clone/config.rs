@@ -14,7 +14,7 @@ use crate::cli::Args;
 use crate::progress;
 use crate::replica::tablespace::Mapping;
 use crate::sys::ssh::SshTarget;
-use crate::transport::TransportConfig;
+use crate::transport::{DataChannel, TransportConfig, TransportKind};
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -22,6 +22,8 @@ pub enum ConfigError {
     NoPgdata,
     #[error("no primary host: give --pghost (or set PGHOST) to a host name or address, it is also the ssh host")]
     NoHost,
+    #[error("the rsync transport has no TLS: its data moves over ssh (--data-channel ssh) or in clear text (tcp)")]
+    RsyncHasNoTls,
 }
 
 /// The environment variables pgclone reads for decisions of its own.
@@ -167,6 +169,9 @@ impl CloneConfig {
             user_keepalive: Default::default(),
         };
         let parallel = args.parallel.map_or(env.cpus, usize::from);
+        if args.transport == TransportKind::Rsync && args.data_channel == DataChannel::Tls {
+            return Err(ConfigError::RsyncHasNoTls);
+        }
         if args.paranoid {
             tracing::info!("--paranoid is implied: every re-sync compares the files already here by content");
         }
@@ -245,6 +250,7 @@ fn pg_config(args: &Args, env: &Env) -> PgConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::protocol::Codec;
     use clap::{CommandFactory, Parser};
 
     fn env() -> Env {
@@ -283,6 +289,18 @@ mod tests {
             ]
         );
         assert_eq!(c.pg.sql_dbname, Some("postgres"));
+    }
+
+    #[test]
+    fn data_travels_over_tls_by_default_and_the_rsync_transport_has_none() {
+        let base = ["--pghost", "db1", "--primary-pgdata", "/pg"];
+        let c = resolve(&base, &env()).unwrap();
+        assert_eq!((c.transport.data_channel, c.transport.compression.codec), (DataChannel::Auto, Codec::Auto));
+        assert!(c.transport.probes_pgdata(), "the native transport's login reads --primary-pgdata");
+        let rsync = resolve(&[&base[..], &["--transport", "rsync"]].concat(), &env()).unwrap();
+        assert!(!rsync.transport.probes_pgdata());
+        let tls = resolve(&[&base[..], &["--transport", "rsync", "--data-channel", "tls"]].concat(), &env());
+        assert_eq!(tls.unwrap_err(), ConfigError::RsyncHasNoTls);
     }
 
     #[test]

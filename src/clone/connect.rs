@@ -16,8 +16,9 @@ pub struct Connect<'a> {
     /// libpq keywords for the primary (through the tunnel, if any).
     pub params: &'a [(&'static str, String)],
     pub primary: Primary,
-    /// The system identifier of --primary-pgdata, which must be the streamed cluster's.
-    pub system_id: u64,
+    /// The system identifier of --primary-pgdata, which must be the streamed cluster's; None: the transport
+    /// reads it as it starts.
+    pub system_id: Option<u64>,
     /// Where the stream writes its segments.
     pub streamed: &'a Path,
     pub run_dir: &'a Path,
@@ -30,6 +31,8 @@ pub struct Connected {
     pub transport: Box<dyn Transport>,
     /// The stream's temporary slot, which --create-slot copies at the end.
     pub slot: String,
+    /// The system identifier of --primary-pgdata (the streamed cluster's).
+    pub system_id: u64,
 }
 
 impl Connect<'_> {
@@ -49,14 +52,15 @@ impl Connect<'_> {
             (stream.join().expect("starting the WAL stream does not panic"), transport)
         });
         let stream = stream?;
-        preflight::same_cluster(pgdata, self.system_id, stream.start.system_id)?;
+        let transport = transport?;
+        let system_id = self.system_id.or(transport.system_id()).expect("read by preflight or by the transport");
+        preflight::same_cluster(pgdata, system_id, stream.start.system_id)?;
         tracing::info!(
             "streaming WAL from {} on timeline {} into slot {slot}",
             stream.start.lsn,
             stream.start.timeline
         );
-        let transport = transport?;
-        Ok(Connected { stream, transport, slot })
+        Ok(Connected { stream, transport, slot, system_id })
     }
 }
 

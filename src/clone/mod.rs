@@ -105,7 +105,11 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
     let resync = matches!(state, ReplicaState::Unfinished | ReplicaState::Cluster(_));
     let connect =
         Connect { config, params: &params, primary, system_id, streamed: &streamed, run_dir: dirs.run.path(), resync };
-    let Connected { mut stream, transport, slot } = connect.run(&mut sql, cancel)?;
+    let Connected { mut stream, transport, slot, system_id: found } = connect.run(&mut sql, cancel)?;
+    if system_id.is_none() {
+        preflight::replica_matches(&config.replica, state, found)?;
+    }
+    let system_id = found;
     cancel.check()?;
     timing.end("connect");
 
@@ -118,6 +122,7 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
     let copied = copy::run(config, &*transport, &mut backup, primary, resync, &mut timing, cancel)?;
 
     let (end, mut sql, control, wal_end) = backup_stop(backup, &*transport, dirs.run.path(), primary)?;
+    let data_channel = transport.data_channel();
     drop(transport);
     timing.end("backup stop");
 
@@ -180,6 +185,7 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
         wal_dir: streamed,
         phases: timing.done,
         standby,
+        data_channel,
     })
 }
 
@@ -366,6 +372,9 @@ mod tests {
         fn fetch_file(&self, _: &Path, to: &Path) -> Result<(), TransportError> {
             let next = self.0.lock().unwrap().remove(0);
             Ok(std::fs::write(to, next).at("writing", to)?)
+        }
+        fn data_channel(&self) -> &'static str {
+            "local"
         }
     }
 

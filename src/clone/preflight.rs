@@ -11,6 +11,7 @@ use crate::pg::control_file::{self, CONTROL_FILE};
 use crate::pg::lsn::{Lsn, SegSize};
 use crate::pg::{Conn, PgError};
 use crate::sys::ssh::{last_line, quote, Forward, SshError, SshTarget};
+use crate::transport::{PgdataError, PGDATA_PROBE};
 
 /// Oldest supported major: pg_backup_start/pg_backup_stop replaced the exclusive-backup API in 15.
 const MIN_MAJOR: u32 = 15;
@@ -63,12 +64,8 @@ pub enum PreflightError {
         dir.display(), crate::progress::bytes(*free), crate::progress::bytes(*need)
     )]
     WalSpace { dir: PathBuf, need: u64, free: u64 },
-    #[error("--primary-pgdata {dir} does not exist on {host} or {user} may not enter it")]
-    NoPgdata { dir: PathBuf, host: String, user: String },
-    #[error(
-        "--primary-pgdata {dir} on {host} is not a data directory {user} can read (no readable global/pg_control)"
-    )]
-    NotPgdata { dir: PathBuf, host: String, user: String },
+    #[error(transparent)]
+    Pgdata(#[from] PgdataError),
     #[error("checking --primary-pgdata on {host} failed: {reason}")]
     Probe { host: String, reason: String },
     #[error(
@@ -93,8 +90,9 @@ pub struct Checked {
     pub sql: Conn,
     pub primary: Primary,
     pub replica: ReplicaState,
-    /// The system identifier in --primary-pgdata's pg_control.
-    pub system_id: u64,
+    /// The system identifier in --primary-pgdata's pg_control; None when the transport reads it as it starts
+    /// (`TransportConfig::probes_pgdata`), in its one ssh login.
+    pub system_id: Option<u64>,
     /// --start: pg_ctl of the primary's major.
     pub pg_ctl: Option<PathBuf>,
     /// -R: what the standby's configuration will say.
@@ -111,8 +109,9 @@ pub fn run(config: &CloneConfig) -> Result<Checked, CloneError> {
     }
     let pgdata = &config.primary_pgdata;
     let probe = || match &config.ssh {
-        Some(ssh) => primary_pgdata(ssh, pgdata),
-        None => local_pgdata(pgdata),
+        _ if config.transport.probes_pgdata() => Ok(None),
+        Some(ssh) => primary_pgdata(ssh, pgdata).map(Some),
+        None => local_pgdata(pgdata).map(Some),
     };
     let (checked, probed) = std::thread::scope(|s| {
         let probe = s.spawn(probe);
@@ -120,7 +119,9 @@ pub fn run(config: &CloneConfig) -> Result<Checked, CloneError> {
     });
     let (tunnel, params, sql, primary, pg_ctl, recovery) = checked?;
     let system_id = probed?;
-    replica_matches(&config.replica, state, system_id)?;
+    if let Some(id) = system_id {
+        replica_matches(&config.replica, state, id)?;
+    }
     Ok(Checked { tunnel, params, sql, primary, replica: state, system_id, pg_ctl, recovery })
 }
 
@@ -339,25 +340,22 @@ pub fn slot_free(conn: &mut Conn, name: &str) -> Result<(), PreflightError> {
     }
 }
 
-/// Logs in over ssh and checks that --primary-pgdata is a data directory the ssh user can read.
-/// Returns the system identifier stored in its pg_control, to be matched with the server's.
+/// Logs in over ssh and checks that --primary-pgdata is a data directory the ssh user can read (for the rsync
+/// transport; the native one does this in its own login). Returns the system identifier stored in its
+/// pg_control, to be matched with the server's.
 pub fn primary_pgdata(ssh: &SshTarget, pgdata: &Path) -> Result<u64, PreflightError> {
-    // od prints the first 8 bytes of ControlFileData (system_identifier) as one unsigned number in the
-    // primary's byte order, which is the order PostgreSQL wrote it in.
-    let script = format!(
-        "cd -- {} 2>/dev/null || exit 3; test -r global/pg_control || exit 4; LC_ALL=C od -An -N8 -tu8 global/pg_control",
-        quote(pgdata)
-    );
-    let out = ssh.run(&script, b"")?;
-    let (dir, host) = (pgdata.to_path_buf(), ssh.host.clone());
-    let user = ssh.user.clone().unwrap_or_else(|| "the ssh user".into());
-    match out.status.code() {
+    let script = format!("{PGDATA_PROBE}\necho \"$system\"");
+    let out = ssh.run(&format!("sh -c {} pgclone-probe '' {}", quote(script), quote(pgdata)), b"")?;
+    let code = out.status.code();
+    if let Some(e) = PgdataError::from_probe(code, ssh, pgdata) {
+        return Err(e.into());
+    }
+    let host = ssh.host.clone();
+    match code {
         Some(0) => String::from_utf8_lossy(&out.stdout)
             .trim()
             .parse()
             .map_err(|_| PreflightError::Probe { host, reason: "could not read global/pg_control".into() }),
-        Some(3) => Err(PreflightError::NoPgdata { dir, host, user }),
-        Some(4) => Err(PreflightError::NotPgdata { dir, host, user }),
         _ => Err(PreflightError::Probe { host, reason: last_line(&out.stderr) }),
     }
 }
@@ -367,11 +365,11 @@ pub fn local_pgdata(pgdata: &Path) -> Result<u64, PreflightError> {
     let host = "this host".to_string();
     let user = "pgclone's user".to_string();
     if !pgdata.is_dir() {
-        return Err(PreflightError::NoPgdata { dir: pgdata.to_path_buf(), host, user });
+        return Err(PgdataError::Missing { dir: pgdata.to_path_buf(), host, user }.into());
     }
     std::fs::read(pgdata.join(CONTROL_FILE))
         .map(|c| control_file::system_id(&c))
-        .map_err(|_| PreflightError::NotPgdata { dir: pgdata.to_path_buf(), host, user })
+        .map_err(|_| PgdataError::NotData { dir: pgdata.to_path_buf(), host, user }.into())
 }
 
 /// Room where the streamed WAL waits (the run directory under $TMPDIR, often a tmpfs, or --temp-waldir): a

@@ -27,6 +27,16 @@ pub struct Summary {
     pub phases: Vec<(&'static str, Duration)>,
     /// With --start: the standby's application_name and its replay lag in bytes when first seen streaming.
     pub standby: Option<(String, u64)>,
+    /// What the file data travelled over (see `Transport::data_channel`): `auto` may have fallen back to ssh.
+    pub data_channel: &'static str,
+}
+
+/// This process's peak resident memory in KiB (VmHWM), for --json: the issue's bound on memory is checked by
+/// the benchmark from it.
+fn peak_rss_kb() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let hwm = status.lines().find_map(|l| l.strip_prefix("VmHWM:"));
+    hwm.and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0)
 }
 
 impl fmt::Display for Summary {
@@ -84,7 +94,7 @@ impl Summary {
         format!(
             "{{\"ok\":true,\"replica\":{},\"wal_dir\":{},\"files\":{},\"bytes\":{},\"reused_bytes\":{},\"moved_bytes\":{},\"vanished_files\":{},\
              \"elapsed_seconds\":{:.3},\"start_lsn\":\"{}\",\"stop_lsn\":\"{}\",\"timeline\":{},\"wal_segments\":{},\
-             \"phases\":{{{}}},\"standby\":{standby},\"warnings\":[{}]}}",
+             \"data_channel\":\"{}\",\"peak_rss_kb\":{},\"phases\":{{{}}},\"standby\":{standby},\"warnings\":[{}]}}",
             json::string(&self.replica.to_string_lossy()),
             json::string(&self.wal_dir.to_string_lossy()),
             self.files,
@@ -97,6 +107,8 @@ impl Summary {
             self.stop_lsn,
             self.timeline,
             self.wal_segments,
+            self.data_channel,
+            peak_rss_kb(),
             phases.join(","),
             warnings.join(","),
         )

@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +15,8 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::replica::direct_io::read_at_full;
 
+use super::auto_codec::AutoCodec;
+use super::channel::{self, Offer};
 use super::protocol::{compress, read_msg, write_data, write_msg, Codec, Msg, DATA_CHUNK, PROTOCOL_VERSION};
 use super::{EntryKind, RemoteEntry};
 
@@ -24,8 +27,9 @@ pub const CLIENT_SILENCE: Duration = Duration::from_secs(60);
 
 pub fn serve(pgdata: &Path, input: impl Read + Send + 'static, output: impl Write) -> io::Result<()> {
     let alive = Alive::watch();
-    let mut w = BufWriter::with_capacity(1 << 20, Noted { inner: output, alive: alive.clone() });
-    let mut buf = Vec::new();
+    let noted = Noted { inner: output, alive: alive.clone(), written: 0, blocked: Duration::ZERO };
+    let mut w = BufWriter::with_capacity(1 << 20, noted);
+    let (mut buf, mut auto) = (Vec::new(), AutoCodec::default());
     let requests = listen(input, alive);
     for msg in requests {
         let msg = match msg? {
@@ -44,19 +48,41 @@ pub fn serve(pgdata: &Path, input: impl Read + Send + 'static, output: impl Writ
                 write_msg(&mut w, &Msg::ListDone)?;
             }
             Msg::Read { id, path, offset, len, codec, level } => {
-                let answered = answer(pgdata, &mut w, &mut buf, id, &path, (offset, len), Want::Data(codec, level));
+                let want = Want::Data(codec, level, &mut auto);
+                let answered = answer(pgdata, &mut w, &mut buf, id, &path, (offset, len), want);
                 answered.or_else(|e| answer_error(&mut w, id, &path, e))?;
             }
             Msg::Sums { id, path, offset, len, block } => {
                 let answered = answer(pgdata, &mut w, &mut buf, id, &path, (offset, len), Want::Hashes(block));
                 answered.or_else(|e| answer_error(&mut w, id, &path, e))?;
             }
+            Msg::Listen { token, streams, tls } => match data_channel(pgdata, token, streams, tls) {
+                Ok(offer) => write_msg(&mut w, &Msg::Listening(offer))?,
+                Err(e) => write_msg(&mut w, &Msg::Error { id: 0, message: format!("opening the data channel: {e}") })?,
+            },
             Msg::Quit => break,
             other => write_msg(&mut w, &Msg::Error { id: 0, message: format!("unexpected request {other:?}") })?,
         }
         w.flush()?;
     }
     w.flush()
+}
+
+/// Listens for the client's data connections (see `channel`) on the address its ssh connection reached: the one
+/// address of this host we know the client can route to. Each connection is served like this one, on a thread
+/// of its own; they all end with the process, which ends with this (the control) connection.
+fn data_channel(pgdata: &Path, token: [u8; channel::TOKEN_LEN], streams: u32, tls: bool) -> io::Result<Offer> {
+    let ssh = std::env::var("SSH_CONNECTION").unwrap_or_default();
+    // "client address, client port, server address, server port" (ssh(1), ENVIRONMENT).
+    let ip: IpAddr = ssh.split_whitespace().nth(2).and_then(|a| a.parse().ok()).ok_or_else(|| {
+        io::Error::other(format!("SSH_CONNECTION is {ssh:?}: the agent cannot tell which address the client reached"))
+    })?;
+    let pgdata = pgdata.to_path_buf();
+    channel::listen(ip, tls, token, streams, move |(r, w)| {
+        if let Err(e) = serve(&pgdata, r, w) {
+            eprintln!("pgclone agent: a data connection failed: {e}");
+        }
+    })
 }
 
 /// When the agent last heard from its client (a frame read) or got something to it (a write accepted): a
@@ -97,15 +123,21 @@ impl Alive {
     }
 }
 
-/// The agent's output, noting every write the client's side accepted.
+/// The agent's output, noting every write the client's side accepted, and how long writing took (the link's
+/// drain rate, for `--compress auto`).
 struct Noted<W> {
     inner: W,
     alive: Alive,
+    written: u64,
+    blocked: Duration,
 }
 
 impl<W: Write> Write for Noted<W> {
     fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        let started = Instant::now();
         let n = self.inner.write(b)?;
+        self.blocked += started.elapsed();
+        self.written += n as u64;
         self.alive.now();
         Ok(n)
     }
@@ -154,9 +186,10 @@ fn open(pgdata: &Path, rel: &Path) -> io::Result<File> {
     File::open(pgdata.join(rel))
 }
 
-/// What a request asks of a range: its bytes (with a codec and level) or the hashes of its blocks.
-enum Want {
-    Data(Codec, i32),
+/// What a request asks of a range: its bytes (with a codec and level, and the connection's choice for `auto`)
+/// or the hashes of its blocks.
+enum Want<'a> {
+    Data(Codec, i32, &'a mut AutoCodec),
     Hashes(u32),
 }
 
@@ -165,9 +198,9 @@ const HASHES_PER_FRAME: usize = 1 << 16;
 
 /// Answers one Read or Sums request, then Done. `buf`: the agent's one read buffer, reused by every request (a
 /// fresh MiB for each of thousands of small files would be zeroed each time).
-fn answer(
+fn answer<W: Write>(
     pgdata: &Path,
-    w: &mut impl Write,
+    w: &mut BufWriter<Noted<W>>,
     buf: &mut Vec<u8>,
     id: u32,
     rel: &Path,
@@ -176,8 +209,14 @@ fn answer(
 ) -> io::Result<()> {
     let f = open(pgdata, rel)?;
     match want {
-        Want::Data(codec, level) => each_chunk(&f, buf, range, DATA_CHUNK, |pos, raw| {
-            let bytes = compress(codec, level, raw)?;
+        Want::Data(codec, level, auto) => each_chunk(&f, buf, range, DATA_CHUNK, |pos, raw| {
+            let (codec, bytes) = match codec {
+                Codec::Auto => {
+                    auto.link(w.get_ref().written, w.get_ref().blocked);
+                    auto.choose(raw)
+                }
+                codec => (codec, compress(codec, level, raw)?),
+            };
             write_data(w, (id, pos, raw.len() as u32, xxh3_64(raw), codec), &bytes)
         })?,
         Want::Hashes(block) => {

@@ -3,6 +3,8 @@
 //! `TransportConfig`.
 
 pub mod agent;
+mod auto_codec;
+pub mod channel;
 pub mod native;
 pub mod protocol;
 mod push;
@@ -32,9 +34,13 @@ pub enum TransportKind {
 /// --data-channel: how file data travels between the hosts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum DataChannel {
-    /// Encrypted and authenticated by ssh.
+    /// tls, or ssh (with a notice) when the agent's port cannot be reached from here.
+    Auto,
+    /// TLS 1.3 over direct TCP connections to the agent, keyed through ssh (native transport).
+    Tls,
+    /// Encrypted and authenticated by ssh, one ssh connection per worker.
     Ssh,
-    /// Clear text over direct TCP, for a trusted network (rsync transport only).
+    /// Clear text over direct TCP, for a trusted network only.
     Tcp,
 }
 
@@ -50,6 +56,7 @@ impl FromStr for Compression {
 
     fn from_str(s: &str) -> Result<Compression, String> {
         let (codec, level) = match s.split_once(':') {
+            None if s == "auto" => (Codec::Auto, 0),
             None if s == "none" => (Codec::None, 0),
             None if s == "lz4" => (Codec::Lz4, 0),
             None if s == "zstd" => (Codec::Zstd, 1),
@@ -57,7 +64,7 @@ impl FromStr for Compression {
                 Ok(l) if (-7..=19).contains(&l) => (Codec::Zstd, l),
                 _ => return Err(format!("zstd level {level:?} is not a number from -7 to 19")),
             },
-            _ => return Err(format!("{s:?} is not none, lz4, zstd or zstd:LEVEL")),
+            _ => return Err(format!("{s:?} is not auto, none, lz4, zstd or zstd:LEVEL")),
         };
         Ok(Compression { codec, level })
     }
@@ -80,8 +87,47 @@ pub struct TransportConfig {
     pub workers: usize,
 }
 
+impl TransportConfig {
+    /// The native transport's control session over ssh reads --primary-pgdata's system identifier as it starts
+    /// (see `PGDATA_PROBE`), so that a run needs one ssh login, not one more for preflight.
+    pub fn probes_pgdata(&self) -> bool {
+        self.ssh.is_some() && self.kind != TransportKind::Rsync
+    }
+}
+
+/// Shell code that sets `system` to the system identifier in `$2/global/pg_control`, or exits 3 (the ssh user
+/// cannot enter `$2`) or 4 (no readable pg_control there). od prints the first 8 bytes of ControlFileData
+/// (`system_identifier`) as one unsigned number in the primary's byte order, the order PostgreSQL wrote it in.
+pub const PGDATA_PROBE: &str = r#"system=$(cd -- "$2" 2>/dev/null || exit 3; test -r global/pg_control || exit 4;
+  LC_ALL=C od -An -N8 -tu8 global/pg_control) || exit $?
+system=$(echo $system)"#;
+
+/// --primary-pgdata as the ssh user finds it.
+#[derive(Debug, thiserror::Error)]
+pub enum PgdataError {
+    #[error("--primary-pgdata {dir} does not exist on {host} or {user} may not enter it")]
+    Missing { dir: PathBuf, host: String, user: String },
+    #[error(
+        "--primary-pgdata {dir} on {host} is not a data directory {user} can read (no readable global/pg_control)"
+    )]
+    NotData { dir: PathBuf, host: String, user: String },
+}
+
+impl PgdataError {
+    /// What `PGDATA_PROBE`'s exit `code` says, if it says anything.
+    pub fn from_probe(code: Option<i32>, ssh: &SshTarget, dir: &Path) -> Option<PgdataError> {
+        let (dir, host) = (dir.to_path_buf(), ssh.host.clone());
+        let user = ssh.user.clone().unwrap_or_else(|| "the ssh user".into());
+        match code {
+            Some(3) => Some(PgdataError::Missing { dir, host, user }),
+            Some(4) => Some(PgdataError::NotData { dir, host, user }),
+            _ => None,
+        }
+    }
+}
+
 /// Starts the transport the configuration asks for: native (also for `auto`), with agents from --remote-pgclone
-/// or from our own binary brought along; rsync only when asked for, never as a silent fallback: it is the
+/// or from our own binary brought along, and its data over `config.data_channel`; rsync only when asked for, never as a silent fallback: it is the
 /// pgclone.sh-compatible path, whole files only. `pgdata` is the primary's data
 /// directory; `run_dir` the run's private directory here; `resync`: the replica already holds an earlier copy,
 /// so comparing before moving pays.
@@ -96,15 +142,14 @@ pub fn open(
         let launch = match &config.ssh {
             None => Launch::Local,
             Some(ssh) => {
-                let mut bulk = ssh.clone();
-                bulk.prefer_fast_ciphers();
-                Launch::Ssh(bulk)
+                let mut ssh = ssh.clone();
+                ssh.prefer_fast_ciphers();
+                Launch::Ssh { ssh, channel: config.data_channel }
             }
         };
         NativeTransport::start(native::Options {
             launch,
-            remote_bin: config.remote_bin.clone().unwrap_or_default(),
-            push: config.remote_bin.is_none(),
+            remote_bin: config.remote_bin.clone(),
             pgdata: pgdata.to_path_buf(),
             codec: config.compression.codec,
             level: config.compression.level,
@@ -117,7 +162,6 @@ pub fn open(
     let clear_text = config.data_channel == DataChannel::Tcp;
     let rsync = |ssh| RsyncTransport::start(ssh, pgdata, run_dir, budget.clone(), resync, clear_text);
     Ok(match (config.kind, &config.ssh) {
-        (TransportKind::Native | TransportKind::Auto, _) if clear_text => return Err(TransportError::NativeOverSsh),
         (TransportKind::Native | TransportKind::Auto, _) => Box::new(native()?),
         (TransportKind::Rsync, None) => return Err(TransportError::RsyncNeedsSsh),
         (TransportKind::Rsync, Some(ssh)) => Box::new(rsync(ssh)?),
@@ -186,6 +230,8 @@ pub struct Copied {
 pub enum TransportError {
     #[error(transparent)]
     Ssh(#[from] SshError),
+    #[error(transparent)]
+    Pgdata(#[from] PgdataError),
     #[error("listing {dir} on the primary failed: {reason}")]
     List { dir: String, reason: String },
     #[error("could not start the rsync daemon on the primary: {0}")]
@@ -196,8 +242,8 @@ pub enum TransportError {
     AgentMissing(String),
     #[error("the rsync transport needs ssh: drop --no-ssh or use --transport native")]
     RsyncNeedsSsh,
-    #[error("the native transport moves its data over ssh only: --data-channel tcp goes with --transport rsync")]
-    NativeOverSsh,
+    #[error("the data channel to the agent on the primary failed ({0}); --data-channel ssh moves the data over ssh")]
+    DataChannel(String),
     #[error("native transport: {0}")]
     Agent(String),
     #[error("fetching {file} from the primary failed: {reason}")]
@@ -220,6 +266,15 @@ pub trait Transport: Sync {
 
     /// Fetches one file (path relative to the primary's data directory) to the local path `to`.
     fn fetch_file(&self, rel: &Path, to: &Path) -> Result<(), TransportError>;
+
+    /// How the file data travels, as --json reports it: tls, ssh, tcp (clear text) or local (pipes).
+    fn data_channel(&self) -> &'static str;
+
+    /// The system identifier in --primary-pgdata's pg_control, when the transport read it as it started (see
+    /// `TransportConfig::probes_pgdata`).
+    fn system_id(&self) -> Option<u64> {
+        None
+    }
 
     /// Files larger than this are copied as ranges by several workers; None: whole files only.
     fn split_size(&self) -> Option<u64> {

@@ -1,5 +1,7 @@
-//! Native transport: `pgclone agent` processes on the primary (one per worker, each over its own ssh
-//! connection, or local children when the data directory is on this host) speaking docs/PROTOCOL.md.
+//! Native transport: `pgclone agent` on the primary speaking docs/PROTOCOL.md. One agent started over ssh
+//! controls the run; the workers' data moves over direct connections to it (TLS 1.3, see `channel`), or over
+//! ssh connections of their own, each to an agent of its own (`--data-channel ssh`). When the data directory is
+//! on this host, the agents are local child processes.
 //!
 //! Big files are split into ranges that any worker may take, so all workers finish together. A piece that
 //! already has data here (a resumed or re-synced replica) is compared page by page (XXH3-64 of each 8 KiB
@@ -10,18 +12,19 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crossbeam_channel::RecvTimeoutError;
 
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::agent::PING_EVERY;
+use super::channel::{self, Halves};
 use super::protocol::{decompress_into, read_msg, write_msg, Codec, Msg, DATA_CHUNK, PROTOCOL_VERSION};
-use super::push::Pushed;
-use super::{Copied, Piece, RemoteEntry, Sink, Transport, TransportError, Worker};
+use super::{push, Copied, DataChannel, Piece, RemoteEntry, Sink, Transport, TransportError, Worker};
 use crate::error::{IoAt, IoContext};
 use crate::replica::direct_io::{AlignedBuf, Target};
 use crate::sys::bandwidth::Budget;
@@ -37,7 +40,8 @@ const DELTA_BLOCK: u32 = 8 << 10;
 /// Where agents run.
 #[derive(Clone)]
 pub enum Launch {
-    Ssh(SshTarget),
+    /// On the primary host, over ssh: one control session, and file data over `channel`.
+    Ssh { ssh: SshTarget, channel: DataChannel },
     /// The primary's data directory is on this host: agents are local child processes.
     Local,
 }
@@ -45,9 +49,8 @@ pub enum Launch {
 #[derive(Clone)]
 pub struct Options {
     pub launch: Launch,
-    /// The pgclone binary on the primary host: --remote-pgclone, or (`push`) our own, brought along.
-    pub remote_bin: String,
-    pub push: bool,
+    /// The pgclone binary on the primary host (--remote-pgclone); None: our own, brought along (see `push`).
+    pub remote_bin: Option<String>,
     pub pgdata: PathBuf,
     pub codec: Codec,
     pub level: i32,
@@ -56,54 +59,66 @@ pub struct Options {
     /// The replica already holds an earlier copy (a resumed or re-synced clone): compare blocks before
     /// moving them. Off for a fresh clone, where every byte must move anyway.
     pub delta: bool,
-    /// Copy workers to come: their agents are all started with the transport (see `NativeTransport::start`).
+    /// Copy workers to come: their connections are all made when the transport starts.
     pub workers: usize,
 }
+
+/// How long a data connection may take to reach the agent's port before `--data-channel auto` gives up on it:
+/// on a network that lets it through it takes a round trip.
+const REACH_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct NativeTransport {
     /// Stopped first: it holds the pools below.
     _pinger: Periodic,
     opts: Options,
-    /// Agent connections not in use: greeted, and given back by each worker that ends with nothing in
-    /// flight, so listing and the last fetch need no connection (no ssh login) of their own.
+    /// The agent started over ssh (or locally) for the run: it lists, fetches single files and, for a data
+    /// channel of our own, listens for the workers' connections. The run's remote processes end with it.
+    control: Pool,
+    /// Data connections not in use: given back by each worker that ends with nothing in flight.
     idle: Pool,
-    /// Agents started for the workers, not greeted yet: their ssh logins go on while the backup starts and
-    /// the primary is listed, and each worker greets its own.
+    /// Data connections made when the transport started, not greeted yet: each worker greets its own, so the
+    /// ssh logins of `--data-channel ssh` go on while the backup starts and the primary is listed.
     starting: Pool,
-    /// Our binary on the primary host, when we brought it; removed after the agents above have ended.
-    _pushed: Option<Pushed>,
+    /// How to make another data connection when the pools run dry: an agent process (over ssh, or local);
+    /// None for a data channel of our own, whose port admits the announced connections only.
+    more: Option<String>,
+    /// What the data travels over (see `Transport::data_channel`).
+    channel: &'static str,
+    /// Read by the control session as it started (see `Transport::system_id`).
+    system_id: Option<u64>,
 }
 
 struct AgentConn {
-    w: BufWriter<ChildStdin>,
-    r: BufReader<ChildStdout>,
+    w: BufWriter<Box<dyn Write + Send>>,
+    r: BufReader<Box<dyn Read + Send>>,
     /// The last frame's buffer, for the next one (see `read_msg`).
     spare: Vec<u8>,
-    child: OwnedChild,
+    /// The process behind the connection (an ssh client or a local agent); None for a direct data connection.
+    child: Option<OwnedChild>,
 }
 
 impl AgentConn {
-    fn open(o: &Options) -> Result<AgentConn, TransportError> {
-        AgentConn::spawn(o)?.hello(o)
+    fn over(halves: Halves, child: Option<OwnedChild>) -> AgentConn {
+        let (r, w) = halves;
+        AgentConn { w: BufWriter::new(w), r: BufReader::with_capacity(1 << 20, r), spare: Vec::new(), child }
     }
 
-    /// Starts the agent. In the thread that will outlive it: PR_SET_PDEATHSIG (see proc.rs) signals a child
-    /// when the *thread* that forked it ends, not the process.
-    fn spawn(o: &Options) -> Result<AgentConn, TransportError> {
-        let agent_args = format!("agent --pgdata {}", quote(&o.pgdata));
+    /// Starts an agent running `bin`. In the thread that will outlive it: PR_SET_PDEATHSIG (see proc.rs) signals
+    /// a child when the *thread* that forked it ends, not the process.
+    fn spawn(o: &Options, bin: &str) -> Result<AgentConn, TransportError> {
         let mut cmd = match &o.launch {
-            Launch::Ssh(ssh) => ssh.command(&format!("{} {agent_args}", quote(&o.remote_bin))),
+            Launch::Ssh { ssh, .. } => ssh.command(&format!("{} agent --pgdata {}", quote(bin), quote(&o.pgdata))),
             Launch::Local => {
-                let mut c = Command::new(std::env::current_exe().map_err(io("finding our own binary"))?);
+                let mut c = Command::new(bin);
                 c.arg("agent").arg("--pgdata").arg(&o.pgdata);
                 c
             }
         };
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = OwnedChild::spawn(cmd, "pgclone agent").map_err(io("starting the agent"))?;
-        let w = BufWriter::new(child.child_mut().stdin.take().expect("piped"));
-        let r = BufReader::with_capacity(1 << 20, child.child_mut().stdout.take().expect("piped"));
-        Ok(AgentConn { w, r, spare: Vec::new(), child })
+        let w = child.child_mut().stdin.take().expect("piped");
+        let r = child.child_mut().stdout.take().expect("piped");
+        Ok(AgentConn::over((Box::new(r), Box::new(w)), Some(child)))
     }
 
     /// Versions must match exactly: client and agent then agree on every rule of the protocol.
@@ -124,22 +139,24 @@ impl AgentConn {
 
     /// Why an agent ended: ssh could not connect, the binary is missing, or its own last words.
     fn failure(&mut self, o: &Options) -> TransportError {
-        let _ = self.child.wait_timeout(std::time::Duration::from_secs(5));
+        let Some(child) = &mut self.child else {
+            return TransportError::Agent("the agent closed the data connection".into());
+        };
+        let _ = child.wait_timeout(Duration::from_secs(5));
         let mut err = Vec::new();
-        if let Some(mut e) = self.child.child_mut().stderr.take() {
+        if let Some(mut e) = child.child_mut().stderr.take() {
             let _ = e.read_to_end(&mut err);
         }
-        match (self.child.child_mut().try_wait().ok().flatten().and_then(|s| s.code()), &o.launch) {
-            (Some(255), Launch::Ssh(ssh)) => TransportError::Ssh(ssh.connect_error(&err)),
-            (Some(126 | 127), _) if o.push => TransportError::AgentMissing(format!(
+        match (child.child_mut().try_wait().ok().flatten().and_then(|s| s.code()), &o.launch, &o.remote_bin) {
+            (Some(255), Launch::Ssh { ssh, .. }, _) => TransportError::Ssh(ssh.connect_error(&err)),
+            (Some(126 | 127), _, None) => TransportError::AgentMissing(format!(
                 "the pgclone brought to the primary host cannot run there ({}): install pgclone {} there and give \
                  --remote-pgclone PATH, or use --transport rsync",
                 last_line(&err),
                 env!("CARGO_PKG_VERSION")
             )),
-            (Some(126 | 127), _) => TransportError::AgentMissing(format!(
-                "{} is not installed on the primary host ({}); install pgclone {} there or give --remote-pgclone PATH",
-                o.remote_bin,
+            (Some(126 | 127), _, Some(bin)) => TransportError::AgentMissing(format!(
+                "{bin} is not installed on the primary host ({}); install pgclone {} there or give --remote-pgclone PATH",
                 last_line(&err),
                 env!("CARGO_PKG_VERSION")
             )),
@@ -156,16 +173,32 @@ impl AgentConn {
             .map_err(io("reading from the agent"))?
             .ok_or_else(|| TransportError::Agent("the agent closed the connection".into()))
     }
+
+    /// Ends the control connection: its agent ends at the end of its input, and with it everything of ours on
+    /// the primary (the data channel's threads, the binary we brought). Waits a little for that to happen.
+    fn close(self) {
+        let AgentConn { w, child, .. } = self;
+        drop(w);
+        if let Some(mut child) = child {
+            if let Ok(None) = child.wait_timeout(Duration::from_secs(5)) {
+                tracing::warn!("{} did not end within 5 s of closing it; killing it", child.what());
+            }
+        }
+    }
 }
 
 type Pool = Arc<Mutex<Vec<AgentConn>>>;
 
-/// Pings the agents of the connections waiting in the pools (see `Msg::Ping`): one may wait there for the whole
-/// copy (the one that listed, for the final fetch of pg_control).
+fn lock(pool: &Pool) -> std::sync::MutexGuard<'_, Vec<AgentConn>> {
+    pool.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Pings the agents of the connections waiting in the pools (see `Msg::Ping`): the control connection waits
+/// there for the whole copy, for the final fetch of pg_control.
 fn pinger(pools: Vec<Pool>) -> Periodic {
     Periodic::start(PING_EVERY, move || {
         for pool in &pools {
-            for c in pool.lock().unwrap_or_else(|e| e.into_inner()).iter_mut() {
+            for c in lock(pool).iter_mut() {
                 // A connection that fails here fails its next user with the reason.
                 let _ = c.send(&Msg::Ping);
             }
@@ -179,51 +212,134 @@ fn io(what: &'static str) -> impl Fn(std::io::Error) -> TransportError {
 }
 
 impl NativeTransport {
-    pub fn start(mut opts: Options) -> Result<NativeTransport, TransportError> {
-        let pushed = match &opts.launch {
-            Launch::Ssh(ssh) if opts.push => Some(Pushed::push(ssh)?),
-            _ => None,
+    pub fn start(opts: Options) -> Result<NativeTransport, TransportError> {
+        let (control, bin, system_id) = match &opts.launch {
+            Launch::Ssh { ssh, .. } => {
+                let started = push::start_agent(ssh, &opts.pgdata, opts.remote_bin.as_deref())?;
+                (AgentConn::over(started.halves, Some(started.child)), started.bin, Some(started.system_id))
+            }
+            Launch::Local => {
+                let ours = std::env::current_exe().map_err(io("finding our own binary"))?;
+                let ours = ours.to_string_lossy().into_owned();
+                (AgentConn::spawn(&opts, &ours)?, ours, None)
+            }
         };
-        if let Some(p) = &pushed {
-            opts.remote_bin.clone_from(&p.bin);
-        }
-        // Each ssh connection costs a key exchange and a login: start them all now, at once, rather than one
-        // after the other or only when the copy begins. Only the first must answer before we go on: it tells
-        // whether the agent is there at all, and of our version.
-        let mut spawned = (0..opts.workers.max(1)).map(|_| AgentConn::spawn(&opts)).collect::<Result<Vec<_>, _>>()?;
-        let first = spawned.pop().expect("at least one agent").hello(&opts)?;
-        let (idle, starting) = (Arc::new(Mutex::new(vec![first])), Arc::new(Mutex::new(spawned)));
-        let _pinger = pinger(vec![idle.clone(), starting.clone()]);
-        Ok(NativeTransport { _pinger, opts, idle, starting, _pushed: pushed })
+        let mut control = control.hello(&opts)?;
+        let workers = opts.workers.max(1);
+        let direct = match &opts.launch {
+            Launch::Ssh { channel, .. } => data_channel(&mut control, *channel, workers)?,
+            Launch::Local => None,
+        };
+        let channel = match (&opts.launch, &direct) {
+            (Launch::Local, _) => "local",
+            (Launch::Ssh { .. }, None) => "ssh",
+            (Launch::Ssh { channel: DataChannel::Tcp, .. }, Some(_)) => "tcp",
+            (Launch::Ssh { .. }, Some(_)) => "tls",
+        };
+        let (starting, more) = match direct {
+            Some(conns) => (conns, None),
+            // Each ssh connection costs a key exchange and a login: all start now, at once, rather than one after
+            // the other or only when the copy begins.
+            None => ((0..workers).map(|_| AgentConn::spawn(&opts, &bin)).collect::<Result<_, _>>()?, Some(bin)),
+        };
+        let (control, idle, starting) =
+            (Arc::new(Mutex::new(vec![control])), Arc::default(), Arc::new(Mutex::new(starting)));
+        let _pinger = pinger(vec![control.clone(), Arc::clone(&idle), starting.clone()]);
+        Ok(NativeTransport { _pinger, opts, control, idle, starting, more, channel, system_id })
     }
 
     fn take(&self) -> Result<AgentConn, TransportError> {
-        if let Some(c) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+        if let Some(c) = lock(&self.idle).pop() {
             return Ok(c);
         }
-        let started = self.starting.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        match started {
-            Some(c) => c.hello(&self.opts),
-            None => AgentConn::open(&self.opts),
+        let started = lock(&self.starting).pop();
+        match (started, &self.more) {
+            (Some(c), _) => c.hello(&self.opts),
+            (None, Some(bin)) => AgentConn::spawn(&self.opts, bin)?.hello(&self.opts),
+            (None, None) => Err(TransportError::Agent("every data connection to the agent has failed".into())),
         }
     }
 
     /// Only a connection with no answer still to come: the next user must not read someone else's.
     fn give_back(&self, c: AgentConn) {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(c);
+        lock(&self.idle).push(c);
     }
+
+    /// The control connection, for one request and its answers; given back only when they were all read.
+    fn control(&self) -> Result<AgentConn, TransportError> {
+        lock(&self.control)
+            .pop()
+            .ok_or_else(|| TransportError::Agent("the control connection to the agent failed earlier".into()))
+    }
+
+    fn give_back_control(&self, c: AgentConn) {
+        lock(&self.control).push(c);
+    }
+}
+
+impl Drop for NativeTransport {
+    /// Data connections first, then the control agent, whose end removes what we brought to the primary.
+    fn drop(&mut self) {
+        lock(&self.idle).clear();
+        lock(&self.starting).clear();
+        if let Some(c) = lock(&self.control).pop() {
+            c.close();
+        }
+    }
+}
+
+/// Opens `workers` direct data connections to the control agent for `channel`, or None for ssh connections of
+/// their own (`--data-channel ssh`, or `auto` when the agent's port cannot be reached from here: a firewall
+/// between the hosts, or an ssh connection through a jump host to an address only it can route to).
+fn data_channel(
+    control: &mut AgentConn,
+    channel: DataChannel,
+    workers: usize,
+) -> Result<Option<Vec<AgentConn>>, TransportError> {
+    let tls = match channel {
+        DataChannel::Ssh => return Ok(None),
+        DataChannel::Auto | DataChannel::Tls => true,
+        DataChannel::Tcp => false,
+    };
+    let token = channel::token().map_err(io("drawing a random token"))?;
+    control.send(&Msg::Listen { token, streams: workers as u32, tls })?;
+    let offer = match control.recv()? {
+        Msg::Listening(offer) => Ok(offer),
+        Msg::Error { message, .. } => Err(message),
+        other => return Err(TransportError::Agent(format!("unexpected answer {other:?}"))),
+    };
+    let reached = offer.and_then(|offer| match channel::connect(&offer, &token, REACH_TIMEOUT) {
+        Ok(first) => Ok((offer, first)),
+        Err(e) => Err(format!("{}: {e}", offer.addr)),
+    });
+    let (offer, first) = match reached {
+        Ok(reached) => reached,
+        Err(why) if channel == DataChannel::Auto => {
+            tracing::warn!("the data channel to the primary could not be opened ({why}); moving the data over ssh");
+            return Ok(None);
+        }
+        Err(why) => return Err(TransportError::DataChannel(why)),
+    };
+    let mut conns = vec![AgentConn::over(first, None)];
+    for _ in 1..workers {
+        let halves = channel::connect(&offer, &token, REACH_TIMEOUT)
+            .map_err(|e| TransportError::DataChannel(format!("{}: {e}", offer.addr)))?;
+        conns.push(AgentConn::over(halves, None));
+    }
+    tracing::debug!("{workers} data connections to {} ({})", offer.addr, if tls { "TLS 1.3" } else { "clear text" });
+    Ok(Some(conns))
 }
 
 impl Transport for NativeTransport {
     fn list(&self) -> Result<Vec<RemoteEntry>, TransportError> {
-        let mut c = self.take()?;
+        let mut c = self.control()?;
         c.send(&Msg::List)?;
         let mut out = Vec::new();
         loop {
             match c.recv()? {
                 Msg::Entries(e) => out.extend(e),
                 Msg::ListDone => {
-                    self.give_back(c);
+                    self.give_back_control(c);
                     return Ok(out);
                 }
                 Msg::Error { message, .. } => {
@@ -244,7 +360,7 @@ impl Transport for NativeTransport {
     }
 
     fn fetch_file(&self, rel: &Path, to: &Path) -> Result<(), TransportError> {
-        let mut c = self.take()?;
+        let mut c = self.control()?;
         c.send(&Msg::Read { id: 0, path: rel.into(), offset: 0, len: u64::MAX / 2, codec: Codec::None, level: 0 })?;
         let f = File::create(to).at("creating", to)?;
         let mut raw = Vec::new();
@@ -256,7 +372,7 @@ impl Transport for NativeTransport {
                     f.write_all_at(&raw, offset).at("writing", to)?;
                 }
                 Msg::Done { vanished: false, .. } => {
-                    self.give_back(c);
+                    self.give_back_control(c);
                     return Ok(f.sync_all().at("syncing", to)?);
                 }
                 Msg::Done { vanished: true, .. } => {
@@ -272,6 +388,14 @@ impl Transport for NativeTransport {
 
     fn split_size(&self) -> Option<u64> {
         Some(self.opts.split)
+    }
+
+    fn data_channel(&self) -> &'static str {
+        self.channel
+    }
+
+    fn system_id(&self) -> Option<u64> {
+        self.system_id
     }
 }
 

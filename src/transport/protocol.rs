@@ -9,10 +9,11 @@ use std::path::PathBuf;
 
 use xxhash_rust::xxh3::xxh3_64;
 
+use super::channel::{Offer, TOKEN_LEN};
 use super::{os, EntryKind, RemoteEntry};
 
 /// Bumped on any incompatible change; client and agent must agree exactly (see Hello).
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// Largest frame accepted: bounds memory whatever the peer sends.
 pub const MAX_FRAME: usize = 8 << 20;
 /// Raw bytes per Data frame.
@@ -23,6 +24,8 @@ pub enum Codec {
     None = 0,
     Lz4 = 1,
     Zstd = 2,
+    /// In a Read only: the agent picks lz4 or none for each chunk (see `auto_codec`).
+    Auto = 3,
 }
 
 /// Messages. Requests carry an id the answers repeat, so a client can send many before reading any.
@@ -79,6 +82,15 @@ pub enum Msg {
         message: String,
     },
     Quit,
+    /// Open a data channel (see `channel`): listen for `streams` connections that present `token`, with TLS
+    /// (`tls`) or in clear text. Sent over ssh only: the token is a secret.
+    Listen {
+        token: [u8; TOKEN_LEN],
+        streams: u32,
+        tls: bool,
+    },
+    /// The answer to Listen: where to connect, and the certificate to accept there (empty: clear text).
+    Listening(Offer),
     /// The client is still there: sent on every connection that has had nothing else to say for a while, so an
     /// agent whose client is gone (a link cut for good, which its sshd may not notice for hours) can tell.
     Ping,
@@ -147,6 +159,17 @@ pub fn write_msg(w: &mut impl Write, m: &Msg) -> io::Result<()> {
         }
         Msg::Quit => b'Q',
         Msg::Ping => b'P',
+        Msg::Listen { token, streams, tls } => {
+            p.extend_from_slice(token);
+            p.extend_from_slice(&streams.to_le_bytes());
+            p.push(u8::from(*tls));
+            b'T'
+        }
+        Msg::Listening(offer) => {
+            put_bytes(&mut p, offer.addr.to_string().as_bytes());
+            p.extend_from_slice(&offer.cert);
+            b'O'
+        }
     };
     write_frame(w, kind, &[&p], &p)
 }
@@ -264,6 +287,15 @@ fn parse(kind: u8, p: &[u8]) -> io::Result<Msg> {
         b'X' => Msg::Error { id: c.u32()?, message: String::from_utf8_lossy(c.rest()).into_owned() },
         b'Q' => Msg::Quit,
         b'P' => Msg::Ping,
+        b'T' => Msg::Listen {
+            token: c.take(TOKEN_LEN)?.try_into().expect("TOKEN_LEN"),
+            streams: c.u32()?,
+            tls: c.u8()? != 0,
+        },
+        b'O' => {
+            let addr = String::from_utf8_lossy(c.bytes()?).parse().map_err(|e| bad(format!("an address: {e}")))?;
+            Msg::Listening(Offer { addr, cert: c.rest().to_vec() })
+        }
         k => return Err(bad(format!("unknown frame kind {k}"))),
     };
     Ok(m)
@@ -274,6 +306,7 @@ fn codec(b: u8) -> io::Result<Codec> {
         0 => Ok(Codec::None),
         1 => Ok(Codec::Lz4),
         2 => Ok(Codec::Zstd),
+        3 => Ok(Codec::Auto),
         _ => Err(bad(format!("unknown codec {b}"))),
     }
 }
@@ -322,6 +355,7 @@ pub fn compress(codec: Codec, level: i32, raw: &[u8]) -> io::Result<Cow<'_, [u8]
         Codec::None => Ok(Cow::Borrowed(raw)),
         Codec::Lz4 => Ok(Cow::Owned(lz4_flex::compress(raw))),
         Codec::Zstd => zstd::bulk::compress(raw, level).map(Cow::Owned),
+        Codec::Auto => Err(bad("auto is no codec of a data chunk".into())),
     }
 }
 
@@ -336,6 +370,7 @@ pub fn decompress_into(codec: Codec, raw_hash: u64, bytes: &[u8], out: &mut [u8]
         Codec::None => bytes.len(),
         Codec::Lz4 => lz4_flex::decompress_into(bytes, out).map_err(|e| bad(e.to_string()))?,
         Codec::Zstd => zstd::bulk::decompress_to_buffer(bytes, out)?,
+        Codec::Auto => return Err(bad("auto is no codec of a data chunk".into())),
     };
     if n != out.len() || xxh3_64(out) != raw_hash {
         return Err(bad("data chunk does not match its checksum".into()));
@@ -383,6 +418,9 @@ mod tests {
         round_trip(Msg::Error { id: 3, message: "permission denied".into() });
         round_trip(Msg::Quit);
         round_trip(Msg::Ping);
+        round_trip(Msg::Listen { token: [7; TOKEN_LEN], streams: 8, tls: true });
+        round_trip(Msg::Listening(Offer { addr: "[fe80::1]:40000".parse().unwrap(), cert: vec![1, 2, 3] }));
+        round_trip(Msg::Listening(Offer { addr: "10.0.0.1:5".parse().unwrap(), cert: vec![] }));
         assert_eq!(read_msg(&mut [].as_slice(), &mut Vec::new()).unwrap(), None);
         // A recycled buffer: its old contents never leak into the next message.
         let mut spare = vec![9u8; 100];

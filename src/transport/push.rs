@@ -1,108 +1,137 @@
-//! The agent brought along: this very binary, copied for one run into a private directory on the primary host,
-//! so that the native transport needs nothing installed there but what any PostgreSQL host has (see the README's
-//! requirements) and client and agent are always the same version.
+//! The agent brought along: `pgclone-agent`, built with this binary and installed beside it (which needs no
+//! library but glibc's), copied for one run into a private directory on the primary host, so that the native
+//! transport needs nothing installed there (see the README's requirements) and client and agent are always the
+//! same version. Without it beside us, this binary itself goes, which then needs libpq on the primary too.
 //!
-//! One ssh session holds the copy. Its shell makes the directory (0700, under the session's $TMPDIR), reads the
-//! binary from standard input, prints its SHA-256 for us to compare with what we sent, and then waits for the
-//! end of its input, which comes when we close it, when pgclone dies (the kernel closes the pipe) or when the
-//! link drops (sshd closes the session), or for our heartbeat to stop (a link cut for good). It then removes
-//! the directory. Agents started from the copy keep
-//! running if it goes first: Linux keeps an executing file's contents until its last user ends.
+//! One ssh session (the run's only ssh login) does it all: its shell reads the system identifier of the data
+//! directory (preflight's check), makes the directory (0700, under the session's $TMPDIR), reads the binary from
+//! standard input, prints its SHA-256 for us to compare with what we sent, then runs it as the run's control
+//! agent on the rest of its input. With --remote-pgclone the same session runs the installed agent instead. The
+//! agent ends when that input ends (we close it, pgclone dies and the kernel closes the pipe, or the link drops
+//! and sshd closes the session) or when it has heard nothing from us for a minute (a link cut for good); the
+//! shell then removes the directory.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{ChildStderr, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 
 use sha2::{Digest, Sha256};
 
-use super::TransportError;
-use crate::sys::periodic::Periodic;
-use crate::sys::proc::{heartbeat, holder_wait, OwnedChild};
+use super::channel::Halves;
+use super::{PgdataError, TransportError, PGDATA_PROBE};
+use crate::sys::proc::OwnedChild;
 use crate::sys::ssh::{last_line, quote, SshTarget};
 
-/// The remote half. `$1` is the binary's size in bytes, `$2` the loop it then waits in (`holder_wait`). Prints
-/// `<machine> <dir>`, then, once the binary is in `<dir>/pgclone`, its SHA-256.
-const HOLDER_SCRIPT: &str = r#"
-set -u
+/// The remote half. `$1` is the size in bytes of the binary we send, `$2` the data directory, `$3` an installed
+/// agent (--remote-pgclone), or empty to bring ours. First reads the system identifier of `$2` (preflight's
+/// check, in this same login). With an installed agent it prints that and becomes the agent; else it prints
+/// `<system id> <machine> <dir>`, then, once the binary is in `<dir>/pgclone-agent`, its SHA-256; then the agent
+/// speaks. `head -c` reads no further than the binary, and we send nothing more before the checksum line: the
+/// agent's input starts with our first request.
+fn agent_script() -> String {
+    format!(
+        r#"set -u
+{PGDATA_PROBE}
+if [ -n "$3" ]; then echo "$system"; exec "$3" agent --pgdata "$2"; fi
 umask 077
-dir=$(mktemp -d "${TMPDIR:-/tmp}/pgclone-agent.XXXXXX") || exit 12
+dir=$(mktemp -d "${{TMPDIR:-/tmp}}/pgclone-agent.XXXXXX") || exit 12
 trap 'rm -rf "$dir"' EXIT
 trap 'exit 1' HUP INT TERM PIPE
-echo "$(uname -m) $dir"
-head -c "$1" > "$dir/pgclone" || exit 13
-chmod 700 "$dir/pgclone"
-sha256sum "$dir/pgclone" || exit 14
-eval "$2"
-"#;
+echo "$system $(uname -m) $dir"
+head -c "$1" > "$dir/pgclone-agent" || exit 13
+chmod 700 "$dir/pgclone-agent"
+sha256sum "$dir/pgclone-agent" || exit 14
+"$dir/pgclone-agent" agent --pgdata "$2"
+"#
+    )
+}
 
-/// The copy of our binary on the primary host, there as long as this value lives.
-pub struct Pushed {
-    /// Where the agents are started from.
+/// The run's control agent on the primary host: an installed one, or ours, brought along.
+pub struct Started {
+    /// The ssh session; its stderr is left for the caller to read should the agent fail.
+    pub child: OwnedChild,
+    pub halves: Halves,
+    /// The agent's binary there, for more agents over ssh connections of their own.
     pub bin: String,
-    /// Its end ends the holder session, which removes the copy; dropped before `holder` is waited for.
-    heartbeat: Option<Periodic>,
-    /// Kept open: a holder whose stderr went away would die of SIGPIPE at its first word, and take the copy.
-    _stderr: ChildStderr,
-    holder: OwnedChild,
+    /// The system identifier in the data directory's pg_control.
+    pub system_id: u64,
 }
 
-impl Pushed {
-    pub fn push(ssh: &SshTarget) -> Result<Pushed, TransportError> {
-        let fail = |what: &str| TransportError::Agent(format!("bringing pgclone to the primary host: {what}"));
-        let exe = std::env::current_exe().map_err(|e| fail(&format!("finding our own binary: {e}")))?;
-        let binary = std::fs::read(&exe).map_err(|e| fail(&format!("reading {}: {e}", exe.display())))?;
-        let remote =
-            format!("sh -c {} pgclone-agent-holder {} {}", quote(HOLDER_SCRIPT), binary.len(), quote(holder_wait()));
-        let mut cmd = ssh.command(&remote);
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut holder = OwnedChild::spawn(cmd, "pgclone agent holder over ssh")
-            .map_err(|source| TransportError::Io { what: "starting ssh", source })?;
-        let mut stdin = holder.child_mut().stdin.take().expect("piped");
-        let mut out = BufReader::new(holder.child_mut().stdout.take().expect("piped"));
-        let mut stderr = holder.child_mut().stderr.take().expect("piped");
-        let mut line = String::new();
-        let said = |out: &mut BufReader<_>, line: &mut String| {
-            line.clear();
-            out.read_line(line).map(|n| n > 0)
-        };
-        if !said(&mut out, &mut line).unwrap_or(false) {
-            let mut err = Vec::new();
-            let _ = stderr.read_to_end(&mut err);
-            let _ = holder.wait_timeout(std::time::Duration::from_secs(5));
-            return Err(match holder.child_mut().try_wait().ok().flatten().and_then(|s| s.code()) {
-                Some(255) => TransportError::Ssh(ssh.connect_error(&err)),
-                _ => fail(&last_line(&err)),
-            });
+pub fn start_agent(ssh: &SshTarget, pgdata: &Path, installed: Option<&str>) -> Result<Started, TransportError> {
+    let fail = |what: &str| TransportError::Agent(format!("bringing pgclone to the primary host: {what}"));
+    let binary = match installed {
+        Some(_) => None,
+        None => {
+            let exe = std::env::current_exe().map_err(|e| fail(&format!("finding our own binary: {e}")))?;
+            let agent = exe.with_file_name("pgclone-agent");
+            let exe = if agent.is_file() { agent } else { exe };
+            let bytes = std::fs::read(&exe).map_err(|e| fail(&format!("reading {}: {e}", exe.display())))?;
+            tracing::debug!("bringing {} ({}) to the primary host", exe.display(), env!("CARGO_PKG_VERSION"));
+            Some(bytes)
         }
-        let (machine, dir) = line.trim_end().split_once(' ').ok_or_else(|| fail(&format!("unexpected {line:?}")))?;
-        let ours = rustix::system::uname().machine().to_string_lossy().into_owned();
-        if machine != ours {
-            return Err(TransportError::AgentMissing(format!(
-                "the primary host is {machine}, this pgclone is built for {ours}: install pgclone {} for {machine} \
-                 there and give --remote-pgclone PATH, or use --transport rsync",
-                env!("CARGO_PKG_VERSION")
-            )));
+    };
+    let remote = format!(
+        "sh -c {} pgclone-agent {} {} {}",
+        quote(agent_script()),
+        binary.as_ref().map_or(0, Vec::len),
+        quote(pgdata),
+        quote(installed.unwrap_or_default())
+    );
+    let mut cmd = ssh.command(&remote);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = OwnedChild::spawn(cmd, "pgclone agent over ssh")
+        .map_err(|source| TransportError::Io { what: "starting ssh", source })?;
+    let mut stdin = child.child_mut().stdin.take().expect("piped");
+    let mut out = BufReader::new(child.child_mut().stdout.take().expect("piped"));
+    let mut line = String::new();
+    let said = |out: &mut BufReader<_>, line: &mut String| {
+        line.clear();
+        out.read_line(line).map(|n| n > 0)
+    };
+    let last_words = |child: &mut OwnedChild| {
+        let mut err = Vec::new();
+        if let Some(mut e) = child.child_mut().stderr.take() {
+            let _ = e.read_to_end(&mut err);
         }
-        let bin = format!("{dir}/pgclone");
-        stdin.write_all(&binary).and_then(|()| stdin.flush()).map_err(|e| fail(&format!("sending it: {e}")))?;
-        if !said(&mut out, &mut line).unwrap_or(false) {
-            let mut err = Vec::new();
-            let _ = stderr.read_to_end(&mut err);
-            return Err(fail(&format!("no checksum of the copy ({})", last_line(&err))));
-        }
-        let sent: String = Sha256::digest(&binary).iter().map(|b| format!("{b:02x}")).collect();
-        if line.split_whitespace().next() != Some(sent.as_str()) {
-            return Err(fail(&format!("the copy's SHA-256 is {}, not {sent}", line.trim())));
-        }
-        tracing::debug!("pgclone {} brought to the primary host as {bin}", env!("CARGO_PKG_VERSION"));
-        Ok(Pushed { bin, heartbeat: Some(heartbeat(stdin)), _stderr: stderr, holder })
+        let _ = child.wait_timeout(std::time::Duration::from_secs(5));
+        err
+    };
+    if !said(&mut out, &mut line).unwrap_or(false) {
+        let err = last_words(&mut child);
+        let code = child.child_mut().try_wait().ok().flatten().and_then(|s| s.code());
+        return Err(match (code, PgdataError::from_probe(code, ssh, pgdata)) {
+            (Some(255), _) => TransportError::Ssh(ssh.connect_error(&err)),
+            (_, Some(e)) => TransportError::Pgdata(e),
+            _ => fail(&last_line(&err)),
+        });
     }
-}
-
-impl Drop for Pushed {
-    fn drop(&mut self) {
-        self.heartbeat.take();
-        if let Ok(None) = self.holder.wait_timeout(std::time::Duration::from_secs(5)) {
-            tracing::warn!("{} did not end within 5 s of closing it; killing it", self.holder.what());
-        }
+    let mut words = line.split_whitespace();
+    let system_id = words.next().and_then(|w| w.parse().ok()).ok_or_else(|| fail(&format!("unexpected {line:?}")))?;
+    let Some(binary) = binary else {
+        let bin = installed.expect("one or the other").to_string();
+        return Ok(Started { child, halves: (Box::new(out), Box::new(stdin)), bin, system_id });
+    };
+    let (Some(machine), Some(dir)) = (words.next(), words.next()) else {
+        return Err(fail(&format!("unexpected {line:?}")));
+    };
+    let ours = rustix::system::uname().machine().to_string_lossy().into_owned();
+    if machine != ours {
+        return Err(TransportError::AgentMissing(format!(
+            "the primary host is {machine}, this pgclone is built for {ours}: install pgclone {} for {machine} \
+             there and give --remote-pgclone PATH, or use --transport rsync",
+            env!("CARGO_PKG_VERSION")
+        )));
     }
+    let bin = format!("{dir}/pgclone-agent");
+    stdin.write_all(&binary).and_then(|()| stdin.flush()).map_err(|e| fail(&format!("sending it: {e}")))?;
+    if !said(&mut out, &mut line).unwrap_or(false) {
+        let err = last_words(&mut child);
+        return Err(fail(&format!("no checksum of the copy ({})", last_line(&err))));
+    }
+    let sent: String = Sha256::digest(&binary).iter().map(|b| format!("{b:02x}")).collect();
+    if line.split_whitespace().next() != Some(sent.as_str()) {
+        return Err(fail(&format!("the copy's SHA-256 is {}, not {sent}", line.trim())));
+    }
+    tracing::debug!("brought to the primary host as {bin}");
+    Ok(Started { child, halves: (Box::new(out), Box::new(stdin)), bin, system_id })
 }

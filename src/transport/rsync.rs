@@ -249,6 +249,14 @@ impl Drop for RsyncTransport {
 }
 
 impl Transport for RsyncTransport {
+    fn data_channel(&self) -> &'static str {
+        if self.forwarded {
+            "ssh"
+        } else {
+            "tcp"
+        }
+    }
+
     fn list(&self) -> Result<Vec<RemoteEntry>, TransportError> {
         // Tablespaces are walked through their pg_tblspc links (a trailing slash makes find follow a link
         // given as a starting point); in-place tablespaces are plain directories, found anyway.

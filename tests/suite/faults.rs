@@ -57,7 +57,17 @@ fn link_cut_mid_copy_then_restored() {
     let (app, port) = ("g5_cut", free_port());
     let mut run = h.pgclone(&replica);
     // ~80 MB at 2 MiB/s: the copy takes ~40 s, the cut comes 5 s in.
-    run.args(["--limit-net-bw", "2M", "-R", "--application-name", app, "--replica-port", &port.to_string()]);
+    run.args([
+        "--compress",
+        "none",
+        "--limit-net-bw",
+        "2M",
+        "-R",
+        "--application-name",
+        app,
+        "--replica-port",
+        &port.to_string(),
+    ]);
     let mut p = run.spawn();
     p.wait_for_log("copying", Duration::from_secs(60));
     sleep(Duration::from_secs(5));
@@ -104,7 +114,7 @@ fn sigkill_in_each_phase_leaves_nothing_and_a_rerun_completes() {
         let replica = h.lab.path().join(format!("replica_{phase}"));
         let slot = format!("g5_kill_{phase}");
         let mut run = h.pgclone(&replica);
-        run.args(["--limit-net-bw", "16M", "--create-slot", &slot]);
+        run.args(["--compress", "none", "--limit-net-bw", "16M", "--create-slot", &slot]);
         let mut p = run.spawn();
         p.wait_for_log(after, Duration::from_secs(60));
         sleep(Duration::from_secs(delay));
@@ -147,7 +157,7 @@ fn primary_restart_mid_copy_fails_clearly_and_a_rerun_resumes() {
     let replica = h.lab.path().join("replica");
     let (app, port) = ("g5_restarted", free_port());
     let mut run = h.pgclone(&replica);
-    run.args(["--limit-net-bw", "4M"]);
+    run.args(["--compress", "none", "--limit-net-bw", "4M"]);
     let mut p = run.spawn();
     p.wait_for_log("copying", Duration::from_secs(60));
     sleep(Duration::from_secs(3));
@@ -191,7 +201,7 @@ fn replica_filesystem_full_mid_copy() {
     println!("planned ~{} MB, tmpfs free {} MB", planned >> 20, fs.free_bytes() >> 20);
     let replica = fs.path.join("replica");
     let mut run = h.pgclone(&replica);
-    run.args(["--limit-net-bw", "4M"]);
+    run.args(["--compress", "none", "--limit-net-bw", "4M"]);
     let mut p = run.spawn();
     p.wait_for_log("copying", Duration::from_secs(60));
     sleep(Duration::from_secs(1));

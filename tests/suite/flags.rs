@@ -276,7 +276,8 @@ fn limit_net_bw_is_a_lower_bound_on_the_copy_time() {
     const RATE: f64 = (2 << 20) as f64;
     let s = Setup::new("bwlimit", &[]); // a fresh cluster: about 23 MB
     let mut run = s.pgclone();
-    run.args(["--limit-net-bw", "2M"]);
+    // The budget counts wire bytes: without compression they are the data's.
+    run.args(["--limit-net-bw", "2M", "--compress", "none"]);
     let started = Instant::now();
     let out = run.run();
     let took = started.elapsed().as_secs_f64();
@@ -312,7 +313,7 @@ fn progress_plain_prints_lines_and_progress_none_prints_none() {
     let s = Setup::new("progress", &[]); // a fresh cluster: about 23 MB, 6 s at 4 MiB/s
     let mut run = s.pgclone();
     run.verbose = false;
-    run.args(["--limit-net-bw", "4M", "--progress", "plain", "--progress-interval", "1"]);
+    run.args(["--compress", "none", "--limit-net-bw", "4M", "--progress", "plain", "--progress-interval", "1"]);
     let out = run.run();
     out.assert_success();
     let lines = progress_lines(&out);
@@ -322,7 +323,7 @@ fn progress_plain_prints_lines_and_progress_none_prints_none() {
 
     let mut run = s.pgclone_into("replica quiet");
     run.verbose = false;
-    run.args(["--limit-net-bw", "4M", "--progress", "none", "--progress-interval", "1"]);
+    run.args(["--compress", "none", "--limit-net-bw", "4M", "--progress", "none", "--progress-interval", "1"]);
     let out = run.run();
     out.assert_success();
     assert_eq!(progress_lines(&out), Vec::<String>::new(), "--progress none printed progress\n{}", out.report());

@@ -188,7 +188,7 @@ fn idle_session_timeout_does_not_end_the_backup() {
     s.primary.pgbench_init(1);
     let mut run = s.pgclone();
     // About 40 MB at 8 MiB/s: the copy lasts several times the timeout.
-    run.args(["--limit-net-bw", "8M"]);
+    run.args(["--compress", "none", "--limit-net-bw", "8M"]);
     let out = run.run();
     out.assert_success();
     s.assert_standby(&s.replica, "h_idle", None);
@@ -251,7 +251,7 @@ fn too_little_room_for_streamed_wal_is_one_clear_line_before_copying() {
     let fs = Tmpfs::mount(&s.lab, "small-tmp", 32 << 20);
     let load = s.primary.pgbench_load(2);
     let mut run = s.pgclone();
-    run.arg("--temp-waldir").arg(&fs.path).args(["--limit-net-bw", "4M"]);
+    run.arg("--temp-waldir").arg(&fs.path).args(["--compress", "none", "--limit-net-bw", "4M"]);
     let out = run.run();
     stop_load(load, &s.primary);
     let line = assert_one_error_line(&out);
@@ -460,9 +460,10 @@ fn rsync_data_goes_through_ssh_unless_clear_text_is_asked_for() {
         println!("--data-channel {channel}: {line}");
         h.wait_clean(Duration::from_secs(10));
     }
-    let mut run = h.pgclone(&h.lab.path().join("replica-native"));
-    run.args(["--transport", "native", "--data-channel", "tcp"]);
-    run.run().assert_error("moves its data over ssh only");
+    // The rsync daemon speaks no TLS: asking for it is an error, not a silent downgrade.
+    let mut run = h.pgclone(&h.lab.path().join("replica-tls"));
+    run.args(["--transport", "rsync", "--data-channel", "tls"]);
+    run.run().assert_error("the rsync transport has no TLS");
 }
 
 /// A link cut for good in the middle of a copy (the primary on a host of its own): pgclone fails, and on the

@@ -377,9 +377,35 @@ fn native_missing_agent_is_named_and_a_brought_one_clones() {
     }
     let out = s.pgclone().run();
     out.assert_success();
-    assert!(out.stderr.contains("brought to the primary host as"), "no agent brought along\n{}", out.report());
+    assert!(out.stderr.contains("pgclone-agent ("), "no pgclone-agent brought along\n{}", out.report());
     assert!(!out.stderr.contains("rsync"), "the default mentions rsync:\n{}", out.report());
     println!("pgclone summary: {}", out.summary_line());
     verify_both(&s.lab, &s.replica);
     assert_primary_clean(&s.lab, &s.primary);
 }
+
+/// The agent pgclone brings to a primary that has no pgclone needs no library but glibc's: over an sshd whose
+/// sessions cannot load libpq (its file is /dev/null there), a clone with default flags succeeds, and the
+/// binary it brought is `pgclone-agent`.
+#[test]
+fn the_brought_agent_runs_on_a_host_without_libpq() {
+    if !root_or_skip("the_brought_agent_runs_on_a_host_without_libpq", "a mount namespace needs root") {
+        return;
+    }
+    let lab = Lab::new("native-nolibpq");
+    let primary = Postgres::primary(&lab, "primary", &[]);
+    primary.pgbench_init(1);
+    let (sshd, libpq) = Sshd::start_without_libpq(&lab);
+    // The control: a program that needs libpq cannot start in that sshd's sessions.
+    let psql = run_bounded(&mut sshd.ssh_cmd(&sshd.config, &format!("{PG15_BIN}/psql --version")), T60);
+    assert!(!psql.success(), "psql started where libpq is hidden:\n{}", psql.report());
+    println!("psql over that sshd: {} ({} hidden)", psql.stderr.trim(), libpq.display());
+    let replica = lab.path().join("replica");
+    let out = Pgclone::new(&primary, &sshd, &replica).run();
+    out.assert_success();
+    assert!(out.stderr.contains("pgclone-agent ("), "not pgclone-agent brought along\n{}", out.report());
+    verify_both(&lab, &replica);
+    assert_primary_clean(&lab, &primary);
+}
+
+const T60: Duration = Duration::from_secs(60);

@@ -205,7 +205,7 @@ fn create_slot_is_permanent_used_and_never_left_by_a_failed_run() {
         let mut run = run_into(&primary, &sshd, &dir);
         run.args(["-R", "--create-slot", name, "--application-name", name]);
         if slow {
-            run.args(["--limit-net-bw", "1M"]);
+            run.args(["--compress", "none", "--limit-net-bw", "1M"]);
         }
         let mut p = run.spawn();
         p.wait_for_log(after, Duration::from_secs(60));

@@ -53,9 +53,15 @@ impl Lab {
         lab.chown(lab.path());
         lab.mkdir("tmp");
         lab.mkdir("remote-tmp");
-        fs::copy(env!("CARGO_BIN_EXE_pgclone"), &lab.0.pgclone).expect("copy pgclone binary");
-        fs::set_permissions(&lab.0.pgclone, fs::Permissions::from_mode(0o755)).unwrap();
-        lab.chown(&lab.0.pgclone);
+        // pgclone brings the agent beside it to the primary, as an installation has it.
+        let agent = lab.0.pgclone.with_file_name("pgclone-agent");
+        for (from, to) in
+            [(env!("CARGO_BIN_EXE_pgclone"), &lab.0.pgclone), (env!("CARGO_BIN_EXE_pgclone-agent"), &agent)]
+        {
+            fs::copy(from, to).expect("copy pgclone's binaries");
+            fs::set_permissions(to, fs::Permissions::from_mode(0o755)).unwrap();
+            lab.chown(to);
+        }
         println!("[{name}] work dir {} (user {})", lab.path().display(), user.name);
         lab
     }

@@ -211,9 +211,10 @@ impl Pgclone {
         Running { n, what, child, stdout, stderr, started: Instant::now(), timeout: self.timeout }
     }
 
-    /// Start it with `--limit-net-bw RATE` and return once it logs that it is copying.
+    /// Start it with `--limit-net-bw RATE` and return once it logs that it is copying. Without compression: the
+    /// budget counts wire bytes, and compressed pages would make the copy several times faster than RATE.
     pub fn spawn_slowly(&mut self, rate: &str) -> Running {
-        self.args(["--limit-net-bw", rate]);
+        self.args(["--limit-net-bw", rate, "--compress", "none"]);
         let mut running = self.spawn();
         running.wait_for_log("copying ", Duration::from_secs(60));
         running

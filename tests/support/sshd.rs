@@ -37,6 +37,23 @@ impl Sshd {
         Self::launch(lab, addr, lab.cmd("/usr/sbin/sshd"))
     }
 
+    /// An sshd on loopback whose sessions see no PostgreSQL client library: a mount namespace of its own (root
+    /// only) where libpq's file is /dev/null, as on a host without libpq. Returns it with that file's path.
+    pub fn start_without_libpq(lab: &Lab) -> (Sshd, PathBuf) {
+        let libpq = fs::canonicalize("/usr/lib/x86_64-linux-gnu/libpq.so.5").expect("libpq5 is installed here");
+        let user = lab.user();
+        let mut cmd = lab.base_cmd("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(format!(
+                "mount --bind /dev/null {} && exec setpriv --reuid={} --regid={} --clear-groups /usr/sbin/sshd \"$@\"",
+                libpq.display(),
+                user.uid,
+                user.gid
+            ))
+            .arg("sshd");
+        (Self::launch(lab, "127.0.0.1", cmd), libpq)
+    }
+
     /// An sshd inside `ns`, on its address.
     pub fn start_in(lab: &Lab, ns: &Netns) -> Sshd {
         Self::launch(lab, &ns.ns_addr, ns_cmd(&ns.name, lab, "/usr/sbin/sshd"))

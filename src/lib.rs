@@ -1,0 +1,151 @@
+//! pgclone: turn an empty directory into a ready-to-start physical standby of a live PostgreSQL primary.
+//!
+//! Two programs share this library: `pgclone` (`main`) and `pgclone-agent` (`agent_main`), the primary's side
+//! of the native transport, which pgclone brings to the primary host for a run. The agent's code never touches
+//! libpq, so its binary links nothing but glibc and runs on any host of the same architecture.
+//!
+//! `main` only dispatches: flags (`cli`) are resolved once into a `clone::CloneConfig`, and `clone::run` carries
+//! out the phases. Dependencies point one way: cli → clone (orchestration and its phases) → pg, transfer,
+//! transport, replica, manifest → sys. Error policy: see `error`.
+
+mod cli;
+mod clone;
+mod error;
+mod manifest;
+mod pg;
+mod progress;
+mod replica;
+mod sys;
+mod transfer;
+mod transport;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+use crate::sys::cancel::Cancel;
+
+/// `pgclone`.
+pub fn main() -> ExitCode {
+    let args = cli::Args::parse();
+    let level = match (args.debug, args.verbose) {
+        (true, _) => "pgclone=trace",
+        (false, true) => "pgclone=debug",
+        (false, false) => "pgclone=info",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PGCLONE_LOG").unwrap_or_else(|_| level.into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+
+    match &args.command {
+        Some(cli::Command::Verify { dir }) => return verify(dir),
+        Some(cli::Command::Agent { pgdata }) => return agent(pgdata),
+        None => {}
+    }
+    let cancel = Cancel::default();
+    if let Err(e) = watch_signals(cancel.clone()) {
+        eprintln!("pgclone: error: cannot install signal handlers: {e}");
+        return ExitCode::FAILURE;
+    }
+    let result = clone::CloneConfig::resolve(&args, &clone::Env::from_process())
+        .map_err(clone::CloneError::from)
+        .and_then(|config| clone::run(&config, &cancel));
+    match result {
+        Ok(summary) => {
+            eprintln!("pgclone: {summary}");
+            if args.json {
+                println!("{}", summary.json());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pgclone: error: {e}");
+            if args.json {
+                println!("{{\"ok\":false,\"error\":{}}}", manifest::json::string(&e.to_string()));
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `pgclone-agent agent --pgdata DIR`: the same command line as `pgclone agent`, so that either binary can be
+/// what runs on the primary.
+pub fn agent_main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    match &args[..] {
+        [cmd, flag, dir] if cmd == "agent" && flag == "--pgdata" => agent(std::path::Path::new(dir)),
+        [flag] if flag == "--version" => {
+            println!("pgclone-agent {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("usage: pgclone-agent agent --pgdata DIR (started by pgclone over ssh; see docs/PROTOCOL.md)");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn agent(pgdata: &std::path::Path) -> ExitCode {
+    match transport::agent::serve(pgdata, std::io::stdin(), std::io::stdout().lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgclone agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn verify(dir: &std::path::Path) -> ExitCode {
+    match manifest::verify::verify(dir) {
+        Ok(r) if r.problems.is_empty() => {
+            eprintln!(
+                "pgclone: {} is consistent with its backup_manifest: {} files, {}, {} WAL segments",
+                dir.display(),
+                r.files,
+                progress::bytes(r.bytes),
+                r.wal_segments
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            for p in &r.problems {
+                eprintln!("pgclone: {p}");
+            }
+            eprintln!(
+                "pgclone: error: {} does not match its backup_manifest ({} problems)",
+                dir.display(),
+                r.problems.len()
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("pgclone: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The first SIGINT/SIGTERM/SIGHUP cancels the clone, which then unwinds and cleans up the primary
+/// (backup session closed, slot gone, rsync daemon ended). A second one exits at once: the kernel still
+/// kills our children (PDEATHSIG) and closes our connections, which ends everything on the primary too.
+fn watch_signals(cancel: Cancel) -> std::io::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        for sig in signals.forever() {
+            if cancel.is_cancelled() {
+                std::process::exit(128 + sig);
+            }
+            let name = match sig {
+                SIGINT => "SIGINT",
+                SIGTERM => "SIGTERM",
+                _ => "SIGHUP",
+            };
+            cancel.cancel(format!("interrupted by {name}"));
+        }
+    })?;
+    Ok(())
+}
