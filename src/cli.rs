@@ -187,6 +187,20 @@ pub struct Args {
     #[arg(long)]
     pub no_manifest: bool,
 
+    /// Make every check a clone makes before copying (replica directory, the primary over SQL and ssh, its data
+    /// directory, a free WAL sender and slot, room for WAL and data) and exit without copying or changing anything
+    #[arg(long)]
+    pub check: bool,
+
+    /// The checkpoint pg_backup_start waits for: fast (immediate; pgclone's default, unlike pg_basebackup's) or
+    /// spread (paced by checkpoint_completion_target: gentler on a busy primary, up to checkpoint_timeout slower)
+    #[arg(short = 'c', long, value_enum, default_value_t = Checkpoint::Fast)]
+    pub checkpoint: Checkpoint,
+
+    /// The backup's label (backup_label's LABEL, pg_stat_progress_basebackup) [default: "pgclone to <replica>"]
+    #[arg(short = 'l', long, value_name = "LABEL")]
+    pub label: Option<String>,
+
     /// Print a machine-readable summary (JSON) on stdout; human logs stay on stderr
     #[arg(long)]
     pub json: bool,
@@ -202,6 +216,13 @@ pub struct Args {
     /// Trace logging: every protocol step (pgclone.sh's shell trace)
     #[arg(long)]
     pub debug: bool,
+}
+
+/// -c/--checkpoint, as pg_basebackup names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Checkpoint {
+    Fast,
+    Spread,
 }
 
 /// A size in bytes with an optional K, M or G (binary multiples), at least 1 MiB.

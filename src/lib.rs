@@ -51,23 +51,45 @@ pub fn main() -> ExitCode {
         eprintln!("pgclone: error: cannot install signal handlers: {e}");
         return ExitCode::FAILURE;
     }
-    let result = clone::CloneConfig::resolve(&args, &clone::Env::from_process())
-        .map_err(clone::CloneError::from)
-        .and_then(|config| clone::run(&config, &cancel));
-    match result {
-        Ok(summary) => {
+    let config = clone::CloneConfig::resolve(&args, &clone::Env::from_process()).map_err(clone::CloneError::from);
+    let result = match config {
+        Ok(config) if args.check => clone::check(&config, &cancel).map(|report| {
+            let what = if report.resync { "re-sync" } else { "clone" };
+            eprintln!(
+                "pgclone: check passed: a {what} of {} files, {} from PostgreSQL {} into {} can start; nothing was \
+                 changed",
+                report.files,
+                progress::bytes(report.bytes),
+                report.major,
+                config.replica.display()
+            );
+            format!("{{\"ok\":true,\"check\":true,\"files\":{},\"bytes\":{}}}", report.files, report.bytes)
+        }),
+        Ok(config) => clone::run(&config, &cancel).map(|summary| {
             eprintln!("pgclone: {summary}");
+            summary.json()
+        }),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(json) => {
             if args.json {
-                println!("{}", summary.json());
+                println!("{json}");
             }
             ExitCode::SUCCESS
         }
         Err(e) => {
+            let outcome = e.outcome();
             eprintln!("pgclone: error: {e}");
             if args.json {
-                println!("{{\"ok\":false,\"error\":{}}}", manifest::json::string(&e.to_string()));
+                println!(
+                    "{{\"ok\":false,\"class\":\"{}\",\"exit_code\":{},\"error\":{}}}",
+                    outcome.name(),
+                    outcome.exit_code(),
+                    manifest::json::string(&e.to_string())
+                );
             }
-            ExitCode::FAILURE
+            ExitCode::from(outcome.exit_code())
         }
     }
 }

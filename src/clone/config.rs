@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::Args;
+use crate::cli::{Args, Checkpoint};
 use crate::progress;
 use crate::replica::tablespace::Mapping;
 use crate::sys::ssh::SshTarget;
@@ -97,6 +97,10 @@ pub struct CloneConfig {
     pub create_slot: Option<String>,
     /// --start.
     pub start: Option<StartConfig>,
+    /// -c fast (the default) or spread.
+    pub fast_checkpoint: bool,
+    /// -l: the backup's label.
+    pub label: String,
 }
 
 /// How pgclone reaches PostgreSQL on the primary.
@@ -182,6 +186,8 @@ impl CloneConfig {
             replica_port: args.replica_port,
         });
         Ok(CloneConfig {
+            fast_checkpoint: args.checkpoint == Checkpoint::Fast,
+            label: args.label.clone().unwrap_or_else(|| format!("pgclone to {}", replica.display())),
             replica,
             replica_waldir: args.replica_waldir.clone(),
             temp_waldir: args.temp_waldir.clone(),

@@ -29,6 +29,28 @@ pub struct Copy {
     pub start_lsn: Lsn,
 }
 
+/// For --check: what a copy would move, `(files, bytes)`, refused if it would not fit. The replica directory a
+/// clone would create has the room of its nearest existing parent; a re-sync reuses what is in place
+/// (allocated, up to the primary's size, as `transfer::prune` counts it).
+pub fn check(
+    config: &CloneConfig,
+    transport: &dyn Transport,
+    primary: Primary,
+    resync: bool,
+) -> Result<(u64, u64), CloneError> {
+    let entries = transport.list()?;
+    transfer::check_listing(&entries).map_err(TransferError::Listing)?;
+    let plan = transfer::plan(&entries, primary.major, &config.tablespace_mapping);
+    let room = config.replica.ancestors().find(|d| d.exists()).unwrap_or(Path::new("/"));
+    let present = |(p, size): &(PathBuf, u64)| {
+        let m = std::fs::metadata(config.replica.join(p)).ok()?;
+        Some(m.len().min(std::os::unix::fs::MetadataExt::blocks(&m) * 512).min(*size))
+    };
+    let reused: u64 = if resync { plan.files.iter().filter_map(present).sum() } else { 0 };
+    transfer::check_space(&plan, room, reused, 8 * primary.seg.bytes())?;
+    Ok((plan.files.len() as u64, plan.total_bytes))
+}
+
 pub fn run(
     config: &CloneConfig,
     transport: &dyn Transport,

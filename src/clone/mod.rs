@@ -67,6 +67,59 @@ pub enum CloneError {
     Cancelled(#[from] Cancelled),
 }
 
+/// How a failed run ended, for scripts and orchestrators (the exit status, and `class` in --json): whether
+/// anything was changed, and whether running again can help.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Bad flags or flag combinations.
+    Usage,
+    /// A check refused the run before anything in the replica directory changed: running again fails the same
+    /// way until the cause is fixed.
+    Refused,
+    /// Failed during the run: what was copied stays, and a re-run resumes from it.
+    Failed,
+    /// The clone is complete, but the standby --start started did not come up streaming.
+    Standby,
+}
+
+impl Outcome {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Outcome::Failed => 1,
+            Outcome::Usage => 2,
+            Outcome::Refused => 3,
+            Outcome::Standby => 4,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Failed => "failed",
+            Outcome::Usage => "usage",
+            Outcome::Refused => "refused",
+            Outcome::Standby => "standby",
+        }
+    }
+}
+
+impl CloneError {
+    pub fn outcome(&self) -> Outcome {
+        use TransportError as T;
+        match self {
+            CloneError::Config(_) => Outcome::Usage,
+            CloneError::Preflight(_)
+            | CloneError::Replica(ReplicaError::Locked { .. })
+            | CloneError::Standby(StandbyError::NoPgCtl { .. })
+            | CloneError::Transport(
+                T::Ssh(_) | T::Pgdata(_) | T::AgentMissing(_) | T::DataChannel(_) | T::RsyncNeedsSsh,
+            )
+            | CloneError::Transfer(TransferError::NoSpace { .. }) => Outcome::Refused,
+            CloneError::Standby(StandbyError::Start { .. } | StandbyError::NotStreaming { .. }) => Outcome::Standby,
+            _ => Outcome::Failed,
+        }
+    }
+}
+
 /// Clones into `config.replica`, holding its lock for the whole run. A directory this run created is removed
 /// again when the run fails before copying anything into it, so a failed preflight changes nothing.
 pub fn run(config: &CloneConfig, cancel: &Cancel) -> Result<Summary, CloneError> {
@@ -83,6 +136,40 @@ pub fn run(config: &CloneConfig, cancel: &Cancel) -> Result<Summary, CloneError>
         let _ = std::fs::remove_dir(replica);
     }
     result
+}
+
+/// What a `--check` run found: a clone of `files` files, `bytes` bytes, would start now.
+pub struct CheckReport {
+    pub files: u64,
+    pub bytes: u64,
+    pub major: u32,
+    /// A replica already there would be re-synced.
+    pub resync: bool,
+}
+
+/// --check: every check a clone makes before it starts copying (the replica directory, the primary over SQL,
+/// ssh and the data directory there, a WAL sender and slot, room for the streamed WAL and for the data), then
+/// nothing else. No backup is started; the replica directory is neither created nor changed; what the checks
+/// open (the run directory under $TMPDIR, the WAL stream's temporary slot, the agent) ends with them.
+pub fn check(config: &CloneConfig, cancel: &Cancel) -> Result<CheckReport, CloneError> {
+    preflight::not_root()?;
+    let Checked { tunnel: _tunnel, params, mut sql, primary, replica: state, system_id, .. } = preflight::run(config)?;
+    let dirs = RunDirs::create(config)?;
+    preflight::wal_space(&dirs.streamed, primary.seg)?;
+    let resync = matches!(state, ReplicaState::Unfinished | ReplicaState::Cluster(_));
+    let connect = Connect {
+        config,
+        params: &params,
+        primary,
+        system_id,
+        streamed: &dirs.streamed,
+        run_dir: dirs.run.path(),
+        resync,
+    };
+    let Connected { transport, system_id: found, .. } = connect.run(&mut sql, cancel)?;
+    preflight::replica_matches(&config.replica, state, found)?;
+    let (files, bytes) = copy::check(config, &*transport, primary, resync)?;
+    Ok(CheckReport { files, bytes, major: primary.major, resync })
 }
 
 /// The phases of one clone. Every resource a phase opens is a local variable here, declared in the order it is
@@ -113,7 +200,7 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
     cancel.check()?;
     timing.end("connect");
 
-    let mut backup = backup_start(sql, &stream, &config.replica)?;
+    let mut backup = backup_start(sql, &stream, config)?;
     confirm_live_pgdata(config, &*transport, dirs.run.path(), backup.start_lsn, primary)?;
     // The last check has passed: only now is anything in the replica directory changed.
     prepare_replica(config, state)?;
@@ -254,8 +341,8 @@ fn prepare_replica(config: &CloneConfig, state: ReplicaState) -> Result<(), Clon
 }
 
 /// pg_backup_start in the session the checks used; the stream must already hold the WAL from the backup's start.
-fn backup_start(sql: Conn, stream: &WalStream, replica: &Path) -> Result<BackupSession, CloneError> {
-    let backup = BackupSession::start(sql, &format!("pgclone to {}", replica.display()))?;
+fn backup_start(sql: Conn, stream: &WalStream, config: &CloneConfig) -> Result<BackupSession, CloneError> {
+    let backup = BackupSession::start(sql, &config.label, config.fast_checkpoint)?;
     if backup.start_lsn < stream.start.lsn {
         return Err(CloneError::StreamTooLate { start: backup.start_lsn, stream: stream.start.lsn });
     }

@@ -200,6 +200,10 @@ pub enum ReplicaState {
 /// Never a running cluster; never something that is not a data directory unless --drop-existing (and then
 /// not / or a home directory).
 pub fn replica_dir(replica: &Path, drop_existing: bool, home: Option<&Path>) -> Result<ReplicaState, PreflightError> {
+    // A clone creates it before the checks; --check does not.
+    if !replica.exists() {
+        return Ok(ReplicaState::Empty);
+    }
     if let Some(pid) = live_postmaster(replica) {
         return Err(PreflightError::PostmasterRunning { dir: replica.to_path_buf(), pid });
     }

@@ -32,10 +32,13 @@ pub struct BackupEnd {
 }
 
 impl BackupSession {
-    /// Starts the backup with an immediate ("fast") checkpoint: the clone should not wait up to
-    /// checkpoint_timeout for its starting point.
-    pub fn start(mut conn: Conn, label: &str) -> Result<BackupSession, BackupError> {
-        let rows = conn.query_params("SELECT pg_backup_start($1, true)", &[label]).map_err(BackupError::Start)?;
+    /// Starts the backup labelled `label` (backup_label's LABEL). `fast`: with an immediate checkpoint, so the
+    /// clone does not wait up to checkpoint_timeout × checkpoint_completion_target for its starting point; else
+    /// with a spread one, which spares a busy primary the burst of writes.
+    pub fn start(mut conn: Conn, label: &str, fast: bool) -> Result<BackupSession, BackupError> {
+        let fast = if fast { "true" } else { "false" };
+        let rows =
+            conn.query_params("SELECT pg_backup_start($1, $2::boolean)", &[label, fast]).map_err(BackupError::Start)?;
         let start_lsn = rows.get(0, 0).and_then(|s| s.parse().ok()).ok_or(BackupError::Answer("pg_backup_start"))?;
         Ok(BackupSession { conn, start_lsn })
     }

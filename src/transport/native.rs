@@ -130,7 +130,7 @@ impl AgentConn {
             .and_then(|()| conn.recv().map_err(|e| TransportError::Agent(e.to_string())));
         match hello {
             Ok(Msg::Hello { protocol, version }) if protocol == PROTOCOL_VERSION && version == ours => Ok(self),
-            Ok(Msg::Hello { version, .. }) => Err(TransportError::Agent(format!(
+            Ok(Msg::Hello { version, .. }) => Err(TransportError::AgentMissing(format!(
                 "pgclone on the primary is version {version}, this one is {ours}: install the same version there"
             ))),
             _ => Err(conn.failure(o)),

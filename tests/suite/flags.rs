@@ -456,3 +456,40 @@ fn bypass_rep_traffic_reaches_a_primary_listening_only_on_its_loopback() {
     assert_primary_clean(&lab, &primary);
     assert_standby_matches(&lab, &primary, &replica, "bypass_standby", None);
 }
+
+// ---------------------------------------------------------------------------------------------
+// pg_basebackup's -c/--checkpoint and -l/--label
+// ---------------------------------------------------------------------------------------------
+
+/// `-c spread -l LABEL`: pg_backup_start waits for a spread checkpoint (the primary's log says "checkpoint
+/// starting: force wait", without "immediate"), and the label is backup_label's; the default is fast.
+#[test]
+fn checkpoint_spread_and_label_as_pg_basebackup_takes_them() {
+    // A short checkpoint_timeout bounds how long a spread checkpoint paces itself.
+    let s = Setup::new("checkpoint", &["checkpoint_timeout = 30s", "log_checkpoints = on"]);
+    s.primary.pgbench_init(1);
+    let log_lines = || fs::read_to_string(&s.primary.log).unwrap_or_default().lines().count();
+    let starts = |from: usize| -> Vec<String> {
+        let log = fs::read_to_string(&s.primary.log).unwrap_or_default();
+        log.lines().skip(from).filter(|l| l.contains("checkpoint starting:")).map(str::to_string).collect()
+    };
+    for (flags, immediate, label) in [
+        (&["-c", "spread", "-l", "nightly rebuild of db2"][..], false, "nightly rebuild of db2"),
+        (&[][..], true, "pgclone to "),
+    ] {
+        let before = log_lines();
+        let replica = s.lab.path().join(format!("replica-{}", if immediate { "fast" } else { "spread" }));
+        let mut run = s.pgclone_into(replica.file_name().unwrap().to_str().unwrap());
+        run.args(flags);
+        run.timeout = Duration::from_secs(240);
+        run.run().assert_success();
+        let checkpoints = starts(before);
+        println!("{flags:?}: {checkpoints:?}");
+        let forced: Vec<&String> = checkpoints.iter().filter(|l| l.contains("force wait")).collect();
+        assert!(!forced.is_empty(), "no checkpoint of pg_backup_start in the log: {checkpoints:?}");
+        assert_eq!(forced.iter().all(|l| l.contains("immediate")), immediate, "{flags:?}: {forced:?}");
+        let backup_label = fs::read_to_string(replica.join("backup_label")).unwrap();
+        assert!(backup_label.contains(&format!("LABEL: {label}")), "{backup_label}");
+    }
+    assert_primary_clean(&s.lab, &s.primary);
+}

@@ -14,7 +14,7 @@ fn refuses_root() {
     let s = Setup::new("root", &[]);
     let mut run = s.pgclone();
     run.as_root = true;
-    run.run().assert_error("must not run as root");
+    run.run().assert_refused("must not run as root");
     s.assert_clean();
 }
 
@@ -23,7 +23,7 @@ fn refuses_postgresql_14() {
     let s = Setup::with_install("pg14", PgInstall::of(14), &[]);
     let version = s.primary.psql("show server_version_num");
     assert!(version.starts_with("14"), "primary should be PostgreSQL 14, is {version}");
-    s.pgclone().run().assert_error("PostgreSQL 14 is not supported");
+    s.pgclone().run().assert_refused("PostgreSQL 14 is not supported");
     s.assert_clean();
 }
 
@@ -35,7 +35,7 @@ fn refuses_role(role: &str, create: &str, probe: &str, error: &str) {
     assert_eq!(s.primary.try_psql_as(role, probe), Ok("f".into()));
     let mut run = s.pgclone();
     run.pguser = role.into();
-    run.run().assert_error(error);
+    run.run().assert_refused(error);
     s.assert_clean();
 }
 
@@ -68,7 +68,7 @@ fn refuses_role_without_backup_privilege() {
 fn refuses_wal_level_minimal() {
     let s = Setup::new("minimal", &["wal_level = minimal", "max_wal_senders = 0"]);
     assert_eq!(s.primary.psql("show wal_level"), "minimal");
-    s.pgclone().run().assert_error("wal_level is minimal");
+    s.pgclone().run().assert_refused("wal_level is minimal");
     s.assert_clean();
 }
 
@@ -87,7 +87,7 @@ fn refuses_when_no_wal_sender_is_free() {
         }
     });
     assert_eq!(s.primary.psql("show max_wal_senders"), "1");
-    s.pgclone().run().assert_error("no free WAL sender");
+    s.pgclone().run().assert_refused("no free WAL sender");
     holder.check_running().expect("the holder connection should still be open");
     s.assert_clean();
 }
@@ -97,7 +97,7 @@ fn refuses_non_empty_replica_dir() {
     let s = Setup::new("notempty", &[]);
     s.lab.mkdir("replica");
     let precious = s.lab.write(s.replica.join("precious.txt"), "do not delete\n");
-    s.pgclone().run().assert_error("is not empty");
+    s.pgclone().run().assert_refused("is not empty");
     assert_eq!(
         fs::read_to_string(&precious).ok().as_deref(),
         Some("do not delete\n"),
@@ -112,7 +112,7 @@ fn refuses_replica_dir_of_a_running_postmaster() {
     let live = Postgres::primary(&s.lab, "live", &[]);
     let mut run = s.pgclone();
     run.replica_pgdata = live.data.clone();
-    run.run().assert_error("a postmaster is running");
+    run.run().assert_refused("a postmaster is running");
     assert_primary_clean(&s.lab, &s.primary);
     // The running cluster is untouched.
     for f in ["PG_VERSION", "postmaster.pid", "global/pg_control", "postgresql.conf"] {
@@ -131,6 +131,6 @@ fn reports_ssh_failure() {
     let mut run = s.pgclone();
     run.ssh_mut().key = key;
     run.ssh_mut().config = config;
-    run.run().assert_error("ssh to");
+    run.run().assert_refused("ssh to");
     s.assert_clean();
 }

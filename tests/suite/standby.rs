@@ -319,12 +319,13 @@ fn json_summary_on_success_and_failure() {
     run.arg("--json");
     let out = run.run();
     println!("failure stdout: {}", out.stdout.trim());
-    assert_eq!(out.status.code(), Some(1), "{}", out.report());
+    assert_eq!(out.status.code(), Some(3), "an ssh login refused is a refusal\n{}", out.report());
     let last = out.stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
     let message = last.strip_prefix("pgclone: error: ").unwrap_or_else(|| panic!("last stderr line {last:?}"));
     assert_eq!(out.stdout.trim().lines().count(), 1, "{}", out.stdout);
     let f = json_fields(&lab, "failure", &out.stdout);
     assert_eq!(field(&f, "ok"), ("bool", "false"));
+    assert_eq!((field(&f, "class"), field(&f, "exit_code")), (("str", "\"refused\""), ("int", "3")), "JSON-encoded");
     let (t, err) = field(&f, "error");
     assert_eq!(t, "str");
     let err = run_bounded(

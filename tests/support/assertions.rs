@@ -16,6 +16,12 @@ impl CmdOutput {
         self.assert_error_any(&[needle]);
     }
 
+    /// Refused by a check before anything changed: exit code 3, and the last line contains `needle`.
+    pub fn assert_refused(&self, needle: &str) {
+        self.assert_error(needle);
+        assert_eq!(self.status.code(), Some(3), "a refusal exits 3\n{}", self.report());
+    }
+
     /// Like `assert_error`, with the last line containing at least one of `needles`; prints that line.
     pub fn assert_error_any(&self, needles: &[&str]) {
         let code = self.status.code();
@@ -34,10 +40,11 @@ impl CmdOutput {
     }
 }
 
-/// pgclone's failure contract, checked without assuming what failed: a normal exit with code 1, and
-/// exactly one `pgclone: error: ` line, the last one of stderr. Returns that line.
+/// pgclone's failure contract, checked without assuming what failed: a normal exit with the code of a failed
+/// (1), refused (3) or standby (4) run, and exactly one `pgclone: error: ` line, the last one of stderr. Returns
+/// that line.
 pub fn assert_one_error_line(out: &CmdOutput) -> String {
-    assert_eq!(out.status.code(), Some(1), "expected exit code 1\n{}", out.report());
+    assert!(matches!(out.status.code(), Some(1 | 3 | 4)), "expected exit code 1, 3 or 4\n{}", out.report());
     let errors: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("pgclone: error: ")).collect();
     assert_eq!(errors.len(), 1, "expected one `pgclone: error:` line, got {errors:?}\n{}", out.report());
     let last = out.stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
