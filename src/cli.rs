@@ -14,6 +14,8 @@ use crate::transport::{Compression, DataChannel, TransportKind};
     about = "Turn an empty directory into a ready-to-start physical standby of a live PostgreSQL 15+ primary",
     subcommand_negates_reqs = true,
     args_conflicts_with_subcommands = true,
+    // -h is pg_basebackup's (and psql's) host, as DBAs type it; help is -? and --help, as there.
+    disable_help_flag = true,
     after_help = "Connection settings not given here come from libpq as usual: PGHOST, PGPORT, PGUSER, \
                   PGPASSWORD, PGDATABASE, PGSSLMODE..., ~/.pgpass and service files.\n\
                   ssh honours ~/.ssh/config, the ssh agent and known_hosts; host keys are checked strictly."
@@ -22,16 +24,25 @@ pub struct Args {
     #[command(subcommand)]
     pub command: Option<Command>,
 
-    /// Primary's host name or address: used for PostgreSQL and as the ssh host [default: $PGHOST]
-    #[arg(long, value_name = "HOST")]
+    /// Print help
+    #[arg(short = '?', long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
+
+    /// Connection string or URI for the primary, as libpq reads it (host, port, user, sslmode, ...); the flags
+    /// below win over it [default: libpq's environment]
+    #[arg(short = 'd', long, value_name = "CONNSTR")]
+    pub dbname: Option<String>,
+
+    /// Primary's host name or address: used for PostgreSQL and as the ssh host [default: -d's host, $PGHOST]
+    #[arg(short = 'h', long, value_name = "HOST")]
     pub pghost: Option<String>,
 
-    /// Primary's PostgreSQL port [default: $PGPORT or 5432]
-    #[arg(long, value_name = "PORT")]
+    /// Primary's PostgreSQL port [default: -d's port, $PGPORT or 5432]
+    #[arg(short = 'p', long, value_name = "PORT")]
     pub pgport: Option<u16>,
 
-    /// Role with REPLICATION that may run pg_backup_start/pg_backup_stop [default: $PGUSER]
-    #[arg(long, value_name = "USER")]
+    /// Role with REPLICATION that may run pg_backup_start/pg_backup_stop [default: -d's user, $PGUSER]
+    #[arg(short = 'U', long, value_name = "USER")]
     pub pguser: Option<String>,
 
     /// Data directory of the primary, on the primary host (required to clone)
@@ -39,7 +50,7 @@ pub struct Args {
     pub primary_pgdata: Option<PathBuf>,
 
     /// Data directory to create here; must be absent or empty [default: --primary-pgdata]
-    #[arg(long, value_name = "DIR")]
+    #[arg(short = 'D', long, value_name = "DIR")]
     pub replica_pgdata: Option<PathBuf>,
 
     /// Put the tablespace at OLD on the primary at NEW here (repeatable; a literal = is written \=)
@@ -67,9 +78,10 @@ pub struct Args {
     pub paranoid: bool,
 
     /// Accepted for pgclone.sh compatibility: pgclone always streams WAL through a temporary replication slot,
-    /// visible in pg_replication_slots during the run and gone with the connection afterwards
-    #[arg(long)]
-    pub slot: bool,
+    /// visible in pg_replication_slots during the run and gone with the connection afterwards (a NAME after it
+    /// is refused, with what to give instead)
+    #[arg(long, num_args = 0..=1, value_name = "NAME")]
+    pub slot: Option<Option<String>>,
 
     /// ssh login on the primary host; it must be able to read the primary's data directory
     #[arg(long, value_name = "USER")]
@@ -135,6 +147,10 @@ pub struct Args {
     #[arg(long, value_name = "RATE", value_parser = crate::sys::bandwidth::parse_rate)]
     pub limit_net_bw: Option<u64>,
 
+    /// --limit-net-bw in pg_basebackup's units: kilobytes per second, or with a k or M suffix (32k to 1024M)
+    #[arg(short = 'r', long, value_name = "RATE", value_parser = parse_max_rate, conflicts_with = "limit_net_bw")]
+    pub max_rate: Option<u64>,
+
     /// How to show copy progress
     #[arg(long, value_enum, default_value_t = progress::Mode::Auto)]
     pub progress: progress::Mode,
@@ -152,7 +168,8 @@ pub struct Args {
     #[arg(long)]
     pub conninfo_password: bool,
 
-    /// application_name the standby uses towards the primary, as seen in pg_stat_replication [default: this host's name]
+    /// application_name the standby uses towards the primary, as seen in pg_stat_replication [default:
+    /// $PGAPPNAME, else this host's name]
     #[arg(long, value_name = "NAME")]
     pub application_name: Option<String>,
 
@@ -168,6 +185,11 @@ pub struct Args {
     /// With -R: the standby's own port
     #[arg(long, value_name = "PORT")]
     pub replica_port: Option<u16>,
+
+    /// With -R: one more setting for the standby's postgresql.auto.conf (repeatable), e.g. restore_command=...
+    /// or recovery_min_apply_delay=5min
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_setting)]
+    pub recovery_option: Vec<(String, String)>,
 
     /// With --start: how long to wait for the standby to stream
     #[arg(long, value_name = "SECONDS", default_value_t = 120)]
@@ -223,6 +245,31 @@ pub struct Args {
 pub enum Checkpoint {
     Fast,
     Spread,
+}
+
+/// pg_basebackup's --max-rate: kilobytes per second, `k` or `M` (kilobytes, megabytes) allowed, 32 kB/s to
+/// 1024 MB/s (pg_basebackup.c, parse_max_rate). In bytes per second.
+fn parse_max_rate(s: &str) -> Result<u64, String> {
+    let (number, unit) = match s.strip_suffix('M') {
+        Some(n) => (n, 1024 * 1024),
+        None => (s.strip_suffix('k').unwrap_or(s), 1024),
+    };
+    let rate = number.trim().parse::<f64>().map_err(|_| format!("{s:?} is not a number of kilobytes per second"))?;
+    let bytes = (rate * unit as f64) as u64;
+    if !(32 * 1024..=1024 * 1024 * 1024).contains(&bytes) {
+        return Err(format!("{s:?} is outside 32k..1024M"));
+    }
+    Ok(bytes)
+}
+
+/// KEY=VALUE of --recovery-option: a setting name, then anything.
+fn parse_setting(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') => {
+            Ok((k.to_string(), v.to_string()))
+        }
+        _ => Err(format!("{s:?} is not SETTING=VALUE")),
+    }
 }
 
 /// A size in bytes with an optional K, M or G (binary multiples), at least 1 MiB.

@@ -24,10 +24,19 @@ pub enum ConfigError {
     NoHost,
     #[error("the rsync transport has no TLS: its data moves over ssh (--data-channel ssh) or in clear text (tcp)")]
     RsyncHasNoTls,
+    #[error("-d/--dbname: {0}")]
+    Dbname(String),
+    #[error("the primary is one host, also for ssh: -d names {0:?}; give one of them with -h")]
+    ManyHosts(String),
+    #[error(
+        "--slot takes no name (it is pgclone.sh's switch; pgclone always streams through a temporary slot): to make \
+         a slot {0:?} for the standby give --create-slot {0}"
+    )]
+    SlotName(String),
 }
 
 /// The environment variables pgclone reads for decisions of its own.
-const VARS: [&str; 4] = ["PGHOST", "PGPORT", "PGDATABASE", "PGCONNECT_TIMEOUT"];
+const VARS: [&str; 5] = ["PGHOST", "PGPORT", "PGDATABASE", "PGCONNECT_TIMEOUT", "PGAPPNAME"];
 
 /// What the process environment contributes, read once by `Env::from_process` (and built by hand in tests).
 #[derive(Debug, Clone, Default)]
@@ -135,6 +144,8 @@ pub struct RecoveryConfig {
     pub application_name: String,
     pub slot: Option<String>,
     pub replica_port: Option<u16>,
+    /// --recovery-option settings, in order.
+    pub options: Vec<(String, String)>,
 }
 
 /// --start: where pg_ctl of the primary's major is looked for, and how long to wait for streaming.
@@ -150,11 +161,23 @@ impl CloneConfig {
         // clap requires --primary-pgdata whenever no subcommand is given.
         let primary_pgdata = args.primary_pgdata.clone().ok_or(ConfigError::NoPgdata)?;
         let replica = args.replica_pgdata.clone().unwrap_or_else(|| primary_pgdata.clone());
+        if let Some(Some(name)) = &args.slot {
+            return Err(ConfigError::SlotName(name.clone()));
+        }
+        let conninfo = match &args.dbname {
+            Some(d) => crate::pg::parse_conninfo(d).map_err(|e| ConfigError::Dbname(e.message))?,
+            None => Vec::new(),
+        };
+        let from_d = |key: &str| conninfo.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        if let Some(hosts) = from_d("host").filter(|h| h.contains(',') && args.pghost.is_none()) {
+            return Err(ConfigError::ManyHosts(hosts.to_string()));
+        }
         // The ssh host is the PostgreSQL host; a socket directory is no host, and with --no-ssh there is none
         // to reach.
         let host = args
             .pghost
             .clone()
+            .or_else(|| from_d("host").map(str::to_string))
             .or_else(|| env.var("PGHOST").map(str::to_string))
             .filter(|h| !h.is_empty() && !h.starts_with('/'));
         let host = match host {
@@ -181,7 +204,12 @@ impl CloneConfig {
         }
         let recovery = (args.write_recovery_conf || args.start).then(|| RecoveryConfig {
             password: args.conninfo_password,
-            application_name: args.application_name.clone().unwrap_or_else(|| env.hostname.clone()),
+            application_name: args
+                .application_name
+                .clone()
+                .or_else(|| env.var("PGAPPNAME").map(str::to_string))
+                .unwrap_or_else(|| env.hostname.clone()),
+            options: args.recovery_option.clone(),
             slot: args.create_slot.clone(),
             replica_port: args.replica_port,
         });
@@ -196,7 +224,7 @@ impl CloneConfig {
             drop_existing: args.drop_existing,
             home: env.home.clone(),
             tablespace_mapping: args.tablespace_mapping.clone(),
-            pg: pg_config(args, env),
+            pg: pg_config(args, env, &from_d),
             transport: TransportConfig {
                 kind: args.transport,
                 data_channel: args.data_channel,
@@ -204,7 +232,7 @@ impl CloneConfig {
                 remote_bin: args.remote_pgclone.clone(),
                 compression: args.compress,
                 chunk_size: args.chunk_size,
-                limit_net_bw: args.limit_net_bw,
+                limit_net_bw: args.limit_net_bw.or(args.max_rate),
                 workers: parallel,
             },
             ssh: (!args.no_ssh).then_some(ssh),
@@ -226,8 +254,13 @@ impl CloneConfig {
     }
 }
 
-fn pg_config(args: &Args, env: &Env) -> PgConfig {
+/// `from_d`: what -d sets, by keyword.
+fn pg_config<'a>(args: &Args, env: &Env, from_d: &dyn Fn(&str) -> Option<&'a str>) -> PgConfig {
     let mut params = Vec::new();
+    // First: libpq expands it in its place, and the flags after it win (see `Conn::connect`).
+    if let Some(d) = &args.dbname {
+        params.push(("dbname", d.clone()));
+    }
     if let Some(h) = &args.pghost {
         params.push(("host", h.clone()));
     }
@@ -248,9 +281,10 @@ fn pg_config(args: &Args, env: &Env) -> PgConfig {
         [("keepalives_idle", "30"), ("keepalives_interval", "10"), ("keepalives_count", "6")]
             .map(|(k, v)| (k, v.to_string())),
     );
-    let tunnel_to =
-        args.bypass_rep_traffic.then(|| args.pgport.or_else(|| env.var("PGPORT")?.parse().ok()).unwrap_or(5432));
-    PgConfig { params, sql_dbname: env.var("PGDATABASE").is_none().then_some("postgres"), tunnel_to }
+    let port = || args.pgport.or_else(|| from_d("port")?.parse().ok()).or_else(|| env.var("PGPORT")?.parse().ok());
+    let tunnel_to = args.bypass_rep_traffic.then(|| port().unwrap_or(5432));
+    let sql_dbname = (env.var("PGDATABASE").is_none() && from_d("dbname").is_none()).then_some("postgres");
+    PgConfig { params, sql_dbname, tunnel_to }
 }
 
 #[cfg(test)]
@@ -307,6 +341,44 @@ mod tests {
         assert!(!rsync.transport.probes_pgdata());
         let tls = resolve(&[&base[..], &["--transport", "rsync", "--data-channel", "tls"]].concat(), &env());
         assert_eq!(tls.unwrap_err(), ConfigError::RsyncHasNoTls);
+    }
+
+    #[test]
+    fn pg_basebackups_vocabulary() {
+        let d = "host=db3 port=5555 user=rep sslmode=require dbname=app";
+        let c = resolve(&["-d", d, "--primary-pgdata", "/pg", "-D", "/srv/r"], &env()).unwrap();
+        assert_eq!(
+            (c.host.as_str(), c.replica.as_path()),
+            ("db3", std::path::Path::new("/srv/r")),
+            "-d's host is the ssh host"
+        );
+        assert_eq!(c.pg.params[0], ("dbname", d.to_string()), "libpq expands -d first, the flags win over it");
+        assert_eq!(c.pg.sql_dbname, None, "-d names the database");
+        let c =
+            resolve(&["-d", d, "-h", "db4", "-p", "6000", "-U", "u2", "--primary-pgdata", "/pg", "-r", "100k"], &env());
+        let c = c.unwrap();
+        assert_eq!(c.host, "db4");
+        assert!(c.pg.params.contains(&("port", "6000".into())) && c.pg.params.contains(&("user", "u2".into())));
+        assert_eq!(c.transport.limit_net_bw, Some(100 * 1024), "-r is kilobytes per second");
+        let bad = resolve(&["-d", "host=a,b", "--primary-pgdata", "/pg"], &env()).unwrap_err();
+        assert_eq!(bad, ConfigError::ManyHosts("a,b".into()));
+        let bad = resolve(&["-d", "hots=a", "--primary-pgdata", "/pg"], &env()).unwrap_err();
+        assert!(matches!(&bad, ConfigError::Dbname(m) if m.contains("hots")), "libpq's own message: {bad}");
+        let bad = resolve(&["--pghost", "db1", "--primary-pgdata", "/pg", "--slot", "s1"], &env()).unwrap_err();
+        assert_eq!(bad, ConfigError::SlotName("s1".into()));
+        assert!(
+            resolve(&["--pghost", "db1", "--primary-pgdata", "/pg", "--slot"], &env()).is_ok(),
+            "pgclone.sh's --slot"
+        );
+        assert!(Args::try_parse_from(["pgclone", "--primary-pgdata", "/pg", "-r", "10"]).is_err(), "below 32k");
+        let mut e = env();
+        e.vars.insert("PGAPPNAME", "from_env".into());
+        let flags =
+            ["--pghost", "db1", "--primary-pgdata", "/pg", "-R", "--recovery-option", "recovery_min_apply_delay=5min"];
+        let r = resolve(&flags, &e).unwrap().recovery.unwrap();
+        assert_eq!(r.application_name, "from_env");
+        assert_eq!(r.options, vec![("recovery_min_apply_delay".to_string(), "5min".to_string())]);
+        assert!(Args::try_parse_from(["pgclone", "--primary-pgdata", "/pg", "--recovery-option", "=x"]).is_err());
     }
 
     #[test]

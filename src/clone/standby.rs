@@ -82,6 +82,9 @@ impl Recovery {
         if let Some(port) = self.standby.replica_port {
             s.push_str(&format!("port = {port}\n"));
         }
+        for (key, value) in &self.standby.options {
+            s.push_str(&format!("{key} = '{}'\n", value.replace('\'', "''")));
+        }
         s
     }
 
@@ -229,6 +232,10 @@ mod tests {
                 application_name: "replica1".into(),
                 slot: Some("standby1".into()),
                 replica_port: Some(5434),
+                options: vec![
+                    ("restore_command".into(), "cp '/arch/%f' %p".into()),
+                    ("recovery_min_apply_delay".into(), "5min".into()),
+                ],
             },
         };
         assert_eq!(
@@ -237,7 +244,9 @@ mod tests {
              primary_conninfo = 'host=''db.example'' port=''5433'' user=''rep\\''l'' sslmode=''require'' \
              application_name=''replica1'''\n\
              primary_slot_name = 'standby1'\n\
-             port = 5434\n"
+             port = 5434\n\
+             restore_command = 'cp ''/arch/%f'' %p'\n\
+             recovery_min_apply_delay = '5min'\n"
         );
     }
 
@@ -251,7 +260,13 @@ mod tests {
             user: "u".into(),
             sslmode: None,
             password: Some("p w".into()),
-            standby: RecoveryConfig { password: true, application_name: "a".into(), slot: None, replica_port: None },
+            standby: RecoveryConfig {
+                password: true,
+                application_name: "a".into(),
+                slot: None,
+                replica_port: None,
+                options: Vec::new(),
+            },
         };
         r.write(d.path()).unwrap();
         let conf = std::fs::read_to_string(d.path().join("postgresql.auto.conf")).unwrap();

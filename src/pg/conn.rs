@@ -62,6 +62,40 @@ impl Rows {
     }
 }
 
+/// The settings a connection string or URI gives (-d), as libpq's own parser reads it (PQconninfoParse):
+/// keyword and value of each one set.
+pub fn parse_conninfo(conninfo: &str) -> Result<Vec<(String, String)>, PgError> {
+    let c = cstring(conninfo)?;
+    let mut err: *mut CChar = std::ptr::null_mut();
+    // SAFETY: c is NUL-terminated; err receives a libpq-allocated message or stays NULL.
+    let options = unsafe { ffi::PQconninfoParse(c.as_ptr(), &mut err) };
+    if options.is_null() {
+        let message = if err.is_null() {
+            "out of memory".to_string()
+        } else {
+            // SAFETY: a NUL-terminated message from libpq, freed right after.
+            let m = unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned();
+            unsafe { ffi::PQfreemem(err.cast()) };
+            m
+        };
+        return Err(PgError::new(message));
+    }
+    let mut set = Vec::new();
+    // SAFETY: an array terminated by an entry whose keyword is NULL, valid until PQconninfoFree.
+    unsafe {
+        let mut o = options;
+        while !(*o).keyword.is_null() {
+            if !(*o).val.is_null() {
+                let key = CStr::from_ptr((*o).keyword).to_string_lossy().into_owned();
+                set.push((key, CStr::from_ptr((*o).val).to_string_lossy().into_owned()));
+            }
+            o = o.add(1);
+        }
+        ffi::PQconninfoFree(options);
+    }
+    Ok(set)
+}
+
 impl Conn {
     /// Connects with the given keywords; anything not given comes from libpq's own defaults
     /// (PG* environment, service file, .pgpass).
@@ -72,8 +106,10 @@ impl Conn {
         let mut values: Vec<*const CChar> = owned.iter().map(|(_, v)| v.as_ptr()).collect();
         keys.push(std::ptr::null());
         values.push(std::ptr::null());
-        // SAFETY: both arrays are NULL-terminated and outlive the call.
-        let raw = unsafe { ffi::PQconnectdbParams(keys.as_ptr(), values.as_ptr(), 0) };
+        // SAFETY: both arrays are NULL-terminated and outlive the call. expand_dbname: a `dbname` that is a
+        // connection string or URI (-d) is expanded by libpq, its settings in its place (libpq.sgml,
+        // PQconnectdbParams): later keywords win over it.
+        let raw = unsafe { ffi::PQconnectdbParams(keys.as_ptr(), values.as_ptr(), 1) };
         let raw = NonNull::new(raw).ok_or_else(|| PgError::new("libpq could not allocate a connection"))?;
         let conn = Conn { raw };
         // SAFETY: raw is a valid connection object.

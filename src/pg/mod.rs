@@ -12,4 +12,4 @@ pub mod replication;
 
 pub mod wal_stream;
 
-pub use conn::{Conn, CopyData, PgError};
+pub use conn::{parse_conninfo, Conn, CopyData, PgError};

@@ -493,3 +493,43 @@ fn checkpoint_spread_and_label_as_pg_basebackup_takes_them() {
     }
     assert_primary_clean(&s.lab, &s.primary);
 }
+
+/// A clone driven by pg_basebackup's vocabulary alone for the connection: `-d 'host=... port=... user=...
+/// sslmode=require'` (no --pghost/--pgport/--pguser), against a TLS primary. libpq parses it: the backup session
+/// really is TLS (pg_stat_ssl, while the copy runs), -R writes what -d said plus `--recovery-option` settings, and
+/// the standby's application_name comes from PGAPPNAME (which, as libpq's, also names pgclone's own sessions).
+#[test]
+fn a_clone_driven_by_a_connection_string_with_recovery_options() {
+    let lab = Lab::new("dbname");
+    let primary = Postgres::primary_tls(&lab, "primary", false);
+    primary.pgbench_init(1);
+    let sshd = Sshd::start(&lab);
+    let replica = lab.path().join("replica");
+    let mut run = Pgclone::new(&primary, &sshd, &replica);
+    let conninfo = format!("host=127.0.0.1 port={} user={SUPERUSER} sslmode=require", primary.port);
+    (run.pghost, run.pgport, run.pguser) = (String::new(), None, String::new());
+    run.args(["-d", &conninfo, "-R", "--recovery-option", "recovery_min_apply_delay=2s"]);
+    run.args(["--recovery-option", "restore_command=test -f '/nonexistent/%f'"]);
+    run.env("PGAPPNAME", Some("from_pgappname"));
+    let running = run.spawn_slowly("4M");
+    let ssl = primary.psql(
+        "select string_agg(s.ssl::text, ',') from pg_stat_ssl s join pg_stat_activity a using (pid) \
+         where a.application_name = 'from_pgappname' and a.backend_type = 'client backend'",
+    );
+    let out = running.wait();
+    out.assert_success();
+    assert_eq!(ssl, "true", "the backup session is not TLS");
+    let conf = fs::read_to_string(replica.join("postgresql.auto.conf")).unwrap();
+    println!("{conf}");
+    for want in [
+        "host=''127.0.0.1''".to_string(),
+        format!("port=''{}''", primary.port),
+        "sslmode=''require''".into(),
+        "application_name=''from_pgappname''".into(),
+        "recovery_min_apply_delay = '2s'".into(),
+        "restore_command = 'test -f ''/nonexistent/%f'''".into(),
+    ] {
+        assert!(conf.contains(&want), "postgresql.auto.conf lacks {want}");
+    }
+    assert_primary_clean(&lab, &primary);
+}

@@ -126,11 +126,16 @@ impl Pgclone {
             a.push(k.into());
             a.push(v);
         };
-        opt("--pghost", self.pghost.clone().into());
+        // Empty: not given (a test driving the connection with -d).
+        if !self.pghost.is_empty() {
+            opt("--pghost", self.pghost.clone().into());
+        }
         if let Some(port) = self.pgport {
             opt("--pgport", port.to_string().into());
         }
-        opt("--pguser", self.pguser.clone().into());
+        if !self.pguser.is_empty() {
+            opt("--pguser", self.pguser.clone().into());
+        }
         opt("--primary-pgdata", self.primary_pgdata.clone().into());
         opt("--replica-pgdata", self.replica_pgdata.clone().into());
         match &self.ssh {
