@@ -30,213 +30,226 @@ pub struct Args {
 
     /// Connection string or URI for the primary, as libpq reads it (host, port, user, sslmode, ...); the flags
     /// below win over it [default: libpq's environment]
-    #[arg(short = 'd', long, value_name = "CONNSTR")]
+    #[arg(help_heading = "Connection to the primary", short = 'd', long, value_name = "CONNSTR")]
     pub dbname: Option<String>,
 
     /// Primary's host name or address: used for PostgreSQL and as the ssh host [default: -d's host, $PGHOST]
-    #[arg(short = 'h', long, value_name = "HOST")]
+    #[arg(help_heading = "Connection to the primary", short = 'h', long, value_name = "HOST")]
     pub pghost: Option<String>,
 
     /// Primary's PostgreSQL port [default: -d's port, $PGPORT or 5432]
-    #[arg(short = 'p', long, value_name = "PORT")]
+    #[arg(help_heading = "Connection to the primary", short = 'p', long, value_name = "PORT")]
     pub pgport: Option<u16>,
 
     /// Role with REPLICATION that may run pg_backup_start/pg_backup_stop [default: -d's user, $PGUSER]
-    #[arg(short = 'U', long, value_name = "USER")]
+    #[arg(help_heading = "Connection to the primary", short = 'U', long, value_name = "USER")]
     pub pguser: Option<String>,
 
     /// Data directory of the primary, on the primary host (required to clone)
-    #[arg(long, value_name = "DIR", required = true)]
+    #[arg(help_heading = "Directories", long, value_name = "DIR", required = true)]
     pub primary_pgdata: Option<PathBuf>,
 
     /// Data directory to create here; must be absent or empty [default: --primary-pgdata]
-    #[arg(short = 'D', long, value_name = "DIR")]
+    #[arg(help_heading = "Directories", short = 'D', long, value_name = "DIR")]
     pub replica_pgdata: Option<PathBuf>,
 
     /// Put the tablespace at OLD on the primary at NEW here (repeatable; a literal = is written \=)
     /// [default: the same path as on the primary]
-    #[arg(short = 'T', long, value_name = "OLD=NEW", value_parser = crate::replica::tablespace::parse_mapping)]
+    #[arg(help_heading = "Directories", short = 'T', long, value_name = "OLD=NEW", value_parser = crate::replica::tablespace::parse_mapping)]
     pub tablespace_mapping: Vec<crate::replica::tablespace::Mapping>,
 
     /// Put the replica's WAL here and make pg_wal a symlink to it (must be absent or empty)
-    #[arg(long, value_name = "DIR")]
+    #[arg(help_heading = "Directories", long, value_name = "DIR")]
     pub replica_waldir: Option<PathBuf>,
 
     /// Where streamed WAL waits during the clone [default: a private directory under $TMPDIR]. pgclone works
     /// in a private subdirectory and removes it afterwards; whatever else is in DIR is left alone
-    #[arg(long, value_name = "DIR")]
+    #[arg(help_heading = "Directories", long, value_name = "DIR")]
     pub temp_waldir: Option<PathBuf>,
 
     /// DANGEROUS: first delete everything in --replica-pgdata and --replica-waldir (never the directories
     /// themselves, never anything outside them); refused for /, a home directory or a running cluster
-    #[arg(long)]
+    #[arg(help_heading = "Directories", long)]
     pub drop_existing: bool,
 
     /// Implied (kept so that scripts passing it keep working): a re-run compares the files already in the
     /// replica with the primary's by content, never by size and modification time
-    #[arg(long)]
+    #[arg(help_heading = "Copy", long)]
     pub paranoid: bool,
 
     /// Accepted for pgclone.sh compatibility: pgclone always streams WAL through a temporary replication slot,
     /// visible in pg_replication_slots during the run and gone with the connection afterwards (a NAME after it
     /// is refused, with what to give instead)
-    #[arg(long, num_args = 0..=1, value_name = "NAME")]
+    #[arg(help_heading = "Standby", long, num_args = 0..=1, value_name = "NAME")]
     pub slot: Option<Option<String>>,
 
     /// ssh login on the primary host; it must be able to read the primary's data directory
-    #[arg(long, value_name = "USER")]
+    #[arg(help_heading = "SSH and transport", long, value_name = "USER")]
     pub ssh_user: Option<String>,
 
     /// Private key for ssh [default: ssh's own choice: agent, ~/.ssh/config, ~/.ssh/id_*]
-    #[arg(long, value_name = "FILE")]
+    #[arg(help_heading = "SSH and transport", long, value_name = "FILE")]
     pub ssh_key: Option<PathBuf>,
 
     /// ssh port on the primary host [default: ssh's own choice]
-    #[arg(long, value_name = "PORT")]
+    #[arg(help_heading = "SSH and transport", long, value_name = "PORT")]
     pub ssh_port: Option<u16>,
 
     /// ssh client configuration file used instead of ~/.ssh/config (ssh -F)
-    #[arg(long, value_name = "FILE")]
+    #[arg(help_heading = "SSH and transport", long, value_name = "FILE")]
     pub ssh_config: Option<PathBuf>,
 
     /// Send PostgreSQL connections through an ssh tunnel to the primary host's loopback (127.0.0.1:--pgport),
     /// for primaries that accept only local connections
-    #[arg(long)]
+    #[arg(help_heading = "Connection to the primary", long)]
     pub bypass_rep_traffic: bool,
 
     /// Do not check the primary's ssh host key (StrictHostKeyChecking=no); exposes the copy to a man in the middle
-    #[arg(long)]
+    #[arg(help_heading = "SSH and transport", long)]
     pub insecure_ssh: bool,
 
     /// How files travel: native (pgclone agents on the primary, over ssh; auto means the same), or rsync (a
     /// throwaway rsync daemon, as pgclone.sh: whole files only, data in clear text; only when asked for)
-    #[arg(long, value_enum, default_value_t = TransportKind::Auto)]
+    #[arg(help_heading = "SSH and transport", long, value_enum, default_value_t = TransportKind::Auto)]
     pub transport: TransportKind,
 
     /// How file data travels: tls (TLS 1.3 over direct TCP to the agent, keyed through ssh; native transport),
     /// ssh (one ssh connection per worker), tcp (clear text, for a trusted network only: anyone on the path can
     /// read or change the copy); auto: tls, or ssh with a notice when the agent's port cannot be reached
-    #[arg(long, value_enum, default_value_t = DataChannel::Auto)]
+    #[arg(help_heading = "SSH and transport", long, value_enum, default_value_t = DataChannel::Auto)]
     pub data_channel: DataChannel,
 
     /// A pgclone (or pgclone-agent) of this version installed on the primary host, for the native transport's
     /// agents [default: pgclone-agent from beside this binary, brought to the primary for the run and removed
     /// after it]
-    #[arg(long, value_name = "PATH")]
+    #[arg(help_heading = "SSH and transport", long, value_name = "PATH")]
     pub remote_pgclone: Option<String>,
 
     /// The primary's data directory is on this host: native transport agents run as local processes, no ssh
-    #[arg(long, conflicts_with = "bypass_rep_traffic")]
+    #[arg(help_heading = "SSH and transport", long, conflicts_with = "bypass_rep_traffic")]
     pub no_ssh: bool,
 
     /// Compression on the wire for the native transport: auto (lz4 where it makes the copy faster, as measured
     /// on each connection), none, lz4, zstd or zstd:LEVEL
-    #[arg(long, value_name = "CODEC", default_value = "auto")]
+    #[arg(help_heading = "Copy", long, value_name = "CODEC", default_value = "auto")]
     pub compress: Compression,
 
     /// Files larger than this are split into ranges that any worker may take (native transport; K, M, G)
-    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
+    #[arg(help_heading = "Copy", long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
     pub chunk_size: u64,
 
     /// Parallel copy workers, each its own connection [default: number of CPUs]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(help_heading = "Copy", long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub parallel: Option<u16>,
 
     /// One network budget for all copy workers together, in bytes/s (K, M, G: binary multiples; at least
     /// 10000); a worker that finishes leaves its share to the others
-    #[arg(long, value_name = "RATE", value_parser = crate::sys::bandwidth::parse_rate)]
+    #[arg(help_heading = "Copy", long, value_name = "RATE", value_parser = crate::sys::bandwidth::parse_rate)]
     pub limit_net_bw: Option<u64>,
 
     /// --limit-net-bw in pg_basebackup's units: kilobytes per second, or with a k or M suffix (32k to 1024M)
-    #[arg(short = 'r', long, value_name = "RATE", value_parser = parse_max_rate, conflicts_with = "limit_net_bw")]
+    #[arg(help_heading = "Copy", short = 'r', long, value_name = "RATE", value_parser = parse_max_rate, conflicts_with = "limit_net_bw")]
     pub max_rate: Option<u64>,
 
-    /// How to show copy progress
-    #[arg(long, value_enum, default_value_t = progress::Mode::Auto)]
+    /// How to show copy progress; -P alone (pg_basebackup's) is the bar
+    #[arg(
+        help_heading = "Output",
+        short = 'P',
+        long,
+        value_enum,
+        default_value_t = progress::Mode::Auto,
+        num_args = 0..=1,
+        default_missing_value = "bar"
+    )]
     pub progress: progress::Mode,
 
     /// Seconds between progress lines in plain mode
-    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(help_heading = "Output", long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub progress_interval: u64,
 
     /// Make the clone a standby of the primary: standby.signal, and primary_conninfo (host, port, user,
     /// sslmode, application_name of the connection pgclone used) in postgresql.auto.conf
-    #[arg(short = 'R', long)]
+    #[arg(help_heading = "Standby", short = 'R', long)]
     pub write_recovery_conf: bool,
 
     /// With -R: also write the password into primary_conninfo (otherwise the standby reads ~/.pgpass as libpq does)
-    #[arg(long)]
+    #[arg(help_heading = "Standby", long)]
     pub conninfo_password: bool,
 
     /// application_name the standby uses towards the primary, as seen in pg_stat_replication [default:
     /// $PGAPPNAME, else this host's name]
-    #[arg(long, value_name = "NAME")]
+    #[arg(help_heading = "Standby", long, value_name = "NAME")]
     pub application_name: Option<String>,
+
+    /// Stream the WAL through this existing physical replication slot (pg_basebackup's -S) instead of a temporary
+    /// one; with -R the standby uses it too (primary_slot_name), so it holds the WAL from the clone's start on
+    #[arg(help_heading = "Standby", short = 'S', long, value_name = "NAME", conflicts_with = "create_slot")]
+    pub stream_slot: Option<String>,
 
     /// Create this permanent physical replication slot for the standby (and, with -R, use it): it keeps the
     /// WAL the standby needs between the clone and its first start; never left behind by a failed run
-    #[arg(long, value_name = "NAME")]
+    #[arg(help_heading = "Standby", long, value_name = "NAME")]
     pub create_slot: Option<String>,
 
     /// Start the standby when the clone is done (implies -R) and wait until the primary sees it streaming
-    #[arg(long)]
+    #[arg(help_heading = "Standby", long)]
     pub start: bool,
 
     /// With -R: the standby's own port
-    #[arg(long, value_name = "PORT")]
+    #[arg(help_heading = "Standby", long, value_name = "PORT")]
     pub replica_port: Option<u16>,
 
     /// With -R: one more setting for the standby's postgresql.auto.conf (repeatable), e.g. restore_command=...
     /// or recovery_min_apply_delay=5min
-    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_setting)]
+    #[arg(help_heading = "Standby", long, value_name = "KEY=VALUE", value_parser = parse_setting)]
     pub recovery_option: Vec<(String, String)>,
 
     /// With --start: how long to wait for the standby to stream
-    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    #[arg(help_heading = "Standby", long, value_name = "SECONDS", default_value_t = 120)]
     pub wait_streaming: u64,
 
     /// Directory holding pg_ctl of the primary's major, for --start [default: /usr/lib/postgresql/<major>/bin, then PATH]
-    #[arg(long, value_name = "DIR")]
+    #[arg(help_heading = "Standby", long, value_name = "DIR")]
     pub pg_bindir: Option<PathBuf>,
 
     /// Do not verify data page checksums while copying (when the primary has them on, pages older than the
     /// backup start are checked and a corrupt one fails the clone)
-    #[arg(long)]
+    #[arg(help_heading = "Copy", long)]
     pub no_verify_checksums: bool,
 
     /// Do not write backup_manifest (the extra read pass that computes its checksums is then skipped unless
     /// page checksums are verified)
-    #[arg(long)]
+    #[arg(help_heading = "Copy", long)]
     pub no_manifest: bool,
 
     /// Make every check a clone makes before copying (replica directory, the primary over SQL and ssh, its data
     /// directory, a free WAL sender and slot, room for WAL and data) and exit without copying or changing anything
-    #[arg(long)]
+    #[arg(help_heading = "Copy", long)]
     pub check: bool,
 
     /// The checkpoint pg_backup_start waits for: fast (immediate; pgclone's default, unlike pg_basebackup's) or
     /// spread (paced by checkpoint_completion_target: gentler on a busy primary, up to checkpoint_timeout slower)
-    #[arg(short = 'c', long, value_enum, default_value_t = Checkpoint::Fast)]
+    #[arg(help_heading = "Connection to the primary", short = 'c', long, value_enum, default_value_t = Checkpoint::Fast)]
     pub checkpoint: Checkpoint,
 
     /// The backup's label (backup_label's LABEL, pg_stat_progress_basebackup) [default: "pgclone to <replica>"]
-    #[arg(short = 'l', long, value_name = "LABEL")]
+    #[arg(help_heading = "Connection to the primary", short = 'l', long, value_name = "LABEL")]
     pub label: Option<String>,
 
     /// Print a machine-readable summary (JSON) on stdout; human logs stay on stderr
-    #[arg(long)]
+    #[arg(help_heading = "Output", long)]
     pub json: bool,
 
     /// Keep the run's private temporary directory (streamed WAL, logs) for inspection
-    #[arg(long)]
+    #[arg(help_heading = "Directories", long)]
     pub keep_run_tmp: bool,
 
     /// Debug logging
-    #[arg(long, short)]
+    #[arg(help_heading = "Output", long, short)]
     pub verbose: bool,
 
     /// Trace logging: every protocol step (pgclone.sh's shell trace)
-    #[arg(long)]
+    #[arg(help_heading = "Output", long)]
     pub debug: bool,
 }
 

@@ -104,6 +104,8 @@ pub struct CloneConfig {
     pub recovery: Option<RecoveryConfig>,
     /// --create-slot.
     pub create_slot: Option<String>,
+    /// -S: an existing slot the WAL stream uses instead of a temporary one of its own.
+    pub stream_slot: Option<String>,
     /// --start.
     pub start: Option<StartConfig>,
     /// -c fast (the default) or spread.
@@ -210,7 +212,7 @@ impl CloneConfig {
                 .or_else(|| env.var("PGAPPNAME").map(str::to_string))
                 .unwrap_or_else(|| env.hostname.clone()),
             options: args.recovery_option.clone(),
-            slot: args.create_slot.clone(),
+            slot: args.create_slot.clone().or_else(|| args.stream_slot.clone()),
             replica_port: args.replica_port,
         });
         Ok(CloneConfig {
@@ -243,6 +245,7 @@ impl CloneConfig {
             verify_checksums: !args.no_verify_checksums,
             manifest: !args.no_manifest,
             recovery,
+            stream_slot: args.stream_slot.clone(),
             create_slot: args.create_slot.clone(),
             start: args.start.then(|| StartConfig {
                 pg_bindir: args.pg_bindir.clone(),
@@ -379,6 +382,11 @@ mod tests {
         assert_eq!(r.application_name, "from_env");
         assert_eq!(r.options, vec![("recovery_min_apply_delay".to_string(), "5min".to_string())]);
         assert!(Args::try_parse_from(["pgclone", "--primary-pgdata", "/pg", "--recovery-option", "=x"]).is_err());
+        let c = resolve(&["--pghost", "db1", "--primary-pgdata", "/pg", "-P"], &env()).unwrap();
+        assert_eq!(c.progress, progress::Mode::Bar, "-P alone");
+        let c = resolve(&["--pghost", "db1", "--primary-pgdata", "/pg", "-S", "s2", "-R"], &env()).unwrap();
+        assert_eq!((c.stream_slot.as_deref(), c.recovery.unwrap().slot.as_deref()), (Some("s2"), Some("s2")));
+        assert!(Args::try_parse_from(["pgclone", "--primary-pgdata", "/pg", "-S", "a", "--create-slot", "b"]).is_err());
     }
 
     #[test]

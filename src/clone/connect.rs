@@ -29,7 +29,7 @@ pub struct Connect<'a> {
 pub struct Connected {
     pub stream: WalStream,
     pub transport: Box<dyn Transport>,
-    /// The stream's temporary slot, which --create-slot copies at the end.
+    /// The stream's slot: its temporary one, which --create-slot copies at the end, or -S's.
     pub slot: String,
     /// The system identifier of --primary-pgdata (the streamed cluster's).
     pub system_id: u64,
@@ -38,7 +38,10 @@ pub struct Connected {
 impl Connect<'_> {
     /// `sql`: the checked SQL session, which the stream consults when the server is a standby.
     pub fn run(self, sql: &mut Conn, cancel: &Cancel) -> Result<Connected, CloneError> {
-        let slot = format!("pgclone_{}_{:04x}", std::process::id(), rand_u16());
+        let (slot, temporary) = match &self.config.stream_slot {
+            Some(name) => (name.clone(), false),
+            None => (format!("pgclone_{}_{:04x}", std::process::id(), rand_u16()), true),
+        };
         let params: Vec<(&str, &str)> = self.params.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let standby_session = self.primary.in_recovery.then_some(sql);
         let pgdata = &self.config.primary_pgdata;
@@ -46,7 +49,8 @@ impl Connect<'_> {
         // (PR_SET_PDEATHSIG fires when the forking thread ends).
         let (stream, transport) = std::thread::scope(|s| {
             let stream = s.spawn(|| {
-                WalStream::start(&params, self.streamed, self.primary.seg, &slot, standby_session, cancel.clone())
+                let slot = (slot.as_str(), temporary);
+                WalStream::start(&params, self.streamed, self.primary.seg, slot, standby_session, cancel.clone())
             });
             let transport = transport::open(&self.config.transport, pgdata, self.run_dir, self.resync);
             (stream.join().expect("starting the WAL stream does not panic"), transport)

@@ -54,6 +54,8 @@ pub enum PreflightError {
     NoSlot { max: i64, used: i64 },
     #[error("replication slot \"{0}\" already exists on the primary: choose another --create-slot name or drop it")]
     SlotExists(String),
+    #[error("-S {name}: {problem} (create it with SELECT pg_create_physical_replication_slot('{name}'), or use --create-slot)")]
+    StreamSlot { name: String, problem: &'static str },
     #[error("the primary reported an invalid wal_segment_size: {0:?}")]
     SegSize(String),
     #[error(transparent)]
@@ -152,6 +154,9 @@ fn check_primary(config: &CloneConfig) -> Result<PrimaryChecked, CloneError> {
     tracing::info!("primary {}@{} runs PostgreSQL {}", sql.user(), sql.host(), primary.major);
     if let Some(name) = &config.create_slot {
         slot_free(&mut sql, name)?;
+    }
+    if let Some(name) = &config.stream_slot {
+        slot_usable(&mut sql, name)?;
     }
     let pg_ctl = config
         .start
@@ -342,6 +347,20 @@ pub fn slot_free(conn: &mut Conn, name: &str) -> Result<(), PreflightError> {
         Some("0") => Ok(()),
         _ => Err(PreflightError::SlotExists(name.to_string())),
     }
+}
+
+/// -S must name a physical slot that exists and that nobody streams from now.
+pub fn slot_usable(conn: &mut Conn, name: &str) -> Result<(), PreflightError> {
+    let rows = conn
+        .query_params("SELECT slot_type, active FROM pg_replication_slots WHERE slot_name = $1", &[name])
+        .map_err(PreflightError::Query)?;
+    let problem = match (rows.get(0, 0), rows.get(0, 1)) {
+        (None, _) => "no such replication slot on the primary",
+        (Some(t), _) if t != "physical" => "not a physical replication slot",
+        (_, Some("t")) => "the slot is in use by another connection",
+        _ => return Ok(()),
+    };
+    Err(PreflightError::StreamSlot { name: name.to_string(), problem })
 }
 
 /// Logs in over ssh and checks that --primary-pgdata is a data directory the ssh user can read (for the rsync

@@ -102,7 +102,7 @@ impl WalStream {
         params: &[(&str, &str)],
         dir: &Path,
         seg: SegSize,
-        slot: &str,
+        (slot, temporary): (&str, bool),
         standby_session: Option<&mut Conn>,
         cancel: Cancel,
     ) -> Result<WalStream, WalStreamError> {
@@ -112,9 +112,12 @@ impl WalStream {
         let cmd = |what| move |source| WalStreamError::Command { what, source };
 
         // The slot first, then the position: the slot reserves WAL from the last checkpoint's redo
-        // pointer, which lies at or before any position the server reports afterwards.
-        conn.query(&format!("CREATE_REPLICATION_SLOT {slot} TEMPORARY PHYSICAL (RESERVE_WAL)"))
-            .map_err(cmd("CREATE_REPLICATION_SLOT"))?;
+        // pointer, which lies at or before any position the server reports afterwards. An existing slot (-S)
+        // holds WAL from the position streamed from on, once START_REPLICATION has moved it there.
+        if temporary {
+            conn.query(&format!("CREATE_REPLICATION_SLOT {slot} TEMPORARY PHYSICAL (RESERVE_WAL)"))
+                .map_err(cmd("CREATE_REPLICATION_SLOT"))?;
+        }
         let rows = conn.query("IDENTIFY_SYSTEM").map_err(cmd("IDENTIFY_SYSTEM"))?;
         let field = |i| rows.get(0, i).ok_or_else(|| WalStreamError::Protocol("short IDENTIFY_SYSTEM answer".into()));
         let system_id: u64 = field(0)?.parse().map_err(|_| WalStreamError::Protocol("bad system identifier".into()))?;

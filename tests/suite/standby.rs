@@ -428,3 +428,33 @@ fn create_slot_not_left_by_kill_during_finalize() {
     }
     println!("inconclusive: the kill never landed before the clone was complete");
 }
+
+/// `-S NAME` (pg_basebackup's): the WAL stream goes through an existing physical slot, no temporary slot of
+/// pgclone's is made, -R makes the standby use the slot, which then serves the standby; a slot that does not
+/// exist is refused before anything changes.
+#[test]
+fn stream_slot_is_used_by_the_stream_and_the_standby() {
+    let (lab, primary, sshd, load) = setup("g5-stream-slot", 1);
+    let replica = lab.path().join("replica");
+    let mut run = run_into(&primary, &sshd, &replica);
+    run.args(["-S", "not_there", "-R"]);
+    run.run().assert_refused("no such replication slot");
+    assert_no_control_file(&replica);
+    primary.psql("select pg_create_physical_replication_slot('held')");
+    let mut run = run_into(&primary, &sshd, &replica);
+    run.args(["-S", "held", "-R"]);
+    let running = run.spawn_slowly("8M");
+    let during =
+        primary.psql("select string_agg(slot_name || ':' || active, ',' order by slot_name) from pg_replication_slots");
+    running.wait().assert_success();
+    assert_eq!(during, "held:true", "the stream must use the slot and no temporary one");
+    assert!(auto_conf(&replica).contains("primary_slot_name = 'held'"), "{}", auto_conf(&replica));
+    wait_clean(&lab, &primary, &["held"], &lab.run_dirs(), WAIT);
+    assert_eq!(slot_row(&primary, "held"), "physical|f|f", "the slot stays, unused between clone and start");
+    let reserved = primary.psql("select restart_lsn is not null from pg_replication_slots where slot_name = 'held'");
+    assert_eq!(reserved, "t", "the stream moved the slot: it holds the WAL the standby needs");
+    let standby = Postgres::standby(&lab, &replica, &primary, "g5_held");
+    wait_streaming(&primary, &standby, "g5_held", WAIT);
+    assert_eq!(slot_row(&primary, "held"), "physical|f|t", "the standby streams through the slot");
+    drop(load);
+}
