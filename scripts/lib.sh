@@ -16,6 +16,7 @@ PGC_PACKAGES=(
   openssh-server openssh-client rsync                  # pgclone's transport
   util-linux procps passwd iproute2 findutils coreutils tar gzip
   openssl strace nftables                              # tests: a TLS primary's key, the order of syscalls, a firewall
+  man-db                                               # package check: man -l on the packaged page
 )
 
 pgc_log() { printf '%s: %s\n' "${0##*/}" "$*" >&2; }

@@ -307,4 +307,12 @@ pub enum Command {
         /// The clone's data directory
         dir: PathBuf,
     },
+    /// Print the manual page (roff), made from these very flags, for packages (scripts/package.sh)
+    #[command(hide = true)]
+    Man,
+    /// Print shell completions for bash, zsh or fish
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }

@@ -21,7 +21,7 @@ mod transport;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::sys::cancel::Cancel;
@@ -44,6 +44,13 @@ pub fn main() -> ExitCode {
     match &args.command {
         Some(cli::Command::Verify { dir }) => return verify(dir),
         Some(cli::Command::Agent { pgdata }) => return agent(pgdata),
+        Some(cli::Command::Man) => return print(|out| clap_mangen::Man::new(cli::Args::command()).render(out)),
+        Some(cli::Command::Completions { shell }) => {
+            return print(|out| {
+                clap_complete::generate(*shell, &mut cli::Args::command(), "pgclone", out);
+                Ok(())
+            })
+        }
         None => {}
     }
     let cancel = Cancel::default();
@@ -90,6 +97,18 @@ pub fn main() -> ExitCode {
                 );
             }
             ExitCode::from(outcome.exit_code())
+        }
+    }
+}
+
+/// Writes what `write` makes to stdout: the man page or completions.
+fn print(write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match write(&mut out).and_then(|()| std::io::Write::flush(&mut out)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgclone: error: writing to stdout: {e}");
+            ExitCode::FAILURE
         }
     }
 }
