@@ -307,6 +307,12 @@ pub enum Command {
         /// The clone's data directory
         dir: PathBuf,
     },
+    /// Run as a Patroni replica method: the method's `command: pgclone patroni`, its keys as pgclone's flags
+    /// (docs/patroni.md)
+    Patroni {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
+    },
     /// Print the manual page (roff), made from these very flags, for packages (scripts/package.sh)
     #[command(hide = true)]
     Man,

@@ -12,6 +12,7 @@ mod cli;
 mod clone;
 mod error;
 mod manifest;
+mod patroni;
 mod pg;
 mod progress;
 mod replica;
@@ -28,7 +29,25 @@ use crate::sys::cancel::Cancel;
 
 /// `pgclone`.
 pub fn main() -> ExitCode {
-    let args = cli::Args::parse();
+    let mut args = cli::Args::parse();
+    if let Some(cli::Command::Patroni { args: given }) = &args.command {
+        let flags: Vec<(String, bool)> = cli::Args::command()
+            .get_arguments()
+            .filter_map(|a| Some((a.get_long()?.to_string(), a.get_action().takes_values())))
+            .collect();
+        let (argv, warnings) = match patroni::translate(given, &flags) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("pgclone: error: patroni: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        warnings.iter().for_each(|w| eprintln!("pgclone: patroni: {w}"));
+        args = match cli::Args::try_parse_from(argv) {
+            Ok(a) => a,
+            Err(e) => e.exit(),
+        };
+    }
     let level = match (args.debug, args.verbose) {
         (true, _) => "pgclone=trace",
         (false, true) => "pgclone=debug",
@@ -51,7 +70,8 @@ pub fn main() -> ExitCode {
                 Ok(())
             })
         }
-        None => {}
+        // Patroni's arguments were made pgclone's own flags above: a clone.
+        Some(cli::Command::Patroni { .. }) | None => {}
     }
     let cancel = Cancel::default();
     if let Err(e) = watch_signals(cancel.clone()) {

@@ -15,6 +15,7 @@ mod suite {
     mod hardening;
     mod harness_selfcheck;
     mod native;
+    mod patroni;
     mod preflight;
     mod standby;
     mod verification;

@@ -404,8 +404,10 @@ fn a_killed_runs_directory_is_removed_by_the_next_run() {
     let s = Setup::with_pgbench("h-reap", 2);
     let mut run = s.pgclone();
     let running = run.spawn_slowly("2M");
-    let mut tree = vec![running.pid()];
-    tree.extend(children_of(running.pid()).into_iter().map(|(pid, _)| pid));
+    // The children first: pgclone's death wakes its reaper, which could remove the directory before a kill
+    // sent right after reached it (seen on a loaded machine).
+    let mut tree: Vec<u32> = children_of(running.pid()).into_iter().map(|(pid, _)| pid).collect();
+    tree.push(running.pid());
     for pid in &tree {
         let _ = rustix::process::kill_process(
             rustix::process::Pid::from_raw(*pid as i32).unwrap(),

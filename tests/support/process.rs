@@ -277,6 +277,10 @@ impl Bg {
     pub fn stop(self) {
         drop(self)
     }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Bg {
