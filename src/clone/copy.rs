@@ -31,7 +31,7 @@ pub struct Copy {
 
 /// For --check: what a copy would move, `(files, bytes)`, refused if it would not fit. The replica directory a
 /// clone would create has the room of its nearest existing parent; a re-sync reuses what is in place
-/// (allocated, up to the primary's size, as `transfer::prune` counts it).
+/// (`transfer::reusable`).
 pub fn check(
     config: &CloneConfig,
     transport: &dyn Transport,
@@ -43,8 +43,7 @@ pub fn check(
     let plan = transfer::plan(&entries, primary.major, &config.tablespace_mapping);
     let room = config.replica.ancestors().find(|d| d.exists()).unwrap_or(Path::new("/"));
     let present = |(p, size): &(PathBuf, u64)| {
-        let m = std::fs::metadata(config.replica.join(p)).ok()?;
-        Some(m.len().min(std::os::unix::fs::MetadataExt::blocks(&m) * 512).min(*size))
+        std::fs::metadata(config.replica.join(p)).ok().map(|m| transfer::reusable(&m, *size))
     };
     let reused: u64 = if resync { plan.files.iter().filter_map(present).sum() } else { 0 };
     transfer::check_space(&plan, room, reused, 8 * primary.seg.bytes())?;

@@ -92,6 +92,13 @@ pub fn lay_out(plan: &Plan, dest: &Path, resync: bool) -> Result<(), TransferErr
     Ok(())
 }
 
+/// The bytes of a local copy of a file a re-sync can reuse: allocated bytes, not the length (an interrupted native
+/// copy leaves files pre-sized but sparse), and no more than the primary's `size` (bytes past its end are not
+/// reused but cut off).
+pub fn reusable(meta: &std::fs::Metadata, size: u64) -> u64 {
+    meta.len().min(meta.blocks() * 512).min(size)
+}
+
 /// Makes an existing replica (a re-run) hold nothing the plan does not: files the primary no longer has
 /// (dropped tables), files a clone never copies (postmaster.pid, pg_internal.init), stale WAL and runtime
 /// state, and entries of the wrong kind. Never follows a symlink except pg_wal's (--replica-waldir), whose
@@ -123,9 +130,7 @@ pub fn prune(plan: &Plan, dest: &Path) -> Result<(usize, u64), TransferError> {
             if planned_dir || points_to(&tablespaces) {
                 stack.push(rel);
             } else if let Some(size) = planned_size {
-                // Allocated bytes, not the length: an interrupted native copy leaves files pre-sized but sparse;
-                // and no more than the primary's size: bytes past its end are not reused but cut off.
-                present += meta.len().min(meta.blocks() * 512).min(*size);
+                present += reusable(&meta, *size);
             } else if !planned_link {
                 if meta.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) }
                     .at("removing", &path)?;
