@@ -2,7 +2,7 @@
 //!
 //! Two programs share this library: `pgclone` (`main`) and `pgclone-agent` (`agent_main`), the primary's side
 //! of the native transport, which pgclone brings to the primary host for a run. The agent's code never touches
-//! libpq, so its binary links nothing but glibc and runs on any host of the same architecture.
+//! libpq, so its binary links nothing but glibc and runs on any host of the same architecture with glibc 2.34+.
 //!
 //! `main` only dispatches: flags (`cli`) are resolved once into a `clone::CloneConfig`, and `clone::run` carries
 //! out the phases. Dependencies point one way: cli → clone (orchestration and its phases) → pg, transfer,
