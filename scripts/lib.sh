@@ -17,6 +17,7 @@ PGC_PACKAGES=(
   util-linux procps passwd iproute2 findutils coreutils tar gzip
   openssl strace nftables                              # tests: a TLS primary's key, the order of syscalls, a firewall
   man-db                                               # package check: man -l on the packaged page
+  libssl-dev binutils                                  # static release: libssl.a and libcrypto.a; readelf, strip
   patroni etcd-server                                  # tests: pgclone as Patroni's replica method
 )
 

@@ -1,7 +1,8 @@
 //! The native transport end to end: `pgclone agent` processes on the primary (over the lab's real sshd, or as
 //! local children with --no-ssh) against a real PostgreSQL 15 primary. Covers a clone under write load with
 //! range splitting and compression, the block-hash delta of re-runs (including a corruption that keeps size and
-//! mtime), resuming an interrupted clone, and refusing an agent of another version or a missing one.
+//! mtime), resuming an interrupted clone, refusing an agent of another version or a missing one, and a pgclone
+//! without its agent beside it (the static release binary) bringing itself.
 
 use crate::support::*;
 use std::fs;
@@ -379,6 +380,14 @@ fn native_missing_agent_is_named_and_a_brought_one_clones() {
     assert!(out.stderr.contains("pgclone-agent ("), "no pgclone-agent brought along\n{}", out.report());
     assert!(!out.stderr.contains("rsync"), "the default mentions rsync:\n{}", out.report());
     println!("pgclone summary: {}", out.summary_line());
+    verify_both(&s.lab, &s.replica);
+    assert_primary_clean(&s.lab, &s.primary);
+    // A lone pgclone (scripts/release.sh's static binary) brings itself.
+    fs::remove_file(s.lab.pgclone_bin().with_file_name("pgclone-agent")).unwrap();
+    let out = s.pgclone().run();
+    out.assert_success();
+    let itself = format!("bringing {} (", s.lab.pgclone_bin().display());
+    assert!(out.stderr.contains(&itself), "pgclone did not bring itself\n{}", out.report());
     verify_both(&s.lab, &s.replica);
     assert_primary_clean(&s.lab, &s.primary);
 }
