@@ -58,7 +58,7 @@ bench_teardown() {
     kill -TERM "$BENCH_SAMPLER" 2>/dev/null; wait "$BENCH_SAMPLER" 2>/dev/null || true
   fi
   for d in "${BENCH_SERVERS[@]}"; do
-    [ -f "$d/postmaster.pid" ] && { as_user "$PGC_PG15_BIN/pg_ctl" stop -m fast -w -t 60 -D "$d" >/dev/null 2>&1 || true; }
+    [ -f "$d/postmaster.pid" ] && { as_user "${BENCH_SRV[@]}" pg_ctl stop -m fast -w -t 60 -D "$d" >/dev/null 2>&1 || true; }
   done
   if [ -n "$BENCH_NS" ]; then
     for pid in $(ip netns pids "$BENCH_NS" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
@@ -68,15 +68,27 @@ bench_teardown() {
   return 0
 }
 
-# bench_primary DIR PORT: a PostgreSQL 15 primary in the namespace, listening on its address only,
-# scram-sha-256 for the bench user's connections from the root namespace (normal and replication), with TLS
-# or without: `ssl = on` with a self-signed certificate (server.crt and server.key in DIR, the key 0600 and
-# owned by the server's user). libpq's default sslmode (prefer) then takes TLS: a method that wants clear
-# text says PGSSLMODE=disable.
+# bench_server MAJOR: BENCH_SRV, the prefix that runs a server binary (initdb, pg_ctl) of PostgreSQL MAJOR:
+# Debian's 15, or the npm build scripts/install-deps.sh unpacked (with its libraries). Client tools (psql,
+# pgbench, pg_basebackup) are always Debian's 15.
+bench_server() {
+  if [ "$1" = 15 ]; then
+    BENCH_SRV=(env "PATH=$PGC_PG15_BIN:/usr/bin:/bin")
+  else
+    [ -x "$PGC_CACHE/pg$1/bin/postgres" ] || pgc_die "no PostgreSQL $1 in $PGC_CACHE/pg$1 (scripts/install-deps.sh)"
+    BENCH_SRV=(env "PATH=$PGC_CACHE/pg$1/bin:/usr/bin:/bin" "LD_LIBRARY_PATH=$PGC_CACHE/pg$1/lib")
+  fi
+}
+
+# bench_primary DIR PORT [CONF]: a primary (of bench_server's major) in the namespace, listening on its
+# address only, scram-sha-256 for the bench user's connections from the root namespace (normal and
+# replication), with TLS or without: `ssl = on` with a self-signed certificate (server.crt and server.key in
+# DIR, the key 0600 and owned by the server's user). libpq's default sslmode (prefer) then takes TLS: a method
+# that wants clear text says PGSSLMODE=disable. CONF: more lines for its postgresql.conf.
 BENCH_SERVERS=()
 bench_primary() {
-  local dir=$1 port=$2
-  as_user "$PGC_PG15_BIN/initdb" -D "$dir" -U postgres --auth=scram-sha-256 --pwfile="$BENCH_WORK/pw" \
+  local dir=$1 port=$2 conf=${3:-}
+  as_user "${BENCH_SRV[@]}" initdb -D "$dir" -U postgres --auth=scram-sha-256 --pwfile="$BENCH_WORK/pw" \
     --locale=C --encoding=UTF8 >/dev/null
   as_user openssl req -new -x509 -days 30 -nodes -newkey rsa:2048 -subj "/CN=$BENCH_NS_ADDR" \
     -keyout "$dir/server.key" -out "$dir/server.crt" 2>"$dir.openssl.log" ||
@@ -91,6 +103,7 @@ max_locks_per_transaction = 256
 ssl = on
 ssl_cert_file = 'server.crt'
 ssl_key_file = 'server.key'
+$conf
 EOF
   as_user tee "$dir/pg_hba.conf" >/dev/null <<EOF
 local   all         all                     scram-sha-256
@@ -100,7 +113,7 @@ host    all         all  $BENCH_HOST_ADDR/32 scram-sha-256
 host    replication all  $BENCH_HOST_ADDR/32 scram-sha-256
 EOF
   BENCH_SERVERS+=("$dir")
-  in_ns "$PGC_PG15_BIN/pg_ctl" start -w -t 120 -D "$dir" -l "$dir.log" >/dev/null
+  in_ns "${BENCH_SRV[@]}" pg_ctl start -w -t 120 -D "$dir" -l "$dir.log" >/dev/null
 }
 
 # bench_check_ssl PORT: a replication connection with PGSSLMODE=require (pg_basebackup TLS) is TLS, one with

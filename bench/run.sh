@@ -46,17 +46,25 @@
 #       pgclone -p8 --data-channel ssh --compress none; pgclone rsync -p8; the share of the 200 MB/s link
 #       each achieved ("data MB/s" is data bytes per second, not wire bytes: compressed, it can exceed the link).
 #       Targets: pgclone -p8 --compress none ≥ 90 % of the link; pgclone -p8 data rate ≥ 1.5× the link.
-#   S3  delta re-clone: pgclone (default flags) clones into a directory, pgbench writes for
-#       BENCH_DELTA_SECONDS, then pgclone re-runs into the same directory. Shows bytes moved (--json
-#       moved_bytes) against the bytes of the 8 KiB pages that really changed (counted, untimed, just before
-#       the re-clone on the idle primary after a CHECKPOINT), time against the full clone, the WAL the
-#       primary wrote in between, CPU s/GB and peak RSS of both runs.
+#   S3  re-sync of a stale standby (issue 14): pgclone (default flags, plus -R and the standby's own port)
+#       clones into a directory; the clone runs here as a standby until it has replayed a checkpoint made after
+#       its start and made a restartpoint of it, and is shut down cleanly (untimed); pgbench writes for
+#       BENCH_DELTA_SECONDS; pgclone re-runs into the same directory. Shows the re-sync's method (--json
+#       resync.method: wal-summaries, or page-hashes where the primary keeps no WAL summaries), the bytes it
+#       read on the primary (resync.read_primary_bytes) and moved (moved_bytes) against the bytes of the 8 KiB
+#       pages that really changed (counted, untimed, just before the re-sync on the idle primary after a
+#       CHECKPOINT), time against the full clone, the WAL the primary wrote in between, CPU s/GB and peak RSS.
+#       Targets: by WAL summaries, time ≤ 0.15× the full clone and read on the primary ≤ 2× the changed
+#       pages; by page hashes, time ≤ 0.4× the full clone.
 #   S4  many small files: a second primary with BENCH_TABLES one-row tables (one 8 KiB file each): local cp -a,
 #       pg_basebackup, pgclone default, pgclone rsync. Target: pgclone default time ≤ 1.5× local cp -a's.
 # The targets look the methods up by label; one whose method did not run says "not run".
 #
 # Settings (environment):
 #   BENCH_SCALE=130          pgbench scale of the primary (130: about 2 GB to copy)
+#   BENCH_PG_MAJOR=15        the primary's PostgreSQL: Debian's 15, or 16, 17, 18 from scripts/install-deps.sh's
+#                            npm builds (pg_basebackup is 15's: with another major run S3, or methods without it)
+#   BENCH_PG_CONF=...        more postgresql.conf lines for the primary, e.g. 'summarize_wal = on' ("\n" between)
 #   BENCH_ROUNDS=3           rounds per scenario (medians over them)
 #   BENCH_DELTA_SECONDS=120  S3: seconds of pgbench writes between clone and re-clone
 #   BENCH_DELTA_TPS=N        S3: limit those writes to N transactions/s (pgbench -R; default: full speed)
@@ -89,7 +97,7 @@ case "${1:-}" in
   *) pgc_die "unknown argument $1 (try --help)" ;;
 esac
 invocation=
-for v in BENCH_SCALE BENCH_ROUNDS BENCH_DELTA_SECONDS BENCH_DELTA_TPS BENCH_TABLES BENCH_SCENARIOS BENCH_S1_METHODS \
+for v in BENCH_PG_MAJOR BENCH_PG_CONF BENCH_SCALE BENCH_ROUNDS BENCH_DELTA_SECONDS BENCH_DELTA_TPS BENCH_TABLES BENCH_SCENARIOS BENCH_S1_METHODS \
          BENCH_S2_METHODS BENCH_S4_METHODS BENCH_S3_FLAGS BENCH_PGCLONE BENCH_NOTE BENCH_TMP BENCH_KEEP; do
   [ -n "${!v:-}" ] && invocation+="$v=$(shell_quote "${!v}") "
 done
@@ -98,6 +106,8 @@ SCALE=${BENCH_SCALE:-130} ROUNDS=${BENCH_ROUNDS:-3} DELTA=${BENCH_DELTA_SECONDS:
 SCENARIOS=${BENCH_SCENARIOS:-S1 S2 S3 S4}
 S3_FLAGS=${BENCH_S3_FLAGS:-}
 PG=$PGC_PG15_BIN
+MAJOR=${BENCH_PG_MAJOR:-15}
+PG_CONF=$(printf '%b' "${BENCH_PG_CONF:-}")
 
 # methods NAME DEFAULT...: the array NAME ("label|kind|flags" entries), from $BENCH_<NAME> when that is set
 # (entries separated by ";" or newlines, blanks around them ignored), else the DEFAULTs.
@@ -130,6 +140,16 @@ methods S2_METHODS "pg_basebackup|bb|" "pg_basebackup TLS|bbtls|" \
 methods S4_METHODS "local cp -a|cp|" "pg_basebackup|bb|" "pgclone default|pgclone|" "pgclone rsync|pgclone|--transport rsync"
 
 pgc_is_root || pgc_die "run as root: the benchmark makes a network namespace and shapes its link with tc"
+bench_server "$MAJOR"
+if [ "$MAJOR" != 15 ]; then
+  for sc in $SCENARIOS; do
+    case $sc in S1) m=("${S1_METHODS[@]}") ;; S2) m=("${S2_METHODS[@]}") ;; S4) m=("${S4_METHODS[@]}") ;; *) m=() ;; esac
+    for e in "${m[@]}"; do
+      [[ $e == *'|bb|'* || $e == *'|bbtls|'* ]] &&
+        pgc_die "$sc: pg_basebackup 15 cannot back up PostgreSQL $MAJOR; give BENCH_${sc}_METHODS without it, or run S3"
+    done
+  done
+fi
 pgc_ensure_base || pgc_die "missing dependencies (see above)"
 # GNU time measures the client's peak RSS (%M) for a pgclone whose --json has no peak_rss_kb.
 pgc_ensure_packages time || pgc_log "no GNU time: the client's peak RSS only from pgclone's --json peak_rss_kb"
@@ -178,10 +198,10 @@ out() { printf '%s\n' "$@" | tee -a "$report"; }   # one line per argument, to s
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
-step "primary: PostgreSQL 15 (ssl = on) in a network namespace, pgbench scale $SCALE, sshd"
+step "primary: PostgreSQL $MAJOR (ssl = on) in a network namespace, pgbench scale $SCALE, sshd"
 bench_netns_up
 P=$BENCH_WORK/primary
-bench_primary "$P" 5432
+bench_primary "$P" 5432 "$PG_CONF"
 bench_check_ssl 5432
 as_user "$PG/pgbench" -i -q -s "$SCALE" -h "$BENCH_NS_ADDR" -p 5432 -U postgres postgres 2>"$BENCH_WORK/logs/pgbench-init.err" ||
   { cat "$BENCH_WORK/logs/pgbench-init.err" >&2; pgc_die "pgbench -i failed"; }
@@ -365,14 +385,43 @@ s2() {
   target_link "pgclone -p8" "$DATA" 200 1.5 "≥ 1.5× the link"
 }
 
+# The standby S3 makes of each clone: its own port, on 127.0.0.1 and a socket in the work directory (its
+# copied pg_hba.conf admits the bench user there), streaming with the password of PGPASSWORD.
+S3_STANDBY=(-R --replica-port 5440 --recovery-option listen_addresses=127.0.0.1 --application-name bench_standby
+  --conninfo-password)
+standby_psql() { as_user "$PG/psql" -X -At -v ON_ERROR_STOP=1 -h "$BENCH_WORK" -p 5440 -U postgres -d postgres -c "$1"; }
+# wait_for SQL: until the standby answers t to SQL (60 s at most).
+wait_for() {
+  local i
+  for i in $(seq 300); do
+    [ "$(standby_psql "$1" 2>/dev/null)" = t ] && return 0
+    sleep 0.2
+  done
+  pgc_die "the standby in $R never answered t to: $1"
+}
+# standby_cycle LOG: the clone in $R runs as a standby until it has made a restartpoint of a checkpoint the
+# primary made after its start, then shuts down cleanly: a stale standby.
+standby_cycle() {
+  local lsn
+  BENCH_SERVERS+=("$R")
+  as_user "${BENCH_SRV[@]}" pg_ctl start -w -t 120 -D "$R" -l "$1" >/dev/null
+  wait_for "select count(*) = 1 from pg_stat_wal_receiver where status = 'streaming'"
+  bench_psql 5432 checkpoint >/dev/null
+  lsn=$(bench_psql 5432 "select pg_current_wal_lsn()")
+  wait_for "select pg_last_wal_replay_lsn() >= '$lsn'"
+  standby_psql checkpoint >/dev/null
+  as_user "${BENCH_SRV[@]}" pg_ctl stop -m fast -w -t 120 -D "$R" >/dev/null
+}
+
 s3() {
-  local r log lsn0 wal changed full delta moved bytes fbytes rows=()
-  step "S3: delta re-clone after $DELTA s of pgbench writes"
+  local r log lsn0 wal changed full delta moved read method bytes fbytes rows=() methods='' reads=''
+  step "S3: re-sync of a standby stale by $DELTA s of pgbench writes"
   TIMES=() MOVED=() CPUS=() RSSC=() RSSA=() CHAN=()
   for r in $(seq "$ROUNDS"); do
     rm -rf "$R"
     # shellcheck disable=SC2086  # flags: words without blanks or globs
-    run_method S3 "$r" full pgclone "$P" 5432 $S3_FLAGS
+    run_method S3 "$r" full pgclone "$P" 5432 $S3_FLAGS "${S3_STANDBY[@]}"
+    standby_cycle "$BENCH_WORK/logs/S3.$r.standby.log"
     lsn0=$(bench_psql 5432 "select pg_current_wal_lsn()")
     log=$BENCH_WORK/logs/S3.$r.pgbench
     printf 'S3 round %s: pgbench writes for %s s\n' "$r" "$DELTA" >&2
@@ -385,20 +434,32 @@ s3() {
     bench_psql 5432 checkpoint >/dev/null
     changed=$(changed_pages "$P" "$R")   # untimed; the primary stays idle until the re-clone
     # shellcheck disable=SC2086
-    run_method S3 "$r" delta pgclone "$P" 5432 $S3_FLAGS   # into the same, now stale, clone
+    run_method S3 "$r" delta pgclone "$P" 5432 $S3_FLAGS "${S3_STANDBY[@]}"   # into the same, now stale, clone
     full=${TIMES[full]##* } delta=${TIMES[delta]##* } moved=${MOVED[delta]##* }
+    log=$BENCH_WORK/logs/S3.$r.delta.out
     fbytes=$(json_field bytes "$BENCH_WORK/logs/S3.$r.full.out")
-    bytes=$(json_field bytes "$BENCH_WORK/logs/S3.$r.delta.out")
-    rows+=("| $r | $full | $(cpu_per_gb "${CPUS[full]##* }" "$fbytes") | $(kb_mb "${RSSC[full]##* }") / $(kb_mb "${RSSA[full]##* }") | $(mb "$wal") | $(mb "$changed") | $delta | $(mb "$moved") | $(ratio "$moved" "$changed") | $(awk -v m="$moved" -v b="$bytes" 'BEGIN { printf "%.1f %%", 100 * m / b }') | $(ratio "$delta" "$full") | $(cpu_per_gb "${CPUS[delta]##* }" "$bytes") | $(kb_mb "${RSSC[delta]##* }") / $(kb_mb "${RSSA[delta]##* }") |")
+    bytes=$(json_field bytes "$log") read=$(json_field read_primary_bytes "$log")
+    method=$(grep -o '"method":"[a-z-]*"' "$log" | cut -d'"' -f4)
+    [[ " $methods " == *" $method "* ]] || methods+=" $method"
+    reads+=" $(ratio "$read" "$changed")"
+    rows+=("| $r | $full | $(cpu_per_gb "${CPUS[full]##* }" "$fbytes") | $(kb_mb "${RSSC[full]##* }") / $(kb_mb "${RSSA[full]##* }") | $(mb "$wal") | $(mb "$changed") | $method | $delta | $(mb "$read") | $(ratio "$read" "$changed") | $(mb "$moved") | $(ratio "$moved" "$changed") | $(awk -v m="$moved" -v b="$bytes" 'BEGIN { printf "%.1f %%", 100 * m / b }') | $(ratio "$delta" "$full") | $(cpu_per_gb "${CPUS[delta]##* }" "$bytes") | $(kb_mb "${RSSC[delta]##* }") / $(kb_mb "${RSSA[delta]##* }") |")
   done
   rm -rf "$R"
-  heading "S3: delta re-clone (pgclone${S3_FLAGS:+ $S3_FLAGS}) after $DELTA s of pgbench writes (-c 2${BENCH_DELTA_TPS:+, -R $BENCH_DELTA_TPS})" "$P"
-  out "CPU s/GB: per GB of the clone's data (--json bytes), whatever was moved."
+  heading "S3: re-sync (pgclone${S3_FLAGS:+ $S3_FLAGS}) of a standby stale by $DELTA s of pgbench writes (-c 2${BENCH_DELTA_TPS:+, -R $BENCH_DELTA_TPS}), PostgreSQL $MAJOR${PG_CONF:+ with $(tr '\n' ' ' <<<"$PG_CONF")}" "$P"
+  out "CPU s/GB: per GB of the clone's data (--json bytes), whatever was moved. Read on the primary: what the re-sync read of the primary's files (--json resync.read_primary_bytes)."
   out ""
-  out "| round | full clone s | full CPU s/GB | full peak RSS client / agent MB | WAL written in between | pages changed | re-clone s | moved over the link | moved ÷ changed | moved ÷ data | re-clone time ÷ full clone | re-clone CPU s/GB | re-clone peak RSS client / agent MB |"
-  out "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  out "| round | full clone s | full CPU s/GB | full peak RSS client / agent MB | WAL written in between | pages changed | re-sync method | re-sync s | read on the primary | read ÷ changed | moved over the link | moved ÷ changed | moved ÷ data | re-sync time ÷ full clone | re-sync CPU s/GB | re-sync peak RSS client / agent MB |"
+  out "| ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
   for r in "${rows[@]}"; do out "$r"; done
-  [ "$ROUNDS" -gt 1 ] && out "| median | $(median "${TIMES[full]}") | $(cpugb full "$DATA") | $(rss full) | | | $(median "${TIMES[delta]}") | $(mb "$(median "${MOVED[delta]}")") | | | $(ratio "$(median "${TIMES[delta]}")" "$(median "${TIMES[full]}")") | $(cpugb delta "$DATA") | $(rss delta) |"
+  [ "$ROUNDS" -gt 1 ] && out "| median | $(median "${TIMES[full]}") | $(cpugb full "$DATA") | $(rss full) | | | | $(median "${TIMES[delta]}") | | $(median "$reads") | $(mb "$(median "${MOVED[delta]}")") | | | $(ratio "$(median "${TIMES[delta]}")" "$(median "${TIMES[full]}")") | $(cpugb delta "$DATA") | $(rss delta) |"
+  out "" "Targets (issue 14), from the medians:" "" "| target | result | verdict |" "| --- | --- | ---: |"
+  case ${methods# } in
+    wal-summaries)
+      target_time delta full 0.15
+      out "| read on the primary ≤ 2× the changed pages | $(median "$reads")× | $(verdict "$(median "$reads")" "<=" 2) |" ;;
+    page-hashes) target_time delta full 0.4 ;;
+    *) out "| by one method in every round | ${methods# } | **missed** |" ;;
+  esac
   return 0
 }
 
@@ -439,7 +500,7 @@ if [ "$record" = 1 ]; then
     printf -- '- command: `%s`\n' "$invocation"
     printf -- '- machine: %s CPUs (%s), %s GiB memory, Linux %s, %s\n' "$(nproc)" \
       "$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)" \
-      "$(awk '/^MemTotal/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo)" "$(uname -r)" "$("$PG/postgres" --version)"
+      "$(awk '/^MemTotal/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo)" "$(uname -r)" "$("${BENCH_SRV[@]}" postgres --version)"
     printf -- '- pgclone: %s\n' "$("$BIN" --version)"
     cat "$report"
   } >>docs/BENCHMARKS.md

@@ -72,8 +72,9 @@ pub struct Args {
     #[arg(help_heading = "Directories", long)]
     pub drop_existing: bool,
 
-    /// Implied (kept so that scripts passing it keep working): a re-run compares the files already in the
-    /// replica with the primary's by content, never by size and modification time
+    /// A re-sync compares every page already in the replica with the primary's, even where the primary's WAL
+    /// summaries (PostgreSQL 17+, summarize_wal = on) say which pages changed: it also repairs pages damaged
+    /// here since the replica last ran, at the cost of reading everything on both hosts
     #[arg(help_heading = "Copy", long)]
     pub paranoid: bool,
 

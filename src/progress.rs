@@ -148,7 +148,7 @@ mod tests {
     fn line_counts_what_was_added() {
         let p = Progress::new(1000, Mode::None, Duration::from_secs(1));
         p.moving(200);
-        p.add(Copied { files: 2, bytes: 500, moved: 500, vanished: 0 }, 200);
+        p.add(Copied { files: 2, bytes: 500, moved: 500, ..Copied::default() }, 200);
         let l = p.line();
         assert!(l.starts_with("copied 500 B of 1.0 kB (50%), 2 files"), "{l}");
     }

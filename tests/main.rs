@@ -17,6 +17,7 @@ mod suite {
     mod native;
     mod patroni;
     mod preflight;
+    mod resync;
     mod standby;
     mod verification;
 }

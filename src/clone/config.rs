@@ -85,6 +85,9 @@ pub struct CloneConfig {
     pub tmpdir: PathBuf,
     pub keep_run_tmp: bool,
     pub drop_existing: bool,
+    /// --paranoid: a re-sync compares every page here with the primary's, even where WAL summaries could say
+    /// which changed.
+    pub paranoid: bool,
     pub home: Option<PathBuf>,
     pub tablespace_mapping: Vec<Mapping>,
     /// The primary's data directory is read over ssh (`Some`) or on this host (`None`, --no-ssh). Also the
@@ -201,9 +204,6 @@ impl CloneConfig {
         if args.transport == TransportKind::Rsync && args.data_channel == DataChannel::Tls {
             return Err(ConfigError::RsyncHasNoTls);
         }
-        if args.paranoid {
-            tracing::info!("--paranoid is implied: every re-sync compares the files already here by content");
-        }
         let recovery = (args.write_recovery_conf || args.start).then(|| RecoveryConfig {
             password: args.conninfo_password,
             application_name: args
@@ -224,6 +224,7 @@ impl CloneConfig {
             tmpdir: env.tmpdir.clone(),
             keep_run_tmp: args.keep_run_tmp,
             drop_existing: args.drop_existing,
+            paranoid: args.paranoid,
             home: env.home.clone(),
             tablespace_mapping: args.tablespace_mapping.clone(),
             pg: pg_config(args, env, &from_d),

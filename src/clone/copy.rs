@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::preflight::Primary;
+use super::resync::Resync;
 use super::{CloneConfig, CloneError, Phases};
 use crate::error::Cancelled;
 use crate::manifest::{self, FileSum};
@@ -15,8 +16,8 @@ use crate::pg::lsn::Lsn;
 use crate::progress::{self, Progress};
 use crate::replica;
 use crate::sys::cancel::Cancel;
-use crate::transfer::{self, Plan, TransferError};
-use crate::transport::{Copied, IgnoreSink, Piece, Transport};
+use crate::transfer::{self, Mode, Plan, TransferError};
+use crate::transport::{Copied, How, IgnoreSink, Piece, Transport};
 
 /// What the copy achieved.
 pub struct Copy {
@@ -50,12 +51,13 @@ pub fn check(
     Ok((plan.files.len() as u64, plan.total_bytes))
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     config: &CloneConfig,
     transport: &dyn Transport,
     backup: &mut BackupSession,
     primary: Primary,
-    resync: bool,
+    resync: &Resync,
     timing: &mut Phases,
     cancel: &Cancel,
 ) -> Result<Copy, CloneError> {
@@ -65,7 +67,7 @@ pub fn run(
     transfer::check_listing(&entries).map_err(TransferError::Listing)?;
     let plan = transfer::plan(&entries, primary.major, &config.tablespace_mapping);
     tracing::debug!("listed the primary's data directory");
-    let reused = if resync {
+    let reused = if !matches!(resync, Resync::Fresh) {
         let (removed, present) = transfer::prune(&plan, replica)?;
         replica::sync_filesystem(replica)?;
         tracing::info!(
@@ -81,7 +83,16 @@ pub fn run(
     // Every file the copy creates gets PostgreSQL's mode (0600, or 0640 with group access), whatever the
     // transport: PostgreSQL refuses a server.key others may read.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(plan.umask()));
-    transfer::lay_out(&plan, replica, resync)?;
+    transfer::lay_out(&plan, replica, !matches!(resync, Resync::Fresh))?;
+    let fetches = match resync {
+        Resync::Summaries { changes, .. } => transfer::changed::fetches(changes, &plan.files, replica)?,
+        _ => Vec::new(),
+    };
+    let mode = match resync {
+        Resync::Fresh => Mode::Fresh,
+        Resync::Compare { .. } => Mode::Compare,
+        Resync::Summaries { .. } => Mode::Changed(&fetches),
+    };
     tracing::info!(
         "copying {} files, {}, with {parallel} workers",
         plan.files.len(),
@@ -94,7 +105,8 @@ pub fn run(
         let (plan, progress) = (&plan, &progress);
         s.spawn(move || {
             // The supervisor below waits for this unless the scope is already unwinding.
-            let _ = done_tx.send(transfer::copy(plan, transport, replica, parallel, pages_before, progress, cancel));
+            let copied = transfer::copy(plan, mode, transport, replica, parallel, pages_before, progress, cancel);
+            let _ = done_tx.send(copied);
         });
         // This thread supervises: the backup session sits idle during the copy, and a server that ends
         // it (pg_terminate_backend, restart) must stop the clone now, not at pg_backup_stop.
@@ -123,7 +135,8 @@ pub fn run(
     let sums = if !config.manifest && pages_before.is_none() {
         Vec::new()
     } else {
-        let sums = verify_copy(&plan, replica, transport, landed, pages_before, parallel, cancel)?;
+        let read_rest = !matches!(resync, Resync::Summaries { .. });
+        let sums = verify_copy(&plan, replica, transport, landed, (pages_before, read_rest), parallel, cancel)?;
         timing.end("verify");
         sums
     };
@@ -131,22 +144,29 @@ pub fn run(
 }
 
 /// The manifest's checksums and, with `pages_before`, the data page checksums: from what the copy saw land
-/// where it could (native transport), else by reading the copied files once. A page that fails may be a
-/// torn read of a page the primary was writing at that moment (basebackup.c re-reads such pages), so its
-/// file is fetched again and checked once more before it counts as corrupt.
+/// where it could (native transport), else by reading the copied files once; with `read_rest` false (a re-sync
+/// by WAL summaries, which leaves most bytes in place unread) files not wholly landed get no checksum and
+/// their pages no check, as reading them would cost what the re-sync saves. A page that fails may be a torn
+/// read of a page the primary was writing at that moment (basebackup.c re-reads such pages), so its file is
+/// fetched again and checked once more before it counts as corrupt.
 fn verify_copy(
     plan: &transfer::Plan,
     replica: &Path,
     transport: &dyn Transport,
     mut landed: transfer::Landed,
-    pages_before: Option<Lsn>,
+    (pages_before, read_rest): (Option<Lsn>, bool),
     parallel: usize,
     cancel: &Cancel,
 ) -> Result<Vec<FileSum>, CloneError> {
     let files: Vec<PathBuf> = plan.files.iter().map(|(p, _)| p.clone()).collect();
     let (mut sums, rest) = manifest::from_landed(replica, &files, &mut landed.ranges)?;
-    tracing::debug!("{} files summed as they landed, {} read again", sums.len(), rest.len());
-    let (scanned, mut bad) = manifest::scan(replica, &rest, pages_before, parallel)?;
+    let (scanned, mut bad) = if read_rest {
+        tracing::debug!("{} files summed as they landed, {} read again", sums.len(), rest.len());
+        manifest::scan(replica, &rest, pages_before, parallel)?
+    } else {
+        tracing::debug!("{} files summed as they landed, {} in place unread", sums.len(), rest.len());
+        (manifest::unread(replica, &rest)?, Vec::new())
+    };
     sums.extend(scanned);
     sums.sort_by(|a, b| a.path.cmp(&b.path));
     // A file read again after a partial landing may report a page twice.
@@ -165,7 +185,7 @@ fn verify_copy(
         .files
         .iter()
         .filter(|(p, _)| suspect.contains(p))
-        .map(|(p, size)| Piece::whole(p.clone(), *size))
+        .map(|(p, size)| Piece::whole(p.clone(), *size, How::Fetch))
         .collect();
     transport.worker()?.copy(&pieces, replica, cancel, &mut IgnoreSink)?;
     let (again, bad) = manifest::scan(replica, &suspect, pages_before, parallel)?;

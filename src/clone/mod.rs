@@ -6,6 +6,7 @@ mod connect;
 mod copy;
 pub mod finalize;
 pub mod preflight;
+mod resync;
 pub mod standby;
 mod summary;
 
@@ -28,6 +29,7 @@ pub use config::{CloneConfig, ConfigError, Env};
 use connect::{Connect, Connected};
 use finalize::{Finalize, FinalizeError};
 use preflight::{Checked, PreflightError, ReplicaState};
+use resync::Resync;
 use standby::{Recovery, StandbyError};
 pub use summary::Summary;
 
@@ -189,9 +191,16 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
     let dirs = RunDirs::create(config)?;
     let streamed = dirs.streamed.clone();
     preflight::wal_space(&streamed, primary.seg)?;
-    let resync = matches!(state, ReplicaState::Unfinished | ReplicaState::Cluster(_));
-    let connect =
-        Connect { config, params: &params, primary, system_id, streamed: &streamed, run_dir: dirs.run.path(), resync };
+    let existing = matches!(state, ReplicaState::Unfinished | ReplicaState::Cluster(_));
+    let connect = Connect {
+        config,
+        params: &params,
+        primary,
+        system_id,
+        streamed: &streamed,
+        run_dir: dirs.run.path(),
+        resync: existing,
+    };
     let Connected { mut stream, transport, slot, system_id: found } = connect.run(&mut sql, cancel)?;
     if system_id.is_none() {
         preflight::replica_matches(&config.replica, state, found)?;
@@ -202,11 +211,19 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
 
     let mut backup = backup_start(sql, &stream, config)?;
     confirm_live_pgdata(config, &*transport, dirs.run.path(), backup.start_lsn, primary)?;
+    // Before pg_control goes: how a replica already here is brought up to date depends on it.
+    let resync = resync::choose(config, state, primary, &*transport, &mut backup, &stream.history);
     // The last check has passed: only now is anything in the replica directory changed.
     prepare_replica(config, state)?;
     timing.end("backup start");
 
-    let copied = copy::run(config, &*transport, &mut backup, primary, resync, &mut timing, cancel)?;
+    let copied = copy::run(config, &*transport, &mut backup, primary, &resync, &mut timing, cancel)?;
+    let resynced = (!matches!(resync, Resync::Fresh)).then(|| summary::Resynced {
+        method: resync.name(&*transport),
+        why: resync.why().map(str::to_string),
+        read_primary: copied.totals.read_primary,
+        read_replica: copied.totals.read_replica,
+    });
 
     let (end, mut sql, control, wal_end) = backup_stop(backup, &*transport, dirs.run.path(), primary)?;
     let data_channel = transport.data_channel();
@@ -273,6 +290,7 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
         phases: timing.done,
         standby,
         data_channel,
+        resynced,
     })
 }
 

@@ -29,6 +29,16 @@ pub struct Summary {
     pub standby: Option<(String, u64)>,
     /// What the file data travelled over (see `Transport::data_channel`): `auto` may have fallen back to ssh.
     pub data_channel: &'static str,
+    /// How a replica already here was brought up to date; None for a fresh clone.
+    pub resynced: Option<Resynced>,
+}
+
+/// A re-sync's method (`clone::resync`), why it compared rather than used WAL summaries, and what it read.
+pub struct Resynced {
+    pub method: &'static str,
+    pub why: Option<String>,
+    pub read_primary: u64,
+    pub read_replica: u64,
 }
 
 /// This process's peak resident memory in KiB (VmHWM), for --json: the issue's bound on memory is checked by
@@ -56,6 +66,18 @@ impl fmt::Display for Summary {
         )?;
         if self.reused > 0 {
             write!(f, "; {} of it was already in place", progress::bytes(self.reused))?;
+        }
+        if let Some(r) = &self.resynced {
+            write!(
+                f,
+                "; re-synced by {}: read {} on the primary and {} here",
+                r.method,
+                progress::bytes(r.read_primary),
+                progress::bytes(r.read_replica)
+            )?;
+            if let Some(why) = &r.why {
+                write!(f, " (no WAL summaries: {why})")?;
+            }
         }
         if self.moved < self.bytes {
             write!(f, "; {} moved over the link, the rest was identical", progress::bytes(self.moved))?;
@@ -87,6 +109,16 @@ impl Summary {
             Some((name, lag)) => format!("{{\"application_name\":{},\"replay_lag_bytes\":{lag}}}", json::string(name)),
             None => "null".into(),
         };
+        let resync = match &self.resynced {
+            Some(r) => format!(
+                "{{\"method\":\"{}\",\"why\":{},\"read_primary_bytes\":{},\"read_replica_bytes\":{}}}",
+                r.method,
+                r.why.as_deref().map_or("null".into(), json::string),
+                r.read_primary,
+                r.read_replica
+            ),
+            None => "null".into(),
+        };
         let warnings: Vec<String> = (self.vanished > 0)
             .then(|| json::string(&format!("{} files vanished on the primary during the copy", self.vanished)))
             .into_iter()
@@ -94,7 +126,7 @@ impl Summary {
         format!(
             "{{\"ok\":true,\"replica\":{},\"wal_dir\":{},\"files\":{},\"bytes\":{},\"reused_bytes\":{},\"moved_bytes\":{},\"vanished_files\":{},\
              \"elapsed_seconds\":{:.3},\"start_lsn\":\"{}\",\"stop_lsn\":\"{}\",\"timeline\":{},\"wal_segments\":{},\
-             \"data_channel\":\"{}\",\"peak_rss_kb\":{},\"phases\":{{{}}},\"standby\":{standby},\"warnings\":[{}]}}",
+             \"data_channel\":\"{}\",\"peak_rss_kb\":{},\"phases\":{{{}}},\"standby\":{standby},\"resync\":{resync},\"warnings\":[{}]}}",
             json::string(&self.replica.to_string_lossy()),
             json::string(&self.wal_dir.to_string_lossy()),
             self.files,

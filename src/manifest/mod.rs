@@ -26,7 +26,8 @@ pub struct FileSum {
     pub path: PathBuf,
     pub size: u64,
     pub mtime: i64,
-    pub crc32c: u32,
+    /// None: the file is listed with its size only (in place unread after a re-sync by WAL summaries).
+    pub crc32c: Option<u32>,
 }
 
 /// Reads each of `files` (relative to `dest`; missing ones vanished on the primary and are skipped) once,
@@ -104,7 +105,7 @@ fn sum_file(dest: &Path, rel: &Path, checks: Option<(Lsn, u64)>) -> Result<Optio
             break;
         }
     }
-    Ok(Some((FileSum { path: rel.to_path_buf(), size: meta.len(), mtime: meta.mtime(), crc32c: crc }, bad)))
+    Ok(Some((FileSum { path: rel.to_path_buf(), size: meta.len(), mtime: meta.mtime(), crc32c: Some(crc) }, bad)))
 }
 
 /// The manifest entries of those `files` (relative to `dest`) whose every byte was seen landing: `ranges`
@@ -134,12 +135,27 @@ pub fn from_landed(
             pos += len;
         }
         if pos == meta.len() {
-            sums.push(FileSum { path: rel.clone(), size: pos, mtime: meta.mtime(), crc32c: crc });
+            sums.push(FileSum { path: rel.clone(), size: pos, mtime: meta.mtime(), crc32c: Some(crc) });
         } else {
             rest.push(rel.clone());
         }
     }
     Ok((sums, rest))
+}
+
+/// Entries without a checksum for `files` (relative to `dest`) as they are now; missing ones vanished on the
+/// primary and are skipped.
+pub fn unread(dest: &Path, files: &[PathBuf]) -> Result<Vec<FileSum>, IoAt> {
+    let mut sums = Vec::new();
+    for rel in files {
+        let path = dest.join(rel);
+        match std::fs::metadata(&path) {
+            Ok(m) => sums.push(FileSum { path: rel.clone(), size: m.len(), mtime: m.mtime(), crc32c: None }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(IoAt::new("reading", path, e)),
+        }
+    }
+    Ok(sums)
 }
 
 /// CRC-32C's polynomial, bit-reversed: the CRC runs least significant bit first, so bit 31 stands for x^0.
@@ -189,7 +205,7 @@ fn crc_concat(crc_a: u32, crc_b: u32, len_b: u64) -> u32 {
 /// Sums bytes written by pgclone itself (backup_label, pg_control, ...), with the file's current mtime.
 pub fn sum_bytes(path: &Path, rel: &str, bytes: &[u8]) -> FileSum {
     let mtime = std::fs::metadata(path).map(|m| m.mtime()).unwrap_or_else(|_| now_secs());
-    FileSum { path: rel.into(), size: bytes.len() as u64, mtime, crc32c: crc32c::crc32c(bytes) }
+    FileSum { path: rel.into(), size: bytes.len() as u64, mtime, crc32c: Some(crc32c::crc32c(bytes)) }
 }
 
 fn now_secs() -> i64 {
@@ -217,12 +233,16 @@ pub fn render(h: &Header, files: &[FileSum]) -> String {
     for (i, f) in files.iter().enumerate() {
         s.push_str(if i == 0 { "\n" } else { ",\n" });
         s.push_str(&format!(
-            "{{ \"Path\": {}, \"Size\": {}, \"Last-Modified\": \"{}\", \"Checksum-Algorithm\": \"CRC32C\", \"Checksum\": \"{}\" }}",
+            "{{ \"Path\": {}, \"Size\": {}, \"Last-Modified\": \"{}\"",
             json::string(&f.path.to_string_lossy()),
             f.size,
             gmt(f.mtime),
-            crc_hex(f.crc32c)
         ));
+        // Without a checksum the entry names no algorithm, as pg_basebackup --manifest-checksums=NONE writes it.
+        if let Some(crc) = f.crc32c {
+            s.push_str(&format!(", \"Checksum-Algorithm\": \"CRC32C\", \"Checksum\": \"{}\"", crc_hex(crc)));
+        }
+        s.push_str(" }");
     }
     s.push_str(&format!(
         " ],\n\"WAL-Ranges\": [\n{{ \"Timeline\": {}, \"Start-LSN\": \"{}\", \"End-LSN\": \"{}\" }}\n],\n",
@@ -283,11 +303,17 @@ mod tests {
     #[test]
     fn manifest_checksum_covers_everything_before_its_line() {
         let h = Header { version: 2, system_id: 7, timeline: 1, start: Lsn(0x2000028), end: Lsn(0x2000100) };
-        let files = vec![FileSum { path: "PG_VERSION".into(), size: 3, mtime: 0, crc32c: 0xabcd }];
+        let files = vec![
+            FileSum { path: "PG_VERSION".into(), size: 3, mtime: 0, crc32c: Some(0xabcd) },
+            FileSum { path: "base/1/1259".into(), size: 8192, mtime: 0, crc32c: None },
+        ];
         let m = render(&h, &files);
         assert!(m.ends_with("}\n"));
         assert!(m.contains("\"System-Identifier\": 7,\n"));
         assert!(m.contains(&format!("\"Checksum\": \"{}\"", crc_hex(0xabcd))));
+        assert!(
+            m.contains("{ \"Path\": \"base/1/1259\", \"Size\": 8192, \"Last-Modified\": \"1970-01-01 00:00:00 GMT\" }")
+        );
         let last = m[..m.len() - 1].rfind('\n').unwrap();
         let digest: String = Sha256::digest(&m.as_bytes()[..=last]).iter().map(|b| format!("{b:02x}")).collect();
         assert!(m[last..].contains(&digest));
@@ -314,7 +340,7 @@ mod tests {
         let files = vec![PathBuf::from("base/5/16384"), PathBuf::from("PG_VERSION"), PathBuf::from("gone")];
         let (sums, bad_pages) = scan(d.path(), &files, Some(Lsn(1 << 32)), 2).unwrap();
         assert_eq!(sums.len(), 2);
-        assert_eq!(sums[0].crc32c, crc32c::crc32c(b"15\n"));
+        assert_eq!(sums[0].crc32c, Some(crc32c::crc32c(b"15\n")));
         // Block 1 carries its own checksum (computed for block number 1); block 2 is corrupt; block 3 is
         // newer than the backup start and not judged; block 0 is new.
         assert_eq!(bad_pages, vec![BadPage { path: "base/5/16384".into(), block: 2 }]);
@@ -347,8 +373,8 @@ mod tests {
         ranges.insert("short".into(), vec![crc(0..99_999)]);
         let files: Vec<PathBuf> = ["whole", "gap", "short", "empty", "gone"].iter().map(PathBuf::from).collect();
         let (sums, rest) = from_landed(d.path(), &files, &mut ranges).unwrap();
-        let got: Vec<(&str, u32)> = sums.iter().map(|s| (s.path.to_str().unwrap(), s.crc32c)).collect();
-        assert_eq!(got, vec![("whole", crc32c::crc32c(&data)), ("empty", 0)]);
+        let got: Vec<(&str, Option<u32>)> = sums.iter().map(|s| (s.path.to_str().unwrap(), s.crc32c)).collect();
+        assert_eq!(got, vec![("whole", Some(crc32c::crc32c(&data))), ("empty", Some(0))]);
         assert_eq!(rest, vec![PathBuf::from("gap"), PathBuf::from("short")]);
     }
 }

@@ -227,7 +227,7 @@ mod tests {
             .iter()
             .map(|p| {
                 let bytes = std::fs::read(d.path().join(p)).unwrap();
-                FileSum { path: p.into(), size: bytes.len() as u64, mtime: 0, crc32c: crc32c::crc32c(&bytes) }
+                FileSum { path: p.into(), size: bytes.len() as u64, mtime: 0, crc32c: Some(crc32c::crc32c(&bytes)) }
             })
             .collect();
         let h = Header { version: 1, system_id: 1, timeline: 1, start: Lsn(0x200028), end: Lsn(0x200100) };

@@ -49,6 +49,11 @@ impl BackupSession {
         self.conn.check_alive().map_err(BackupError::Lost)
     }
 
+    /// The session, for queries about this backup that must see what it started (WAL summaries up to its start).
+    pub fn session(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+
     /// Ends the backup. wait_for_archive = false: the clone carries its own streamed WAL and must not
     /// depend on the primary's archive_command.
     /// Returns the session's connection for what follows (slot, watching the standby).

@@ -60,6 +60,11 @@ impl Rows {
     pub fn get(&self, row: usize, col: usize) -> Option<&str> {
         self.rows.get(row)?.get(col)?.as_deref()
     }
+
+    /// Each row's fields.
+    pub fn iter(&self) -> impl Iterator<Item = &[Option<String>]> {
+        self.rows.iter().map(Vec::as_slice)
+    }
 }
 
 /// The settings a connection string or URI gives (-d), as libpq's own parser reads it (PQconninfoParse):

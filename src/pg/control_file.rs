@@ -13,19 +13,48 @@ pub fn system_id(control: &[u8]) -> u64 {
 }
 
 /// DBState values (pg_control.h) of a running server: a primary's file says DB_IN_PRODUCTION, a standby's
-/// DB_IN_ARCHIVE_RECOVERY; a stopped copy says DB_SHUTDOWNED, or whatever its last writer left.
+/// DB_IN_ARCHIVE_RECOVERY; a stopped copy says DB_SHUTDOWNED (a primary shut down cleanly),
+/// DB_SHUTDOWNED_IN_RECOVERY (a standby shut down cleanly), or whatever its last writer left.
+pub const DB_SHUTDOWNED: u32 = 1;
+pub const DB_SHUTDOWNED_IN_RECOVERY: u32 = 2;
 pub const DB_IN_ARCHIVE_RECOVERY: u32 = 5;
 pub const DB_IN_PRODUCTION: u32 = 6;
 
 /// `state`, the fourth field (after system_identifier and two uint32 versions).
 pub fn state(control: &[u8]) -> u32 {
-    control.get(16..20).map_or(0, |b| u32::from_ne_bytes(b.try_into().expect("4 bytes")))
+    u32_at(control, 16)
 }
 
 /// checkPointCopy.redo: where recovery from the latest checkpoint (or restartpoint) starts. ControlFileData puts
 /// `time` (int64) at 24 and `checkPoint` at 32; the CheckPoint copy, whose first field is `redo`, at 40.
 pub fn redo(control: &[u8]) -> Lsn {
-    Lsn(control.get(40..48).map_or(0, |b| u64::from_ne_bytes(b.try_into().expect("8 bytes"))))
+    Lsn(u64_at(control, 40))
+}
+
+/// `checkPoint`: where the latest checkpoint (or restartpoint) record starts.
+pub fn checkpoint(control: &[u8]) -> Lsn {
+    Lsn(u64_at(control, 32))
+}
+
+/// checkPointCopy.ThisTimeLineID: the timeline of that checkpoint record, and of its redo pointer.
+pub fn checkpoint_timeline(control: &[u8]) -> u32 {
+    u32_at(control, 48)
+}
+
+/// (minRecoveryPoint, minRecoveryPointTLI): a standby writes no data page whose LSN lies beyond
+/// minRecoveryPoint without first moving it there (xlog.c UpdateMinRecoveryPoint), so no page in its files
+/// holds WAL from later. They follow checkPointCopy (88 bytes from 15 to 18: PostgreSQL 17's `wal_level` took
+/// padding after `fullPageWrites`) and unloggedLSN.
+pub fn min_recovery_point(control: &[u8]) -> (Lsn, u32) {
+    (Lsn(u64_at(control, 136)), u32_at(control, 144))
+}
+
+fn u64_at(control: &[u8], at: usize) -> u64 {
+    control.get(at..at + 8).map_or(0, |b| u64::from_ne_bytes(b.try_into().expect("8 bytes")))
+}
+
+fn u32_at(control: &[u8], at: usize) -> u32 {
+    control.get(at..at + 4).map_or(0, |b| u32::from_ne_bytes(b.try_into().expect("4 bytes")))
 }
 
 /// offsetof(ControlFileData, crc): the CRC32C covers every byte before it, and `crc` is the struct's last field.

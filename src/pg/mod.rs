@@ -9,6 +9,8 @@ pub mod lsn;
 pub mod page_checksum;
 pub mod relfile;
 pub mod replication;
+pub mod timeline;
+pub mod wal_summary;
 
 pub mod wal_stream;
 

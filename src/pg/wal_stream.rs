@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::error::{Cancelled, IoAt, IoContext};
 use crate::pg::lsn::{history_file_name, Lsn, SegSize};
 use crate::pg::replication::{ServerMessage, StandbyStatus};
+use crate::pg::timeline::{parse_history, Span};
 use crate::pg::{Conn, CopyData, PgError};
 use crate::sys::cancel::Cancel;
 
@@ -61,6 +62,8 @@ pub struct StreamStart {
 
 pub struct WalStream {
     pub start: StreamStart,
+    /// The server's timeline history, oldest timeline first, its current one (`start.timeline`) last.
+    pub history: Vec<Span>,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
@@ -135,12 +138,15 @@ impl WalStream {
         let start = StreamStart { system_id, timeline, lsn: seg.segment_start(from) };
 
         // Recovery of the clone reads the history of its timeline from pg_wal (receivelog.c fetches it too).
+        let mut content = String::new();
         if timeline > 1 {
             let rows = conn.query(&format!("TIMELINE_HISTORY {timeline}")).map_err(cmd("TIMELINE_HISTORY"))?;
-            let content = rows.get(0, 1).unwrap_or_default();
+            content = rows.get(0, 1).unwrap_or_default().to_string();
             let path = dir.join(history_file_name(timeline));
-            std::fs::write(&path, content).at("writing", &path)?;
+            std::fs::write(&path, &content).at("writing", &path)?;
         }
+        let history = parse_history(timeline, &content)
+            .ok_or_else(|| WalStreamError::Protocol(format!("timeline {timeline}'s history does not parse")))?;
         conn.start_copy_both(&format!("START_REPLICATION SLOT {slot} PHYSICAL {} TIMELINE {timeline}", start.lsn))
             .map_err(cmd("START_REPLICATION"))?;
         tracing::debug!(%start.lsn, timeline, slot, "WAL stream started");
@@ -163,7 +169,7 @@ impl WalStream {
                 thread_shared.changed.notify_all();
             })
             .map_err(WalStreamError::Thread)?;
-        Ok(WalStream { start, shared, thread: Some(thread) })
+        Ok(WalStream { start, history, shared, thread: Some(thread) })
     }
 
     /// Waits until everything through `stop` (pg_backup_stop's position) is written and synced. The stream then

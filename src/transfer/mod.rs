@@ -1,6 +1,7 @@
 //! Transfer phase: lay out the directory tree, then copy the planned files with N parallel workers
 //! fed largest-first from one shared queue.
 
+pub mod changed;
 pub mod plan;
 
 use std::collections::{HashMap, HashSet};
@@ -15,7 +16,8 @@ use crate::pg::page_checksum::{check_pages, BadPage, BLCKSZ, RELSEG_BLOCKS};
 use crate::pg::relfile::relation_segment;
 use crate::progress::{self, Progress};
 use crate::sys::cancel::Cancel;
-use crate::transport::{Copied, Piece, Sink, Transport, TransportError};
+use crate::transport::{Copied, How, Piece, Sink, Transport, TransportError};
+pub use changed::Fetch;
 pub use plan::{check_listing, plan, Plan, Tablespace};
 
 /// Small files travel together so that thousands of catalog files do not cost a request each.
@@ -163,33 +165,67 @@ fn fair_split(max: u64, total: u64, workers: usize) -> u64 {
     (fair.min(max) / MIB * MIB).max(max.min(MIB))
 }
 
+/// What the copy does with the files a replica already has.
+#[derive(Clone, Copy)]
+pub enum Mode<'a> {
+    /// Nothing is here yet: every byte moves.
+    Fresh,
+    /// Whatever is here is compared with the primary's first (a re-sync that cannot know what changed).
+    Compare,
+    /// Only what WAL summaries say changed moves (`changed::fetches`, one for each of `Plan::files`).
+    Changed(&'a [Fetch]),
+}
+
 /// Groups the plan's files (largest first) into jobs: a file larger than `split` becomes ranges of that size,
-/// each a job of its own; other large files go alone, small ones in batches.
-fn jobs(plan: &Plan, split: Option<u64>) -> Vec<Vec<Piece>> {
+/// each a job of its own; other large files go alone, small ones (and short runs of changed blocks) in
+/// batches. Also returns what is counted before any job runs: the files fetched in changed runs, in place.
+fn jobs(plan: &Plan, split: Option<u64>, mode: Mode) -> (Vec<Vec<Piece>>, Copied) {
     let mut jobs = Vec::new();
     let mut batch = Vec::new();
     let mut batch_bytes = 0;
-    for (path, size) in &plan.files {
-        match split {
-            Some(chunk) if *size > chunk => {
-                let ranges = (0..size.div_ceil(chunk)).map(|i| (i * chunk, chunk.min(size - i * chunk)));
-                jobs.extend(ranges.map(|r| vec![Piece { path: path.clone(), size: *size, range: Some(r) }]));
-            }
-            _ if *size >= BATCH_BYTES => jobs.push(vec![Piece::whole(path.clone(), *size)]),
-            _ => {
-                batch.push(Piece::whole(path.clone(), *size));
-                batch_bytes += size;
-                if batch_bytes >= BATCH_BYTES || batch.len() >= BATCH_FILES {
-                    jobs.push(std::mem::take(&mut batch));
-                    batch_bytes = 0;
+    let mut counted = Copied::default();
+    let mut add = |piece: Piece, jobs: &mut Vec<Vec<Piece>>| {
+        if piece.len() >= BATCH_BYTES {
+            return jobs.push(vec![piece]);
+        }
+        batch_bytes += piece.len();
+        batch.push(piece);
+        if batch_bytes >= BATCH_BYTES || batch.len() >= BATCH_FILES {
+            jobs.push(std::mem::take(&mut batch));
+            batch_bytes = 0;
+        }
+    };
+    // Ranges of at most `split` bytes covering (offset, len).
+    let ranges = |(offset, len): (u64, u64)| {
+        let chunk = split.unwrap_or(len).max(1);
+        (0..len.div_ceil(chunk)).map(move |i| (offset + i * chunk, chunk.min(len - i * chunk)))
+    };
+    for (i, (path, size)) in plan.files.iter().enumerate() {
+        let piece = |range, how| Piece { path: path.clone(), size: *size, range, how };
+        let how = match mode {
+            Mode::Fresh => How::Fetch,
+            Mode::Compare => How::Compare,
+            Mode::Changed(fetches) => match &fetches[i] {
+                Fetch::Whole => How::Fetch,
+                Fetch::Ranges(runs) => {
+                    counted.files += 1;
+                    counted.bytes += size;
+                    for r in runs.iter().flat_map(|r| ranges(*r)) {
+                        add(piece(Some(r), How::Changed), &mut jobs);
+                    }
+                    continue;
                 }
-            }
+            },
+        };
+        match split {
+            Some(chunk) if *size > chunk => jobs.extend(ranges((0, *size)).map(|r| vec![piece(Some(r), how)])),
+            _ => add(piece(None, how), &mut jobs),
         }
     }
     if !batch.is_empty() {
         jobs.push(batch);
     }
-    jobs
+    (jobs, counted)
 }
 
 /// What the workers saw land in the replica (see `Sink::landed`).
@@ -249,8 +285,10 @@ impl Sink for Landing<'_> {
 /// Copies every planned file with `parallel` workers. Any worker's failure, or a cancel from elsewhere
 /// (signal, WAL stream), stops all workers at once. With `pages_before` (data checksums on), data pages
 /// older than it are verified as they land.
+#[allow(clippy::too_many_arguments)]
 pub fn copy(
     plan: &Plan,
+    mode: Mode,
     transport: &dyn Transport,
     dest: &Path,
     parallel: usize,
@@ -259,7 +297,9 @@ pub fn copy(
     cancel: &Cancel,
 ) -> Result<(Copied, Landed), TransferError> {
     let split = transport.split_size().map(|max| fair_split(max, plan.total_bytes, parallel));
-    let jobs = jobs(plan, split);
+    let (jobs, counted) = jobs(plan, split, mode);
+    // Files in place but for their changed runs count now; the runs show as they arrive.
+    progress.add(counted, jobs.iter().flatten().filter(|p| p.how == How::Changed).map(Piece::len).sum());
     let n_jobs = jobs.len();
     let (job_tx, job_rx) = crossbeam_channel::unbounded();
     for j in jobs {
@@ -296,7 +336,7 @@ pub fn copy(
         }
         drop(done_tx);
 
-        let mut total = Copied::default();
+        let mut total = counted;
         let mut finished = 0;
         while finished < n_jobs {
             select! {
@@ -304,10 +344,7 @@ pub fn copy(
                     Ok((Ok(c), shown)) => {
                         finished += 1;
                         progress.add(c, shown);
-                        total.files += c.files;
-                        total.bytes += c.bytes;
-                        total.moved += c.moved;
-                        total.vanished += c.vanished;
+                        total += c;
                     }
                     Ok((Err(TransportError::Cancelled(_)), _)) | Err(_) => break,
                     Ok((Err(e), _)) => {
@@ -400,16 +437,31 @@ mod tests {
         let mut p = Plan { files: vec![("big".into(), 40 << 20), ("mid".into(), 16 << 20)], ..Default::default() };
         p.files.extend((0..2500).map(|i| (PathBuf::from(format!("s{i}")), 1)));
         p.files.extend((0..3).map(|i| (PathBuf::from(format!("m{i}")), 6 << 20)));
-        let j = jobs(&p, None);
-        assert_eq!(j[0], vec![Piece::whole("big".into(), 40 << 20)]);
-        assert_eq!(j[1], vec![Piece::whole("mid".into(), 16 << 20)]);
+        let (j, counted) = jobs(&p, None, Mode::Fresh);
+        assert_eq!(counted, Copied::default());
+        assert_eq!(j[0], vec![Piece::whole("big".into(), 40 << 20, How::Fetch)]);
+        assert_eq!(j[1], vec![Piece::whole("mid".into(), 16 << 20, How::Fetch)]);
         assert_eq!(j[2].len(), 2000);
         assert_eq!(j.iter().map(Vec::len).sum::<usize>(), 2505);
         // Split: "big" becomes three ranges, the last one short; the rest is as before.
-        let j = jobs(&p, Some(16 << 20));
+        let (j, _) = jobs(&p, Some(16 << 20), Mode::Compare);
         let big: Vec<_> = j[..3].iter().map(|v| v[0].range.unwrap()).collect();
         assert_eq!(big, vec![(0, 16 << 20), (16 << 20, 16 << 20), (32 << 20, 8 << 20)]);
         assert!(j[0][0].counts_file() && !j[1][0].counts_file());
-        assert_eq!(j[3], vec![Piece::whole("mid".into(), 16 << 20)]);
+        assert_eq!(j[3], vec![Piece::whole("mid".into(), 16 << 20, How::Compare)]);
+        // Changed runs: "big" fetched in two runs (one split), "mid" whole, the small files untouched.
+        let mut fetches = vec![Fetch::Ranges(vec![(0, 8192), (20 << 20, 17 << 20)]), Fetch::Whole];
+        fetches.extend((0..2503).map(|_| Fetch::Ranges(vec![])));
+        let (j, counted) = jobs(&p, Some(16 << 20), Mode::Changed(&fetches));
+        assert_eq!(counted.files, 2504);
+        assert_eq!(counted.bytes, (40 << 20) + 2500 + 3 * (6 << 20));
+        let runs: Vec<_> = j.iter().flatten().filter(|p| p.how == How::Changed).map(|p| p.range.unwrap()).collect();
+        assert_eq!(
+            runs,
+            vec![(20 << 20, 16 << 20), (0, 8192), (36 << 20, 1 << 20)],
+            "a full range alone, short ones batched"
+        );
+        assert!(j.iter().flatten().all(|p| p.how == How::Changed || p.path == Path::new("mid")));
+        assert!(j.iter().flatten().filter(|p| p.how == How::Changed).all(|p| !p.counts_file() && p.counted_len() == 0));
     }
 }

@@ -155,7 +155,6 @@ pub fn open(
             level: config.compression.level,
             split: config.chunk_size,
             budget: budget.clone(),
-            delta: resync,
             workers: config.workers,
         })
     };
@@ -188,7 +187,7 @@ pub struct RemoteEntry {
 }
 
 /// A unit of copy work: a whole file, or a byte range of one when the transport splits big files (so that a
-/// 1 GB relation segment is not one worker's job while the others idle).
+/// 1 GB relation segment is not one worker's job while the others idle) or a re-sync fetches changed blocks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Piece {
     pub path: PathBuf,
@@ -196,20 +195,43 @@ pub struct Piece {
     pub size: u64,
     /// `(offset, len)`, or None for the whole file.
     pub range: Option<(u64, u64)>,
+    pub how: How,
+}
+
+/// What a worker does with bytes of a piece the replica already has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum How {
+    /// Nothing: it fetches the piece (a fresh clone, or a file a re-sync fetches whole).
+    Fetch,
+    /// Compares them with the primary's first (page hashes; rsync: whole-file checksums) and fetches only what
+    /// differs: a re-sync that cannot know what changed.
+    Compare,
+    /// Blocks WAL summaries name as changed, fetched as they are. The rest of the file is in place and
+    /// unread; the planner counts the file (`Copied::files`, `bytes`), so the piece does not.
+    Changed,
 }
 
 impl Piece {
-    pub fn whole(path: PathBuf, size: u64) -> Piece {
-        Piece { path, size, range: None }
+    pub fn whole(path: PathBuf, size: u64, how: How) -> Piece {
+        Piece { path, size, range: None, how }
     }
 
     pub fn len(&self) -> u64 {
         self.range.map_or(self.size, |(_, len)| len)
     }
 
-    /// The piece a file is counted with: the whole file, or its first range.
+    /// The piece a file is counted with: the whole file, or its first range; never a changed block run.
     pub fn counts_file(&self) -> bool {
-        self.range.is_none_or(|(offset, _)| offset == 0)
+        self.how != How::Changed && self.range.is_none_or(|(offset, _)| offset == 0)
+    }
+
+    /// The bytes this piece puts in place for `Copied::bytes`.
+    pub fn counted_len(&self) -> u64 {
+        if self.how == How::Changed {
+            0
+        } else {
+            self.len()
+        }
     }
 }
 
@@ -224,6 +246,21 @@ pub struct Copied {
     /// Files listed earlier that the primary has since removed (dropped relations, temp files): normal on a
     /// live server, and WAL replay recreates whatever must exist.
     pub vanished: u64,
+    /// Bytes read from files on the primary: what moved, and what was only hashed there to compare.
+    pub read_primary: u64,
+    /// Bytes of the replica's own files read to compare them.
+    pub read_replica: u64,
+}
+
+impl std::ops::AddAssign for Copied {
+    fn add_assign(&mut self, o: Copied) {
+        self.files += o.files;
+        self.bytes += o.bytes;
+        self.moved += o.moved;
+        self.vanished += o.vanished;
+        self.read_primary += o.read_primary;
+        self.read_replica += o.read_replica;
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -276,7 +313,8 @@ pub trait Transport: Sync {
         None
     }
 
-    /// Files larger than this are copied as ranges by several workers; None: whole files only.
+    /// Files larger than this are copied as ranges by several workers; None: whole files only, and no
+    /// re-sync by WAL summaries, which fetches runs of blocks.
     fn split_size(&self) -> Option<u64> {
         None
     }

@@ -24,7 +24,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::agent::PING_EVERY;
 use super::channel::{self, Halves};
 use super::protocol::{decompress_into, read_msg, write_msg, Codec, Msg, DATA_CHUNK, PROTOCOL_VERSION};
-use super::{push, Copied, DataChannel, Piece, RemoteEntry, Sink, Transport, TransportError, Worker};
+use super::{push, Copied, DataChannel, How, Piece, RemoteEntry, Sink, Transport, TransportError, Worker};
 use crate::error::{IoAt, IoContext};
 use crate::replica::direct_io::{AlignedBuf, Target};
 use crate::sys::bandwidth::Budget;
@@ -56,9 +56,6 @@ pub struct Options {
     pub level: i32,
     pub split: u64,
     pub budget: Option<Arc<Budget>>,
-    /// The replica already holds an earlier copy (a resumed or re-synced clone): compare blocks before
-    /// moving them. Off for a fresh clone, where every byte must move anyway.
-    pub delta: bool,
     /// Copy workers to come: their connections are all made when the transport starts.
     pub workers: usize,
 }
@@ -466,7 +463,7 @@ impl Worker for NativeWorker<'_> {
         let mut vanished = vec![false; pieces.len()];
         let mut outstanding = pieces.len();
         let mut next_id = pieces.len() as u32;
-        let mut moved = 0u64;
+        let (mut moved, mut read_primary, mut read_replica) = (0u64, 0u64, 0u64);
         self.clean = false;
         let AgentConn { w, r, spare, .. } = self.conn.as_mut().expect("a worker has its connection until dropped");
         let buf = &mut self.buf;
@@ -486,8 +483,9 @@ impl Worker for NativeWorker<'_> {
             for (i, p) in pieces.iter().enumerate() {
                 let (offset, len) = p.range.unwrap_or((0, p.size));
                 // Data already here (a resumed or re-synced clone) is compared before anything moves.
-                let had = std::fs::metadata(dest.join(&p.path)).map_or(0, |m| m.len());
-                let (id, delta) = (i as u32, opts.delta && had > offset);
+                let compare =
+                    p.how == How::Compare && std::fs::metadata(dest.join(&p.path)).is_ok_and(|m| m.len() > offset);
+                let (id, delta) = (i as u32, compare);
                 let _ = tx.send(if delta {
                     Msg::Sums { id, path: p.path.clone(), offset, len, block: DELTA_BLOCK }
                 } else {
@@ -529,6 +527,7 @@ impl Worker for NativeWorker<'_> {
                     }
                     Msg::Hashes { id, hashes } => {
                         if let Some(Open { hashes: Some(h), .. }) = open.get_mut(&id) {
+                            read_primary += hashes.len() as u64 * u64::from(DELTA_BLOCK);
                             h.extend(hashes);
                         }
                     }
@@ -547,9 +546,10 @@ impl Worker for NativeWorker<'_> {
                         let file = Rc::clone(o.file(dest, p)?);
                         if let Some(remote) = &o.hashes {
                             let mut same = |offset, bytes: &[u8]| sink.landed(&p.path, offset, bytes);
-                            for (offset, len) in
-                                differing(&file, o.offset, remote, buf, &mut same).at("reading", dest.join(&p.path))?
-                            {
+                            let (runs, read) =
+                                differing(&file, o.offset, remote, buf, &mut same).at("reading", dest.join(&p.path))?;
+                            read_replica += read;
+                            for (offset, len) in runs {
                                 let (codec, level) = (opts.codec, opts.level);
                                 let _ =
                                     tx.send(Msg::Read { id: next_id, path: p.path.clone(), offset, len, codec, level });
@@ -568,35 +568,38 @@ impl Worker for NativeWorker<'_> {
             Ok(())
         })?;
         self.clean = true;
-        let mut c = Copied { moved, ..Copied::default() };
+        // What a Read moved was read on the primary; what a compare hashed there is counted as it arrives.
+        let mut c = Copied { moved, read_primary: read_primary + moved, read_replica, ..Copied::default() };
         for (p, gone) in pieces.iter().zip(&vanished) {
             if *gone {
                 c.vanished += u64::from(p.counts_file());
             } else {
                 c.files += u64::from(p.counts_file());
-                c.bytes += p.len();
+                c.bytes += p.counted_len();
             }
         }
         Ok(c)
     }
 }
 
-/// The runs of local pages (from `offset`) whose hashes differ from the primary's, as (offset, len); runs of
-/// pages that match go to `same` with their bytes.
+/// The runs of local pages (from `offset`) whose hashes differ from the primary's, as (offset, len), and how
+/// many bytes of the local file it read; runs of pages that match go to `same` with their bytes.
 fn differing(
     file: &Target,
     offset: u64,
     remote: &[u64],
     buf: &mut AlignedBuf,
     same: &mut dyn FnMut(u64, &[u8]),
-) -> std::io::Result<Vec<(u64, u64)>> {
+) -> std::io::Result<(Vec<(u64, u64)>, u64)> {
     let (b, block) = (DELTA_BLOCK as usize, u64::from(DELTA_BLOCK));
     let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut read = 0;
     let per_read = DATA_CHUNK / b;
     for (i, hashes) in remote.chunks(per_read).enumerate() {
         let at = offset + (i * per_read * b) as u64;
         let local = buf.get(hashes.len() * b);
         let n = file.read_at(local, at)?;
+        read += n as u64;
         let page = |j: usize| &local[(j * b).min(n)..((j + 1) * b).min(n)];
         // Pages [first_same, j) match the primary's.
         let mut first_same = 0;
@@ -619,7 +622,7 @@ fn differing(
             same(at + (first_same * b) as u64, &local[first_same * b..end]);
         }
     }
-    Ok(runs)
+    Ok((runs, read))
 }
 
 #[cfg(test)]
@@ -643,9 +646,12 @@ mod tests {
         let b = u64::from(DELTA_BLOCK);
         let mut same = Vec::new();
         let mut record = |at, bytes: &[u8]| same.push((at, bytes.len() as u64));
-        assert_eq!(differing(&f, 0, &remote, &mut buf, &mut record).unwrap(), vec![(b, 2 * b), (4 * b, 2 * b)]);
+        assert_eq!(
+            differing(&f, 0, &remote, &mut buf, &mut record).unwrap(),
+            (vec![(b, 2 * b), (4 * b, 2 * b)], 5 * b)
+        );
         assert_eq!(same, vec![(0, b), (3 * b, b)], "the matching pages landed");
-        assert_eq!(differing(&f, 0, &remote[..1], &mut buf, &mut |_, _| ()).unwrap(), vec![]);
+        assert_eq!(differing(&f, 0, &remote[..1], &mut buf, &mut |_, _| ()).unwrap(), (vec![], b));
         // From an offset, and across more than one read of the local file.
         let many = DATA_CHUNK / DELTA_BLOCK as usize + 3;
         let local: Vec<u8> = (0..(many + 1) * DELTA_BLOCK as usize).map(|i| (i % 251) as u8).collect();
@@ -655,7 +661,10 @@ mod tests {
         remote[many - 1] ^= 1;
         let mut same = Vec::new();
         let mut record = |at, bytes: &[u8]| same.push((at, bytes.len() as u64));
-        assert_eq!(differing(&g, b, &remote, &mut buf, &mut record).unwrap(), vec![(many as u64 * b, b)]);
+        assert_eq!(
+            differing(&g, b, &remote, &mut buf, &mut record).unwrap(),
+            (vec![(many as u64 * b, b)], many as u64 * b)
+        );
         let per_read = (DATA_CHUNK / DELTA_BLOCK as usize) as u64;
         assert_eq!(same, vec![(b, per_read * b), ((per_read + 1) * b, (many as u64 - per_read - 1) * b)]);
         // Direct and buffered writes of the same file agree.

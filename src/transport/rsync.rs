@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{os, Copied, EntryKind, Piece, RemoteEntry, Sink, Transport, TransportError, Worker};
+use super::{os, Copied, EntryKind, How, Piece, RemoteEntry, Sink, Transport, TransportError, Worker};
 use crate::error::IoContext;
 use crate::sys::bandwidth::{Budget, Proxy};
 use crate::sys::cancel::Cancel;
@@ -311,6 +311,13 @@ impl Worker for RsyncWorker<'_> {
         cancel: &Cancel,
         _: &mut dyn Sink,
     ) -> Result<Copied, TransportError> {
+        // rsync reads (to checksum, or as the basis of its delta) the copy a re-sync finds here.
+        let read_replica: u64 = pieces
+            .iter()
+            .filter(|p| p.how == How::Compare)
+            .filter_map(|p| std::fs::metadata(dest.join(&p.path)).ok())
+            .map(|m| m.len())
+            .sum();
         // Files inside a tablespace go through its module, into the local pg_tblspc/<oid> link.
         let mut by_module: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
         for f in pieces.iter().map(|p| &p.path) {
@@ -327,19 +334,21 @@ impl Worker for RsyncWorker<'_> {
             };
             self.copy_module(module, rels, &local, cancel)?;
         }
-        Ok(count_copied(pieces, dest))
+        Ok(count_copied(pieces, dest, read_replica))
     }
 }
 
 /// Counts what a finished copy of whole files left in `dest`: files the primary removed meanwhile are absent.
-fn count_copied(pieces: &[Piece], dest: &Path) -> Copied {
-    let mut c = Copied::default();
+/// rsync reads every file it is given on the primary, to send it or to checksum it.
+fn count_copied(pieces: &[Piece], dest: &Path, read_replica: u64) -> Copied {
+    let mut c = Copied { read_replica, ..Copied::default() };
     for p in pieces {
         match std::fs::symlink_metadata(dest.join(&p.path)) {
             Ok(m) => {
                 c.files += 1;
                 c.bytes += m.len();
                 c.moved += m.len();
+                c.read_primary += m.len();
             }
             Err(_) => c.vanished += 1,
         }

@@ -326,6 +326,16 @@ impl Postgres {
         self.pg_ctl(&["restart", "-m", "fast"]);
     }
 
+    /// `pg_ctl stop -m fast`: a clean shutdown (a standby's pg_control then says "shut down in recovery").
+    pub fn stop_fast(&self) {
+        self.pg_ctl(&["stop", "-m", "fast"]);
+    }
+
+    /// `pg_ctl promote`: a standby becomes a primary on a new timeline (waits until it is one).
+    pub fn promote(&self) {
+        self.pg_ctl(&["promote"]);
+    }
+
     /// A PG15 client tool as the lab user, connected to this server (`-h 127.0.0.1 -p PORT -U user`).
     pub fn client(&self, tool: &str, user: &str) -> Command {
         let mut cmd = self.lab.cmd(Path::new(PG15_BIN).join(tool));
@@ -340,6 +350,12 @@ impl Postgres {
 
     pub fn pgbench_init(&self, scale: u32) {
         self.lab.run(self.client("pgbench", SUPERUSER).args(["-i", "-q", "-s", &scale.to_string(), "postgres"]));
+    }
+
+    /// TPC-B-like writes, `per_client` transactions by each of two clients, waited for.
+    pub fn pgbench_transactions(&self, per_client: u32) {
+        let mut cmd = self.client("pgbench", SUPERUSER);
+        self.lab.run(cmd.args(["-n", "-c", "2", "-t", &per_client.to_string(), "postgres"]));
     }
 
     /// Background TPC-B-like write load (`pgbench -c CLIENTS -T 600`); ends when dropped.

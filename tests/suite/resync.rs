@@ -1,0 +1,182 @@
+//! Re-syncing a replica directory that is already there: by the primary's WAL summaries (PostgreSQL 17+ with
+//! summarize_wal = on) when every condition holds, reading only what changed; else by comparing every file,
+//! with the reason in the log and in --json. The re-synced directories start as standbys that stream and hold
+//! the primary's data; a diverged old primary is compared, never trusted; a page damaged here is left by the
+//! summaries (they cannot see it) and repaired by --paranoid, as the README says.
+
+use crate::support::*;
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+/// The `resync` object of a successful `--json` run.
+fn resync(out: &CmdOutput) -> serde_json::Value {
+    out.assert_success();
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("one JSON object");
+    println!("resync: {}", v["resync"]);
+    v["resync"].clone()
+}
+
+fn method(r: &serde_json::Value) -> &str {
+    r["method"].as_str().unwrap_or_default()
+}
+
+/// `pgclone verify` of a clone before its first start.
+fn pgclone_verify(lab: &Lab, replica: &Path) {
+    lab.run(lab.cmd(lab.pgclone_bin()).arg("verify").arg(replica));
+}
+
+/// A standby that ran, made a restartpoint past its clone's start, and was shut down cleanly.
+fn run_and_stop(s: &Setup, name: &str) {
+    let standby = s.assert_standby(&s.replica, name, None);
+    s.primary.psql("checkpoint");
+    let lsn = s.primary.psql("select pg_current_wal_lsn()");
+    wait_replayed(&s.primary, name, &lsn, std::time::Duration::from_secs(60));
+    standby.psql("checkpoint");
+    standby.stop_fast();
+}
+
+/// PostgreSQL 18: a standby stopped, 300 pgbench transactions on the primary, and a re-sync that reads on
+/// the primary a small part of the data (what the summaries list, and the files they cannot speak for)
+/// and nothing here; the manifest checks out and the standby catches up with the primary's data.
+#[test]
+fn a_stale_pg18_standby_resyncs_by_wal_summaries() {
+    let s = Setup::with_install("resync-pg18", PgInstall::of(18), &["summarize_wal = on"]);
+    s.primary.pgbench_init(5);
+    let mut run = s.pgclone();
+    run.arg("--json");
+    let fresh = run.run();
+    assert_eq!(resync(&fresh), serde_json::Value::Null, "a fresh clone is no re-sync");
+    run_and_stop(&s, "resync_standby");
+    s.primary.pgbench_transactions(150);
+
+    let out = run.run();
+    let r = resync(&out);
+    let f = json_figures(&out);
+    assert_eq!(method(&r), "wal-summaries", "{}", out.report());
+    assert!(r["why"].is_null());
+    assert_eq!(r["read_replica_bytes"], 0, "nothing here is read");
+    let read = r["read_primary_bytes"].as_u64().unwrap();
+    assert!(read * 5 < f.bytes, "read {read} of {} bytes on the primary", f.bytes);
+    assert!(out.stderr.contains("re-sync by the primary's WAL summaries"), "{}", out.report());
+    pgclone_verify(&s.lab, &s.replica);
+    s.assert_standby(&s.replica, "resync_standby", None);
+}
+
+/// PostgreSQL 17: without summaries (summarize_wal off), then with summaries that begin after the standby's
+/// redo point, a re-sync compares and says why; once summaries cover it, a re-sync uses them. Each time the
+/// standby starts and holds the primary's data.
+#[test]
+fn without_covering_summaries_a_resync_compares_and_says_why() {
+    let s = Setup::with_install("resync-fallback", PgInstall::of(17), &["summarize_wal = off", "wal_keep_size = 0"]);
+    s.primary.pgbench_init(1);
+    let mut run = s.pgclone();
+    run.arg("--json");
+    run.run().assert_success();
+    run_and_stop(&s, "fallback_standby");
+    s.primary.pgbench_transactions(100);
+    let out = run.run();
+    let r = resync(&out);
+    assert_eq!(method(&r), "page-hashes");
+    assert!(r["why"].as_str().unwrap().contains("summarize_wal is off"), "{r}");
+    assert!(r["read_replica_bytes"].as_u64().unwrap() > 0, "compared here: {r}");
+
+    run_and_stop(&s, "fallback_standby");
+    // The WAL from the standby's redo point on is recycled before summarizing starts: the summarizer begins
+    // at the oldest segment still there, after it.
+    for _ in 0..3 {
+        s.primary.pgbench_transactions(50);
+        s.primary.psql("select pg_switch_wal()");
+        s.primary.psql("checkpoint");
+    }
+    s.primary.psql("alter system set summarize_wal = on");
+    s.primary.psql("select pg_reload_conf()");
+    let out = run.run();
+    let r = resync(&out);
+    assert_eq!(method(&r), "page-hashes");
+    assert!(r["why"].as_str().unwrap().contains("do not cover"), "{r}");
+
+    run_and_stop(&s, "fallback_standby");
+    s.primary.pgbench_transactions(100);
+    let r = resync(&run.run());
+    assert_eq!(method(&r), "wal-summaries", "{r}");
+    s.assert_standby(&s.replica, "fallback_standby", None);
+}
+
+/// An old primary after a failover: its last WAL (written after the standby was promoted) is not on the new
+/// primary's history, so its pages cannot be trusted to be the new primary's; the re-sync compares them all
+/// (with summaries on at the new primary), and the old primary then follows the new one, without the table
+/// only it had.
+#[test]
+fn an_old_primary_after_a_failover_is_compared_not_trusted() {
+    let s = Setup::with_install("resync-failover", PgInstall::of(17), &["summarize_wal = on"]);
+    s.primary.pgbench_init(1);
+    s.pgclone().run().assert_success();
+    let new = s.assert_standby(&s.replica, "new_primary", None);
+    new.promote();
+    assert_eq!(new.psql("select pg_is_in_recovery()"), "f");
+    s.primary.psql("create table only_on_the_old as select generate_series(1, 10000) g");
+    s.primary.stop_fast();
+    new.pgbench_transactions(100);
+
+    let mut run = Pgclone::new(&new, &s.sshd, &s.primary.data);
+    run.arg("--json");
+    let out = run.run();
+    let r = resync(&out);
+    assert_eq!(method(&r), "page-hashes");
+    assert!(r["why"].as_str().unwrap().contains("not on the primary's history"), "{r}");
+    assert!(json_figures(&out).moved > 0);
+    let old = assert_standby_matches(&s.lab, &new, &s.primary.data, "old_primary", None);
+    assert_eq!(old.psql("select count(*) from pg_class where relname = 'only_on_the_old'"), "0");
+    assert_eq!(old.psql("select timeline_id from pg_control_checkpoint()"), "2");
+}
+
+/// A page damaged here (size and modification time kept) while the primary's stays the same: --paranoid
+/// compares every page and repairs it; a re-sync by summaries does not read it and leaves it damaged, as the
+/// README documents.
+#[test]
+fn a_page_damaged_here_is_repaired_by_paranoid_and_left_by_summaries() {
+    let s = Setup::with_install("resync-damage", PgInstall::of(17), &["summarize_wal = on"]);
+    s.primary.pgbench_init(1);
+    s.primary.psql("create table still as select g, repeat('x', 100) as pad from generate_series(1, 20000) g");
+    // Hint bits set and logged now, so the table's pages do not change on the primary later.
+    s.primary.psql("vacuum freeze still");
+    let rel = s.primary.psql("select pg_relation_filepath('still')");
+    let mut run = s.pgclone();
+    run.arg("--json");
+    run.run().assert_success();
+    let block = |dir: &Path| {
+        let mut b = vec![0u8; 8192];
+        fs::File::open(dir.join(&rel)).unwrap().read_exact_at(&mut b, 8192).unwrap();
+        b
+    };
+    let damage = |dir: &Path| {
+        let path = dir.join(&rel);
+        let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+        let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&[0xAB; 512], 8192 + 4096).unwrap();
+        f.set_modified(mtime).unwrap();
+    };
+
+    run_and_stop(&s, "damaged_standby");
+    damage(&s.replica);
+    s.primary.pgbench_transactions(100);
+    let paranoid = {
+        let mut p = s.pgclone();
+        p.args(["--json", "--paranoid"]);
+        p.run()
+    };
+    let r = resync(&paranoid);
+    assert_eq!(method(&r), "page-hashes");
+    assert_eq!(r["why"], "--paranoid compares every page");
+    assert_eq!(block(&s.replica), block(&s.primary.data), "--paranoid repaired the page");
+
+    run_and_stop(&s, "damaged_standby");
+    damage(&s.replica);
+    let damaged = block(&s.replica);
+    s.primary.pgbench_transactions(100);
+    let r = resync(&run.run());
+    assert_eq!(method(&r), "wal-summaries");
+    assert_eq!(block(&s.replica), damaged, "the summaries method reads no unchanged page, so it repairs none");
+    assert_ne!(damaged, block(&s.primary.data));
+}
