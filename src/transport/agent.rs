@@ -193,9 +193,6 @@ enum Want<'a> {
     Hashes(u32),
 }
 
-/// Hashes per Hashes frame: 512 KiB, far below MAX_FRAME.
-const HASHES_PER_FRAME: usize = 1 << 16;
-
 /// Answers one Read or Sums request, then Done. `buf`: the agent's one read buffer, reused by every request (a
 /// fresh MiB for each of thousands of small files would be zeroed each time).
 fn answer<W: Write>(
@@ -224,17 +221,13 @@ fn answer<W: Write>(
             if !(512..=DATA_CHUNK as u32).contains(&block) {
                 return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("block size {block} out of range")));
             }
-            // Whole blocks per read, about a MiB: one system call per page would dominate the hashing.
+            // Whole blocks per read, about a MiB: one system call per page would dominate the hashing. Each
+            // read's hashes go out at once, so the client compares its copy of these pages while we read on.
             let per_read = DATA_CHUNK / block as usize * block as usize;
-            let mut hashes = Vec::new();
             each_chunk(&f, buf, range, per_read, |_, data| {
-                hashes.extend(data.chunks(block as usize).map(xxh3_64));
-                if hashes.len() >= HASHES_PER_FRAME {
-                    write_msg(w, &Msg::Hashes { id, hashes: std::mem::take(&mut hashes) })?;
-                }
-                Ok(())
+                write_msg(w, &Msg::Hashes { id, hashes: data.chunks(block as usize).map(xxh3_64).collect() })?;
+                w.flush()
             })?;
-            write_msg(w, &Msg::Hashes { id, hashes })?;
         }
     }
     write_msg(w, &Msg::Done { id, vanished: false })

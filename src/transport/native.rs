@@ -414,13 +414,13 @@ impl Drop for NativeWorker<'_> {
     }
 }
 
-/// A request in flight: its piece, the local file once an answer needs it, and for a delta the primary's page
-/// hashes received so far.
+/// A request in flight: its piece, the local file once an answer needs it, and for a delta the offset its next
+/// page hashes stand for.
 struct Open {
     piece: usize,
     file: Option<Rc<Target>>,
     offset: u64,
-    hashes: Option<Vec<u64>>,
+    compared: Option<u64>,
 }
 
 impl Open {
@@ -491,7 +491,7 @@ impl Worker for NativeWorker<'_> {
                 } else {
                     Msg::Read { id, path: p.path.clone(), offset, len, codec: opts.codec, level: opts.level }
                 });
-                open.insert(id, Open { piece: i, file: None, offset, hashes: delta.then(Vec::new) });
+                open.insert(id, Open { piece: i, file: None, offset, compared: delta.then_some(offset) });
             }
             while outstanding > 0 {
                 cancel.check()?;
@@ -525,10 +525,28 @@ impl Worker for NativeWorker<'_> {
                         sink.landed(&p.path, offset, raw);
                         *spare = bytes;
                     }
+                    // Each frame of hashes is compared as it arrives, about a MiB of pages at a time, while the
+                    // agent reads on: both hosts read at once, and the differing pages are asked for at once.
                     Msg::Hashes { id, hashes } => {
-                        if let Some(Open { hashes: Some(h), .. }) = open.get_mut(&id) {
-                            read_primary += hashes.len() as u64 * u64::from(DELTA_BLOCK);
-                            h.extend(hashes);
+                        let o = open.get_mut(&id).filter(|o| o.compared.is_some()).ok_or_else(|| {
+                            TransportError::Agent(format!("page hashes for {id}, which asked for none"))
+                        })?;
+                        read_primary += hashes.len() as u64 * u64::from(DELTA_BLOCK);
+                        let p = &pieces[o.piece];
+                        let at = o.compared.expect("filtered above");
+                        o.compared = Some(at + hashes.len() as u64 * u64::from(DELTA_BLOCK));
+                        let file = Rc::clone(o.file(dest, p)?);
+                        let mut same = |offset, bytes: &[u8]| sink.landed(&p.path, offset, bytes);
+                        let (runs, read) =
+                            differing(&file, at, &hashes, buf, &mut same).at("reading", dest.join(&p.path))?;
+                        read_replica += read;
+                        let piece = o.piece;
+                        for (offset, len) in runs {
+                            let (codec, level) = (opts.codec, opts.level);
+                            let _ = tx.send(Msg::Read { id: next_id, path: p.path.clone(), offset, len, codec, level });
+                            open.insert(next_id, Open { piece, file: Some(Rc::clone(&file)), offset, compared: None });
+                            next_id += 1;
+                            outstanding += 1;
                         }
                     }
                     Msg::Done { id, vanished: gone } => {
@@ -543,22 +561,7 @@ impl Worker for NativeWorker<'_> {
                             continue;
                         }
                         // Also a file that needed no data (empty, or identical) must exist with its size.
-                        let file = Rc::clone(o.file(dest, p)?);
-                        if let Some(remote) = &o.hashes {
-                            let mut same = |offset, bytes: &[u8]| sink.landed(&p.path, offset, bytes);
-                            let (runs, read) =
-                                differing(&file, o.offset, remote, buf, &mut same).at("reading", dest.join(&p.path))?;
-                            read_replica += read;
-                            for (offset, len) in runs {
-                                let (codec, level) = (opts.codec, opts.level);
-                                let _ =
-                                    tx.send(Msg::Read { id: next_id, path: p.path.clone(), offset, len, codec, level });
-                                let file = Some(Rc::clone(&file));
-                                open.insert(next_id, Open { piece: o.piece, file, offset, hashes: None });
-                                next_id += 1;
-                                outstanding += 1;
-                            }
-                        }
+                        o.file(dest, p)?;
                     }
                     Msg::Error { message, .. } => return Err(TransportError::Worker(message)),
                     other => return Err(TransportError::Agent(format!("unexpected answer {other:?}"))),
