@@ -29,9 +29,9 @@ pub fn serve(pgdata: &Path, input: impl Read + Send + 'static, output: impl Writ
     let alive = Alive::watch();
     let noted = Noted { inner: output, alive: alive.clone(), written: 0, blocked: Duration::ZERO };
     let mut w = BufWriter::with_capacity(1 << 20, noted);
-    let (mut buf, mut auto) = (Vec::new(), AutoCodec::default());
+    let (mut buf, mut auto, mut last) = (Vec::new(), AutoCodec::default(), None);
     let requests = listen(input, alive);
-    for msg in requests {
+    for msg in &requests {
         let msg = match msg? {
             Some(m) => m,
             None => break,
@@ -49,11 +49,12 @@ pub fn serve(pgdata: &Path, input: impl Read + Send + 'static, output: impl Writ
             }
             Msg::Read { id, path, offset, len, codec, level } => {
                 let want = Want::Data(codec, level, &mut auto);
-                let answered = answer(pgdata, &mut w, &mut buf, id, &path, (offset, len), want);
+                let answered = answer(pgdata, &mut last, &mut w, &mut buf, id, &path, (offset, len), want);
                 answered.or_else(|e| answer_error(&mut w, id, &path, e))?;
             }
             Msg::Sums { id, path, offset, len, block } => {
-                let answered = answer(pgdata, &mut w, &mut buf, id, &path, (offset, len), Want::Hashes(block));
+                let want = Want::Hashes(block);
+                let answered = answer(pgdata, &mut last, &mut w, &mut buf, id, &path, (offset, len), want);
                 answered.or_else(|e| answer_error(&mut w, id, &path, e))?;
             }
             Msg::Listen { token, streams, tls } => match data_channel(pgdata, token, streams, tls) {
@@ -63,7 +64,11 @@ pub fn serve(pgdata: &Path, input: impl Read + Send + 'static, output: impl Writ
             Msg::Quit => break,
             other => write_msg(&mut w, &Msg::Error { id: 0, message: format!("unexpected request {other:?}") })?,
         }
-        w.flush()?;
+        // Answers to a batch of requests (thousands of changed pages of a re-sync) leave in large writes; the
+        // last one goes out as soon as nothing more is asked.
+        if requests.is_empty() {
+            w.flush()?;
+        }
     }
     w.flush()
 }
@@ -186,6 +191,17 @@ fn open(pgdata: &Path, rel: &Path) -> io::Result<File> {
     File::open(pgdata.join(rel))
 }
 
+/// `rel`, opened again only when the previous request was for another file: a re-sync asks for run after run
+/// of one file. A file removed in between still answers from the open descriptor; that is a removal after
+/// the listing, so after the backup started, which WAL replay performs again.
+fn reopen<'a>(pgdata: &Path, last: &'a mut Option<(PathBuf, File)>, rel: &Path) -> io::Result<&'a File> {
+    if last.as_ref().is_none_or(|(p, _)| p != rel) {
+        *last = None;
+        *last = Some((rel.to_path_buf(), open(pgdata, rel)?));
+    }
+    Ok(&last.as_ref().expect("opened above").1)
+}
+
 /// What a request asks of a range: its bytes (with a codec and level, and the connection's choice for `auto`)
 /// or the hashes of its blocks.
 enum Want<'a> {
@@ -195,8 +211,10 @@ enum Want<'a> {
 
 /// Answers one Read or Sums request, then Done. `buf`: the agent's one read buffer, reused by every request (a
 /// fresh MiB for each of thousands of small files would be zeroed each time).
+#[allow(clippy::too_many_arguments)]
 fn answer<W: Write>(
     pgdata: &Path,
+    last: &mut Option<(PathBuf, File)>,
     w: &mut BufWriter<Noted<W>>,
     buf: &mut Vec<u8>,
     id: u32,
@@ -204,9 +222,9 @@ fn answer<W: Write>(
     range: (u64, u64),
     want: Want,
 ) -> io::Result<()> {
-    let f = open(pgdata, rel)?;
+    let f = reopen(pgdata, last, rel)?;
     match want {
-        Want::Data(codec, level, auto) => each_chunk(&f, buf, range, DATA_CHUNK, |pos, raw| {
+        Want::Data(codec, level, auto) => each_chunk(f, buf, range, DATA_CHUNK, |pos, raw| {
             let (codec, bytes) = match codec {
                 Codec::Auto => {
                     auto.link(w.get_ref().written, w.get_ref().blocked);
@@ -224,7 +242,7 @@ fn answer<W: Write>(
             // Whole blocks per read, about a MiB: one system call per page would dominate the hashing. Each
             // read's hashes go out at once, so the client compares its copy of these pages while we read on.
             let per_read = DATA_CHUNK / block as usize * block as usize;
-            each_chunk(&f, buf, range, per_read, |_, data| {
+            each_chunk(f, buf, range, per_read, |_, data| {
                 write_msg(w, &Msg::Hashes { id, hashes: data.chunks(block as usize).map(xxh3_64).collect() })?;
                 w.flush()
             })?;

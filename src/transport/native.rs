@@ -419,14 +419,20 @@ impl Drop for NativeWorker<'_> {
 struct Open {
     piece: usize,
     file: Option<Rc<Target>>,
-    offset: u64,
     compared: Option<u64>,
 }
 
+/// The local file the worker opened last: a re-sync's requests come run after run for one file.
+type Last = Option<(PathBuf, Rc<Target>)>;
+
 impl Open {
-    /// The local file, opened (and given the primary's size) when the first answer needs it: requests all go
-    /// out at once, and of a batch of thousands of small files only the one being written is open.
-    fn file(&mut self, dest: &Path, p: &Piece) -> Result<&Rc<Target>, TransportError> {
+    /// The local file, opened (and given the primary's size) when the first answer needs it, unless it is the one
+    /// opened `last`: requests all go out at once, and of a batch of thousands of small files only the one being
+    /// written is open.
+    fn file(&mut self, dest: &Path, p: &Piece, last: &mut Last) -> Result<&Rc<Target>, TransportError> {
+        if self.file.is_none() {
+            self.file = last.as_ref().filter(|(path, _)| *path == p.path).map(|(_, t)| Rc::clone(t));
+        }
         if self.file.is_none() {
             let path = dest.join(&p.path);
             let t = Target::open(&path, p.size).at("opening", &path)?;
@@ -435,7 +441,9 @@ impl Open {
             if t.file.metadata().at("opening", &path)?.len() != p.size {
                 t.file.set_len(p.size).at("sizing", &path)?;
             }
-            self.file = Some(Rc::new(t));
+            let t = Rc::new(t);
+            *last = Some((p.path.clone(), Rc::clone(&t)));
+            self.file = Some(t);
         }
         Ok(self.file.as_ref().expect("opened above"))
     }
@@ -460,6 +468,7 @@ impl Worker for NativeWorker<'_> {
         let opts = &self.transport.opts;
         let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
         let mut open: HashMap<u32, Open> = HashMap::new();
+        let mut last: Last = None;
         let mut vanished = vec![false; pieces.len()];
         let mut outstanding = pieces.len();
         let mut next_id = pieces.len() as u32;
@@ -491,7 +500,7 @@ impl Worker for NativeWorker<'_> {
                 } else {
                     Msg::Read { id, path: p.path.clone(), offset, len, codec: opts.codec, level: opts.level }
                 });
-                open.insert(id, Open { piece: i, file: None, offset, compared: delta.then_some(offset) });
+                open.insert(id, Open { piece: i, file: None, compared: delta.then_some(offset) });
             }
             while outstanding > 0 {
                 cancel.check()?;
@@ -517,7 +526,7 @@ impl Worker for NativeWorker<'_> {
                                 raw.len()
                             )));
                         }
-                        o.file(dest, p)?
+                        o.file(dest, p, &mut last)?
                             .write_at(raw, offset)
                             .map_err(|e| IoAt::new("writing", dest.join(&p.path), e))?;
                         moved += u64::from(raw_len);
@@ -535,7 +544,7 @@ impl Worker for NativeWorker<'_> {
                         let p = &pieces[o.piece];
                         let at = o.compared.expect("filtered above");
                         o.compared = Some(at + hashes.len() as u64 * u64::from(DELTA_BLOCK));
-                        let file = Rc::clone(o.file(dest, p)?);
+                        let file = Rc::clone(o.file(dest, p, &mut last)?);
                         let mut same = |offset, bytes: &[u8]| sink.landed(&p.path, offset, bytes);
                         let (runs, read) =
                             differing(&file, at, &hashes, buf, &mut same).at("reading", dest.join(&p.path))?;
@@ -544,7 +553,7 @@ impl Worker for NativeWorker<'_> {
                         for (offset, len) in runs {
                             let (codec, level) = (opts.codec, opts.level);
                             let _ = tx.send(Msg::Read { id: next_id, path: p.path.clone(), offset, len, codec, level });
-                            open.insert(next_id, Open { piece, file: Some(Rc::clone(&file)), offset, compared: None });
+                            open.insert(next_id, Open { piece, file: Some(Rc::clone(&file)), compared: None });
                             next_id += 1;
                             outstanding += 1;
                         }
@@ -561,7 +570,7 @@ impl Worker for NativeWorker<'_> {
                             continue;
                         }
                         // Also a file that needed no data (empty, or identical) must exist with its size.
-                        o.file(dest, p)?;
+                        o.file(dest, p, &mut last)?;
                     }
                     Msg::Error { message, .. } => return Err(TransportError::Worker(message)),
                     other => return Err(TransportError::Agent(format!("unexpected answer {other:?}"))),
