@@ -51,7 +51,6 @@ pub fn check(
     Ok((plan.files.len() as u64, plan.total_bytes))
 }
 
-#[allow(clippy::too_many_arguments)]
 pub fn run(
     config: &CloneConfig,
     transport: &dyn Transport,

@@ -282,9 +282,9 @@ impl Sink for Landing<'_> {
     }
 }
 
-/// Copies every planned file with `parallel` workers. Any worker's failure, or a cancel from elsewhere
-/// (signal, WAL stream), stops all workers at once. With `pages_before` (data checksums on), data pages
-/// older than it are verified as they land.
+/// Copies every planned file, as `mode` says, with `parallel` workers. Any worker's failure, or a cancel from
+/// elsewhere (signal, WAL stream), stops all workers at once. With `pages_before` (data checksums on), data
+/// pages older than it are verified as they land.
 #[allow(clippy::too_many_arguments)]
 pub fn copy(
     plan: &Plan,

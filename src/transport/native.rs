@@ -494,13 +494,13 @@ impl Worker for NativeWorker<'_> {
                 // Data already here (a resumed or re-synced clone) is compared before anything moves.
                 let compare =
                     p.how == How::Compare && std::fs::metadata(dest.join(&p.path)).is_ok_and(|m| m.len() > offset);
-                let (id, delta) = (i as u32, compare);
-                let _ = tx.send(if delta {
+                let id = i as u32;
+                let _ = tx.send(if compare {
                     Msg::Sums { id, path: p.path.clone(), offset, len, block: DELTA_BLOCK }
                 } else {
                     Msg::Read { id, path: p.path.clone(), offset, len, codec: opts.codec, level: opts.level }
                 });
-                open.insert(id, Open { piece: i, file: None, compared: delta.then_some(offset) });
+                open.insert(id, Open { piece: i, file: None, compared: compare.then_some(offset) });
             }
             while outstanding > 0 {
                 cancel.check()?;
@@ -526,9 +526,12 @@ impl Worker for NativeWorker<'_> {
                                 raw.len()
                             )));
                         }
-                        o.file(dest, p, &mut last)?
-                            .write_at(raw, offset)
-                            .map_err(|e| IoAt::new("writing", dest.join(&p.path), e))?;
+                        let file = o.file(dest, p, &mut last)?;
+                        file.write_at(raw, offset).map_err(|e| IoAt::new("writing", dest.join(&p.path), e))?;
+                        // A re-sync's pages, scattered over files already here, go to disk as they come.
+                        if p.how != How::Fetch {
+                            file.write_back(offset, raw.len() as u64);
+                        }
                         moved += u64::from(raw_len);
                         sink.moving(u64::from(raw_len));
                         sink.landed(&p.path, offset, raw);
