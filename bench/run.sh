@@ -445,7 +445,7 @@ s3() {
     rows+=("| $r | $full | $(cpu_per_gb "${CPUS[full]##* }" "$fbytes") | $(kb_mb "${RSSC[full]##* }") / $(kb_mb "${RSSA[full]##* }") | $(mb "$wal") | $(mb "$changed") | $method | $delta | $(mb "$read") | $(ratio "$read" "$changed") | $(mb "$moved") | $(ratio "$moved" "$changed") | $(awk -v m="$moved" -v b="$bytes" 'BEGIN { printf "%.1f %%", 100 * m / b }') | $(ratio "$delta" "$full") | $(cpu_per_gb "${CPUS[delta]##* }" "$bytes") | $(kb_mb "${RSSC[delta]##* }") / $(kb_mb "${RSSA[delta]##* }") |")
   done
   rm -rf "$R"
-  heading "S3: re-sync (pgclone${S3_FLAGS:+ $S3_FLAGS}) of a standby stale by $DELTA s of pgbench writes (-c 2${BENCH_DELTA_TPS:+, -R $BENCH_DELTA_TPS}), PostgreSQL $MAJOR${PG_CONF:+ with $(tr '\n' ' ' <<<"$PG_CONF")}" "$P"
+  heading "S3: re-sync (pgclone${S3_FLAGS:+ $S3_FLAGS}) of a standby stale by $DELTA s of pgbench writes (-c 2${BENCH_DELTA_TPS:+, -R $BENCH_DELTA_TPS}), PostgreSQL $MAJOR${PG_CONF:+ with ${PG_CONF//$'\n'/, }}" "$P"
   out "CPU s/GB: per GB of the clone's data (--json bytes), whatever was moved. Read on the primary: what the re-sync read of the primary's files (--json resync.read_primary_bytes)."
   out ""
   out "| round | full clone s | full CPU s/GB | full peak RSS client / agent MB | WAL written in between | pages changed | re-sync method | re-sync s | read on the primary | read ÷ changed | moved over the link | moved ÷ changed | moved ÷ data | re-sync time ÷ full clone | re-sync CPU s/GB | re-sync peak RSS client / agent MB |"

@@ -81,14 +81,6 @@ impl Target {
         self.file.write_all_at(buf, offset)
     }
 
-    /// Starts writing `[offset, offset+len)` back to the disk now, without waiting for it: pages a re-sync writes
-    /// here and there then reach the disk during the copy instead of all in finalize's syncfs.
-    /// POSIX_FADV_DONTNEED starts the range's writeback (mm/fadvise.c) and drops the pages that are clean; the
-    /// standby reads through its own buffers anyway.
-    pub fn write_back(&self, offset: u64, len: u64) {
-        let _ = rustix::fs::fadvise(&self.file, offset, std::num::NonZeroU64::new(len), rustix::fs::Advice::DontNeed);
-    }
-
     /// Fills `buf` from `offset`; fewer bytes only at the end of the file.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         if let Some(d) = self.direct_for(buf, offset) {

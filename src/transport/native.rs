@@ -526,12 +526,9 @@ impl Worker for NativeWorker<'_> {
                                 raw.len()
                             )));
                         }
-                        let file = o.file(dest, p, &mut last)?;
-                        file.write_at(raw, offset).map_err(|e| IoAt::new("writing", dest.join(&p.path), e))?;
-                        // A re-sync's pages, scattered over files already here, go to disk as they come.
-                        if p.how != How::Fetch {
-                            file.write_back(offset, raw.len() as u64);
-                        }
+                        o.file(dest, p, &mut last)?
+                            .write_at(raw, offset)
+                            .map_err(|e| IoAt::new("writing", dest.join(&p.path), e))?;
                         moved += u64::from(raw_len);
                         sink.moving(u64::from(raw_len));
                         sink.landed(&p.path, offset, raw);
