@@ -47,14 +47,14 @@ pub fn serve(pgdata: &Path, input: impl Read + Send + 'static, output: impl Writ
                 }
                 write_msg(&mut w, &Msg::ListDone)?;
             }
-            Msg::Read { id, path, offset, len, codec, level } => {
+            Msg::Read { id, path, runs, codec, level } => {
                 let want = Want::Data(codec, level, &mut auto);
-                let answered = answer(pgdata, &mut last, &mut w, &mut buf, id, &path, (offset, len), want);
+                let answered = answer(pgdata, &mut last, &mut w, &mut buf, id, &path, &runs, want);
                 answered.or_else(|e| answer_error(&mut w, id, &path, e))?;
             }
             Msg::Sums { id, path, offset, len, block } => {
                 let want = Want::Hashes(block);
-                let answered = answer(pgdata, &mut last, &mut w, &mut buf, id, &path, (offset, len), want);
+                let answered = answer(pgdata, &mut last, &mut w, &mut buf, id, &path, &[(offset, len)], want);
                 answered.or_else(|e| answer_error(&mut w, id, &path, e))?;
             }
             Msg::Listen { token, streams, tls } => match data_channel(pgdata, token, streams, tls) {
@@ -209,7 +209,7 @@ enum Want<'a> {
     Hashes(u32),
 }
 
-/// Answers one Read or Sums request, then Done. `buf`: the agent's one read buffer, reused by every request (a
+/// Answers one Read (each of its runs in turn) or Sums request, then Done. `buf`: the agent's one read buffer, reused by every request (a
 /// fresh MiB for each of thousands of small files would be zeroed each time).
 #[allow(clippy::too_many_arguments)]
 fn answer<W: Write>(
@@ -219,21 +219,25 @@ fn answer<W: Write>(
     buf: &mut Vec<u8>,
     id: u32,
     rel: &Path,
-    range: (u64, u64),
+    runs: &[(u64, u64)],
     want: Want,
 ) -> io::Result<()> {
     let f = reopen(pgdata, last, rel)?;
     match want {
-        Want::Data(codec, level, auto) => each_chunk(f, buf, range, DATA_CHUNK, |pos, raw| {
-            let (codec, bytes) = match codec {
-                Codec::Auto => {
-                    auto.link(w.get_ref().written, w.get_ref().blocked);
-                    auto.choose(raw)
-                }
-                codec => (codec, compress(codec, level, raw)?),
-            };
-            write_data(w, (id, pos, raw.len() as u32, xxh3_64(raw), codec), &bytes)
-        })?,
+        Want::Data(codec, level, auto) => {
+            for run in runs {
+                each_chunk(f, buf, *run, DATA_CHUNK, |pos, raw| {
+                    let (codec, bytes) = match codec {
+                        Codec::Auto => {
+                            auto.link(w.get_ref().written, w.get_ref().blocked);
+                            auto.choose(raw)
+                        }
+                        codec => (codec, compress(codec, level, raw)?),
+                    };
+                    write_data(w, (id, pos, raw.len() as u32, xxh3_64(raw), codec), &bytes)
+                })?;
+            }
+        }
         Want::Hashes(block) => {
             // Blocks of at least 512 bytes keep a read's hashes (and so a frame) small.
             if !(512..=DATA_CHUNK as u32).contains(&block) {
@@ -242,6 +246,7 @@ fn answer<W: Write>(
             // Whole blocks per read, about a MiB: one system call per page would dominate the hashing. Each
             // read's hashes go out at once, so the client compares its copy of these pages while we read on.
             let per_read = DATA_CHUNK / block as usize * block as usize;
+            let range = runs.first().copied().unwrap_or_default();
             each_chunk(f, buf, range, per_read, |_, data| {
                 write_msg(w, &Msg::Hashes { id, hashes: data.chunks(block as usize).map(xxh3_64).collect() })?;
                 w.flush()
@@ -348,12 +353,25 @@ mod tests {
             d.path(),
             &[
                 Msg::List,
-                Msg::Read { id: 1, path: "base/1/100".into(), offset: 10, len: 2_500_000, codec: Codec::Lz4, level: 0 },
-                Msg::Read { id: 2, path: "gone".into(), offset: 0, len: 1, codec: Codec::None, level: 0 },
-                Msg::Read { id: 3, path: "../etc/passwd".into(), offset: 0, len: 1, codec: Codec::None, level: 0 },
+                Msg::Read {
+                    id: 1,
+                    path: "base/1/100".into(),
+                    runs: vec![(10, 2_500_000)],
+                    codec: Codec::Lz4,
+                    level: 0,
+                },
+                Msg::Read { id: 2, path: "gone".into(), runs: vec![(0, 1)], codec: Codec::None, level: 0 },
+                Msg::Read { id: 3, path: "../etc/passwd".into(), runs: vec![(0, 1)], codec: Codec::None, level: 0 },
                 Msg::Sums { id: 4, path: "base/1/100".into(), offset: 0, len: 3_000_000, block: 1 << 20 },
                 Msg::Sums { id: 5, path: "base/1/100".into(), offset: 8192, len: u64::MAX / 2, block: 8192 },
                 Msg::Sums { id: 6, path: "base/1/100".into(), offset: 0, len: 1, block: 1 },
+                Msg::Read {
+                    id: 7,
+                    path: "base/1/100".into(),
+                    runs: vec![(0, 100), (2_999_000, 5000)],
+                    codec: Codec::None,
+                    level: 0,
+                },
             ],
         );
         let Msg::Entries(entries) = &answers[0] else { panic!("{:?}", answers[0]) };
@@ -385,5 +403,15 @@ mod tests {
         assert_eq!(hashes(4), data.chunks(1 << 20).map(xxh3_64).collect::<Vec<_>>());
         assert_eq!(hashes(5), data[8192..].chunks(8192).map(xxh3_64).collect::<Vec<_>>(), "pages, to the end");
         assert!(answers.iter().any(|a| matches!(a, Msg::Error { id: 6, .. })), "a block size below 512");
+        // Several runs in one request: each run's bytes, in order, the last cut at the end of the file.
+        let runs: Vec<(u64, Vec<u8>)> = answers
+            .iter()
+            .filter_map(|a| match a {
+                Msg::Data { id: 7, offset, bytes, .. } => Some((*offset, bytes.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(runs, vec![(0, data[..100].to_vec()), (2_999_000, data[2_999_000..].to_vec())]);
+        assert!(answers.contains(&Msg::Done { id: 7, vanished: false }));
     }
 }

@@ -358,7 +358,7 @@ impl Transport for NativeTransport {
 
     fn fetch_file(&self, rel: &Path, to: &Path) -> Result<(), TransportError> {
         let mut c = self.control()?;
-        c.send(&Msg::Read { id: 0, path: rel.into(), offset: 0, len: u64::MAX / 2, codec: Codec::None, level: 0 })?;
+        c.send(&Msg::Read { id: 0, path: rel.into(), runs: vec![(0, u64::MAX / 2)], codec: Codec::None, level: 0 })?;
         let f = File::create(to).at("creating", to)?;
         let mut raw = Vec::new();
         loop {
@@ -414,13 +414,18 @@ impl Drop for NativeWorker<'_> {
     }
 }
 
-/// A request in flight: its piece, the local file once an answer needs it, and for a delta the offset its next
-/// page hashes stand for.
+/// A request in flight: its pieces (`pieces` of them from `piece` on: consecutive changed runs of one file go
+/// in one request), the local file once an answer needs it, and for a delta the offset its next page hashes
+/// stand for.
 struct Open {
     piece: usize,
+    pieces: usize,
     file: Option<Rc<Target>>,
     compared: Option<u64>,
 }
+
+/// Changed runs of one file asked for in one Read: far below MAX_FRAME (16 bytes each).
+const RUNS_PER_READ: usize = 4096;
 
 /// The local file the worker opened last: a re-sync's requests come run after run for one file.
 type Last = Option<(PathBuf, Rc<Target>)>;
@@ -470,7 +475,7 @@ impl Worker for NativeWorker<'_> {
         let mut open: HashMap<u32, Open> = HashMap::new();
         let mut last: Last = None;
         let mut vanished = vec![false; pieces.len()];
-        let mut outstanding = pieces.len();
+        let mut outstanding = 0;
         let mut next_id = pieces.len() as u32;
         let (mut moved, mut read_primary, mut read_replica) = (0u64, 0u64, 0u64);
         self.clean = false;
@@ -489,18 +494,32 @@ impl Worker for NativeWorker<'_> {
                     return;
                 }
             });
-            for (i, p) in pieces.iter().enumerate() {
+            let mut i = 0;
+            while i < pieces.len() {
+                let p = &pieces[i];
                 let (offset, len) = p.range.unwrap_or((0, p.size));
                 // Data already here (a resumed or re-synced clone) is compared before anything moves.
                 let compare =
                     p.how == How::Compare && std::fs::metadata(dest.join(&p.path)).is_ok_and(|m| m.len() > offset);
+                // A re-sync's changed runs of one file (in offset order) go in one request.
+                let group = match p.how {
+                    How::Changed => pieces[i..]
+                        .iter()
+                        .take(RUNS_PER_READ)
+                        .take_while(|q| q.how == How::Changed && q.path == p.path)
+                        .count(),
+                    _ => 1,
+                };
                 let id = i as u32;
                 let _ = tx.send(if compare {
                     Msg::Sums { id, path: p.path.clone(), offset, len, block: DELTA_BLOCK }
                 } else {
-                    Msg::Read { id, path: p.path.clone(), offset, len, codec: opts.codec, level: opts.level }
+                    let runs = pieces[i..i + group].iter().map(|q| q.range.unwrap_or((0, q.size))).collect();
+                    Msg::Read { id, path: p.path.clone(), runs, codec: opts.codec, level: opts.level }
                 });
-                open.insert(id, Open { piece: i, file: None, compared: compare.then_some(offset) });
+                open.insert(id, Open { piece: i, pieces: group, file: None, compared: compare.then_some(offset) });
+                outstanding += 1;
+                i += group;
             }
             while outstanding > 0 {
                 cancel.check()?;
@@ -517,7 +536,10 @@ impl Worker for NativeWorker<'_> {
                         let o = open
                             .get_mut(&id)
                             .ok_or_else(|| TransportError::Agent(format!("data for unknown id {id}")))?;
-                        let p = &pieces[o.piece];
+                        // The piece of the request whose range starts at or before the data (runs are in order).
+                        let asked = &pieces[o.piece..o.piece + o.pieces];
+                        let k = asked.partition_point(|q| q.range.map_or(0, |(start, _)| start) <= offset);
+                        let p = &asked[k.saturating_sub(1)];
                         let (start, len) = p.range.unwrap_or((0, p.size));
                         if offset < start || offset + raw.len() as u64 > start + len {
                             return Err(TransportError::Agent(format!(
@@ -549,11 +571,12 @@ impl Worker for NativeWorker<'_> {
                         let (runs, read) =
                             differing(&file, at, &hashes, buf, &mut same).at("reading", dest.join(&p.path))?;
                         read_replica += read;
-                        let piece = o.piece;
-                        for (offset, len) in runs {
-                            let (codec, level) = (opts.codec, opts.level);
-                            let _ = tx.send(Msg::Read { id: next_id, path: p.path.clone(), offset, len, codec, level });
-                            open.insert(next_id, Open { piece, file: Some(Rc::clone(&file)), compared: None });
+                        // The differing runs of this frame, in one request; they lie in this piece's range.
+                        if !runs.is_empty() {
+                            let (id, path, (codec, level)) = (next_id, p.path.clone(), (opts.codec, opts.level));
+                            let _ = tx.send(Msg::Read { id, path, runs, codec, level });
+                            let (piece, file) = (o.piece, Some(Rc::clone(&file)));
+                            open.insert(id, Open { piece, pieces: 1, file, compared: None });
                             next_id += 1;
                             outstanding += 1;
                         }
@@ -565,7 +588,7 @@ impl Worker for NativeWorker<'_> {
                             .ok_or_else(|| TransportError::Agent(format!("done for unknown id {id}")))?;
                         let p = &pieces[o.piece];
                         if gone {
-                            vanished[o.piece] = true;
+                            vanished[o.piece..o.piece + o.pieces].fill(true);
                             sink.vanished(&p.path);
                             continue;
                         }

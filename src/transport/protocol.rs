@@ -13,7 +13,7 @@ use super::channel::{Offer, TOKEN_LEN};
 use super::{os, EntryKind, RemoteEntry};
 
 /// Bumped on any incompatible change; client and agent must agree exactly (see Hello).
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// Largest frame accepted: bounds memory whatever the peer sends.
 pub const MAX_FRAME: usize = 8 << 20;
 /// Raw bytes per Data frame.
@@ -40,12 +40,11 @@ pub enum Msg {
     List,
     Entries(Vec<RemoteEntry>),
     ListDone,
-    /// Send `len` bytes of `path` from `offset` (less if the file is shorter now).
+    /// Send each run's `len` bytes of `path` from its `offset` (less if the file is shorter now), in order.
     Read {
         id: u32,
         path: PathBuf,
-        offset: u64,
-        len: u64,
+        runs: Vec<(u64, u64)>,
         codec: Codec,
         level: i32,
     },
@@ -122,12 +121,15 @@ pub fn write_msg(w: &mut impl Write, m: &Msg) -> io::Result<()> {
             b'E'
         }
         Msg::ListDone => b'Z',
-        Msg::Read { id, path, offset, len, codec, level } => {
+        Msg::Read { id, path, runs, codec, level } => {
             p.extend_from_slice(&id.to_le_bytes());
-            p.extend_from_slice(&offset.to_le_bytes());
-            p.extend_from_slice(&len.to_le_bytes());
             p.push(*codec as u8);
             p.extend_from_slice(&level.to_le_bytes());
+            p.extend_from_slice(&(runs.len() as u32).to_le_bytes());
+            for (offset, len) in runs {
+                p.extend_from_slice(&offset.to_le_bytes());
+                p.extend_from_slice(&len.to_le_bytes());
+            }
             p.extend_from_slice(path.as_os_str().as_encoded_bytes());
             b'R'
         }
@@ -263,14 +265,16 @@ fn parse(kind: u8, p: &[u8]) -> io::Result<Msg> {
             Msg::Entries(entries)
         }
         b'Z' => Msg::ListDone,
-        b'R' => Msg::Read {
-            id: c.u32()?,
-            offset: c.u64()?,
-            len: c.u64()?,
-            codec: codec(c.u8()?)?,
-            level: c.u32()? as i32,
-            path: PathBuf::from(os(c.rest())),
-        },
+        b'R' => {
+            let (id, codec, level) = (c.u32()?, codec(c.u8()?)?, c.u32()? as i32);
+            let n = c.u32()? as usize;
+            // Each run takes 16 bytes: a count the frame cannot hold is refused before anything is allocated.
+            if n > c.0.len() / 16 {
+                return Err(bad(format!("a read of {n} runs in a frame of {} bytes", c.0.len())));
+            }
+            let runs = (0..n).map(|_| Ok((c.u64()?, c.u64()?))).collect::<io::Result<_>>()?;
+            Msg::Read { id, codec, level, runs, path: PathBuf::from(os(c.rest())) }
+        }
         b'S' => Msg::Sums {
             id: c.u32()?,
             offset: c.u64()?,
@@ -406,8 +410,7 @@ mod tests {
         round_trip(Msg::Read {
             id: 7,
             path: "base/1/2".into(),
-            offset: 1 << 33,
-            len: 64 << 20,
+            runs: vec![(1 << 33, 64 << 20), (8192, 16384)],
             codec: Codec::Zstd,
             level: -3,
         });
