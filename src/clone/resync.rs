@@ -55,6 +55,7 @@ impl Resync {
     }
 }
 
+/// This run's method (see the module), logged with its reason; `history` is the primary's timeline history.
 pub fn choose(
     config: &CloneConfig,
     state: ReplicaState,

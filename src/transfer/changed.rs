@@ -5,7 +5,7 @@
 //! replica's file in place: whole files where the summaries cannot speak for them, else the blocks they name
 //! as modified or beyond a truncation, and whatever lies past the end of the replica's copy.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{IoAt, IoContext};
 use crate::pg::page_checksum::{BLCKSZ, RELSEG_BLOCKS};
@@ -48,7 +48,7 @@ fn fork_of(path: &Path) -> Option<(Fork, u64)> {
 }
 
 /// What to fetch of the planned file `path`, `size` bytes on the primary, of which the replica holds `local`.
-pub fn fetch(changes: &Changes, path: &Path, size: u64, local: u64) -> Fetch {
+fn fetch(changes: &Changes, path: &Path, size: u64, local: u64) -> Fetch {
     let block = BLCKSZ as u64;
     // Not a relation file (pg_xact, pg_filenode.map, ...), nothing here, or a size no relation segment has.
     let Some((fork, segment)) = fork_of(path) else { return Fetch::Whole };
@@ -101,7 +101,7 @@ pub fn fetch(changes: &Changes, path: &Path, size: u64, local: u64) -> Fetch {
 
 /// `fetch` for every planned file, giving each file fetched in ranges the primary's size here first (a copy
 /// longer than the primary's is cut off; a shorter one has its missing end among the ranges).
-pub fn fetches(changes: &Changes, files: &[(std::path::PathBuf, u64)], dest: &Path) -> Result<Vec<Fetch>, IoAt> {
+pub fn fetches(changes: &Changes, files: &[(PathBuf, u64)], dest: &Path) -> Result<Vec<Fetch>, IoAt> {
     files
         .iter()
         .map(|(rel, size)| {
