@@ -9,7 +9,7 @@ pub const CONTROL_FILE: &str = "global/pg_control";
 /// The system identifier: the first field of ControlFileData, in the byte order of the machine that
 /// wrote it (a physical replica always runs on the same architecture).
 pub fn system_id(control: &[u8]) -> u64 {
-    control.get(..8).map_or(0, |b| u64::from_ne_bytes(b.try_into().expect("8 bytes")))
+    u64_at(control, 0)
 }
 
 /// DBState values (pg_control.h) of a running server: a primary's file says DB_IN_PRODUCTION, a standby's

@@ -48,13 +48,13 @@ pub fn serve(pgdata: &Path, input: impl Read + Send + 'static, output: impl Writ
                 write_msg(&mut w, &Msg::ListDone)?;
             }
             Msg::Read { id, path, runs, codec, level } => {
-                let want = Want::Data(codec, level, &mut auto);
-                let answered = answer(pgdata, &mut last, &mut w, &mut buf, id, &path, &runs, want);
+                let want = Want::Data(&runs, codec, level, &mut auto);
+                let answered = answer(pgdata, &mut last, &mut w, &mut buf, id, &path, want);
                 answered.or_else(|e| answer_error(&mut w, id, &path, e))?;
             }
             Msg::Sums { id, path, offset, len, block } => {
-                let want = Want::Hashes(block);
-                let answered = answer(pgdata, &mut last, &mut w, &mut buf, id, &path, &[(offset, len)], want);
+                let want = Want::Hashes((offset, len), block);
+                let answered = answer(pgdata, &mut last, &mut w, &mut buf, id, &path, want);
                 answered.or_else(|e| answer_error(&mut w, id, &path, e))?;
             }
             Msg::Listen { token, streams, tls } => match data_channel(pgdata, token, streams, tls) {
@@ -202,16 +202,15 @@ fn reopen<'a>(pgdata: &Path, last: &'a mut Option<(PathBuf, File)>, rel: &Path) 
     Ok(&last.as_ref().expect("opened above").1)
 }
 
-/// What a request asks of a range: its bytes (with a codec and level, and the connection's choice for `auto`)
-/// or the hashes of its blocks.
+/// What a request asks of a file: the bytes of its runs (with a codec and level, and the connection's choice for
+/// `auto`), or the hashes of the blocks of a range.
 enum Want<'a> {
-    Data(Codec, i32, &'a mut AutoCodec),
-    Hashes(u32),
+    Data(&'a [(u64, u64)], Codec, i32, &'a mut AutoCodec),
+    Hashes((u64, u64), u32),
 }
 
-/// Answers one Read (each of its runs in turn) or Sums request, then Done. `buf`: the agent's one read buffer, reused by every request (a
-/// fresh MiB for each of thousands of small files would be zeroed each time).
-#[allow(clippy::too_many_arguments)]
+/// Answers one Read (each of its runs in turn) or Sums request, then Done. `buf`: the agent's one read buffer,
+/// reused by every request (a fresh MiB for each of thousands of small files would be zeroed each time).
 fn answer<W: Write>(
     pgdata: &Path,
     last: &mut Option<(PathBuf, File)>,
@@ -219,12 +218,11 @@ fn answer<W: Write>(
     buf: &mut Vec<u8>,
     id: u32,
     rel: &Path,
-    runs: &[(u64, u64)],
     want: Want,
 ) -> io::Result<()> {
     let f = reopen(pgdata, last, rel)?;
     match want {
-        Want::Data(codec, level, auto) => {
+        Want::Data(runs, codec, level, auto) => {
             for run in runs {
                 each_chunk(f, buf, *run, DATA_CHUNK, |pos, raw| {
                     let (codec, bytes) = match codec {
@@ -238,7 +236,7 @@ fn answer<W: Write>(
                 })?;
             }
         }
-        Want::Hashes(block) => {
+        Want::Hashes(range, block) => {
             // Blocks of at least 512 bytes keep a read's hashes (and so a frame) small.
             if !(512..=DATA_CHUNK as u32).contains(&block) {
                 return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("block size {block} out of range")));
@@ -246,7 +244,6 @@ fn answer<W: Write>(
             // Whole blocks per read, about a MiB: one system call per page would dominate the hashing. Each
             // read's hashes go out at once, so the client compares its copy of these pages while we read on.
             let per_read = DATA_CHUNK / block as usize * block as usize;
-            let range = runs.first().copied().unwrap_or_default();
             each_chunk(f, buf, range, per_read, |_, data| {
                 write_msg(w, &Msg::Hashes { id, hashes: data.chunks(block as usize).map(xxh3_64).collect() })?;
                 w.flush()
