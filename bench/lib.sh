@@ -88,8 +88,9 @@ bench_server() {
 BENCH_SERVERS=()
 bench_primary() {
   local dir=$1 port=$2 conf=${3:-}
+  # shellcheck disable=SC2086  # BENCH_INITDB: flags, split into words on purpose
   as_user "${BENCH_SRV[@]}" initdb -D "$dir" -U postgres --auth=scram-sha-256 --pwfile="$BENCH_WORK/pw" \
-    --locale=C --encoding=UTF8 >/dev/null
+    --locale=C --encoding=UTF8 ${BENCH_INITDB:-} >/dev/null
   as_user openssl req -new -x509 -days 30 -nodes -newkey rsa:2048 -subj "/CN=$BENCH_NS_ADDR" \
     -keyout "$dir/server.key" -out "$dir/server.crt" 2>"$dir.openssl.log" ||
     { cat "$dir.openssl.log" >&2; pgc_die "openssl could not make the primary's certificate"; }

@@ -65,6 +65,7 @@
 #   BENCH_PG_MAJOR=15        the primary's PostgreSQL: Debian's 15, or 16, 17, 18 from scripts/install-deps.sh's
 #                            npm builds (pg_basebackup is 15's: with another major run S3, or methods without it)
 #   BENCH_PG_CONF=...        more postgresql.conf lines for the primary, e.g. 'summarize_wal = on' ("\n" between)
+#   BENCH_INITDB=...         more initdb flags for the primaries, e.g. --data-checksums (PostgreSQL 18's default)
 #   BENCH_ROUNDS=3           rounds per scenario (medians over them)
 #   BENCH_DELTA_SECONDS=120  S3: seconds of pgbench writes between clone and re-clone
 #   BENCH_DELTA_TPS=N        S3: limit those writes to N transactions/s (pgbench -R; default: full speed)
@@ -97,7 +98,7 @@ case "${1:-}" in
   *) pgc_die "unknown argument $1 (try --help)" ;;
 esac
 invocation=
-for v in BENCH_PG_MAJOR BENCH_PG_CONF BENCH_SCALE BENCH_ROUNDS BENCH_DELTA_SECONDS BENCH_DELTA_TPS BENCH_TABLES BENCH_SCENARIOS BENCH_S1_METHODS \
+for v in BENCH_PG_MAJOR BENCH_PG_CONF BENCH_INITDB BENCH_SCALE BENCH_ROUNDS BENCH_DELTA_SECONDS BENCH_DELTA_TPS BENCH_TABLES BENCH_SCENARIOS BENCH_S1_METHODS \
          BENCH_S2_METHODS BENCH_S4_METHODS BENCH_S3_FLAGS BENCH_PGCLONE BENCH_NOTE BENCH_TMP BENCH_KEEP; do
   [ -n "${!v:-}" ] && invocation+="$v=$(shell_quote "${!v}") "
 done
@@ -445,7 +446,7 @@ s3() {
     rows+=("| $r | $full | $(cpu_per_gb "${CPUS[full]##* }" "$fbytes") | $(kb_mb "${RSSC[full]##* }") / $(kb_mb "${RSSA[full]##* }") | $(mb "$wal") | $(mb "$changed") | $method | $delta | $(mb "$read") | $(ratio "$read" "$changed") | $(mb "$moved") | $(ratio "$moved" "$changed") | $(awk -v m="$moved" -v b="$bytes" 'BEGIN { printf "%.1f %%", 100 * m / b }') | $(ratio "$delta" "$full") | $(cpu_per_gb "${CPUS[delta]##* }" "$bytes") | $(kb_mb "${RSSC[delta]##* }") / $(kb_mb "${RSSA[delta]##* }") |")
   done
   rm -rf "$R"
-  heading "S3: re-sync (pgclone${S3_FLAGS:+ $S3_FLAGS}) of a standby stale by $DELTA s of pgbench writes (-c 2${BENCH_DELTA_TPS:+, -R $BENCH_DELTA_TPS}), PostgreSQL $MAJOR${PG_CONF:+ with ${PG_CONF//$'\n'/, }}" "$P"
+  heading "S3: re-sync (pgclone${S3_FLAGS:+ $S3_FLAGS}) of a standby stale by $DELTA s of pgbench writes (-c 2${BENCH_DELTA_TPS:+, -R $BENCH_DELTA_TPS}), PostgreSQL $MAJOR${BENCH_INITDB:+ (initdb $BENCH_INITDB)}${PG_CONF:+ with ${PG_CONF//$'\n'/, }}" "$P"
   out "CPU s/GB: per GB of the clone's data (--json bytes), whatever was moved. Read on the primary: what the re-sync read of the primary's files (--json resync.read_primary_bytes)."
   out ""
   out "| round | full clone s | full CPU s/GB | full peak RSS client / agent MB | WAL written in between | pages changed | re-sync method | re-sync s | read on the primary | read ÷ changed | moved over the link | moved ÷ changed | moved ÷ data | re-sync time ÷ full clone | re-sync CPU s/GB | re-sync peak RSS client / agent MB |"

@@ -87,9 +87,13 @@ pub fn run(
         Resync::Summaries { changes, .. } => transfer::changed::fetches(changes, &plan.files, replica)?,
         _ => Vec::new(),
     };
+    let unread = match resync {
+        Resync::Compare { unchanged: Some(u), .. } => transfer::changed::unread(u, &plan.files, replica),
+        _ => Vec::new(),
+    };
     let mode = match resync {
         Resync::Fresh => Mode::Fresh,
-        Resync::Compare { .. } => Mode::Compare,
+        Resync::Compare { .. } => Mode::Compare(&unread),
         Resync::Summaries { .. } => Mode::Changed(&fetches),
     };
     tracing::info!(
@@ -134,7 +138,7 @@ pub fn run(
     let sums = if !config.manifest && pages_before.is_none() {
         Vec::new()
     } else {
-        let read_rest = !matches!(resync, Resync::Summaries { .. });
+        let read_rest = matches!(resync, Resync::Fresh | Resync::Compare { unchanged: None, .. });
         let sums = verify_copy(&plan, replica, transport, landed, (pages_before, read_rest), parallel, cancel)?;
         timing.end("verify");
         sums
@@ -144,7 +148,7 @@ pub fn run(
 
 /// The manifest's checksums and, with `pages_before`, the data page checksums: from what the copy saw land
 /// where it could (native transport), else by reading the copied files once; with `read_rest` false (a re-sync
-/// by WAL summaries, which leaves most bytes in place unread) files not wholly landed get no checksum and
+/// by WAL summaries or page LSNs, which leaves most bytes in place unread) files not wholly landed get no checksum and
 /// their pages no check, as reading them would cost what the re-sync saves. A page that fails may be a torn
 /// read of a page the primary was writing at that moment (basebackup.c re-reads such pages), so its file is
 /// fetched again and checked once more before it counts as corrupt.

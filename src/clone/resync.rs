@@ -1,7 +1,8 @@
 //! How a re-run brings the replica directory up to date, chosen once the backup has started and before anything
 //! here changes. A fresh clone moves everything. A replica of the same cluster that was shut down cleanly (or
 //! stopped as a standby) fetches only what changed since its last restartpoint when the primary's WAL summaries
-//! can say what that is (`transfer::changed`); else every file here is compared with the primary's.
+//! can say what that is (`transfer::changed`); else every file here is compared with the primary's, but for
+//! the relation pages whose LSN says the primary has not changed them since, when page LSNs can be trusted.
 //!
 //! Why summaries are enough: a restartpoint (or checkpoint) at redo pointer R has written every page change
 //! from WAL before R to disk, and a server writes no page whose LSN lies beyond what it has replayed, which a
@@ -11,16 +12,36 @@
 //! [R, backup start) changed are what the summaries list; changes after the backup start are replayed over
 //! full-page images, as for any base backup. What the summaries cannot see is damage done here by anything but
 //! PostgreSQL (a disk, a stray write): those pages are not read, and --paranoid compares them all.
+//!
+//! Why page LSNs are enough, with data checksums on: on the same conditions, a page the primary's files hold
+//! (read after pg_backup_start's checkpoint wrote out every change before the backup's start) whose LSN is at
+//! or before R was last changed by WAL before R, so the copy here has that change and every earlier one: it is
+//! the primary's page. Every WAL-logged change sets the page's LSN to the record's end (PageSetLSN). What
+//! changes a page without WAL is a hint: with checksums on, the first hint after a checkpoint logs a full-page
+//! image (MarkBufferDirtyHint), and setting PD_ALL_VISIBLE sets the page's LSN (visibilitymap_set), which
+//! without checksums (or wal_log_hints) it does not: a standby would keep a page without the flag under a
+//! visibility map bit that says it, and after a promotion an update would leave the bit set for a changed page.
+//! Checksums cannot change while a server runs; pg_checksums, offline, asks for all members of a replication
+//! setup to be switched together (its documentation), which is what the replica's pg_control is compared
+//! with. The other exception is CREATE DATABASE ... STRATEGY FILE_COPY (and ALTER DATABASE SET TABLESPACE),
+//! which copy files with their pages' LSNs as they are: a database dropped and created again under the same OID
+//! while the replica was stale would pass for the old one. Only databases whose pg_database row (OID and the
+//! XID that wrote it) the replica's own catalog holds are trusted (`pg::databases`); the others, and every
+//! non-relation file, free space map and visibility map, are compared whole. A page damaged here is not read
+//! either, as with summaries.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use super::preflight::{Primary, ReplicaState};
 use super::CloneConfig;
 use crate::pg::backup_session::BackupSession;
 use crate::pg::control_file::{self, CONTROL_FILE, DB_IN_ARCHIVE_RECOVERY, DB_SHUTDOWNED, DB_SHUTDOWNED_IN_RECOVERY};
+use crate::pg::databases;
 use crate::pg::lsn::Lsn;
 use crate::pg::timeline::{self, Span};
 use crate::pg::wal_summary::{self, Changes};
+use crate::transfer::changed::Unchanged;
 use crate::transport::Transport;
 
 /// How long the WAL summarizer may take to reach the backup's start before a re-sync compares instead.
@@ -29,8 +50,9 @@ const SUMMARIZER_WAIT: Duration = Duration::from_secs(60);
 pub enum Resync {
     /// Nothing is here yet (an empty directory, or one --drop-existing emptied).
     Fresh,
-    /// Every file here is compared with the primary's, for the reason given.
-    Compare { why: String },
+    /// Every file here is compared with the primary's, for the reason given (why summaries could not say what
+    /// changed); with `unchanged`, but for the relation pages the primary has not changed since (page LSNs).
+    Compare { why: String, unchanged: Option<Unchanged> },
     /// Only what WAL from `from` (the replica's last redo pointer) up to the backup's start changed is fetched.
     Summaries { changes: Changes, from: Lsn },
 }
@@ -41,6 +63,7 @@ impl Resync {
         match self {
             Resync::Fresh => "none",
             Resync::Compare { .. } if transport.split_size().is_none() => "rsync-checksums",
+            Resync::Compare { unchanged: Some(_), .. } => "page-lsns",
             Resync::Compare { .. } => "page-hashes",
             Resync::Summaries { .. } => "wal-summaries",
         }
@@ -49,10 +72,17 @@ impl Resync {
     /// Why the replica was compared rather than re-synced by summaries.
     pub fn why(&self) -> Option<&str> {
         match self {
-            Resync::Compare { why } => Some(why),
+            Resync::Compare { why, .. } => Some(why),
             _ => None,
         }
     }
+}
+
+/// Where the replica's files stand: every page holds all changes of WAL before `redo`, and none the primary's
+/// history lacks; `control` is its pg_control.
+struct Position {
+    redo: Lsn,
+    control: Vec<u8>,
 }
 
 /// This run's method (see the module), logged with its reason; `history` is the primary's timeline history.
@@ -67,11 +97,17 @@ pub fn choose(
     let resync = match state {
         ReplicaState::Empty | ReplicaState::Dropped => return Resync::Fresh,
         ReplicaState::Unfinished => {
-            Resync::Compare { why: "an interrupted clone has no pg_control to start from".into() }
+            Resync::Compare { why: "an interrupted clone has no pg_control to start from".into(), unchanged: None }
         }
-        ReplicaState::Cluster(_) => match by_summaries(config, primary, transport, backup, history) {
-            Ok((changes, from)) => Resync::Summaries { changes, from },
-            Err(why) => Resync::Compare { why },
+        ReplicaState::Cluster(_) => match position(config, primary, transport, backup.start_lsn, history) {
+            Err(why) => Resync::Compare { why, unchanged: None },
+            Ok(at) => match by_summaries(primary, backup, history, at.redo) {
+                Ok(changes) => Resync::Summaries { changes, from: at.redo },
+                Err(why) => match by_page_lsns(config, primary, backup, &at) {
+                    Ok(unchanged) => Resync::Compare { why, unchanged: Some(unchanged) },
+                    Err(not) => Resync::Compare { why: format!("{why}; {not}"), unchanged: None },
+                },
+            },
         },
     };
     match &resync {
@@ -79,31 +115,31 @@ pub fn choose(
             "re-sync by the primary's WAL summaries from the replica's redo point {from}: {} relation forks changed",
             changes.forks.len()
         ),
-        Resync::Compare { why } => tracing::info!("re-sync compares every file already here: {why}"),
+        Resync::Compare { why, unchanged: Some(u) } => tracing::info!(
+            "re-sync compares every file already here but the relation pages the primary last changed before the \
+             replica's redo point {} (page LSNs): {why}",
+            u.before
+        ),
+        Resync::Compare { why, unchanged: None } => tracing::info!("re-sync compares every file already here: {why}"),
         Resync::Fresh => {}
     }
     resync
 }
 
-/// The changes since the replica's redo pointer, or why summaries cannot tell them.
-fn by_summaries(
+/// The replica's position, when its files are known to hold the primary's pages as of its redo point or newer
+/// ones on the primary's history (see the module), or why they are not.
+fn position(
     config: &CloneConfig,
     primary: Primary,
     transport: &dyn Transport,
-    backup: &mut BackupSession,
+    start: Lsn,
     history: &[Span],
-) -> Result<(Changes, Lsn), String> {
+) -> Result<Position, String> {
     if config.paranoid {
         return Err("--paranoid compares every page".into());
     }
     if transport.split_size().is_none() {
         return Err("the rsync transport compares whole files".into());
-    }
-    if primary.major < 17 {
-        return Err(format!(
-            "PostgreSQL {} keeps no WAL summaries (17 and later do, with summarize_wal = on)",
-            primary.major
-        ));
     }
     // control_file's offsets are those of 15 to 18.
     if primary.major > 18 {
@@ -136,10 +172,52 @@ fn by_summaries(
              way, as an old primary's does after a failover"
         ));
     }
-    let start = backup.start_lsn;
     if end > start {
         return Err(format!("the replica's WAL reaches {end}, beyond the backup's start {start}"));
     }
+    Ok(Position { redo, control })
+}
+
+/// The relation pages a compare may leave unread (see the module), or why page LSNs cannot say which.
+fn by_page_lsns(
+    config: &CloneConfig,
+    primary: Primary,
+    backup: &mut BackupSession,
+    at: &Position,
+) -> Result<Unchanged, String> {
+    if !primary.checksums {
+        return Err("data checksums are off on the primary, so a page can change without its LSN (every page is \
+                    compared; initdb -k or pg_checksums turn them on)"
+            .into());
+    }
+    if control_file::data_checksum_version(&at.control) == 0 {
+        return Err("the replica's pg_control says data checksums are off there, unlike on the primary".into());
+    }
+    let here =
+        databases::in_files(&config.replica).map_err(|e| format!("reading the replica's pg_database failed: {e}"))?;
+    let there =
+        databases::on_server(backup.session()).map_err(|e| format!("reading the primary's pg_database failed: {e}"))?;
+    let all = there.len();
+    let databases: HashSet<u32> = there.into_iter().filter(|row| here.contains(row)).map(|(oid, _)| oid).collect();
+    if databases.len() < all {
+        tracing::info!(
+            "{} of the primary's {all} databases are not the ones here under their OIDs (created again, moved or \
+             altered while the replica was stale): their pages are all compared",
+            all - databases.len()
+        );
+    }
+    Ok(Unchanged { before: at.redo, databases })
+}
+
+/// The changes since the replica's redo pointer `redo`, or why summaries cannot tell them.
+fn by_summaries(primary: Primary, backup: &mut BackupSession, history: &[Span], redo: Lsn) -> Result<Changes, String> {
+    if primary.major < 17 {
+        return Err(format!(
+            "PostgreSQL {} keeps no WAL summaries (17 and later do, with summarize_wal = on)",
+            primary.major
+        ));
+    }
+    let start = backup.start_lsn;
     let conn = backup.session();
     let sql = |e: wal_summary::SummaryError| format!("reading the primary's WAL summaries failed: {e}");
     if !wal_summary::enabled(conn).map_err(sql)? {
@@ -158,6 +236,5 @@ fn by_summaries(
         }
         needed.extend(have.iter().filter(|s| s.tli == tli && s.end > from && s.start < to));
     }
-    let changes = wal_summary::changes(conn, &needed).map_err(sql)?;
-    Ok((changes, redo))
+    wal_summary::changes(conn, &needed).map_err(sql)
 }

@@ -49,6 +49,13 @@ pub fn min_recovery_point(control: &[u8]) -> (Lsn, u32) {
     (Lsn(u64_at(control, 136)), u32_at(control, 144))
 }
 
+/// `data_checksum_version`: 0 when data pages carry no checksums, else PG_DATA_CHECKSUM_VERSION (1). Only
+/// pg_checksums, on a stopped cluster, changes it. At 252 from 15 to 18 (measured on initdb's files, with and
+/// without -k).
+pub fn data_checksum_version(control: &[u8]) -> u32 {
+    u32_at(control, 252)
+}
+
 fn u64_at(control: &[u8], at: usize) -> u64 {
     control.get(at..at + 8).map_or(0, |b| u64::from_ne_bytes(b.try_into().expect("8 bytes")))
 }

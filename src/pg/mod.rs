@@ -5,6 +5,7 @@
 pub mod backup_session;
 mod conn;
 pub mod control_file;
+pub mod databases;
 pub mod lsn;
 pub mod page_checksum;
 pub mod relfile;

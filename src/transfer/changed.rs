@@ -4,17 +4,33 @@
 //! of the prior backup (src/backend/backup/basebackup_incremental.c, GetFileBackupMethod), here applied to the
 //! replica's file in place: whole files where the summaries cannot speak for them, else the blocks they name
 //! as modified or beyond a truncation, and whatever lies past the end of the replica's copy.
+//!
+//! Without summaries, a re-sync by page LSNs (also chosen in `clone::resync`) compares every file, but leaves
+//! unread here the relation pages the primary last changed before the replica's redo point: `unread` says
+//! which files may skip pages, and how much of each is here to skip.
 
 use std::path::{Path, PathBuf};
 
+use std::collections::HashSet;
+
 use crate::error::{IoAt, IoContext};
+use crate::pg::lsn::Lsn;
 use crate::pg::page_checksum::{BLCKSZ, RELSEG_BLOCKS};
 use crate::pg::relfile::{relation_file, relation_segment};
 use crate::pg::wal_summary::{Changes, Fork};
+use crate::transport::Unread;
 
 /// The default and global tablespaces' OIDs (pg_tablespace.dat), as summaries name them.
 const DEFAULTTABLESPACE_OID: u32 = 1663;
 const GLOBALTABLESPACE_OID: u32 = 1664;
+
+/// What a re-sync by page LSNs may take as the replica's already: the relation pages whose LSN on the primary is
+/// at or before `before`, in `global/` and in these databases (by OID) only.
+#[derive(Debug)]
+pub struct Unchanged {
+    pub before: Lsn,
+    pub databases: HashSet<u32>,
+}
 
 /// What a re-sync fetches of one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +139,22 @@ pub fn fetches(changes: &Changes, files: &[(PathBuf, u64)], dest: &Path) -> Resu
         .collect()
 }
 
+/// For each planned file, what a compare need not read here (see `Unread`): the main and init forks of
+/// relations in trusted databases, as much of each as is here. The free space map is not WAL-logged page by
+/// page, and a visibility map page's LSN stays as it is when a bit is cleared (visibilitymap_clear): both are
+/// compared whole.
+pub fn unread(unchanged: &Unchanged, files: &[(PathBuf, u64)], dest: &Path) -> Vec<Option<Unread>> {
+    files
+        .iter()
+        .map(|(rel, _)| {
+            let (fork, _) = fork_of(rel)?;
+            let trusted = fork.tablespace == GLOBALTABLESPACE_OID || unchanged.databases.contains(&fork.database);
+            let here = std::fs::metadata(dest.join(rel)).ok().filter(|m| m.is_file())?.len();
+            (trusted && matches!(fork.fork, 0 | 3) && here > 0).then_some(Unread { lsn: unchanged.before, here })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,6 +180,30 @@ mod tests {
         );
         assert_eq!(fork_of(Path::new("base/5/pg_filenode.map")), None);
         assert_eq!(fork_of(Path::new("pg_xact/0000")), None);
+    }
+
+    #[test]
+    fn what_a_compare_by_page_lsns_leaves_unread() {
+        let d = tempfile::tempdir().unwrap();
+        let files: Vec<(PathBuf, u64)> =
+            ["base/5/16384", "base/5/16384_fsm", "base/5/16384_vm", "base/5/16385_init", "base/6/16384", "global/1262"]
+                .iter()
+                .chain(&["base/5/pg_filenode.map", "base/5/16386", "base/5/16387", "pg_xact/0000"])
+                .map(|p| (PathBuf::from(p), 3 * B))
+                .collect();
+        for (rel, _) in &files {
+            std::fs::create_dir_all(d.path().join(rel).parent().unwrap()).unwrap();
+            if !rel.ends_with("16386") {
+                std::fs::write(d.path().join(rel), vec![0u8; 2 * B as usize]).unwrap();
+            }
+        }
+        std::fs::write(d.path().join("base/5/16387"), b"").unwrap();
+        let unchanged = Unchanged { before: Lsn(77), databases: HashSet::from([5]) };
+        let got: Vec<bool> = unread(&unchanged, &files, d.path()).iter().map(Option::is_some).collect();
+        // Main and init forks in database 5 and global/; not the FSM or VM, not database 6 (not trusted), not
+        // a file missing or empty here, not a non-relation file.
+        assert_eq!(got, [true, false, false, true, false, true, false, false, false, false]);
+        assert_eq!(unread(&unchanged, &files[..1], d.path()), vec![Some(Unread { lsn: Lsn(77), here: 2 * B })]);
     }
 
     #[test]

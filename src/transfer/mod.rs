@@ -16,7 +16,7 @@ use crate::pg::page_checksum::{check_pages, BadPage, BLCKSZ, RELSEG_BLOCKS};
 use crate::pg::relfile::relation_segment;
 use crate::progress::{self, Progress};
 use crate::sys::cancel::Cancel;
-use crate::transport::{Copied, How, Piece, Sink, Transport, TransportError};
+use crate::transport::{Copied, How, Piece, Sink, Transport, TransportError, Unread};
 pub use changed::Fetch;
 pub use plan::{check_listing, plan, Plan, Tablespace};
 
@@ -170,8 +170,9 @@ fn fair_split(max: u64, total: u64, workers: usize) -> u64 {
 pub enum Mode<'a> {
     /// Nothing is here yet: every byte moves.
     Fresh,
-    /// Whatever is here is compared with the primary's first (a re-sync that cannot know what changed).
-    Compare,
+    /// Whatever is here is compared with the primary's first (a re-sync that cannot know what changed); with
+    /// one `changed::unread` for each of `Plan::files`, pages of some relation files are not (empty: none).
+    Compare(&'a [Option<Unread>]),
     /// Only what WAL summaries say changed moves (`changed::fetches`, one for each of `Plan::files`).
     Changed(&'a [Fetch]),
 }
@@ -204,7 +205,7 @@ fn jobs(plan: &Plan, split: Option<u64>, mode: Mode) -> (Vec<Vec<Piece>>, Copied
         let piece = |range, how| Piece { path: path.clone(), size: *size, range, how };
         let how = match mode {
             Mode::Fresh => How::Fetch,
-            Mode::Compare => How::Compare,
+            Mode::Compare(unread) => How::Compare(unread.get(i).copied().flatten()),
             Mode::Changed(fetches) => match &fetches[i] {
                 Fetch::Whole => How::Fetch,
                 Fetch::Ranges(runs) => {
@@ -444,11 +445,11 @@ mod tests {
         assert_eq!(j[2].len(), 2000);
         assert_eq!(j.iter().map(Vec::len).sum::<usize>(), 2505);
         // Split: "big" becomes three ranges, the last one short; the rest is as before.
-        let (j, _) = jobs(&p, Some(16 << 20), Mode::Compare);
+        let (j, _) = jobs(&p, Some(16 << 20), Mode::Compare(&[]));
         let big: Vec<_> = j[..3].iter().map(|v| v[0].range.unwrap()).collect();
         assert_eq!(big, vec![(0, 16 << 20), (16 << 20, 16 << 20), (32 << 20, 8 << 20)]);
         assert!(j[0][0].counts_file() && !j[1][0].counts_file());
-        assert_eq!(j[3], vec![Piece::whole("mid".into(), 16 << 20, How::Compare)]);
+        assert_eq!(j[3], vec![Piece::whole("mid".into(), 16 << 20, How::Compare(None))]);
         // Changed runs: "big" fetched in two runs (one split), "mid" whole, the small files untouched.
         let mut fetches = vec![Fetch::Ranges(vec![(0, 8192), (20 << 20, 17 << 20)]), Fetch::Whole];
         fetches.extend((0..2503).map(|_| Fetch::Ranges(vec![])));

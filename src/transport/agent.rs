@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::pg::page_checksum::BLCKSZ;
 use crate::replica::direct_io::read_at_full;
 
 use super::auto_codec::AutoCodec;
@@ -52,8 +53,8 @@ pub fn serve(pgdata: &Path, input: impl Read + Send + 'static, output: impl Writ
                 let answered = answer(pgdata, &mut last, &mut w, &mut buf, id, &path, want);
                 answered.or_else(|e| answer_error(&mut w, id, &path, e))?;
             }
-            Msg::Sums { id, path, offset, len, block } => {
-                let want = Want::Hashes((offset, len), block);
+            Msg::Sums { id, path, offset, len, block, unread_to } => {
+                let want = Want::Hashes((offset, len), block, unread_to);
                 let answered = answer(pgdata, &mut last, &mut w, &mut buf, id, &path, want);
                 answered.or_else(|e| answer_error(&mut w, id, &path, e))?;
             }
@@ -203,10 +204,16 @@ fn reopen<'a>(pgdata: &Path, last: &'a mut Option<(PathBuf, File)>, rel: &Path) 
 }
 
 /// What a request asks of a file: the bytes of its runs (with a codec and level, and the connection's choice for
-/// `auto`), or the hashes of the blocks of a range.
+/// `auto`), or the hashes of the blocks of a range, but for pages whose LSN is at or before the last field.
 enum Want<'a> {
     Data(&'a [(u64, u64)], Codec, i32, &'a mut AutoCodec),
-    Hashes((u64, u64), u32),
+    Hashes((u64, u64), u32, u64),
+}
+
+/// A page's pd_lsn (bufpage.h PageXLogRecPtr: xlogid, then xrecoff, each a uint32 of this machine's order).
+fn page_lsn(page: &[u8]) -> u64 {
+    let half = |at: usize| u64::from(u32::from_ne_bytes(page[at..at + 4].try_into().expect("4 bytes")));
+    half(0) << 32 | half(4)
 }
 
 /// Answers one Read (each of its runs in turn) or Sums request, then Done. `buf`: the agent's one read buffer,
@@ -236,16 +243,19 @@ fn answer<W: Write>(
                 })?;
             }
         }
-        Want::Hashes(range, block) => {
+        Want::Hashes(range, block, unread_to) => {
             // Blocks of at least 512 bytes keep a read's hashes (and so a frame) small.
-            if !(512..=DATA_CHUNK as u32).contains(&block) {
+            if !(512..=DATA_CHUNK as u32).contains(&block) || (unread_to != 0 && block as usize != BLCKSZ) {
                 return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("block size {block} out of range")));
             }
+            // A new page (LSN 0: extended, never written with WAL) is always compared.
+            let unread = |b: &[u8]| b.len() == BLCKSZ && (1..=unread_to).contains(&page_lsn(b));
             // Whole blocks per read, about a MiB: one system call per page would dominate the hashing. Each
             // read's hashes go out at once, so the client compares its copy of these pages while we read on.
             let per_read = DATA_CHUNK / block as usize * block as usize;
             each_chunk(f, buf, range, per_read, |_, data| {
-                write_msg(w, &Msg::Hashes { id, hashes: data.chunks(block as usize).map(xxh3_64).collect() })?;
+                let hashes = data.chunks(block as usize).map(|b| (!unread(b)).then(|| xxh3_64(b))).collect();
+                write_msg(w, &Msg::Hashes { id, hashes })?;
                 w.flush()
             })?;
         }
@@ -337,6 +347,30 @@ mod tests {
     }
 
     #[test]
+    fn pages_changed_at_or_before_the_lsn_asked_for_go_unhashed() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("base/1")).unwrap();
+        // Pages with LSNs 0 (new), 100, 0/200 exactly, 1/0 (xlogid 1), 150; then a short tail.
+        let lsns: [u64; 5] = [0, 100, 200, 1 << 32, 150];
+        let mut data = Vec::new();
+        for lsn in lsns {
+            let mut page = vec![7u8; BLCKSZ];
+            page[..4].copy_from_slice(&((lsn >> 32) as u32).to_ne_bytes());
+            page[4..8].copy_from_slice(&(lsn as u32).to_ne_bytes());
+            data.extend(page);
+        }
+        data.extend([1u8; 100]);
+        std::fs::write(d.path().join("base/1/5"), &data).unwrap();
+        let sums =
+            |id, block, unread_to| Msg::Sums { id, path: "base/1/5".into(), offset: 0, len: 1 << 20, block, unread_to };
+        let answers = ask(d.path(), &[sums(1, 8192, 200), sums(2, 1024, 200)]);
+        let Msg::Hashes { id: 1, hashes } = &answers[0] else { panic!("{answers:?}") };
+        let want: Vec<Option<u64>> = data.chunks(BLCKSZ).map(|b| Some(xxh3_64(b))).collect();
+        assert_eq!(hashes, &[want[0], None, None, want[3], None, want[5]]);
+        assert!(matches!(answers[2], Msg::Error { id: 2, .. }), "LSNs only with pages: {answers:?}");
+    }
+
+    #[test]
     fn lists_reads_hashes_and_reports_vanished_files() {
         let d = tempfile::tempdir().unwrap();
         let ts = tempfile::tempdir().unwrap();
@@ -359,9 +393,16 @@ mod tests {
                 },
                 Msg::Read { id: 2, path: "gone".into(), runs: vec![(0, 1)], codec: Codec::None, level: 0 },
                 Msg::Read { id: 3, path: "../etc/passwd".into(), runs: vec![(0, 1)], codec: Codec::None, level: 0 },
-                Msg::Sums { id: 4, path: "base/1/100".into(), offset: 0, len: 3_000_000, block: 1 << 20 },
-                Msg::Sums { id: 5, path: "base/1/100".into(), offset: 8192, len: u64::MAX / 2, block: 8192 },
-                Msg::Sums { id: 6, path: "base/1/100".into(), offset: 0, len: 1, block: 1 },
+                Msg::Sums { id: 4, path: "base/1/100".into(), offset: 0, len: 3_000_000, block: 1 << 20, unread_to: 0 },
+                Msg::Sums {
+                    id: 5,
+                    path: "base/1/100".into(),
+                    offset: 8192,
+                    len: u64::MAX / 2,
+                    block: 8192,
+                    unread_to: 0,
+                },
+                Msg::Sums { id: 6, path: "base/1/100".into(), offset: 0, len: 1, block: 1, unread_to: 0 },
                 Msg::Read {
                     id: 7,
                     path: "base/1/100".into(),
@@ -391,7 +432,7 @@ mod tests {
             answers
                 .iter()
                 .filter_map(|a| match a {
-                    Msg::Hashes { id, hashes } if *id == want => Some(hashes.clone()),
+                    Msg::Hashes { id, hashes } if *id == want => Some(hashes.iter().map(|h| h.unwrap())),
                     _ => None,
                 })
                 .flatten()

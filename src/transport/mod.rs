@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use crate::error::{Cancelled, IoAt};
+use crate::pg::lsn::Lsn;
 use crate::sys::bandwidth::Budget;
 use crate::sys::cancel::Cancel;
 use crate::sys::ssh::{SshError, SshTarget};
@@ -204,11 +205,21 @@ pub enum How {
     /// Nothing: it fetches the piece (a fresh clone, or a file a re-sync fetches whole).
     Fetch,
     /// Compares them with the primary's first (page hashes; rsync: whole-file checksums) and fetches only what
-    /// differs: a re-sync that cannot know what changed.
-    Compare,
+    /// differs: a re-sync that cannot know what changed. With `Unread`, pages the primary last changed early
+    /// enough are not compared at all.
+    Compare(Option<Unread>),
     /// Blocks WAL summaries name as changed, fetched as they are. The rest of the file is in place and
     /// unread; the planner counts the file (`Copied::files`, `bytes`), so the piece does not.
     Changed,
+}
+
+/// For a relation file of a re-sync by page LSNs (`clone::resync`): pages whose LSN on the primary is at or
+/// before `lsn` are taken as the replica's already, and not read here, as long as they lie within the `here`
+/// bytes the file had before the copy began (past them, anything not fetched would be a hole).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unread {
+    pub lsn: Lsn,
+    pub here: u64,
 }
 
 impl Piece {

@@ -499,8 +499,8 @@ impl Worker for NativeWorker<'_> {
                 let p = &pieces[i];
                 let (offset, len) = p.range.unwrap_or((0, p.size));
                 // Data already here (a resumed or re-synced clone) is compared before anything moves.
-                let compare =
-                    p.how == How::Compare && std::fs::metadata(dest.join(&p.path)).is_ok_and(|m| m.len() > offset);
+                let compare = matches!(p.how, How::Compare(_))
+                    && std::fs::metadata(dest.join(&p.path)).is_ok_and(|m| m.len() > offset);
                 // A re-sync's changed runs of one file (in offset order) go in one request.
                 let group = match p.how {
                     How::Changed => pieces[i..]
@@ -512,7 +512,11 @@ impl Worker for NativeWorker<'_> {
                 };
                 let id = i as u32;
                 let _ = tx.send(if compare {
-                    Msg::Sums { id, path: p.path.clone(), offset, len, block: DELTA_BLOCK }
+                    let unread_to = match p.how {
+                        How::Compare(Some(u)) => u.lsn.0,
+                        _ => 0,
+                    };
+                    Msg::Sums { id, path: p.path.clone(), offset, len, block: DELTA_BLOCK, unread_to }
                 } else {
                     let runs = pieces[i..i + group].iter().map(|q| q.range.unwrap_or((0, q.size))).collect();
                     Msg::Read { id, path: p.path.clone(), runs, codec: opts.codec, level: opts.level }
@@ -568,8 +572,12 @@ impl Worker for NativeWorker<'_> {
                         o.compared = Some(at + hashes.len() as u64 * u64::from(DELTA_BLOCK));
                         let file = Rc::clone(o.file(dest, p, &mut last)?);
                         let mut same = |offset, bytes: &[u8]| sink.landed(&p.path, offset, bytes);
+                        let here = match p.how {
+                            How::Compare(Some(u)) => u.here,
+                            _ => 0,
+                        };
                         let (runs, read) =
-                            differing(&file, at, &hashes, buf, &mut same).at("reading", dest.join(&p.path))?;
+                            differing(&file, (at, here), &hashes, buf, &mut same).at("reading", dest.join(&p.path))?;
                         read_replica += read;
                         // The differing runs of this frame, in one request; they lie in this piece's range.
                         if !runs.is_empty() {
@@ -618,20 +626,36 @@ impl Worker for NativeWorker<'_> {
 }
 
 /// The runs of local pages (from `offset`) whose hashes differ from the primary's, as (offset, len), and how
-/// many bytes of the local file it read; runs of pages that match go to `same` with their bytes.
+/// many bytes of the local file it read; runs of pages that match go to `same` with their bytes. A page the
+/// primary sent no hash for is not read: it stands as it is, if the first `here` bytes of the file (its length
+/// before the copy) hold it, else it is fetched.
 fn differing(
     file: &Target,
-    offset: u64,
-    remote: &[u64],
+    (offset, here): (u64, u64),
+    remote: &[Option<u64>],
     buf: &mut AlignedBuf,
     same: &mut dyn FnMut(u64, &[u8]),
 ) -> std::io::Result<(Vec<(u64, u64)>, u64)> {
     let (b, block) = (DELTA_BLOCK as usize, u64::from(DELTA_BLOCK));
     let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut differs = |page_at: u64| match runs.last_mut() {
+        Some((o, l)) if *o + *l == page_at => *l += block,
+        _ => runs.push((page_at, block)),
+    };
     let mut read = 0;
     let per_read = DATA_CHUNK / b;
-    for (i, hashes) in remote.chunks(per_read).enumerate() {
-        let at = offset + (i * per_read * b) as u64;
+    let mut i = 0;
+    while i < remote.len() {
+        let at = offset + (i * b) as u64;
+        if remote[i].is_none() {
+            if at + block > here {
+                differs(at);
+            }
+            i += 1;
+            continue;
+        }
+        // The pages with hashes from here on, read at once.
+        let hashes: Vec<u64> = remote[i..].iter().take(per_read).map_while(|h| *h).collect();
         let local = buf.get(hashes.len() * b);
         let n = file.read_at(local, at)?;
         read += n as u64;
@@ -646,16 +670,13 @@ fn differing(
                 same(at + (first_same * b) as u64, &local[first_same * b..j * b]);
             }
             first_same = j + 1;
-            let page_at = at + (j * b) as u64;
-            match runs.last_mut() {
-                Some((o, l)) if *o + *l == page_at => *l += block,
-                _ => runs.push((page_at, block)),
-            }
+            differs(at + (j * b) as u64);
         }
         let end = (hashes.len() * b).min(n);
         if first_same * b < end {
             same(at + (first_same * b) as u64, &local[first_same * b..end]);
         }
+        i += hashes.len();
     }
     Ok((runs, read))
 }
@@ -672,36 +693,53 @@ mod tests {
         let local: Vec<u8> = (0..5 * b).map(|i| (i % 7) as u8).collect();
         std::fs::write(d.path().join("f"), &local).unwrap();
         let f = Target::open(&d.path().join("f"), 0).unwrap();
-        let mut remote: Vec<u64> = local.chunks(b).map(xxh3_64).collect();
-        remote[1] ^= 1;
-        remote[2] ^= 1;
-        remote[4] ^= 1;
-        remote.push(42); // the primary's file is longer than ours
+        let mut remote: Vec<Option<u64>> = local.chunks(b).map(|p| Some(xxh3_64(p))).collect();
+        for k in [1, 2, 4] {
+            remote[k] = remote[k].map(|h| h ^ 1);
+        }
+        remote.push(Some(42)); // the primary's file is longer than ours
         let mut buf = AlignedBuf::new(DATA_CHUNK);
         let b = u64::from(DELTA_BLOCK);
         let mut same = Vec::new();
         let mut record = |at, bytes: &[u8]| same.push((at, bytes.len() as u64));
         assert_eq!(
-            differing(&f, 0, &remote, &mut buf, &mut record).unwrap(),
+            differing(&f, (0, 0), &remote, &mut buf, &mut record).unwrap(),
             (vec![(b, 2 * b), (4 * b, 2 * b)], 5 * b)
         );
         assert_eq!(same, vec![(0, b), (3 * b, b)], "the matching pages landed");
-        assert_eq!(differing(&f, 0, &remote[..1], &mut buf, &mut |_, _| ()).unwrap(), (vec![], b));
+        assert_eq!(differing(&f, (0, 0), &remote[..1], &mut buf, &mut |_, _| ()).unwrap(), (vec![], b));
         // From an offset, and across more than one read of the local file.
         let many = DATA_CHUNK / DELTA_BLOCK as usize + 3;
         let local: Vec<u8> = (0..(many + 1) * DELTA_BLOCK as usize).map(|i| (i % 251) as u8).collect();
         std::fs::write(d.path().join("g"), &local).unwrap();
         let g = Target::open(&d.path().join("g"), local.len() as u64).unwrap();
-        let mut remote: Vec<u64> = local[DELTA_BLOCK as usize..].chunks(DELTA_BLOCK as usize).map(xxh3_64).collect();
-        remote[many - 1] ^= 1;
+        let mut remote: Vec<Option<u64>> =
+            local[DELTA_BLOCK as usize..].chunks(DELTA_BLOCK as usize).map(|p| Some(xxh3_64(p))).collect();
+        remote[many - 1] = remote[many - 1].map(|h| h ^ 1);
         let mut same = Vec::new();
         let mut record = |at, bytes: &[u8]| same.push((at, bytes.len() as u64));
         assert_eq!(
-            differing(&g, b, &remote, &mut buf, &mut record).unwrap(),
+            differing(&g, (b, 0), &remote, &mut buf, &mut record).unwrap(),
             (vec![(many as u64 * b, b)], many as u64 * b)
         );
         let per_read = (DATA_CHUNK / DELTA_BLOCK as usize) as u64;
         assert_eq!(same, vec![(b, per_read * b), ((per_read + 1) * b, (many as u64 - per_read - 1) * b)]);
+        // Pages sent without a hash are not read: they stand within the first `here` bytes, else are fetched.
+        // Of 5 pages here: 0 unread, 1 differs, 2 unread, 3 same, 4 unread (but not here before the copy).
+        let mut remote: Vec<Option<u64>> =
+            local.chunks(DELTA_BLOCK as usize).take(5).map(|p| Some(xxh3_64(p))).collect();
+        remote[1] = remote[1].map(|h| h ^ 1);
+        for k in [0, 2, 4] {
+            remote[k] = None;
+        }
+        let mut same = Vec::new();
+        let mut record = |at, bytes: &[u8]| same.push((at, bytes.len() as u64));
+        assert_eq!(
+            differing(&g, (0, 4 * b), &remote, &mut buf, &mut record).unwrap(),
+            (vec![(b, b), (4 * b, b)], 2 * b),
+            "read pages 1 and 3 only"
+        );
+        assert_eq!(same, vec![(3 * b, b)]);
         // Direct and buffered writes of the same file agree.
         let big = 32 * ALIGN;
         buf.get(big).fill(5);

@@ -13,7 +13,7 @@ use super::channel::{Offer, TOKEN_LEN};
 use super::{os, EntryKind, RemoteEntry};
 
 /// Bumped on any incompatible change; client and agent must agree exactly (see Hello).
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 /// Largest frame accepted: bounds memory whatever the peer sends.
 pub const MAX_FRAME: usize = 8 << 20;
 /// Raw bytes per Data frame.
@@ -58,17 +58,20 @@ pub enum Msg {
         codec: Codec,
         bytes: Vec<u8>,
     },
-    /// XXH3-64 of each `block`-sized block of `path` in [offset, offset+len).
+    /// XXH3-64 of each `block`-sized block of `path` in [offset, offset+len); with `unread_to` (not 0, and
+    /// `block` PostgreSQL's page size), none for a page whose LSN is in (0, unread_to].
     Sums {
         id: u32,
         path: PathBuf,
         offset: u64,
         len: u64,
         block: u32,
+        unread_to: u64,
     },
+    /// One per block, in order: its hash, or None for a page left unread (see Sums).
     Hashes {
         id: u32,
-        hashes: Vec<u64>,
+        hashes: Vec<Option<u64>>,
     },
     /// A request is answered completely; `vanished`: the file no longer exists.
     Done {
@@ -136,17 +139,25 @@ pub fn write_msg(w: &mut impl Write, m: &Msg) -> io::Result<()> {
         Msg::Data { id, offset, raw_len, raw_hash, codec, bytes } => {
             return write_data(w, (*id, *offset, *raw_len, *raw_hash, *codec), bytes)
         }
-        Msg::Sums { id, path, offset, len, block } => {
+        Msg::Sums { id, path, offset, len, block, unread_to } => {
             p.extend_from_slice(&id.to_le_bytes());
             p.extend_from_slice(&offset.to_le_bytes());
             p.extend_from_slice(&len.to_le_bytes());
             p.extend_from_slice(&block.to_le_bytes());
+            p.extend_from_slice(&unread_to.to_le_bytes());
             p.extend_from_slice(path.as_os_str().as_encoded_bytes());
             b'S'
         }
         Msg::Hashes { id, hashes } => {
             p.extend_from_slice(&id.to_le_bytes());
-            hashes.iter().for_each(|h| p.extend_from_slice(&h.to_le_bytes()));
+            p.extend_from_slice(&(hashes.len() as u32).to_le_bytes());
+            // A bit per block, set for a block with no hash; then the hashes there are.
+            let mut bits = vec![0u8; hashes.len().div_ceil(8)];
+            for (i, _) in hashes.iter().enumerate().filter(|(_, h)| h.is_none()) {
+                bits[i / 8] |= 1 << (i % 8);
+            }
+            p.extend_from_slice(&bits);
+            hashes.iter().flatten().for_each(|h| p.extend_from_slice(&h.to_le_bytes()));
             b'B'
         }
         Msg::Done { id, vanished } => {
@@ -280,11 +291,20 @@ fn parse(kind: u8, p: &[u8]) -> io::Result<Msg> {
             offset: c.u64()?,
             len: c.u64()?,
             block: c.u32()?,
+            unread_to: c.u64()?,
             path: PathBuf::from(os(c.rest())),
         },
         b'B' => {
-            let id = c.u32()?;
-            let hashes = c.rest().chunks_exact(8).map(|h| u64::from_le_bytes(h.try_into().expect("8"))).collect();
+            let (id, n) = (c.u32()?, c.u32()? as usize);
+            // At least a bit each: a count the frame cannot hold is refused before anything is allocated.
+            if n > c.0.len() * 8 {
+                return Err(bad(format!("{n} hashes in a frame of {} bytes", c.0.len())));
+            }
+            let bits = c.take(n.div_ceil(8))?.to_vec();
+            let mut hashes = Vec::with_capacity(n);
+            for i in 0..n {
+                hashes.push(if bits[i / 8] & (1 << (i % 8)) != 0 { None } else { Some(c.u64()?) });
+            }
             Msg::Hashes { id, hashes }
         }
         b'F' => Msg::Done { id: c.u32()?, vanished: c.u8()? != 0 },
@@ -415,8 +435,12 @@ mod tests {
             level: -3,
         });
         round_trip(Msg::Data { id: 7, offset: 5, raw_len: 3, raw_hash: 9, codec: Codec::None, bytes: vec![1, 2, 3] });
-        round_trip(Msg::Sums { id: 1, path: "x".into(), offset: 0, len: 10, block: 131072 });
-        round_trip(Msg::Hashes { id: 1, hashes: vec![1, u64::MAX] });
+        round_trip(Msg::Sums { id: 1, path: "x".into(), offset: 0, len: 10, block: 131072, unread_to: 0 });
+        round_trip(Msg::Sums { id: 1, path: "x".into(), offset: 8192, len: 10, block: 8192, unread_to: 1 << 40 });
+        round_trip(Msg::Hashes { id: 1, hashes: vec![Some(1), Some(u64::MAX)] });
+        round_trip(Msg::Hashes { id: 1, hashes: (0..19).map(|i| (i % 3 != 1).then_some(i)).collect() });
+        round_trip(Msg::Hashes { id: 1, hashes: vec![None; 9] });
+        round_trip(Msg::Hashes { id: 1, hashes: vec![] });
         round_trip(Msg::Done { id: 3, vanished: true });
         round_trip(Msg::Error { id: 3, message: "permission denied".into() });
         round_trip(Msg::Quit);

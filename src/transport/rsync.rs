@@ -314,7 +314,7 @@ impl Worker for RsyncWorker<'_> {
         // rsync reads (to checksum, or as the basis of its delta) the copy a re-sync finds here.
         let read_replica: u64 = pieces
             .iter()
-            .filter(|p| p.how == How::Compare)
+            .filter(|p| matches!(p.how, How::Compare(_)))
             .filter_map(|p| std::fs::metadata(dest.join(&p.path)).ok())
             .map(|m| m.len())
             .sum();

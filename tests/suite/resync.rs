@@ -1,6 +1,7 @@
 //! Re-syncing a replica directory that is already there: by the primary's WAL summaries (PostgreSQL 17+ with
-//! summarize_wal = on) when every condition holds, reading only what changed; else by comparing every file,
-//! with the reason in the log and in --json. The re-synced directories start as standbys that stream and hold
+//! summarize_wal = on) when every condition holds, reading only what changed; else by comparing every file
+//! (with data checksums on, but the pages whose LSN says they did not change), with the reason in the log and
+//! in --json. The re-synced directories start as standbys that stream and hold
 //! the primary's data; a diverged old primary is compared, never trusted; a page damaged here is left by the
 //! summaries (they cannot see it) and repaired by --paranoid, as the README says.
 
@@ -102,6 +103,47 @@ fn without_covering_summaries_a_resync_compares_and_says_why() {
     assert_eq!(method(&r), "wal-summaries", "{r}");
     s.assert_standby(&s.replica, "fallback_standby", None);
 }
+
+/// PostgreSQL 15 with data checksums (initdb -k), which keeps no WAL summaries: a stale standby re-syncs by page
+/// LSNs, reading here only the pages the primary changed since its redo point and the files LSNs cannot speak
+/// for, and starts with the primary's data. A database dropped and created again under its old OID by
+/// STRATEGY FILE_COPY while the standby was stale holds template1's pages with their old LSNs; it is not the
+/// database the standby knew, so it is compared whole and comes out as the primary's, without the table only
+/// the old one had.
+#[test]
+fn a_stale_pg15_standby_with_checksums_resyncs_by_page_lsns() {
+    let s = Setup::with_initdb("resync-lsn", PgInstall::of(15), &["--data-checksums"], &[]);
+    s.primary.pgbench_init(5);
+    s.primary.psql("create database reborn");
+    let in_reborn =
+        |pg: &Postgres, sql: &str| s.lab.run(pg.client("psql", SUPERUSER).args(["-d", "reborn", "-Atc", sql]));
+    in_reborn(&s.primary, "create table only_in_the_old as select g from generate_series(1, 50000) g");
+    let oid = s.primary.psql("select oid from pg_database where datname = 'reborn'");
+    let mut run = s.pgclone();
+    run.arg("--json");
+    run.run().assert_success();
+    run_and_stop(&s, "lsn_standby");
+    s.primary.pgbench_transactions(150);
+    s.primary.psql("drop database reborn");
+    s.primary.psql(&format!("create database reborn oid {oid} strategy file_copy template template1"));
+
+    let out = run.run();
+    let r = resync(&out);
+    let f = json_figures(&out);
+    assert_eq!(method(&r), "page-lsns", "{}", out.report());
+    assert!(r["why"].as_str().unwrap().contains("PostgreSQL 15 keeps no WAL summaries"), "{r}");
+    let here = r["read_replica_bytes"].as_u64().unwrap();
+    assert!(here * 4 < f.bytes, "read {here} of {} bytes here", f.bytes);
+    pgclone_verify(&s.lab, &s.replica);
+    let standby = s.assert_standby(&s.replica, "lsn_standby", None);
+    assert_eq!(in_reborn(&standby, "select count(*) from pg_class where relname = 'only_in_the_old'").trim(), "0");
+    assert_eq!(
+        in_reborn(&standby, "select count(*) from pg_class").trim(),
+        in_reborn(&s.primary, "select count(*) from pg_class").trim()
+    );
+    assert!(out.stderr.contains("1 of the primary's 4 databases are not the ones here"), "{}", out.report());
+}
+
 
 /// An old primary after a failover: its last WAL (written after the standby was promoted) is not on the new
 /// primary's history, so its pages cannot be trusted to be the new primary's; the re-sync compares them all

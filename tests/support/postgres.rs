@@ -210,6 +210,11 @@ impl Postgres {
         Self::init(lab, name, install, "C", &[], extra_conf)
     }
 
+    /// Like `primary_with`, initdb'd with `initdb` flags besides the usual ones (`--data-checksums`).
+    pub fn primary_initdb(lab: &Lab, name: &str, install: PgInstall, initdb: &[&str], extra_conf: &[&str]) -> Postgres {
+        Self::init(lab, name, install, "C", initdb, extra_conf)
+    }
+
     /// A PG15 primary laid out as PGDG and RHEL packages do: `ssl = on` with `server.key` (0600) and
     /// `server.crt` inside the data directory. `group_access`: initdb --allow-group-access (directories 0750,
     /// files 0640), where the key must stay 0600 all the same.

@@ -33,8 +33,13 @@ impl Setup {
     }
 
     pub fn with_install(name: &str, install: PgInstall, conf: &[&str]) -> Setup {
+        Self::with_initdb(name, install, &[], conf)
+    }
+
+    /// Like `with_install`, the primary initdb'd with `initdb` flags besides the usual ones.
+    pub fn with_initdb(name: &str, install: PgInstall, initdb: &[&str], conf: &[&str]) -> Setup {
         let lab = Lab::new(name);
-        let primary = Postgres::primary_with(&lab, "primary", install, conf);
+        let primary = Postgres::primary_initdb(&lab, "primary", install, initdb, conf);
         let sshd = Sshd::start(&lab);
         let replica = lab.path().join("replica");
         Setup { primary, sshd, replica, lab }
