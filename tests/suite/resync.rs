@@ -144,7 +144,6 @@ fn a_stale_pg15_standby_with_checksums_resyncs_by_page_lsns() {
     assert!(out.stderr.contains("1 of the primary's 4 databases are not the ones here"), "{}", out.report());
 }
 
-
 /// An old primary after a failover: its last WAL (written after the standby was promoted) is not on the new
 /// primary's history, so its pages cannot be trusted to be the new primary's; the re-sync compares them all
 /// (with summaries on at the new primary), and the old primary then follows the new one, without the table
