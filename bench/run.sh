@@ -50,12 +50,13 @@
 #       clones into a directory; the clone runs here as a standby until it has replayed a checkpoint made after
 #       its start and made a restartpoint of it, and is shut down cleanly (untimed); pgbench writes for
 #       BENCH_DELTA_SECONDS; pgclone re-runs into the same directory. Shows the re-sync's method (--json
-#       resync.method: wal-summaries, or page-hashes where the primary keeps no WAL summaries), the bytes it
+#       resync.method: wal-summaries; page-lsns or page-hashes where the primary keeps no WAL summaries, with
+#       data checksums on or off: see BENCH_INITDB), the bytes it
 #       read on the primary (resync.read_primary_bytes) and moved (moved_bytes) against the bytes of the 8 KiB
 #       pages that really changed (counted, untimed, just before the re-sync on the idle primary after a
 #       CHECKPOINT), time against the full clone, the WAL the primary wrote in between, CPU s/GB and peak RSS.
 #       Targets: by WAL summaries, time ≤ 0.15× the full clone and read on the primary ≤ 2× the changed
-#       pages; by page hashes, time ≤ 0.4× the full clone.
+#       pages; by page LSNs or page hashes, time ≤ 0.4× the full clone.
 #   S4  many small files: a second primary with BENCH_TABLES one-row tables (one 8 KiB file each): local cp -a,
 #       pg_basebackup, pgclone default, pgclone rsync. Target: pgclone default time ≤ 1.5× local cp -a's.
 # The targets look the methods up by label; one whose method did not run says "not run".
@@ -458,7 +459,7 @@ s3() {
     wal-summaries)
       target_time delta full 0.15
       out "| read on the primary ≤ 2× the changed pages | $(median "$reads")× | $(verdict "$(median "$reads")" "<=" 2) |" ;;
-    page-hashes) target_time delta full 0.4 ;;
+    page-hashes | page-lsns) target_time delta full 0.4 ;;
     *) out "| by one method in every round | ${methods# } | **missed** |" ;;
   esac
   return 0
