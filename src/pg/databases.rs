@@ -15,12 +15,20 @@ use crate::pg::{Conn, PgError};
 /// pg_database's OID (DatabaseRelationId, pg_database.h): a shared, mapped catalog, so its file is named by
 /// the global relation map, not by pg_class.
 const DATABASE_RELATION_ID: u32 = 1262;
-/// The relation map file (src/backend/utils/cache/relmapper.c): int32 magic, int32 count, 62 (OID,
-/// relfilenumber) pairs, then the CRC32C of all that; 512 bytes from PostgreSQL 9.0 to 18.
+/// The relation map file (src/backend/utils/cache/relmapper.c): int32 magic, int32 count, MAX_MAPPINGS (OID,
+/// relfilenumber) pairs, then the CRC32C of all that. MAX_MAPPINGS is 62 up to PostgreSQL 15 (a 512-byte
+/// file, padded after the CRC) and 64 from 16 (524 bytes, measured on initdb's files of 15 to 18).
 const RELMAP_FILE: &str = "global/pg_filenode.map";
 const RELMAP_MAGIC: u32 = 0x0059_2717;
-const RELMAP_MAX: usize = 62;
-const RELMAP_CRC_AT: usize = 8 + RELMAP_MAX * 8;
+
+/// MAX_MAPPINGS of a relation map file `len` bytes long.
+fn relmap_slots(len: usize) -> Option<usize> {
+    match len {
+        512 => Some(62),
+        524 => Some(64),
+        _ => None,
+    }
+}
 
 fn invalid(what: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
@@ -33,12 +41,12 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
 /// (OID, xmin) of every tuple (live or dead) in the pg_database heap of the stopped cluster at `datadir`.
 pub fn in_files(datadir: &Path) -> io::Result<HashSet<(u32, u32)>> {
     let map = std::fs::read(datadir.join(RELMAP_FILE))?;
-    if u32_at(&map, 0) != Some(RELMAP_MAGIC)
-        || u32_at(&map, RELMAP_CRC_AT) != Some(crc32c::crc32c(&map[..RELMAP_CRC_AT]))
-    {
-        return Err(invalid(format!("{RELMAP_FILE} is not a relation map with a valid CRC")));
-    }
-    let count = (u32_at(&map, 4).unwrap_or(0) as usize).min(RELMAP_MAX);
+    let slots = relmap_slots(map.len())
+        .filter(|n| {
+            u32_at(&map, 0) == Some(RELMAP_MAGIC) && u32_at(&map, 8 + n * 8) == Some(crc32c::crc32c(&map[..8 + n * 8]))
+        })
+        .ok_or_else(|| invalid(format!("{RELMAP_FILE} is not a relation map with a valid CRC")))?;
+    let count = (u32_at(&map, 4).unwrap_or(0) as usize).min(slots);
     let file = (0..count)
         .map(|i| (u32_at(&map, 8 + 8 * i), u32_at(&map, 12 + 8 * i)))
         .find(|(oid, _)| *oid == Some(DATABASE_RELATION_ID))
@@ -121,24 +129,27 @@ mod tests {
     fn rows_found_through_the_relation_map() {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir(d.path().join("global")).unwrap();
-        let mut map = Vec::new();
-        map.extend(RELMAP_MAGIC.to_ne_bytes());
-        map.extend(2u32.to_ne_bytes());
-        for (oid, file) in [(1260u32, 1260u32), (DATABASE_RELATION_ID, 17000)] {
-            map.extend(oid.to_ne_bytes());
-            map.extend(file.to_ne_bytes());
-        }
-        map.resize(RELMAP_CRC_AT, 0);
-        map.extend(crc32c::crc32c(&map).to_ne_bytes());
-        map.resize(512, 0);
-        std::fs::write(d.path().join(RELMAP_FILE), &map).unwrap();
         let mut heap = page(&[(5, 722)], 9);
         heap.extend(page(&[(16384, 900), (16384, 950)], 9));
         std::fs::write(d.path().join("global/17000"), heap).unwrap();
-        let rows = in_files(d.path()).unwrap();
-        assert_eq!(rows, HashSet::from([(5, 722), (16384, 900), (16384, 950)]));
-        map[20] ^= 1;
-        std::fs::write(d.path().join(RELMAP_FILE), &map).unwrap();
-        assert!(in_files(d.path()).is_err(), "a map failing its CRC");
+        // PostgreSQL 15's 62 mappings in 512 bytes, 16's and later 64 in 524.
+        for (slots, len) in [(62, 512), (64, 524)] {
+            let mut map = Vec::new();
+            map.extend(RELMAP_MAGIC.to_ne_bytes());
+            map.extend(2u32.to_ne_bytes());
+            for (oid, file) in [(1260u32, 1260u32), (DATABASE_RELATION_ID, 17000)] {
+                map.extend(oid.to_ne_bytes());
+                map.extend(file.to_ne_bytes());
+            }
+            map.resize(8 + slots * 8, 0);
+            map.extend(crc32c::crc32c(&map).to_ne_bytes());
+            map.resize(len, 0);
+            std::fs::write(d.path().join(RELMAP_FILE), &map).unwrap();
+            let rows = in_files(d.path()).unwrap();
+            assert_eq!(rows, HashSet::from([(5, 722), (16384, 900), (16384, 950)]), "{len} bytes");
+            map[20] ^= 1;
+            std::fs::write(d.path().join(RELMAP_FILE), &map).unwrap();
+            assert!(in_files(d.path()).is_err(), "a map failing its CRC");
+        }
     }
 }

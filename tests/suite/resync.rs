@@ -144,6 +144,28 @@ fn a_stale_pg15_standby_with_checksums_resyncs_by_page_lsns() {
     assert!(out.stderr.contains("1 of the primary's 4 databases are not the ones here"), "{}", out.report());
 }
 
+/// PostgreSQL 18 initdb's data checksums by default; with summarize_wal off a stale standby re-syncs by page LSNs
+/// (pg_control and pg_database as 18 lays them out) and catches up with the primary's data.
+#[test]
+fn a_stale_pg18_standby_without_summaries_resyncs_by_page_lsns() {
+    let s = Setup::with_install("resync-lsn18", PgInstall::of(18), &[]);
+    assert_eq!(s.primary.psql("show data_checksums"), "on", "PostgreSQL 18's default");
+    s.primary.pgbench_init(5);
+    let mut run = s.pgclone();
+    run.arg("--json");
+    run.run().assert_success();
+    run_and_stop(&s, "lsn18_standby");
+    s.primary.pgbench_transactions(150);
+    let out = run.run();
+    let r = resync(&out);
+    assert_eq!(method(&r), "page-lsns", "{}", out.report());
+    assert!(r["why"].as_str().unwrap().contains("summarize_wal is off"), "{r}");
+    let here = r["read_replica_bytes"].as_u64().unwrap();
+    assert!(here * 4 < json_figures(&out).bytes, "read {here} bytes here");
+    assert!(!out.stderr.contains("databases are not the ones here"), "{}", out.report());
+    s.assert_standby(&s.replica, "lsn18_standby", None);
+}
+
 /// An old primary after a failover: its last WAL (written after the standby was promoted) is not on the new
 /// primary's history, so its pages cannot be trusted to be the new primary's; the re-sync compares them all
 /// (with summaries on at the new primary), and the old primary then follows the new one, without the table
