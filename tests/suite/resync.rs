@@ -37,6 +37,17 @@ fn run_and_stop(s: &Setup, name: &str) {
     standby.stop_fast();
 }
 
+/// A clone, made with --json by the `Pgclone` returned (to run again for the re-sync), that ran as standby `name`,
+/// was stopped, and fell `transactions` pgbench transactions (of each of two clients) behind the primary.
+fn stale_standby(s: &Setup, name: &str, transactions: u32) -> Pgclone {
+    let mut run = s.pgclone();
+    run.arg("--json");
+    run.run().assert_success();
+    run_and_stop(s, name);
+    s.primary.pgbench_transactions(transactions);
+    run
+}
+
 /// PostgreSQL 18: a standby stopped, 300 pgbench transactions on the primary, and a re-sync that reads on
 /// the primary a small part of the data (what the summaries list, and the files they cannot speak for)
 /// and nothing here; the manifest checks out and the standby catches up with the primary's data.
@@ -71,11 +82,7 @@ fn a_stale_pg18_standby_resyncs_by_wal_summaries() {
 fn without_covering_summaries_a_resync_compares_and_says_why() {
     let s = Setup::with_install("resync-fallback", PgInstall::of(17), &["summarize_wal = off", "wal_keep_size = 0"]);
     s.primary.pgbench_init(1);
-    let mut run = s.pgclone();
-    run.arg("--json");
-    run.run().assert_success();
-    run_and_stop(&s, "fallback_standby");
-    s.primary.pgbench_transactions(100);
+    let run = stale_standby(&s, "fallback_standby", 100);
     let out = run.run();
     let r = resync(&out);
     assert_eq!(method(&r), "page-hashes");
@@ -119,11 +126,7 @@ fn a_stale_pg15_standby_with_checksums_resyncs_by_page_lsns() {
         |pg: &Postgres, sql: &str| s.lab.run(pg.client("psql", SUPERUSER).args(["-d", "reborn", "-Atc", sql]));
     in_reborn(&s.primary, "create table only_in_the_old as select g from generate_series(1, 50000) g");
     let oid = s.primary.psql("select oid from pg_database where datname = 'reborn'");
-    let mut run = s.pgclone();
-    run.arg("--json");
-    run.run().assert_success();
-    run_and_stop(&s, "lsn_standby");
-    s.primary.pgbench_transactions(150);
+    let run = stale_standby(&s, "lsn_standby", 150);
     s.primary.psql("drop database reborn");
     s.primary.psql(&format!("create database reborn oid {oid} strategy file_copy template template1"));
 
@@ -151,12 +154,7 @@ fn a_stale_pg18_standby_without_summaries_resyncs_by_page_lsns() {
     let s = Setup::with_install("resync-lsn18", PgInstall::of(18), &[]);
     assert_eq!(s.primary.psql("show data_checksums"), "on", "PostgreSQL 18's default");
     s.primary.pgbench_init(5);
-    let mut run = s.pgclone();
-    run.arg("--json");
-    run.run().assert_success();
-    run_and_stop(&s, "lsn18_standby");
-    s.primary.pgbench_transactions(150);
-    let out = run.run();
+    let out = stale_standby(&s, "lsn18_standby", 150).run();
     let r = resync(&out);
     assert_eq!(method(&r), "page-lsns", "{}", out.report());
     assert!(r["why"].as_str().unwrap().contains("summarize_wal is off"), "{r}");
