@@ -9,9 +9,8 @@
 //! unread here the relation pages the primary last changed before the replica's redo point: `unread` says
 //! which files may skip pages, and how much of each is here to skip.
 
-use std::path::{Path, PathBuf};
-
 use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 
 use crate::error::{IoAt, IoContext};
 use crate::pg::lsn::Lsn;
