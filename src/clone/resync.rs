@@ -21,9 +21,9 @@
 //! image (MarkBufferDirtyHint), and setting PD_ALL_VISIBLE sets the page's LSN (visibilitymap_set), which
 //! without checksums (or wal_log_hints) it does not: a standby would keep a page without the flag under a
 //! visibility map bit that says it, and after a promotion an update would leave the bit set for a changed page.
-//! Checksums cannot change while a server runs; pg_checksums, offline, asks for all members of a replication
-//! setup to be switched together (its documentation), which is what the replica's pg_control is compared
-//! with. The other exception is CREATE DATABASE ... STRATEGY FILE_COPY (and ALTER DATABASE SET TABLESPACE),
+//! Checksums cannot change while a server runs (up to 18: `position` refuses later majors); pg_checksums,
+//! offline, asks for all members of a replication setup to be switched together (its documentation), which is
+//! what the replica's pg_control is compared with. The other exception is CREATE DATABASE ... STRATEGY FILE_COPY (and ALTER DATABASE SET TABLESPACE),
 //! which copy files with their pages' LSNs as they are: a database dropped and created again under the same OID
 //! while the replica was stale would pass for the old one. Only databases whose pg_database row (OID and the
 //! XID that wrote it) the replica's own catalog holds are trusted (`pg::databases`); the others, and every
