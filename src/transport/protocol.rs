@@ -300,7 +300,7 @@ fn parse(kind: u8, p: &[u8]) -> io::Result<Msg> {
             if n > c.0.len() * 8 {
                 return Err(bad(format!("{n} hashes in a frame of {} bytes", c.0.len())));
             }
-            let bits = c.take(n.div_ceil(8))?.to_vec();
+            let bits = c.take(n.div_ceil(8))?;
             let mut hashes = Vec::with_capacity(n);
             for i in 0..n {
                 hashes.push(if bits[i / 8] & (1 << (i % 8)) != 0 { None } else { Some(c.u64()?) });
