@@ -4,6 +4,7 @@
 pub mod config;
 mod connect;
 mod copy;
+mod divergence;
 pub mod finalize;
 pub mod preflight;
 mod resync;
@@ -209,10 +210,12 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
     cancel.check()?;
     timing.end("connect");
 
+    // Before pg_control goes: how a replica already here is brought up to date depends on it.
+    let pq: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let surveyed = resync::survey(config, state, primary, &*transport, (&pq, system_id), &stream.history);
     let mut backup = backup_start(sql, &stream, config)?;
     confirm_live_pgdata(config, &*transport, dirs.run.path(), backup.start_lsn, primary)?;
-    // Before pg_control goes: how a replica already here is brought up to date depends on it.
-    let resync = resync::choose(config, state, primary, &*transport, &mut backup, &stream.history);
+    let resync = resync::choose(config, state, primary, &mut backup, &stream.history, surveyed);
     // The last check has passed: only now is anything in the replica directory changed.
     prepare_replica(config, state)?;
     timing.end("backup start");

@@ -34,7 +34,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use super::preflight::{Primary, ReplicaState};
-use super::CloneConfig;
+use super::{divergence, CloneConfig};
 use crate::pg::backup_session::BackupSession;
 use crate::pg::control_file::{self, CONTROL_FILE, DB_IN_ARCHIVE_RECOVERY, DB_SHUTDOWNED, DB_SHUTDOWNED_IN_RECOVERY};
 use crate::pg::databases;
@@ -78,28 +78,104 @@ impl Resync {
     }
 }
 
-/// Where the replica's files stand: every page holds all changes of WAL before `redo`, and none the primary's
-/// history lacks; `control` is its pg_control.
-struct Position {
+/// Where the replica's files stand: every page holds all changes of WAL before `redo`, and none of WAL after
+/// `end`, which is the primary's own up to there (`divergence`); `control` is its pg_control.
+pub struct Position {
     redo: Lsn,
+    end: Lsn,
     control: Vec<u8>,
 }
 
-/// This run's method (see the module), logged with its reason; `history` is the primary's timeline history.
-pub fn choose(
+/// Before pg_backup_start, whose checkpoint may recycle the primary's WAL the proof reads: where a replica of
+/// this cluster stands (see the module), or why its files cannot be taken for the primary's pages of a point of
+/// its history. `params` reach the primary, `system_id` is the cluster's, `history` the primary's timelines.
+pub fn survey(
     config: &CloneConfig,
     state: ReplicaState,
     primary: Primary,
     transport: &dyn Transport,
+    (params, system_id): (&[(&str, &str)], u64),
+    history: &[Span],
+) -> Result<Position, String> {
+    if !matches!(state, ReplicaState::Cluster(_)) {
+        return Err("no cluster here".into());
+    }
+    if config.paranoid {
+        return Err("--paranoid compares every page".into());
+    }
+    if transport.split_size().is_none() {
+        return Err("the rsync transport compares whole files".into());
+    }
+    // control_file's offsets are those of 15 to 18.
+    if primary.major > 18 {
+        return Err(format!("pgclone does not know PostgreSQL {}'s pg_control layout", primary.major));
+    }
+    let path = config.replica.join(CONTROL_FILE);
+    let control = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    if !control_file::crc_ok(&control, primary.major) {
+        return Err("the replica's pg_control fails its CRC check".into());
+    }
+    // Recovery from a backup has not begun (a clone never started): its pg_control is the primary's at the
+    // backup's end and says nothing of the copied pages.
+    if std::fs::symlink_metadata(config.replica.join("backup_label")).is_ok() {
+        return Err("the replica holds a backup_label: it is a copy whose recovery never began, so its pages may \
+                    be newer than its pg_control says"
+            .into());
+    }
+    if let Some(start) = control_file::backup_unfinished(&control) {
+        return Err(format!(
+            "the replica's recovery from a backup (started at {start}) never reached the backup's end, so its \
+             pages may be newer than its minimum recovery point"
+        ));
+    }
+    let (redo, redo_tli) = (control_file::redo(&control), control_file::checkpoint_timeline(&control));
+    let checkpoint = control_file::checkpoint(&control);
+    // One byte into the checkpoint record: its WAL reaches at least that far.
+    let (end, end_tli) = match control_file::state(&control) {
+        DB_SHUTDOWNED => (Lsn(checkpoint.0 + 1), redo_tli),
+        DB_SHUTDOWNED_IN_RECOVERY | DB_IN_ARCHIVE_RECOVERY => match control_file::min_recovery_point(&control) {
+            (Lsn(0), _) => return Err("the replica's pg_control has no minimum recovery point".into()),
+            (min, tli) => (min.max(Lsn(checkpoint.0 + 1)), tli),
+        },
+        state => {
+            return Err(format!(
+                "the replica was not shut down cleanly, or never ran (pg_control state {state}): its files may hold \
+                 WAL the primary's history does not have"
+            ))
+        }
+    };
+    if !timeline::reaches(history, redo_tli, redo) || !timeline::reaches(history, end_tli, end) {
+        return Err(format!(
+            "the replica's WAL (up to {end} on timeline {end_tli}) is not on the primary's history: it went its own \
+             way, as an old primary's does after a failover"
+        ));
+    }
+    let claim = divergence::Claim { checkpoint, checkpoint_tli: redo_tli, end, end_tli };
+    divergence::prove(&config.replica, &claim, (primary.seg, system_id), params, history)?;
+    Ok(Position { redo, end, control })
+}
+
+/// This run's method (see the module), logged with its reason; `history` is the primary's timeline history,
+/// `surveyed` what `survey` found.
+pub fn choose(
+    config: &CloneConfig,
+    state: ReplicaState,
+    primary: Primary,
     backup: &mut BackupSession,
     history: &[Span],
+    surveyed: Result<Position, String>,
 ) -> Resync {
+    let start = backup.start_lsn;
+    let surveyed = surveyed.and_then(|at| match at.end > start {
+        true => Err(format!("the replica's WAL reaches {}, beyond the backup's start {start}", at.end)),
+        false => Ok(at),
+    });
     let resync = match state {
         ReplicaState::Empty | ReplicaState::Dropped => return Resync::Fresh,
         ReplicaState::Unfinished => {
             Resync::Compare { why: "an interrupted clone has no pg_control to start from".into(), unchanged: None }
         }
-        ReplicaState::Cluster(_) => match position(config, primary, transport, backup.start_lsn, history) {
+        ReplicaState::Cluster(_) => match surveyed {
             Err(why) => Resync::Compare { why, unchanged: None },
             Ok(at) => match by_summaries(primary, backup, history, at.redo) {
                 Ok(changes) => Resync::Summaries { changes, from: at.redo },
@@ -124,58 +200,6 @@ pub fn choose(
         Resync::Fresh => {}
     }
     resync
-}
-
-/// The replica's position, when its files are known to hold the primary's pages as of its redo point or newer
-/// ones on the primary's history (see the module), or why they are not.
-fn position(
-    config: &CloneConfig,
-    primary: Primary,
-    transport: &dyn Transport,
-    start: Lsn,
-    history: &[Span],
-) -> Result<Position, String> {
-    if config.paranoid {
-        return Err("--paranoid compares every page".into());
-    }
-    if transport.split_size().is_none() {
-        return Err("the rsync transport compares whole files".into());
-    }
-    // control_file's offsets are those of 15 to 18.
-    if primary.major > 18 {
-        return Err(format!("pgclone does not know PostgreSQL {}'s pg_control layout", primary.major));
-    }
-    let path = config.replica.join(CONTROL_FILE);
-    let control = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    if !control_file::crc_ok(&control, primary.major) {
-        return Err("the replica's pg_control fails its CRC check".into());
-    }
-    let (redo, redo_tli) = (control_file::redo(&control), control_file::checkpoint_timeline(&control));
-    // One byte into the checkpoint record: its WAL reaches at least that far.
-    let checkpoint = Lsn(control_file::checkpoint(&control).0 + 1);
-    let (end, end_tli) = match control_file::state(&control) {
-        DB_SHUTDOWNED => (checkpoint, redo_tli),
-        DB_SHUTDOWNED_IN_RECOVERY | DB_IN_ARCHIVE_RECOVERY => match control_file::min_recovery_point(&control) {
-            (Lsn(0), _) => return Err("the replica's pg_control has no minimum recovery point".into()),
-            (min, tli) => (min.max(checkpoint), tli),
-        },
-        state => {
-            return Err(format!(
-                "the replica was not shut down cleanly, or never ran (pg_control state {state}): its files may hold \
-                 WAL the primary's history does not have"
-            ))
-        }
-    };
-    if !timeline::reaches(history, redo_tli, redo) || !timeline::reaches(history, end_tli, end) {
-        return Err(format!(
-            "the replica's WAL (up to {end} on timeline {end_tli}) is not on the primary's history: it went its own \
-             way, as an old primary's does after a failover"
-        ));
-    }
-    if end > start {
-        return Err(format!("the replica's WAL reaches {end}, beyond the backup's start {start}"));
-    }
-    Ok(Position { redo, control })
 }
 
 /// The relation pages a compare may leave unread (see the module), or why page LSNs cannot say which.

@@ -284,6 +284,12 @@ impl Conn {
                 CopyData::Done => break,
             }
         }
+        self.copy_ended()
+    }
+
+    /// Reads the results that follow the server's end of a copy stream: its error, when it ended the stream
+    /// with one (a WAL segment it has removed, a timeline it does not have).
+    pub fn copy_ended(&mut self) -> Result<(), PgError> {
         let mut first_error = None;
         loop {
             // SAFETY: valid connection.

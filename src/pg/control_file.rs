@@ -49,6 +49,16 @@ pub fn min_recovery_point(control: &[u8]) -> (Lsn, u32) {
     (Lsn(u64_at(control, 136)), u32_at(control, 144))
 }
 
+/// Whether the server was recovering from a base backup and had not reached the backup's end: backupStartPoint
+/// (152, after minRecoveryPointTLI and its padding), backupEndPoint (160) or backupEndRequired (168) set.
+/// StartupXLOG copies them from backup_label and clears them once replay passes the backup's end record
+/// (xlogrecovery.c, ReachedEndOfBackup). Until then the files mix pages copied at different moments of the
+/// backup, any of which can be newer than minRecoveryPoint: that point does not bound them.
+pub fn backup_unfinished(control: &[u8]) -> Option<Lsn> {
+    let (start, end, required) = (u64_at(control, 152), u64_at(control, 160), control.get(168).copied());
+    (start != 0 || end != 0 || required.is_some_and(|b| b != 0)).then_some(Lsn(start))
+}
+
 /// `data_checksum_version`: 0 when data pages carry no checksums, else PG_DATA_CHECKSUM_VERSION (1). Only
 /// pg_checksums, on a stopped cluster, changes it. At 252 from 15 to 18 (measured on initdb's files, with and
 /// without -k).

@@ -11,6 +11,7 @@ pub mod page_checksum;
 pub mod relfile;
 pub mod replication;
 pub mod timeline;
+pub mod wal_read;
 pub mod wal_summary;
 
 pub mod wal_stream;

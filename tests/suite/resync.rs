@@ -75,8 +75,9 @@ fn a_stale_pg18_standby_resyncs_by_wal_summaries() {
     s.assert_standby(&s.replica, "resync_standby", None);
 }
 
-/// PostgreSQL 17: without summaries (summarize_wal off), then with summaries that begin after the standby's
-/// redo point, a re-sync compares and says why; once summaries cover it, a re-sync uses them. Each time the
+/// PostgreSQL 17: without summaries (summarize_wal off), then with the primary's WAL at the standby's last
+/// checkpoint recycled (so nothing proves the standby's WAL is the primary's, and summaries begin after it), a
+/// re-sync compares and says why; once summaries cover it, a re-sync uses them. Each time the
 /// standby starts and holds the primary's data.
 #[test]
 fn without_covering_summaries_a_resync_compares_and_says_why() {
@@ -102,7 +103,9 @@ fn without_covering_summaries_a_resync_compares_and_says_why() {
     let out = run.run();
     let r = resync(&out);
     assert_eq!(method(&r), "page-hashes");
-    assert!(r["why"].as_str().unwrap().contains("do not cover"), "{r}");
+    // The replica's WAL cannot be shown to be the primary's once the primary has recycled it.
+    assert!(r["why"].as_str().unwrap().contains("no longer has it"), "{r}");
+    assert!(r["why"].as_str().unwrap().contains("has already been removed"), "the server's reason: {r}");
 
     run_and_stop(&s, "fallback_standby");
     s.primary.pgbench_transactions(100);
@@ -272,4 +275,86 @@ fn a_resync_by_summaries_never_keeps_a_stale_visibility_map() {
     assert_eq!(method(&r), "wal-summaries", "{r}");
     let standby = s.assert_standby(&s.replica, "vm_standby", None);
     assert_eq!(index_only_count(&standby, "frozen"), "19900", "the standby's visibility map is the primary's");
+}
+
+/// Two standbys of one primary promoted alike (the primary stopped, both had replayed all of its WAL) choose
+/// the same timeline 2 with the same history file, and then write different WAL under the same (timeline,
+/// LSN) names. Re-syncing the first, which wrote and checkpointed on its own timeline 2, from the second must
+/// not take its pages for the second's: its last checkpoint record is not the second's WAL at that position,
+/// so every page is compared, and it comes out with the second's data, not its own.
+#[test]
+fn a_split_brain_on_one_timeline_number_is_compared_not_trusted() {
+    let s = Setup::with_initdb("split-brain", PgInstall::of(15), &["--data-checksums"], &[]);
+    s.primary.pgbench_init(2);
+    let b_dir = s.lab.path().join("b");
+    s.pgclone().run().assert_success();
+    s.pgclone_into("b").run().assert_success();
+    let a = s.assert_standby(&s.replica, "a", None);
+    let b = s.assert_standby(&b_dir, "b", None);
+    s.primary.stop_fast();
+    a.promote();
+    b.promote();
+    let history = |dir: &Path| fs::read_to_string(dir.join("pg_wal/00000002.history")).unwrap();
+    assert_eq!(history(&s.replica), history(&b_dir), "both chose timeline 2 with the same history");
+
+    a.pgbench_transactions(50);
+    a.psql("create table only_on_a as select generate_series(1, 1000) g");
+    a.psql("checkpoint");
+    a.stop_fast();
+    b.pgbench_transactions(300);
+    b.psql("create table only_on_b as select generate_series(1, 1000) g");
+    b.psql("checkpoint");
+
+    let mut run = Pgclone::new(&b, &s.sshd, &s.replica);
+    run.arg("--json");
+    let out = run.run();
+    let r = resync(&out);
+    assert_eq!(method(&r), "page-hashes", "{}", out.report());
+    assert!(r["why"].as_str().unwrap().contains("split brain"), "{r}");
+    let again = assert_standby_matches(&s.lab, &b, &s.replica, "a_again", None);
+    assert_eq!(again.psql("select count(*) from pg_class where relname = 'only_on_a'"), "0");
+    assert_eq!(again.psql("select count(*) from only_on_b"), "1000");
+}
+
+/// A clone whose recovery from its backup was stopped before the backup's end (its WAL past the backup's start
+/// segment taken away, so replay waits there): pg_control then holds the backup's start, and its pages, copied
+/// at any moment of the backup, can be newer than its minimum recovery point. No shortcut: every page is
+/// compared (PostgreSQL 18, data checksums on, summaries off: page LSNs would otherwise be trusted).
+#[test]
+fn a_recovery_stopped_before_the_backups_end_is_compared_not_trusted() {
+    let s = Setup::with_install("resync-unfinished", PgInstall::of(18), &[]);
+    s.primary.pgbench_init(3);
+    let slow = s.pgclone().spawn_slowly("20M");
+    // The backup's end lies segments past its start.
+    for _ in 0..2 {
+        s.primary.pgbench_transactions(20);
+        s.primary.psql("select pg_switch_wal()");
+    }
+    slow.wait().assert_success();
+    let label = fs::read_to_string(s.replica.join("backup_label")).unwrap();
+    let start_file = label.lines().find_map(|l| l.split("(file ").nth(1)).unwrap().trim_end_matches(')').to_string();
+    let start_lsn = label.lines().find_map(|l| l.strip_prefix("START WAL LOCATION: ")).unwrap();
+    let start_lsn = start_lsn.split_whitespace().next().unwrap().to_string();
+    let mut taken = 0;
+    for e in fs::read_dir(s.replica.join("pg_wal")).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        if name.len() == 24 && name > start_file {
+            fs::remove_file(s.replica.join("pg_wal").join(&name)).unwrap();
+            taken += 1;
+        }
+    }
+    assert!(taken > 0, "no segment after the backup's start {start_file}");
+    let waiting = Postgres::standby_alone(&s.lab, &s.replica, &s.primary, "unfinished");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    waiting.stop_fast();
+    let control = fs::read(s.replica.join("global/pg_control")).unwrap();
+    let backup_start = u64::from_ne_bytes(control[152..160].try_into().unwrap());
+    assert_eq!(format!("{:X}/{:X}", backup_start >> 32, backup_start & 0xFFFF_FFFF), start_lsn, "backupStartPoint");
+
+    let mut run = s.pgclone();
+    run.arg("--json");
+    let r = resync(&run.run());
+    assert_eq!(method(&r), "page-hashes", "{r}");
+    assert!(r["why"].as_str().unwrap().contains("never reached the backup's end"), "{r}");
+    s.assert_standby(&s.replica, "unfinished_again", None);
 }

@@ -322,6 +322,41 @@ impl Postgres {
         pg
     }
 
+    /// Start a clone as a standby with no upstream (primary_conninfo empty, no restore_command): it replays
+    /// what its pg_wal holds and waits for more, consistent or not, so pg_ctl does not wait for it to accept
+    /// connections. Returns once its log says replay began.
+    pub fn standby_alone(lab: &Lab, data: &Path, primary: &Postgres, name: &str) -> Postgres {
+        let pg = Postgres {
+            lab: lab.clone(),
+            name: name.to_string(),
+            data: data.to_path_buf(),
+            port: free_port(),
+            log: lab.path().join(format!("{name}.log")),
+            install: primary.install.clone(),
+        };
+        lab.write(data.join("standby.signal"), "");
+        lab.append(
+            &data.join("postgresql.auto.conf"),
+            &format!(
+                "\n# pgclone test harness: a standby with no upstream\n\
+                 primary_conninfo = ''\n\
+                 listen_addresses = '127.0.0.1'\n\
+                 port = {}\n\
+                 unix_socket_directories = '{}'\n",
+                pg.port,
+                lab.path().display()
+            ),
+        );
+        let mut cmd = pg.install.cmd(lab, "pg_ctl");
+        cmd.args(["start", "-W", "-D"]).arg(data).arg("-l").arg(&pg.log);
+        run_bounded(&mut cmd, Duration::from_secs(60)).assert_success();
+        wait_for("replay to begin", Duration::from_secs(60), || match read_lossy(&pg.log).contains("redo starts at") {
+            true => Ok(()),
+            false => Err(log_tail(&pg.log)),
+        });
+        pg
+    }
+
     fn pg_ctl(&self, action: &[&str]) {
         pg_ctl(self.install.cmd(&self.lab, "pg_ctl"), action, &self.name, &self.data, &self.log);
     }
