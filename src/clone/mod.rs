@@ -226,6 +226,7 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
         why: resync.why().map(str::to_string),
         read_primary: copied.totals.read_primary,
         read_replica: copied.totals.read_replica,
+        kept: copied.plan.kept.iter().map(|p| p.display().to_string()).collect(),
     });
 
     let (end, mut sql, control, wal_end) = backup_stop(backup, &*transport, dirs.run.path(), primary)?;

@@ -39,6 +39,8 @@ pub struct Resynced {
     pub why: Option<String>,
     pub read_primary: u64,
     pub read_replica: u64,
+    /// The replica's own recovery settings and signal files left in place (`replica::recovery_settings`).
+    pub kept: Vec<String>,
 }
 
 /// This process's peak resident memory in KiB (VmHWM), for --json: the bound on memory is checked by
@@ -78,6 +80,9 @@ impl fmt::Display for Summary {
             if let Some(why) = &r.why {
                 write!(f, " (no WAL summaries: {why})")?;
             }
+            if !r.kept.is_empty() {
+                write!(f, "; kept the replica's {}", r.kept.join(", "))?;
+            }
         }
         if self.moved < self.bytes {
             write!(f, "; {} moved over the link, the rest was identical", progress::bytes(self.moved))?;
@@ -111,11 +116,12 @@ impl Summary {
         };
         let resync = match &self.resynced {
             Some(r) => format!(
-                "{{\"method\":\"{}\",\"why\":{},\"read_primary_bytes\":{},\"read_replica_bytes\":{}}}",
+                "{{\"method\":\"{}\",\"why\":{},\"read_primary_bytes\":{},\"read_replica_bytes\":{},\"kept\":[{}]}}",
                 r.method,
                 r.why.as_deref().map_or("null".into(), json::string),
                 r.read_primary,
-                r.read_replica
+                r.read_replica,
+                r.kept.iter().map(|k| json::string(k)).collect::<Vec<_>>().join(",")
             ),
             None => "null".into(),
         };

@@ -67,6 +67,22 @@ pub fn retire_control(replica: &Path) -> Result<(), IoAt> {
     File::open(&global).and_then(|d| d.sync_all()).at("syncing", &global)
 }
 
+/// The signal files that make a server start in recovery (xlogrecovery.c, readRecoverySignalFile).
+const SIGNALS: [&str; 2] = ["recovery.signal", "standby.signal"];
+
+/// What makes this directory the standby (or the targeted recovery) it is, when it is one: its signal files
+/// and its own `postgresql.auto.conf`, where `primary_conninfo` and the other recovery settings live (written
+/// by ALTER SYSTEM, pg_basebackup -R or pgclone -R). A re-sync without -R keeps them, or the primary's
+/// postgresql.auto.conf and no signal would start it as a second primary on the primary's timeline.
+/// Regular files only: a link here is nobody's setting.
+pub fn recovery_settings(replica: &Path) -> Vec<PathBuf> {
+    let is_file = |name: &str| std::fs::symlink_metadata(replica.join(name)).is_ok_and(|m| m.is_file());
+    if !SIGNALS.iter().any(|s| is_file(s)) {
+        return Vec::new();
+    }
+    std::iter::once("postgresql.auto.conf").chain(SIGNALS).filter(|n| is_file(n)).map(PathBuf::from).collect()
+}
+
 /// Flushes everything written to the filesystem of `dir` so far: the removals of a --drop-existing or a
 /// re-sync's prune reach the disk before the new copy's files do.
 pub fn sync_filesystem(dir: &Path) -> Result<(), IoAt> {
@@ -148,6 +164,20 @@ mod tests {
         assert_eq!(std::fs::read_dir(replica.path()).unwrap().count(), 0);
         assert!(outside.path().join("keep").exists(), "a symlink's target is not ours to delete");
         assert_eq!(clear(&replica.path().join("absent")).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_standbys_own_settings_are_its_signal_files_and_auto_conf() {
+        let (d, outside) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::write(d.path().join("postgresql.auto.conf"), "primary_conninfo = 'host=a'\n").unwrap();
+        assert!(recovery_settings(d.path()).is_empty(), "no signal file: not a standby");
+        std::fs::write(outside.path().join("x"), "").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("x"), d.path().join("standby.signal")).unwrap();
+        assert!(recovery_settings(d.path()).is_empty(), "a link is nobody's signal");
+        std::fs::remove_file(d.path().join("standby.signal")).unwrap();
+        std::fs::write(d.path().join("standby.signal"), "").unwrap();
+        let kept = recovery_settings(d.path());
+        assert_eq!(kept, [PathBuf::from("postgresql.auto.conf"), PathBuf::from("standby.signal")]);
     }
 
     #[test]

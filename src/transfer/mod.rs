@@ -103,7 +103,7 @@ pub fn reusable(meta: &std::fs::Metadata, size: u64) -> u64 {
 
 /// Makes an existing replica (a re-run) hold nothing the plan does not: files the primary no longer has
 /// (dropped tables), files a clone never copies (postmaster.pid, pg_internal.init), stale WAL and runtime
-/// state, and entries of the wrong kind. Never follows a symlink except pg_wal's (--replica-waldir), whose
+/// state, and entries of the wrong kind; but the files the plan keeps (`Plan::keep`). Never follows a symlink except pg_wal's (--replica-waldir), whose
 /// stale contents go too. Returns how many entries went, and the bytes of planned files already present
 /// (allocated), which the copy may reuse.
 pub fn prune(plan: &Plan, dest: &Path) -> Result<(usize, u64), TransferError> {
@@ -128,12 +128,13 @@ pub fn prune(plan: &Plan, dest: &Path) -> Result<(usize, u64), TransferError> {
                     && map.get(rel.as_path()).is_some_and(|t| std::fs::read_link(&path).ok().as_deref() == Some(*t))
             };
             let planned_link = points_to(&links);
+            let kept = meta.is_file() && plan.kept.iter().any(|k| k == &rel);
             // A tablespace's location is ours to prune like the data directory; other links' targets are not.
             if planned_dir || points_to(&tablespaces) {
                 stack.push(rel);
             } else if let Some(size) = planned_size {
                 present += reusable(&meta, *size);
-            } else if !planned_link {
+            } else if !planned_link && !kept {
                 if meta.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) }
                     .at("removing", &path)?;
                 removed += 1;

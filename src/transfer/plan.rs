@@ -54,9 +54,23 @@ pub struct Plan {
     /// With group access: files the primary keeps private to its owner all the same (a `server.key`, which
     /// the server refuses to load when its group may read it), to be made 0600 here too.
     pub private: Vec<PathBuf>,
+    /// The replica's own files a re-sync leaves as they are (`Plan::keep`): neither copied nor pruned.
+    pub kept: Vec<PathBuf>,
 }
 
 impl Plan {
+    /// Leaves the replica's own `paths` as they are: the primary's files of those names are not copied, and
+    /// prune does not remove them.
+    pub fn keep(&mut self, paths: Vec<PathBuf>) {
+        self.files.retain(|(p, size)| {
+            let keep = paths.contains(p);
+            self.total_bytes -= if keep { *size } else { 0 };
+            !keep
+        });
+        self.private.retain(|p| !paths.contains(p));
+        self.kept = paths;
+    }
+
     /// The process umask under which the copy creates files and directories with PostgreSQL's modes.
     pub fn umask(&self) -> u32 {
         if self.group_access {
@@ -342,6 +356,15 @@ mod tests {
         ];
         let p = plan(&entries, 15, &[]);
         assert_eq!(files(&p), vec!["t3_16400", "base/5/t3_x"]);
+    }
+
+    #[test]
+    fn kept_files_are_neither_copied_nor_counted() {
+        let mut p = plan(&[f("postgresql.auto.conf", 100), f("standby.signal", 0), f("PG_VERSION", 3)], 15, &[]);
+        p.keep(vec!["postgresql.auto.conf".into(), "standby.signal".into()]);
+        assert_eq!(files(&p), vec!["PG_VERSION"]);
+        assert_eq!(p.total_bytes, 3);
+        assert_eq!(p.kept.len(), 2);
     }
 
     #[test]

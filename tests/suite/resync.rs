@@ -358,3 +358,28 @@ fn a_recovery_stopped_before_the_backups_end_is_compared_not_trusted() {
     assert!(r["why"].as_str().unwrap().contains("never reached the backup's end"), "{r}");
     s.assert_standby(&s.replica, "unfinished_again", None);
 }
+
+/// A re-sync without -R of a directory that was a standby keeps it one: its standby.signal and its own
+/// postgresql.auto.conf (where its primary_conninfo lives) stay as they were, and it says so. Started as it is
+/// afterwards, with nothing added, it is a standby that streams, not a second primary on the primary's
+/// timeline.
+#[test]
+fn a_resync_without_r_keeps_a_standby_a_standby() {
+    let s = Setup::new("resync-keeps-standby", &[]);
+    s.primary.pgbench_init(1);
+    let run = stale_standby(&s, "kept_standby", 50);
+    let conf = fs::read(s.replica.join("postgresql.auto.conf")).unwrap();
+    assert!(String::from_utf8_lossy(&conf).contains("primary_conninfo"), "the harness made it a standby");
+
+    let out = run.run();
+    let r = resync(&out);
+    assert_eq!(r["kept"], serde_json::json!(["postgresql.auto.conf", "standby.signal"]), "{r}");
+    assert!(out.stderr.contains("kept the replica's postgresql.auto.conf, standby.signal"), "{}", out.report());
+    assert!(s.replica.join("standby.signal").is_file());
+    assert_eq!(fs::read(s.replica.join("postgresql.auto.conf")).unwrap(), conf, "the replica's own settings");
+
+    let port: u16 = conf_value(&String::from_utf8_lossy(&conf), "port").unwrap().parse().unwrap();
+    let standby = Server::start(&s.lab, &s.replica, "kept_standby_again", port, Creds::Env);
+    assert_eq!(standby.psql("select pg_is_in_recovery()"), "t", "started as a standby");
+    wait_streaming(&s.primary, &standby, "kept_standby", std::time::Duration::from_secs(60));
+}
