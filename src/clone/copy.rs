@@ -44,7 +44,8 @@ pub fn check(
     let plan = transfer::plan(&entries, primary.major, &config.tablespace_mapping);
     let room = config.replica.ancestors().find(|d| d.exists()).unwrap_or(Path::new("/"));
     let present = |(p, size): &(PathBuf, u64)| {
-        std::fs::metadata(config.replica.join(p)).ok().map(|m| transfer::reusable(&m, *size))
+        let meta = std::fs::symlink_metadata(config.replica.join(p)).ok().filter(std::fs::Metadata::is_file);
+        meta.map(|m| transfer::reusable(&m, *size))
     };
     let reused: u64 = if resync { plan.files.iter().filter_map(present).sum() } else { 0 };
     transfer::check_space(&plan, room, reused, 8 * primary.seg.bytes())?;

@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use crate::error::{IoAt, IoContext};
@@ -16,6 +16,7 @@ use crate::pg::backup_session::BackupEnd;
 use crate::pg::control_file::{self, CONTROL_FILE};
 use crate::pg::lsn::{history_file_name, Lsn, SegSize};
 use crate::replica::tablespace::{self, Mapping};
+use crate::sys::files;
 use crate::transfer::Tablespace;
 
 #[derive(Debug, thiserror::Error)]
@@ -154,9 +155,10 @@ impl Finalize<'_> {
     }
 }
 
-/// A new file readable by its owner only (0600), as PostgreSQL creates its files (pg_file_create_mode).
+/// A new file readable by its owner only (0600), as PostgreSQL creates its files (pg_file_create_mode), made
+/// anew and never through a link in its place (`sys::files`).
 fn private_file(path: &Path) -> Result<File, IoAt> {
-    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).at("creating", path)
+    files::create_new(path)
 }
 
 /// Marks a WAL file laid into pg_wal as archived (`archive_status/<name>.done`), as pg_basebackup and the

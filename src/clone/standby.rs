@@ -1,8 +1,6 @@
 //! Standby setup: what turns a finished copy into a running standby (-R, --create-slot, --start).
 
-use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,6 +10,7 @@ use super::CloneError;
 use crate::error::{Cancelled, IoAt, IoContext};
 use crate::pg::{Conn, PgError};
 use crate::sys::cancel::Cancel;
+use crate::sys::files;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StandbyError {
@@ -92,17 +91,10 @@ impl Recovery {
     /// then starts as a standby streaming from the primary (high-availability.sgml, "Preparing for Standby").
     pub fn write(&self, replica: &Path) -> Result<(), StandbyError> {
         let conf = replica.join("postgresql.auto.conf");
-        let mut f = OpenOptions::new().append(true).create(true).mode(0o600).open(&conf).at("opening", &conf)?;
+        let mut f = files::append(&conf)?;
         f.write_all(self.settings().as_bytes()).and_then(|()| f.sync_all()).at("writing", &conf)?;
         let signal = replica.join("standby.signal");
-        OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&signal)
-            .and_then(|f| f.sync_all())
-            .at("creating", &signal)?;
+        files::create_new(&signal)?.sync_all().at("creating", &signal)?;
         Ok(())
     }
 }

@@ -6,7 +6,7 @@ pub mod verify;
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -256,13 +256,7 @@ pub fn render(h: &Header, files: &[FileSum]) -> String {
 
 pub fn write(replica: &Path, text: &str) -> Result<(), IoAt> {
     let path = replica.join("backup_manifest");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .at("creating", &path)?;
+    let mut f = crate::sys::files::create_new(&path)?;
     f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).at("writing", &path)
 }
 

@@ -52,11 +52,12 @@ impl Target {
         Ok(Target { file, direct })
     }
 
-    /// Opens an existing file to read.
+    /// Opens an existing file to read, never through a symbolic link.
     pub fn open_read(path: &Path) -> io::Result<Target> {
-        let file = File::open(path)?;
+        let file = crate::sys::files::open_read(path)?;
         let large = file.metadata()?.len() >= DIRECT_MIN;
-        let direct = large.then(|| OpenOptions::new().read(true).custom_flags(OFlags::DIRECT.bits() as i32).open(path));
+        let flags = OFlags::DIRECT | OFlags::NOFOLLOW;
+        let direct = large.then(|| OpenOptions::new().read(true).custom_flags(flags.bits() as i32).open(path));
         Ok(Target { file, direct: direct.and_then(Result::ok) })
     }
 

@@ -1,8 +1,9 @@
-//! Operating-system adapters: the ssh binary, child processes we own, cancellation across threads, and the
-//! shared network budget.
+//! Operating-system adapters: the ssh binary, child processes we own, cancellation across threads, the
+//! shared network budget, and the files pgclone writes itself.
 
 pub mod bandwidth;
 pub mod cancel;
+pub mod files;
 pub mod periodic;
 pub mod proc;
 pub mod ssh;

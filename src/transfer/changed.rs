@@ -11,6 +11,7 @@
 //! which files may skip pages, and how much of each is here to skip.
 
 use std::collections::HashSet;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{IoAt, IoContext};
@@ -127,7 +128,7 @@ pub fn fetches(changes: &Changes, files: &[(PathBuf, u64)], dest: &Path) -> Resu
         .iter()
         .map(|(rel, size)| {
             let path = dest.join(rel);
-            let local = match std::fs::metadata(&path) {
+            let local = match std::fs::symlink_metadata(&path) {
                 Ok(m) if m.is_file() => m.len(),
                 _ => 0,
             };
@@ -135,6 +136,7 @@ pub fn fetches(changes: &Changes, files: &[(PathBuf, u64)], dest: &Path) -> Resu
             if matches!(f, Fetch::Ranges(_)) && local != *size {
                 std::fs::OpenOptions::new()
                     .write(true)
+                    .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
                     .open(&path)
                     .and_then(|f| f.set_len(*size))
                     .at("sizing", &path)?;
@@ -154,7 +156,7 @@ pub fn unread(unchanged: &Unchanged, files: &[(PathBuf, u64)], dest: &Path) -> V
         .map(|(rel, _)| {
             let (fork, _) = fork_of(rel)?;
             let trusted = fork.tablespace == GLOBALTABLESPACE_OID || unchanged.databases.contains(&fork.database);
-            let here = std::fs::metadata(dest.join(rel)).ok().filter(|m| m.is_file())?.len();
+            let here = std::fs::symlink_metadata(dest.join(rel)).ok().filter(|m| m.is_file())?.len();
             (trusted && matches!(fork.fork, 0 | 3) && here > 0).then_some(Unread { lsn: unchanged.before, here })
         })
         .collect()

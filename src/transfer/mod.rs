@@ -48,7 +48,10 @@ pub enum TransferError {
 pub fn keep_private(plan: &Plan, dest: &Path) -> Result<(), TransferError> {
     for rel in &plan.private {
         let path = dest.join(rel);
-        match std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)) {
+        // Through the file itself (fchmod), never a link in its place.
+        match crate::sys::files::open_read(&path)
+            .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)))
+        {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             r => r.at("setting permissions of", &path)?,
         }
@@ -77,7 +80,10 @@ pub fn lay_out(plan: &Plan, dest: &Path, resync: bool) -> Result<(), TransferErr
         let path = dest.join(dir);
         match std::fs::DirBuilder::new().mode(*mode).create(&path) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => {}
+            // A directory, not a link to one (prune removed those): its mode is set below, and files go in it.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AlreadyExists
+                    && std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) => {}
             Err(e) => return Err(IoAt::new("creating directory", path, e).into()),
         }
         // An existing directory (a re-sync) gets the mode too.

@@ -87,14 +87,20 @@ pub struct Tablespace {
     pub local: PathBuf,
 }
 
-/// Refuses a listing no PostgreSQL data directory gives: a path that is absolute, empty or has `..` in it, or
-/// an entry beneath a symbolic link other than a tablespace's `pg_tblspc/<oid>`. The copy writes every listed
+/// Refuses a listing no PostgreSQL data directory gives: a path that is absolute, empty or has `..` in it, a
+/// path listed twice, or an entry beneath a symbolic link other than a tablespace's `pg_tblspc/<oid>`. The copy writes every listed
 /// file at its path under the replica (or a mapped tablespace), so such an entry, from a compromised or
 /// impersonated primary, would write outside them.
 pub fn check_listing(entries: &[RemoteEntry]) -> Result<(), String> {
     let links: HashSet<&Path> =
         entries.iter().filter(|e| matches!(e.kind, EntryKind::Symlink(_))).map(|e| e.path.as_path()).collect();
+    let mut seen: HashSet<&Path> = HashSet::with_capacity(entries.len());
     for e in entries {
+        // A directory lists each name once: a second entry of one path would be written twice, perhaps as
+        // two kinds (a file where a link was made).
+        if !seen.insert(e.path.as_path()) {
+            return Err(format!("the primary listed {:?} twice", e.path));
+        }
         let path = &e.path;
         if path.as_os_str().is_empty() || !path.components().all(|c| matches!(c, Component::Normal(_))) {
             return Err(format!("the primary listed {path:?}, which is not a path inside its data directory"));
@@ -130,7 +136,14 @@ pub fn plan(entries: &[RemoteEntry], major: u32, mappings: &[Mapping]) -> Plan {
             continue;
         }
         let name = e.path.file_name().unwrap_or(OsStr::new("")).to_string_lossy();
-        if name.starts_with(TEMP_PREFIX) {
+        // By name, whatever the entry's type, before anything else (basebackup.c sendDir matches excludeFiles
+        // before it looks at the type): a link named backup_label would otherwise be recreated here, and the
+        // files pgclone writes under these names would go wherever it points.
+        if name.starts_with(TEMP_PREFIX)
+            || SKIP_FILES.contains(&name.as_ref())
+            || name.starts_with(SKIP_PREFIX)
+            || e.path == Path::new(CONTROL_FILE)
+        {
             continue;
         }
         let top = e.path.components().count() == 1;
@@ -175,12 +188,6 @@ pub fn plan(entries: &[RemoteEntry], major: u32, mappings: &[Mapping]) -> Plan {
             EntryKind::Symlink(target) => p.symlinks.push((e.path.clone(), target.clone())),
             EntryKind::Other => {}
             EntryKind::File => {
-                if SKIP_FILES.contains(&name.as_ref())
-                    || name.starts_with(SKIP_PREFIX)
-                    || e.path == Path::new(CONTROL_FILE)
-                {
-                    continue;
-                }
                 if in_db_dir(&e.path) {
                     if looks_like_temp_rel(&name) {
                         continue;
@@ -248,6 +255,8 @@ mod tests {
         let planted = [link("log", "/home/u/.ssh"), f("log/authorized_keys", 10)];
         let err = check_listing(&planted).unwrap_err();
         assert!(err.contains("beneath the symbolic link"), "{err}");
+        let twice = [f("base/1", 8192), link("base/1", "/home/u/.ssh/authorized_keys")];
+        assert!(check_listing(&twice).unwrap_err().contains("twice"));
     }
 
     #[test]
@@ -326,6 +335,21 @@ mod tests {
         assert_eq!(files(&p), vec!["backup_label.old", "postgresql.auto.conf", "PG_VERSION"]);
         assert_eq!(p.total_bytes, 303);
         assert!(p.dirs.is_empty(), "pgsql_tmp directories are not created: {:?}", p.dirs);
+        // The same names as links (or directories) are skipped too: never recreated to be written through.
+        let link = |path: &str| RemoteEntry {
+            path: path.into(),
+            kind: EntryKind::Symlink("/home/u/.ssh/authorized_keys".into()),
+            size: 0,
+            mode: 0o777,
+        };
+        let planted: Vec<RemoteEntry> =
+            ["backup_label", "tablespace_map", "backup_manifest", "global/pg_control", "postmaster.pid"]
+                .into_iter()
+                .map(link)
+                .chain([d("backup_manifest")])
+                .collect();
+        let p = plan(&planted, 15, &[]);
+        assert!(p.symlinks.is_empty() && p.dirs.is_empty() && p.files.is_empty(), "{p:?}");
     }
 
     #[test]

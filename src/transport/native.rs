@@ -500,7 +500,7 @@ impl Worker for NativeWorker<'_> {
                 let (offset, len) = p.range.unwrap_or((0, p.size));
                 // Data already here (a resumed or re-synced clone) is compared before anything moves.
                 let compare = matches!(p.how, How::Compare(_))
-                    && std::fs::metadata(dest.join(&p.path)).is_ok_and(|m| m.len() > offset);
+                    && std::fs::symlink_metadata(dest.join(&p.path)).is_ok_and(|m| m.is_file() && m.len() > offset);
                 // A re-sync's changed runs of one file (in offset order) go in one request.
                 let group = match p.how {
                     How::Changed => pieces[i..]

@@ -503,3 +503,40 @@ fn a_link_cut_for_good_leaves_nothing_running_on_the_primary() {
         h.ns.restore();
     }
 }
+
+/// A primary whose data directory holds links named like the files a clone writes itself (as whoever controls
+/// its `postgres` account can plant): the clone with -R and a manifest writes its backup_label, tablespace_map,
+/// backup_manifest, standby.signal, postgresql.auto.conf and pg_control as files of its own, never through the
+/// links into the files they point at on this host. Before, the first four were recreated as links and
+/// written through.
+#[test]
+fn links_named_like_the_files_a_clone_writes_never_lead_outside_the_replica() {
+    let s = Setup::with_pgbench("h-planted", 1);
+    let outside = s.lab.mkdir("outside");
+    let names = [
+        "backup_label",
+        "tablespace_map",
+        "backup_manifest",
+        "standby.signal",
+        "postgresql.auto.conf",
+        "global/pg_control.pgclone-new",
+    ];
+    let target = |name: &str| outside.join(name.replace('/', "_"));
+    for name in names {
+        // A comment: the primary itself reads its postgresql.auto.conf through the link.
+        s.lab.write(target(name), "# untouched\n");
+        let _ = fs::remove_file(s.primary.data.join(name));
+        std::os::unix::fs::symlink(target(name), s.primary.data.join(name)).unwrap();
+    }
+    let out = s.pgclone().args(["-R"]).run();
+    out.assert_success();
+    for name in names {
+        assert_eq!(fs::read_to_string(target(name)).unwrap(), "# untouched\n", "{name} was written through");
+        if let Ok(m) = fs::symlink_metadata(s.replica.join(name)) {
+            assert!(!m.is_symlink(), "{name} is a link in the clone");
+        }
+    }
+    assert!(fs::read_to_string(s.replica.join("backup_label")).unwrap().contains("START WAL LOCATION"));
+    assert!(fs::symlink_metadata(s.replica.join("standby.signal")).unwrap().is_file());
+    s.assert_standby(&s.replica, "h_planted", None);
+}
