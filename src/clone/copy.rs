@@ -39,9 +39,7 @@ pub fn check(
     primary: Primary,
     resync: bool,
 ) -> Result<(u64, u64), CloneError> {
-    let entries = transport.list()?;
-    transfer::check_listing(&entries).map_err(TransferError::Listing)?;
-    let plan = transfer::plan(&entries, primary.major, &config.tablespace_mapping);
+    let plan = plan(config, transport, primary)?;
     let room = config.replica.ancestors().find(|d| d.exists()).unwrap_or(Path::new("/"));
     let present = |(p, size): &(PathBuf, u64)| {
         let meta = std::fs::symlink_metadata(config.replica.join(p)).ok().filter(std::fs::Metadata::is_file);
@@ -52,9 +50,23 @@ pub fn check(
     Ok((plan.files.len() as u64, plan.total_bytes))
 }
 
+/// What to copy, from the primary's listing (taken once the backup has started), checked before anything here
+/// changes: a listing no data directory gives, and tablespace locations that are not this replica's to fill,
+/// refuse the run.
+pub fn plan(config: &CloneConfig, transport: &dyn Transport, primary: Primary) -> Result<Plan, CloneError> {
+    let entries = transport.list()?;
+    transfer::check_listing(&entries).map_err(TransferError::Listing)?;
+    let plan = transfer::plan(&entries, primary.major, &config.tablespace_mapping);
+    tracing::debug!("listed the primary's data directory");
+    transfer::check_tablespaces(&plan, &config.replica)?;
+    Ok(plan)
+}
+
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     config: &CloneConfig,
     transport: &dyn Transport,
+    mut plan: Plan,
     backup: &mut BackupSession,
     primary: Primary,
     resync: &Resync,
@@ -63,10 +75,6 @@ pub fn run(
 ) -> Result<Copy, CloneError> {
     let replica = config.replica.as_path();
     let parallel = config.parallel;
-    let entries = transport.list()?;
-    transfer::check_listing(&entries).map_err(TransferError::Listing)?;
-    let mut plan = transfer::plan(&entries, primary.major, &config.tablespace_mapping);
-    tracing::debug!("listed the primary's data directory");
     // A standby re-synced without -R stays the standby it was (-R writes settings of its own instead).
     if !matches!(resync, Resync::Fresh) && config.recovery.is_none() {
         let kept = replica::recovery_settings(replica);
@@ -91,7 +99,7 @@ pub fn run(
     // Every file the copy creates gets PostgreSQL's mode (0600, or 0640 with group access), whatever the
     // transport: PostgreSQL refuses a server.key others may read.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(plan.umask()));
-    transfer::lay_out(&plan, replica, !matches!(resync, Resync::Fresh))?;
+    transfer::lay_out(&plan, replica)?;
     let fetches = match resync {
         Resync::Summaries { changes, .. } => transfer::changed::fetches(changes, &plan.files, replica)?,
         _ => Vec::new(),

@@ -116,7 +116,12 @@ impl CloneError {
             | CloneError::Transport(
                 T::Ssh(_) | T::Pgdata(_) | T::AgentMissing(_) | T::DataChannel(_) | T::RsyncNeedsSsh,
             )
-            | CloneError::Transfer(TransferError::NoSpace { .. }) => Outcome::Refused,
+            | CloneError::Transfer(
+                TransferError::NoSpace { .. }
+                | TransferError::Listing(_)
+                | TransferError::TablespaceNotEmpty(_)
+                | TransferError::TablespaceMoved { .. },
+            ) => Outcome::Refused,
             CloneError::Standby(StandbyError::Start { .. } | StandbyError::NotStreaming { .. }) => Outcome::Standby,
             _ => Outcome::Failed,
         }
@@ -216,11 +221,12 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
     let mut backup = backup_start(sql, &stream, config)?;
     confirm_live_pgdata(config, &*transport, dirs.run.path(), backup.start_lsn, primary)?;
     let resync = resync::choose(config, state, primary, &mut backup, &stream.history, surveyed);
+    let plan = copy::plan(config, &*transport, primary)?;
     // The last check has passed: only now is anything in the replica directory changed.
     prepare_replica(config, state)?;
     timing.end("backup start");
 
-    let copied = copy::run(config, &*transport, &mut backup, primary, &resync, &mut timing, cancel)?;
+    let copied = copy::run(config, &*transport, plan, &mut backup, primary, &resync, &mut timing, cancel)?;
     let resynced = (!matches!(resync, Resync::Fresh)).then(|| summary::Resynced {
         method: resync.name(&*transport),
         why: resync.why().map(str::to_string),

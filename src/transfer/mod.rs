@@ -39,6 +39,12 @@ pub enum TransferError {
     Listing(String),
     #[error("tablespace location {0} is not empty (map it elsewhere with -T OLD=NEW)")]
     TablespaceNotEmpty(PathBuf),
+    #[error(
+        "tablespace {} was copied to {} here and is now to go to {}: remove {} (a stale copy of it) first, or map \
+         it back there with -T",
+        link.display(), old.display(), new.display(), copy.display()
+    )]
+    TablespaceMoved { link: PathBuf, old: PathBuf, new: PathBuf, copy: PathBuf },
     #[error(transparent)]
     Cancelled(#[from] Cancelled),
 }
@@ -59,19 +65,43 @@ pub fn keep_private(plan: &Plan, dest: &Path) -> Result<(), TransferError> {
     Ok(())
 }
 
+/// Refuses, before anything here changes, a tablespace location that is not this replica's to fill: one its
+/// link here does not already point at must be empty (as pg_basebackup asks). A location is shared by the
+/// clusters of several majors, each in its own `PG_<major>_<catversion>` directory (tablespace.c,
+/// TABLESPACE_VERSION_DIRECTORY; pg_upgrade keeps the old one), so what is there may be anybody's. And when a
+/// mapping moves a tablespace this replica already holds elsewhere, its copy at the old place would stay
+/// behind unnoticed: the run names it instead of leaving it or deleting what it cannot prove is its own.
+pub fn check_tablespaces(plan: &Plan, dest: &Path) -> Result<(), TransferError> {
+    for ts in &plan.tablespaces {
+        let link = dest.join(&ts.link);
+        let old = std::fs::read_link(&link).ok();
+        if old.as_deref() == Some(&ts.local) {
+            continue;
+        }
+        if std::fs::read_dir(&ts.local).is_ok_and(|mut entries| entries.next().is_some()) {
+            return Err(TransferError::TablespaceNotEmpty(ts.local.clone()));
+        }
+        let ours = plan.dirs.iter().find(|(d, _)| d.parent() == Some(&ts.link)).and_then(|(d, _)| d.file_name());
+        if let (Some(old), Some(ours)) = (old, ours) {
+            let copy = old.join(ours);
+            if std::fs::symlink_metadata(&copy).is_ok() {
+                return Err(TransferError::TablespaceMoved { link: ts.link.clone(), old, new: ts.local.clone(), copy });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Creates the tablespace locations and their pg_tblspc links, then the planned directories (with
-/// PostgreSQL's mode, through those links where they lead) and symbolic links under `dest`.
-/// A tablespace location must be empty unless this run re-syncs an earlier clone that uses it.
-pub fn lay_out(plan: &Plan, dest: &Path, resync: bool) -> Result<(), TransferError> {
+/// PostgreSQL's mode, through those links where they lead) and symbolic links under `dest`
+/// (`check_tablespaces` has made sure each location is this replica's).
+pub fn lay_out(plan: &Plan, dest: &Path) -> Result<(), TransferError> {
     for ts in &plan.tablespaces {
         let link = dest.join(&ts.link);
         if std::fs::read_link(&link).ok().as_deref() == Some(&ts.local) {
             continue;
         }
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&ts.local).at("creating", &ts.local)?;
-        if !resync && std::fs::read_dir(&ts.local).at("reading", &ts.local)?.next().is_some() {
-            return Err(TransferError::TablespaceNotEmpty(ts.local.clone()));
-        }
         let parent = link.parent().expect("pg_tblspc");
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent).at("creating", parent)?;
         std::os::unix::fs::symlink(&ts.local, &link).at("creating symlink", &link)?;
@@ -109,9 +139,10 @@ pub fn reusable(meta: &std::fs::Metadata, size: u64) -> u64 {
 
 /// Makes an existing replica (a re-run) hold nothing the plan does not: files the primary no longer has
 /// (dropped tables), files a clone never copies (postmaster.pid, pg_internal.init), stale WAL and runtime
-/// state, and entries of the wrong kind; but the files the plan keeps (`Plan::keep`). Never follows a symlink except pg_wal's (--replica-waldir), whose
-/// stale contents go too. Returns how many entries went, and the bytes of planned files already present
-/// (allocated), which the copy may reuse.
+/// state, and entries of the wrong kind; but the files the plan keeps (`Plan::keep`) and what is not this
+/// cluster's in a tablespace location. Never follows a symlink except pg_wal's (--replica-waldir), whose stale
+/// contents go too, and a tablespace's. Returns how many entries went, and the bytes of planned files already
+/// present (allocated), which the copy may reuse.
 pub fn prune(plan: &Plan, dest: &Path) -> Result<(usize, u64), TransferError> {
     let files: HashMap<&Path, u64> = plan.files.iter().map(|(p, size)| (p.as_path(), *size)).collect();
     let dirs: HashSet<&Path> = plan.dirs.iter().map(|(p, _)| p.as_path()).collect();
@@ -122,6 +153,9 @@ pub fn prune(plan: &Plan, dest: &Path) -> Result<(usize, u64), TransferError> {
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         let dir = dest.join(&rel);
+        // A tablespace location holds this cluster's version directory among others' (see `check_tablespaces`):
+        // only ours is pruned.
+        let location = tablespaces.contains_key(rel.as_path());
         for entry in std::fs::read_dir(&dir).at("reading", &dir)? {
             let entry = entry.at("reading", &dir)?;
             let (rel, path) = (rel.join(entry.file_name()), entry.path());
@@ -135,9 +169,11 @@ pub fn prune(plan: &Plan, dest: &Path) -> Result<(usize, u64), TransferError> {
             };
             let planned_link = points_to(&links);
             let kept = meta.is_file() && plan.kept.iter().any(|k| k == &rel);
-            // A tablespace's location is ours to prune like the data directory; other links' targets are not.
+            // Our version directory in a tablespace's location is ours to prune like the data directory; other
+            // links' targets are not.
             if planned_dir || points_to(&tablespaces) {
                 stack.push(rel);
+            } else if location {
             } else if let Some(size) = planned_size {
                 present += reusable(&meta, *size);
             } else if !planned_link && !kept {

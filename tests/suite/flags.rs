@@ -77,6 +77,46 @@ fn tablespace_goes_to_the_mapped_location_and_by_default_to_the_same_path() {
     assert_eq!(entries_starting_with(&ts, "PG_").len(), 1, "the primary's tablespace dir changed");
 }
 
+/// A tablespace location is shared with the clusters of other majors, each in its own `PG_<major>_*` directory:
+/// a re-sync prunes only this cluster's (before, another cluster's directory there was deleted). A mapping that
+/// moves the tablespace elsewhere is refused before anything changes, naming the copy left at the old place; a
+/// non-empty location this replica does not use is refused too. Once the old copy is gone, the move clones.
+#[test]
+fn a_resync_touches_only_its_own_version_directory_in_a_tablespace_location() {
+    let s = Setup::with_pgbench("tblspc-shared", 1);
+    let ts = s.lab.mkdir("ts");
+    let oid = tablespace_with_table(&s.primary, &ts);
+    let map = |to: &Path| format!("{}={}", ts.display(), to.display());
+    let (first, second) = (s.lab.path().join("ts first"), s.lab.path().join("ts second"));
+    s.pgclone().args(["-T", &map(&first)]).run().assert_success();
+    let ours = entries_starting_with(&first, "PG_15_");
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    let other = first.join("PG_16_202307071/16384");
+    fs::create_dir_all(&other).unwrap();
+    fs::write(other.join("16400"), "another cluster's").unwrap();
+    for p in [other.parent().unwrap(), &other, &other.join("16400")] {
+        s.lab.chown(p);
+    }
+
+    s.pgclone().args(["-T", &map(&first)]).run().assert_success();
+    assert_eq!(fs::read_to_string(other.join("16400")).unwrap(), "another cluster's");
+
+    let busy = s.lab.mkdir("ts busy");
+    fs::write(busy.join("something"), "x").unwrap();
+    s.pgclone()
+        .args(["-T", &map(&busy)])
+        .run()
+        .assert_refused(&format!("tablespace location {} is not empty", busy.display()));
+    let out = s.pgclone().args(["-T", &map(&second)]).run();
+    out.assert_refused(&format!("remove {} (a stale copy of it)", ours[0].display()));
+    assert!(s.replica.join("global/pg_control").exists(), "a refused run changes nothing");
+
+    fs::remove_dir_all(&ours[0]).unwrap();
+    s.pgclone().args(["-T", &map(&second)]).run().assert_success();
+    assert_eq!(fs::read_to_string(other.join("16400")).unwrap(), "another cluster's");
+    assert_tablespace_clone(&s.lab, &s.primary, &s.replica, &oid, &second, "tblspc_moved");
+}
+
 #[test]
 fn paths_with_spaces_and_umlauts_clone_with_1_and_16_workers() {
     let lab = Lab::new("paths");
