@@ -218,6 +218,12 @@ pub struct Args {
     #[arg(help_heading = "Copy", long)]
     pub no_verify_checksums: bool,
 
+    /// How the copy is made durable before global/pg_control goes in place (pg_basebackup's --sync-method):
+    /// syncfs (one call per filesystem) where the kernel reports write-back errors through it (Linux 5.8 and
+    /// later), else fsync (every file and directory, as initdb --sync-only) [default: syncfs on Linux 5.8+]
+    #[arg(help_heading = "Copy", long, value_enum, value_name = "METHOD")]
+    pub sync_method: Option<SyncMethod>,
+
     /// Do not write backup_manifest (the extra read pass that computes its checksums is then skipped unless
     /// page checksums are verified)
     #[arg(help_heading = "Copy", long)]
@@ -253,6 +259,8 @@ pub struct Args {
     #[arg(help_heading = "Output", long)]
     pub debug: bool,
 }
+
+pub use crate::sys::files::SyncMethod;
 
 /// -c/--checkpoint, as pg_basebackup names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -13,6 +13,7 @@ use std::time::Duration;
 use crate::cli::{Args, Checkpoint};
 use crate::progress;
 use crate::replica::tablespace::Mapping;
+use crate::sys::files::SyncMethod;
 use crate::sys::ssh::SshTarget;
 use crate::transport::{DataChannel, TransportConfig, TransportKind};
 
@@ -103,6 +104,8 @@ pub struct CloneConfig {
     /// Verify data page checksums while copying (when the primary has them on).
     pub verify_checksums: bool,
     pub manifest: bool,
+    /// How finalize makes the copy durable (--sync-method, or what this kernel allows).
+    pub sync_method: SyncMethod,
     /// -R (or --start): make the copy a standby.
     pub recovery: Option<RecoveryConfig>,
     /// --create-slot.
@@ -245,6 +248,7 @@ impl CloneConfig {
             progress_interval: Duration::from_secs(args.progress_interval),
             verify_checksums: !args.no_verify_checksums,
             manifest: !args.no_manifest,
+            sync_method: args.sync_method.unwrap_or_else(SyncMethod::for_this_kernel),
             recovery,
             stream_slot: args.stream_slot.clone(),
             create_slot: args.create_slot.clone(),

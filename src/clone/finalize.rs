@@ -16,7 +16,7 @@ use crate::pg::backup_session::BackupEnd;
 use crate::pg::control_file::{self, CONTROL_FILE};
 use crate::pg::lsn::{history_file_name, Lsn, SegSize};
 use crate::replica::tablespace::{self, Mapping};
-use crate::sys::files;
+use crate::sys::files::{self, SyncMethod};
 use crate::transfer::Tablespace;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +49,8 @@ pub struct Finalize<'a> {
     /// Write backup_manifest: the primary's major (which decides the format version) and the checksums of the
     /// copied files.
     pub manifest: Option<(u32, Vec<FileSum>)>,
+    /// How the copy is made durable before pg_control goes in place.
+    pub sync: SyncMethod,
 }
 
 impl Finalize<'_> {
@@ -64,16 +66,20 @@ impl Finalize<'_> {
         if !self.end.tablespace_map.is_empty() {
             self.write_file("tablespace_map", &tablespace::rewrite_map(self.mappings, &self.end.tablespace_map))?;
         }
-        // One syncfs makes every copied file durable (the copy itself does not fsync), far faster than a
-        // per-file walk; PostgreSQL offers the same choice as recovery_init_sync_method = syncfs.
         if let Some((major, sums)) = &self.manifest {
             self.write_manifest(*major, sums, &control)?;
         }
-        // pg_wal (--replica-waldir) and tablespaces may live on other filesystems: sync those too.
+        // The copy itself does not fsync: one syncfs per filesystem makes every copied file durable, far faster
+        // than a per-file walk (PostgreSQL offers the same choice as recovery_init_sync_method), where the
+        // kernel reports write-back errors through it; else every file is fsynced (`SyncMethod`). pg_wal
+        // (--replica-waldir) and tablespaces may live on other filesystems: those too. With fsync the data
+        // directory's walk stops at pg_wal's link and goes on at its target.
         let dirs = [self.replica.to_path_buf(), self.replica.join("pg_wal")];
-        for dir in dirs.into_iter().chain(self.tablespaces.iter().map(|t| t.local.clone())) {
-            let f = File::open(&dir).at("opening", &dir)?;
-            rustix::fs::syncfs(&f).map_err(std::io::Error::from).at("syncing the filesystem of", &dir)?;
+        for dir in dirs.iter().chain(self.tablespaces.iter().map(|t| &t.local)) {
+            let pg_wal_is_in_the_walk = self.sync == SyncMethod::Fsync && *dir == dirs[1] && !dirs[1].is_symlink();
+            if !pg_wal_is_in_the_walk {
+                self.sync.sync(dir)?;
+            }
         }
         self.install_control(&control)?;
         let mode = if self.group_access { 0o750 } else { 0o700 };
@@ -215,6 +221,7 @@ mod tests {
             group_access: false,
             mappings: &[],
             manifest: None,
+            sync: SyncMethod::Fsync,
         }
     }
 

@@ -262,6 +262,7 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
         group_access: copied.plan.group_access,
         mappings: &config.tablespace_mapping,
         manifest: config.manifest.then_some((primary.major, copied.sums)),
+        sync: config.sync_method,
     }
     .run()?;
     timing.end("finalize");

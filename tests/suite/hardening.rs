@@ -540,3 +540,41 @@ fn links_named_like_the_files_a_clone_writes_never_lead_outside_the_replica() {
     assert!(fs::symlink_metadata(s.replica.join("standby.signal")).unwrap().is_file());
     s.assert_standby(&s.replica, "h_planted", None);
 }
+
+/// --sync-method fsync (the default on kernels before Linux 5.8, whose syncfs reports no write-back error): every
+/// copied file is fsynced, through no link, before pg_control goes in place, and syncfs is not used.
+#[test]
+fn sync_method_fsync_syncs_every_file_before_pg_control() {
+    let s = Setup::with_pgbench("h-fsync", 1);
+    let trace = s.lab.path().join("pgclone.strace");
+    let mut run = s.pgclone();
+    run.args(["--sync-method", "fsync"]);
+    run.strace = Some(trace.clone());
+    run.run().assert_success();
+    let replica = s.replica.to_string_lossy().into_owned();
+    let lines: Vec<String> = fs::read_to_string(&trace).unwrap().lines().map(str::to_string).collect();
+    let find =
+        |from: usize, what: &dyn Fn(&str) -> bool| lines.iter().skip(from).position(|l| what(l)).map(|i| i + from);
+    // pg_control is written under a temporary name, then renamed into place (rename is not traced).
+    let in_place = find(0, &|l| l.contains(&format!("\"{replica}/global/pg_control.pgclone-new\"")))
+        .expect("pg_control written");
+    for file in ["PG_VERSION", "backup_label", "pgbench_accounts"] {
+        let path = match file {
+            "pgbench_accounts" => s.replica.join(s.primary.psql("select pg_relation_filepath('pgbench_accounts')")),
+            f => s.replica.join(f),
+        };
+        let opened = find(0, &|l| {
+            l.contains("openat(")
+                && l.contains(&format!("\"{}\"", path.display()))
+                && l.contains("O_NOFOLLOW")
+                && !l.contains("O_CREAT")
+                && !l.contains("O_WRONLY")
+                && !l.contains("O_RDWR")
+        })
+        .unwrap_or_else(|| panic!("{file} opened to be synced"));
+        let fd = lines[opened].rsplit("= ").next().unwrap().trim().to_string();
+        let synced = find(opened, &|l| l.contains(&format!("fsync({fd})"))).expect("and fsynced");
+        assert!(synced < in_place, "{file} synced at line {synced}, pg_control in place at {in_place}");
+    }
+    assert!(!lines.iter().any(|l| l.contains("syncfs(")), "no syncfs with --sync-method fsync");
+}
