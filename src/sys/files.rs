@@ -97,7 +97,8 @@ fn fsync_tree(root: &Path) -> Result<(), IoAt> {
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(&dir).at("reading", &dir)? {
             let entry = entry.at("reading", &dir)?;
-            let (path, kind) = (entry.path(), entry.file_type().at("reading", &entry.path())?);
+            let path = entry.path();
+            let kind = entry.file_type().at("reading", &path)?;
             if kind.is_dir() {
                 dirs.push(path);
             } else if kind.is_file() {

@@ -556,8 +556,8 @@ fn sync_method_fsync_syncs_every_file_before_pg_control() {
     let find =
         |from: usize, what: &dyn Fn(&str) -> bool| lines.iter().skip(from).position(|l| what(l)).map(|i| i + from);
     // pg_control is written under a temporary name, then renamed into place (rename is not traced).
-    let in_place = find(0, &|l| l.contains(&format!("\"{replica}/global/pg_control.pgclone-new\"")))
-        .expect("pg_control written");
+    let in_place =
+        find(0, &|l| l.contains(&format!("\"{replica}/global/pg_control.pgclone-new\""))).expect("pg_control written");
     for file in ["PG_VERSION", "backup_label", "pgbench_accounts"] {
         let path = match file {
             "pgbench_accounts" => s.replica.join(s.primary.psql("select pg_relation_filepath('pgbench_accounts')")),
