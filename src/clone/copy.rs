@@ -30,9 +30,7 @@ pub struct Copy {
     pub start_lsn: Lsn,
 }
 
-/// For --check: what a copy would move, `(files, bytes)`, refused if it would not fit. The replica directory a
-/// clone would create has the room of its nearest existing parent; a re-sync reuses what is in place
-/// (`transfer::reusable`).
+/// For --check: what a copy would move, `(files, bytes)`, refused if it would not fit (`room`).
 pub fn check(
     config: &CloneConfig,
     transport: &dyn Transport,
@@ -40,13 +38,7 @@ pub fn check(
     resync: bool,
 ) -> Result<(u64, u64), CloneError> {
     let plan = plan(config, transport, primary)?;
-    let room = config.replica.ancestors().find(|d| d.exists()).unwrap_or(Path::new("/"));
-    let present = |(p, size): &(PathBuf, u64)| {
-        let meta = std::fs::symlink_metadata(config.replica.join(p)).ok().filter(std::fs::Metadata::is_file);
-        meta.map(|m| transfer::reusable(&m, *size))
-    };
-    let reused: u64 = if resync { plan.files.iter().filter_map(present).sum() } else { 0 };
-    transfer::check_space(&plan, room, reused, 8 * primary.seg.bytes())?;
+    room(config, &plan, primary, resync)?;
     Ok((plan.files.len() as u64, plan.total_bytes))
 }
 
@@ -60,6 +52,20 @@ pub fn plan(config: &CloneConfig, transport: &dyn Transport, primary: Primary) -
     tracing::debug!("listed the primary's data directory");
     transfer::check_tablespaces(&plan, &config.replica)?;
     Ok(plan)
+}
+
+/// Refuses, before anything here changes, a copy the replica's filesystem cannot hold (the sizes are the
+/// primary's word: a file larger than the free space is one clear error, not a full disk hours later). The
+/// replica directory a clone would create has the room of its nearest existing parent; a re-sync (`resync`)
+/// reuses what is in place (`transfer::reusable`).
+pub fn room(config: &CloneConfig, plan: &Plan, primary: Primary, resync: bool) -> Result<(), CloneError> {
+    let room = config.replica.ancestors().find(|d| d.exists()).unwrap_or(Path::new("/"));
+    let present = |(p, size): &(PathBuf, u64)| {
+        let meta = std::fs::symlink_metadata(config.replica.join(p)).ok().filter(std::fs::Metadata::is_file);
+        meta.map(|m| transfer::reusable(&m, *size))
+    };
+    let reused: u64 = if resync { plan.files.iter().filter_map(present).sum() } else { 0 };
+    Ok(transfer::check_space(plan, room, reused, 8 * primary.seg.bytes())?)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -8,7 +8,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{IoAt, IoContext};
 use crate::manifest::{self, FileSum};
@@ -56,7 +56,7 @@ pub struct Finalize<'a> {
 impl Finalize<'_> {
     /// Returns the number of WAL segments laid into pg_wal.
     pub fn run(&self) -> Result<u64, FinalizeError> {
-        let control = std::fs::read(self.control).at("reading", self.control)?;
+        let control = control_file::read(self.control).at("reading", self.control)?;
         let found = control_file::system_id(&control);
         if found != self.system_id {
             return Err(FinalizeError::ControlMismatch { found, expected: self.system_id });
@@ -124,12 +124,9 @@ impl Finalize<'_> {
         const LATE: [&str; 4] = ["backup_label", "tablespace_map", "postgresql.auto.conf", "standby.signal"];
         let mut files: Vec<FileSum> =
             scanned.iter().filter(|f| !LATE.iter().any(|l| f.path == Path::new(l))).cloned().collect();
-        for name in LATE {
-            let path = self.replica.join(name);
-            if let Ok(bytes) = std::fs::read(&path) {
-                files.push(manifest::sum_bytes(&path, name, &bytes));
-            }
-        }
+        // Read as the scan reads (the primary's postgresql.auto.conf can be of any size); missing ones skipped.
+        let late: Vec<PathBuf> = LATE.iter().map(PathBuf::from).collect();
+        files.extend(manifest::scan(self.replica, &late, None, 1)?.0);
         files.push(manifest::sum_bytes(self.control, CONTROL_FILE, control));
         files.sort_by(|a, b| a.path.cmp(&b.path));
         let header = manifest::Header {

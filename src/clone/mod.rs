@@ -222,6 +222,10 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
     confirm_live_pgdata(config, &*transport, dirs.run.path(), backup.start_lsn, primary)?;
     let resync = resync::choose(config, state, primary, &mut backup, &stream.history, surveyed);
     let plan = copy::plan(config, &*transport, primary)?;
+    // --drop-existing frees its room only when it clears the directory; the copy checks again after that.
+    if state != ReplicaState::Dropped {
+        copy::room(config, &plan, primary, existing)?;
+    }
     // The last check has passed: only now is anything in the replica directory changed.
     prepare_replica(config, state)?;
     timing.end("backup start");
@@ -390,7 +394,7 @@ fn confirm_live_pgdata(
 ) -> Result<(), CloneError> {
     let to = run_dir.join("pg_control.start");
     fetch_control(transport, &to, primary.major)?;
-    let control = std::fs::read(&to).at("reading", &to)?;
+    let control = control_file::read(&to).at("reading", &to)?;
     Ok(preflight::live_directory(&config.primary_pgdata, &config.host, &control, backup_start, primary.in_recovery)?)
 }
 
@@ -426,7 +430,7 @@ fn fetch_control(transport: &dyn Transport, to: &Path, major: u32) -> Result<(),
     const TRIES: u32 = 5;
     for attempt in 1..=TRIES {
         transport.fetch_file(Path::new(CONTROL_FILE), to)?;
-        if control_file::crc_ok(&std::fs::read(to).at("reading", to)?, major) {
+        if control_file::crc_ok(&control_file::read(to).at("reading", to)?, major) {
             return Ok(());
         }
         tracing::info!("the fetched pg_control failed its CRC check (a read during a rewrite); fetching it again");

@@ -221,7 +221,7 @@ pub fn replica_dir(replica: &Path, drop_existing: bool, home: Option<&Path>) -> 
     if !replica.join("global").is_dir() {
         return Err(PreflightError::NotEmpty(replica.to_path_buf()));
     }
-    match std::fs::read(replica.join(CONTROL_FILE)) {
+    match control_file::read(&replica.join(CONTROL_FILE)) {
         Ok(control) => Ok(ReplicaState::Cluster(control_file::system_id(&control))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ReplicaState::Unfinished),
         Err(e) => Err(IoAt::new("replica directory", replica.join(CONTROL_FILE), e).into()),
@@ -390,7 +390,7 @@ pub fn local_pgdata(pgdata: &Path) -> Result<u64, PreflightError> {
     if !pgdata.is_dir() {
         return Err(PgdataError::Missing { dir: pgdata.to_path_buf(), host, user }.into());
     }
-    std::fs::read(pgdata.join(CONTROL_FILE))
+    control_file::read(&pgdata.join(CONTROL_FILE))
         .map(|c| control_file::system_id(&c))
         .map_err(|_| PgdataError::NotData { dir: pgdata.to_path_buf(), host, user }.into())
 }

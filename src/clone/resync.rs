@@ -111,7 +111,7 @@ pub fn survey(
         return Err(format!("pgclone does not know PostgreSQL {}'s pg_control layout", primary.major));
     }
     let path = config.replica.join(CONTROL_FILE);
-    let control = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let control = control_file::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     if !control_file::crc_ok(&control, primary.major) {
         return Err("the replica's pg_control fails its CRC check".into());
     }

@@ -1,10 +1,24 @@
 //! Facts about `global/pg_control` (src/include/catalog/pg_control.h) that several phases rely on. Fields are in
 //! the byte order of the machine that wrote them; a physical replica always runs on the same architecture.
 
+use std::io::Read;
+use std::path::Path;
+
 use crate::pg::lsn::Lsn;
 
 /// Path of the control file inside a data directory (XLOG_CONTROL_FILE).
 pub const CONTROL_FILE: &str = "global/pg_control";
+
+/// PG_CONTROL_FILE_SIZE: the file is written as one 8 KiB block, of which ControlFileData is the start.
+pub const CONTROL_FILE_SIZE: u64 = 8192;
+
+/// The control file at `path`, at most its 8 KiB: whatever a stranger's directory holds under that name, no
+/// more is read into memory.
+pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(CONTROL_FILE_SIZE as usize);
+    crate::sys::files::open_read(path)?.take(CONTROL_FILE_SIZE).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
 
 /// The system identifier: the first field of ControlFileData, in the byte order of the machine that
 /// wrote it (a physical replica always runs on the same architecture).

@@ -6,7 +6,7 @@
 //! the replica knew.
 
 use std::collections::HashSet;
-use std::io;
+use std::io::{self, Read};
 use std::path::Path;
 
 use crate::pg::page_checksum::BLCKSZ;
@@ -20,6 +20,8 @@ const DATABASE_RELATION_ID: u32 = 1262;
 /// file, padded after the CRC) and 64 from 16 (524 bytes, measured on initdb's files of 15 to 18).
 const RELMAP_FILE: &str = "global/pg_filenode.map";
 const RELMAP_MAGIC: u32 = 0x0059_2717;
+/// More pg_database than a thousand databases need many times over; the heap is read whole.
+const MAX_HEAP: u64 = 64 << 20;
 
 /// MAX_MAPPINGS of a relation map file `len` bytes long.
 fn relmap_slots(len: usize) -> Option<usize> {
@@ -40,7 +42,8 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
 
 /// (OID, xmin) of every tuple (live or dead) in the pg_database heap of the stopped cluster at `datadir`.
 pub fn in_files(datadir: &Path) -> io::Result<HashSet<(u32, u32)>> {
-    let map = std::fs::read(datadir.join(RELMAP_FILE))?;
+    let mut map = Vec::new();
+    crate::sys::files::open_read(&datadir.join(RELMAP_FILE))?.take(1024).read_to_end(&mut map)?;
     let slots = relmap_slots(map.len())
         .filter(|n| {
             u32_at(&map, 0) == Some(RELMAP_MAGIC) && u32_at(&map, 8 + n * 8) == Some(crc32c::crc32c(&map[..8 + n * 8]))
@@ -53,8 +56,13 @@ pub fn in_files(datadir: &Path) -> io::Result<HashSet<(u32, u32)>> {
         .and_then(|(_, file)| file)
         .ok_or_else(|| invalid(format!("{RELMAP_FILE} does not map pg_database")))?;
     // pg_database is a few pages; a cluster with so many databases that it needs a second segment has
-    // more than 1 GiB of rows, which no check here is worth.
-    let heap = std::fs::read(datadir.join("global").join(file.to_string()))?;
+    // more than 1 GiB of rows, which no check here is worth. A larger heap than MAX_HEAP is refused unread.
+    let path = datadir.join("global").join(file.to_string());
+    let mut heap = Vec::new();
+    crate::sys::files::open_read(&path)?.take(MAX_HEAP + 1).read_to_end(&mut heap)?;
+    if heap.len() as u64 > MAX_HEAP {
+        return Err(invalid(format!("pg_database ({}) is larger than {} MiB", path.display(), MAX_HEAP >> 20)));
+    }
     Ok(heap.chunks_exact(BLCKSZ).flat_map(tuples).collect())
 }
 

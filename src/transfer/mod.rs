@@ -192,7 +192,7 @@ pub fn prune(plan: &Plan, dest: &Path) -> Result<(usize, u64), TransferError> {
 pub fn check_space(plan: &Plan, dest: &Path, reusable: u64, margin: u64) -> Result<(), TransferError> {
     let st = rustix::fs::statvfs(dest).map_err(std::io::Error::from).at("checking free space of", dest)?;
     let free = st.f_bavail * st.f_frsize;
-    let need = plan.total_bytes.saturating_sub(reusable) + margin;
+    let need = plan.total_bytes.saturating_sub(reusable).saturating_add(margin);
     if need > free {
         return Err(TransferError::NoSpace { dir: dest.to_path_buf(), need, free });
     }

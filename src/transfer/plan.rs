@@ -95,7 +95,12 @@ pub fn check_listing(entries: &[RemoteEntry]) -> Result<(), String> {
     let links: HashSet<&Path> =
         entries.iter().filter(|e| matches!(e.kind, EntryKind::Symlink(_))).map(|e| e.path.as_path()).collect();
     let mut seen: HashSet<&Path> = HashSet::with_capacity(entries.len());
+    let mut total: u64 = 0;
     for e in entries {
+        // Sizes are the primary's word: summed with a check, so that no total here wraps around.
+        total = total
+            .checked_add(e.size)
+            .ok_or_else(|| format!("the primary listed sizes that add up to more than {} bytes", u64::MAX))?;
         // A directory lists each name once: a second entry of one path would be written twice, perhaps as
         // two kinds (a file where a link was made).
         if !seen.insert(e.path.as_path()) {
@@ -257,6 +262,8 @@ mod tests {
         assert!(err.contains("beneath the symbolic link"), "{err}");
         let twice = [f("base/1", 8192), link("base/1", "/home/u/.ssh/authorized_keys")];
         assert!(check_listing(&twice).unwrap_err().contains("twice"));
+        let huge = [f("base/1", u64::MAX - 10), f("base/2", 11)];
+        assert!(check_listing(&huge).unwrap_err().contains("add up to more than"));
     }
 
     #[test]

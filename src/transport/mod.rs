@@ -187,6 +187,22 @@ pub struct RemoteEntry {
     pub mode: u32,
 }
 
+impl RemoteEntry {
+    /// About what the entry costs in memory: its paths and the fixed part (`LISTING_BUDGET`).
+    pub fn footprint(&self) -> u64 {
+        let target = match &self.kind {
+            EntryKind::Symlink(t) => t.as_os_str().len(),
+            _ => 0,
+        };
+        (std::mem::size_of::<RemoteEntry>() + self.path.as_os_str().len() + target) as u64
+    }
+}
+
+/// The most memory the primary's listing may take here: what a data directory of ten million files needs.
+/// A listing that grows past it (a stranger's endless answer) is refused as it arrives, before it exhausts
+/// this host's memory.
+pub const LISTING_BUDGET: u64 = 2 << 30;
+
 /// A unit of copy work: a whole file, or a byte range of one when the transport splits big files (so that a
 /// 1 GB relation segment is not one worker's job while the others idle) or a re-sync fetches changed blocks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -312,7 +328,8 @@ pub trait Transport: Sync {
     /// A copy worker: its own connection to the primary, used by one thread.
     fn worker(&self) -> Result<Box<dyn Worker + '_>, TransportError>;
 
-    /// Fetches one file (path relative to the primary's data directory) to the local path `to`.
+    /// Fetches one small file (pg_control; path relative to the primary's data directory) to the local path
+    /// `to`: at most its first MiB.
     fn fetch_file(&self, rel: &Path, to: &Path) -> Result<(), TransportError>;
 
     /// How the file data travels, as --json reports it: tls, ssh, tcp (clear text) or local (pipes).

@@ -24,7 +24,9 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::agent::PING_EVERY;
 use super::channel::{self, Halves};
 use super::protocol::{decompress_into, read_msg, write_msg, Codec, Msg, DATA_CHUNK, PROTOCOL_VERSION};
-use super::{push, Copied, DataChannel, How, Piece, RemoteEntry, Sink, Transport, TransportError, Worker};
+use super::{
+    push, Copied, DataChannel, How, Piece, RemoteEntry, Sink, Transport, TransportError, Worker, LISTING_BUDGET,
+};
 use crate::error::{IoAt, IoContext};
 use crate::replica::direct_io::{AlignedBuf, Target};
 use crate::sys::bandwidth::Budget;
@@ -36,6 +38,8 @@ use crate::sys::ssh::{last_line, quote, SshTarget};
 /// Delta granularity: PostgreSQL's page (BLCKSZ, 8 KiB), the unit in which relation files change, so a
 /// re-sync moves the changed pages and nothing around them. Their hashes are 1/1024 of the data.
 const DELTA_BLOCK: u32 = 8 << 10;
+/// `fetch_file` brings pg_control (8 KiB); no more of any file is asked for, or taken.
+const FETCH_FILE_MAX: u64 = 1 << 20;
 
 /// Where agents run.
 #[derive(Clone)]
@@ -331,10 +335,23 @@ impl Transport for NativeTransport {
     fn list(&self) -> Result<Vec<RemoteEntry>, TransportError> {
         let mut c = self.control()?;
         c.send(&Msg::List)?;
-        let mut out = Vec::new();
+        let (mut out, mut footprint) = (Vec::new(), 0);
         loop {
             match c.recv()? {
-                Msg::Entries(e) => out.extend(e),
+                Msg::Entries(e) => {
+                    footprint += e.iter().map(RemoteEntry::footprint).sum::<u64>();
+                    if footprint > LISTING_BUDGET {
+                        return Err(TransportError::List {
+                            dir: self.opts.pgdata.display().to_string(),
+                            reason: format!(
+                                "the listing exceeds {} MiB of memory after {} entries",
+                                LISTING_BUDGET >> 20,
+                                out.len() + e.len()
+                            ),
+                        });
+                    }
+                    out.extend(e)
+                }
                 Msg::ListDone => {
                     self.give_back_control(c);
                     return Ok(out);
@@ -358,13 +375,17 @@ impl Transport for NativeTransport {
 
     fn fetch_file(&self, rel: &Path, to: &Path) -> Result<(), TransportError> {
         let mut c = self.control()?;
-        c.send(&Msg::Read { id: 0, path: rel.into(), runs: vec![(0, u64::MAX / 2)], codec: Codec::None, level: 0 })?;
+        let runs = vec![(0, FETCH_FILE_MAX)];
+        c.send(&Msg::Read { id: 0, path: rel.into(), runs, codec: Codec::None, level: 0 })?;
         let f = File::create(to).at("creating", to)?;
         let mut raw = Vec::new();
         loop {
             match c.recv()? {
                 Msg::Data { offset, raw_len, raw_hash, codec, bytes, .. } => {
                     raw.resize(chunk_len(raw_len)?, 0);
+                    if offset.saturating_add(raw.len() as u64) > FETCH_FILE_MAX {
+                        return Err(TransportError::Agent(format!("{} sent past what was asked", rel.display())));
+                    }
                     decompress_into(codec, raw_hash, &bytes, &mut raw).map_err(io("checking fetched data"))?;
                     f.write_all_at(&raw, offset).at("writing", to)?;
                 }

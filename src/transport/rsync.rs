@@ -286,7 +286,8 @@ impl Transport for RsyncTransport {
     fn fetch_file(&self, rel: &Path, to: &Path) -> Result<(), TransportError> {
         let link = self.link()?;
         let mut cmd = self.rsync();
-        cmd.arg("--times").arg(format!("{}pgdata/{}", link.url, rel.display())).arg(to);
+        // Small files only (pg_control): rsync skips a larger one, and the caller finds it missing.
+        cmd.args(["--times", "--max-size=1m"]).arg(format!("{}pgdata/{}", link.url, rel.display())).arg(to);
         let (status, stderr) = run_rsync(cmd, None, &Cancel::default())?;
         if status.success() {
             Ok(())

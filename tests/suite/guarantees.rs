@@ -242,6 +242,7 @@ fn unknown_host_key_is_one_clear_line_and_insecure_ssh_gets_past_it() {
     assert_primary_clean(&s.lab, &s.primary);
 }
 
+/// A clone the replica's filesystem cannot hold is refused with one clear line, before anything changes.
 #[test]
 fn not_enough_space_is_one_clear_line() {
     if !root_or_skip("not_enough_space_is_one_clear_line", "mounting a small tmpfs needs root") {
@@ -258,6 +259,16 @@ fn not_enough_space_is_one_clear_line() {
         run_bounded(std::process::Command::new("df").arg("-h").arg(&small.path), Duration::from_secs(10)).stdout.trim()
     );
     assert_clean_after_error(&s.lab, &s.primary, &replica);
+
+    // A re-sync the filesystem cannot hold (the primary grew by more than the free room) is refused before
+    // anything in the replica changes: it still has its pg_control (before, it was removed first).
+    let roomy = Tmpfs::mount(&s.lab, "roomy", 256 << 20);
+    let mut run = s.pgclone();
+    run.replica_pgdata = roomy.path.join("replica");
+    run.run().assert_success();
+    s.primary.psql("create table big as select g, repeat('x', 200) as pad from generate_series(1, 600000) g");
+    run.run().assert_refused("not enough space for the clone in");
+    assert!(roomy.path.join("replica/global/pg_control").exists(), "the refused re-sync changed the replica");
 }
 
 #[test]
