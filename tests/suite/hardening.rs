@@ -330,6 +330,23 @@ fn file_vanishing_during_a_resync_is_removed_here() {
     s.assert_standby(&s.replica, "h_vanish", None);
 }
 
+/// The file-system calls of a successful run with `flags`, under strace, and a search in them: the index of
+/// the first line from `from` on that `what` accepts.
+#[allow(clippy::type_complexity)]
+fn traced(s: &Setup, flags: &[&str]) -> (Vec<String>, impl Fn(usize, &dyn Fn(&str) -> bool) -> Option<usize>) {
+    let trace = s.lab.path().join("pgclone.strace");
+    let mut run = s.pgclone();
+    run.args(flags);
+    run.strace = Some(trace.clone());
+    run.run().assert_success();
+    let lines: Vec<String> = fs::read_to_string(&trace).unwrap().lines().map(str::to_string).collect();
+    let shared = lines.clone();
+    let find = move |from: usize, what: &dyn Fn(&str) -> bool| {
+        shared.iter().skip(from).position(|l| what(l)).map(|i| i + from)
+    };
+    (lines, find)
+}
+
 /// A re-sync removes the old pg_control first, and that removal reaches the disk (its directory synced)
 /// before any file of the new copy is written: after a power loss mid-copy the directory must not start as
 /// the old cluster over half-new files. Watched with strace: unlink of global/pg_control, then fsync of
@@ -338,14 +355,8 @@ fn file_vanishing_during_a_resync_is_removed_here() {
 fn resync_makes_the_old_pg_control_gone_durably_before_writing() {
     let s = Setup::with_pgbench("h-durable", 1);
     s.pgclone().run().assert_success();
-    let trace = s.lab.path().join("pgclone.strace");
-    let mut run = s.pgclone();
-    run.strace = Some(trace.clone());
-    run.run().assert_success();
+    let (lines, find) = traced(&s, &[]);
     let replica = s.replica.to_string_lossy().into_owned();
-    let lines: Vec<String> = fs::read_to_string(&trace).unwrap().lines().map(str::to_string).collect();
-    let find =
-        |from: usize, what: &dyn Fn(&str) -> bool| lines.iter().skip(from).position(|l| what(l)).map(|i| i + from);
     let unlink = find(0, &|l| l.contains("unlink") && l.contains(&format!("\"{replica}/global/pg_control\"")))
         .expect("the re-sync removes the old pg_control");
     let open_global = find(unlink, &|l| l.contains("openat(") && l.contains(&format!("\"{replica}/global\"")))
@@ -546,15 +557,8 @@ fn links_named_like_the_files_a_clone_writes_never_lead_outside_the_replica() {
 #[test]
 fn sync_method_fsync_syncs_every_file_before_pg_control() {
     let s = Setup::with_pgbench("h-fsync", 1);
-    let trace = s.lab.path().join("pgclone.strace");
-    let mut run = s.pgclone();
-    run.args(["--sync-method", "fsync"]);
-    run.strace = Some(trace.clone());
-    run.run().assert_success();
+    let (lines, find) = traced(&s, &["--sync-method", "fsync"]);
     let replica = s.replica.to_string_lossy().into_owned();
-    let lines: Vec<String> = fs::read_to_string(&trace).unwrap().lines().map(str::to_string).collect();
-    let find =
-        |from: usize, what: &dyn Fn(&str) -> bool| lines.iter().skip(from).position(|l| what(l)).map(|i| i + from);
     // pg_control is written under a temporary name, then renamed into place (rename is not traced).
     let in_place =
         find(0, &|l| l.contains(&format!("\"{replica}/global/pg_control.pgclone-new\""))).expect("pg_control written");

@@ -296,28 +296,11 @@ impl Postgres {
     /// postgresql.auto.conf, primary_conninfo (with `application_name`), its own port and socket
     /// dir; then `pg_ctl start -w`.
     pub fn standby(lab: &Lab, data: &Path, primary: &Postgres, application_name: &str) -> Postgres {
-        let pg = Postgres {
-            lab: lab.clone(),
-            name: application_name.to_string(),
-            data: data.to_path_buf(),
-            port: free_port(),
-            log: lab.path().join(format!("{application_name}.log")),
-            install: primary.install.clone(),
-        };
-        lab.write(data.join("standby.signal"), "");
-        lab.append(
-            &data.join("postgresql.auto.conf"),
-            &format!(
-                "\n# pgclone test harness: run as a standby\n\
-                 primary_conninfo = 'host=127.0.0.1 port={} user={SUPERUSER} password={PASSWORD} application_name={application_name}'\n\
-                 listen_addresses = '127.0.0.1'\n\
-                 port = {}\n\
-                 unix_socket_directories = '{}'\n",
-                primary.port,
-                pg.port,
-                lab.path().display()
-            ),
+        let conninfo = format!(
+            "host=127.0.0.1 port={} user={SUPERUSER} password={PASSWORD} application_name={application_name}",
+            primary.port
         );
+        let pg = Self::as_standby(lab, data, primary, application_name, &conninfo);
         pg.pg_ctl(&["start"]);
         pg
     }
@@ -326,6 +309,20 @@ impl Postgres {
     /// what its pg_wal holds and waits for more, consistent or not, so pg_ctl does not wait for it to accept
     /// connections. Returns once its log says replay began.
     pub fn standby_alone(lab: &Lab, data: &Path, primary: &Postgres, name: &str) -> Postgres {
+        let pg = Self::as_standby(lab, data, primary, name, "");
+        let mut cmd = pg.install.cmd(lab, "pg_ctl");
+        cmd.args(["start", "-W", "-D"]).arg(data).arg("-l").arg(&pg.log);
+        run_bounded(&mut cmd, Duration::from_secs(60)).assert_success();
+        wait_for("replay to begin", Duration::from_secs(60), || match read_lossy(&pg.log).contains("redo starts at") {
+            true => Ok(()),
+            false => Err(log_tail(&pg.log)),
+        });
+        pg
+    }
+
+    /// The standby `name` the clone in `data` is to be, with the primary's binaries: standby.signal, and in
+    /// postgresql.auto.conf `conninfo`, its own port and socket directory. Not started.
+    fn as_standby(lab: &Lab, data: &Path, primary: &Postgres, name: &str, conninfo: &str) -> Postgres {
         let pg = Postgres {
             lab: lab.clone(),
             name: name.to_string(),
@@ -338,8 +335,8 @@ impl Postgres {
         lab.append(
             &data.join("postgresql.auto.conf"),
             &format!(
-                "\n# pgclone test harness: a standby with no upstream\n\
-                 primary_conninfo = ''\n\
+                "\n# pgclone test harness: run as a standby\n\
+                 primary_conninfo = '{conninfo}'\n\
                  listen_addresses = '127.0.0.1'\n\
                  port = {}\n\
                  unix_socket_directories = '{}'\n",
@@ -347,13 +344,6 @@ impl Postgres {
                 lab.path().display()
             ),
         );
-        let mut cmd = pg.install.cmd(lab, "pg_ctl");
-        cmd.args(["start", "-W", "-D"]).arg(data).arg("-l").arg(&pg.log);
-        run_bounded(&mut cmd, Duration::from_secs(60)).assert_success();
-        wait_for("replay to begin", Duration::from_secs(60), || match read_lossy(&pg.log).contains("redo starts at") {
-            true => Ok(()),
-            false => Err(log_tail(&pg.log)),
-        });
         pg
     }
 
