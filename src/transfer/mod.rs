@@ -110,10 +110,12 @@ pub fn lay_out(plan: &Plan, dest: &Path) -> Result<(), TransferError> {
         let path = dest.join(dir);
         match std::fs::DirBuilder::new().mode(*mode).create(&path) {
             Ok(()) => {}
-            // A directory, not a link to one (prune removed those): its mode is set below, and files go in it.
+            // A directory, not a link to one (prune removed those), but pg_wal's to --replica-waldir, which
+            // prepare made: its mode is set below, and files go in it.
             Err(e)
                 if e.kind() == std::io::ErrorKind::AlreadyExists
-                    && std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) => {}
+                    && (std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir())
+                        || (dir == Path::new("pg_wal") && path.is_dir())) => {}
             Err(e) => return Err(IoAt::new("creating directory", path, e).into()),
         }
         // An existing directory (a re-sync) gets the mode too.
