@@ -31,13 +31,35 @@ use crate::sys::proc::{heartbeat, holder_wait, OwnedChild};
 use crate::sys::ssh::{last_line, quote, Forward, SshTarget};
 
 /// The remote half. `$1` is the data directory, `$2` `ssh` (listen on the loopback, for port forwards) or `tcp`
-/// (listen on the address ssh reached, for our address only), `$3` the loop it waits in (`holder_wait`). Prints `PGCLONE-RSYNCD <addr> <port>
-/// [<tablespace oid>...]` once listening.
+/// (listen on the address ssh reached, for our address only), `$3` the loop it waits in (`holder_wait`), `$4` how
+/// many connections the run makes at most. Prints `PGCLONE-RSYNCD <addr> <port> [<tablespace oid>...]` once
+/// listening.
+///
+/// rsyncd.conf is line-based and expands `%VAR%` in values: a path written into it with a newline (or any control
+/// character) would add directives of its own (another module, `hosts allow`, `read only = no`), one with `%`
+/// would be rewritten. The data directory and every tablespace's target are refused with such characters
+/// (`conf_value`) rather than written; no quoting exists in that format. `max connections` (per module, counted
+/// in `lock file`) is what the run opens at most: a connection beyond that is nobody's of ours.
 const DAEMON_SCRIPT: &str = r#"
 set -u
 umask 077
-pgdata=$1 channel=$2 wait_in=$3
+pgdata=$1 channel=$2 wait_in=$3 connections=$4
 command -v rsync >/dev/null 2>&1 || { echo "rsync is not installed on the primary host" >&2; exit 11; }
+# A link's target, trailing newlines and all.
+target() { t=$(readlink -- "$1"; echo .); t=${t%?.}; }
+conf_value() {
+  case $2 in
+    *[[:cntrl:]%]*)
+      echo "$1 $(printf %s "$2" | tr '[:cntrl:]' '?') has a control character or % in its path, which rsyncd.conf cannot hold: use --transport native" >&2
+      exit 16;;
+  esac
+}
+conf_value "the data directory" "$pgdata"
+for l in "$pgdata"/pg_tblspc/*; do
+  [ -L "$l" ] || continue
+  target "$l"
+  conf_value "the directory of tablespace ${l##*/}," "$t"
+done
 dir=$(mktemp -d "${TMPDIR:-/tmp}/pgclone-rsyncd.XXXXXX") || exit 12
 # sshd runs the session in a process group of its own: on the way out, KILL the whole group (this shell
 # included, last), which takes the daemon and every per-connection child it forked, not just the listener. Not
@@ -62,6 +84,8 @@ cat > "$dir/rsyncd.conf" <<EOF
 $ids
 use chroot = no
 reverse lookup = no
+max connections = $connections
+lock file = $dir/lock
 [pgdata]
 path = $pgdata
 read only = yes
@@ -77,8 +101,9 @@ mods=
 for l in "$pgdata"/pg_tblspc/*; do
   [ -L "$l" ] || continue
   oid=${l##*/}
+  target "$l"
   printf '[ts_%s]\npath = %s\nread only = yes\ntimeout = 300\nlist = no\nauth users = pgclone\nsecrets file = %s\nhosts allow = %s\n' \
-    "$oid" "$(readlink -- "$l")" "$dir/secrets" "$client" >> "$dir/rsyncd.conf"
+    "$oid" "$t" "$dir/secrets" "$client" >> "$dir/rsyncd.conf"
   mods="$mods $oid"
 done
 tries=0
@@ -131,7 +156,8 @@ struct Link {
 
 impl RsyncTransport {
     /// Starts the daemon on the primary. `run_dir` is our private (0700) directory for the secret; `resync`: the
-    /// replica holds an earlier copy; `clear_text`: reach the daemon directly (--data-channel tcp).
+    /// replica holds an earlier copy; `clear_text`: reach the daemon directly (--data-channel tcp); `workers`: the
+    /// copy workers to come, which bound the daemon's connections.
     pub fn start(
         ssh: &SshTarget,
         pgdata: &Path,
@@ -139,6 +165,7 @@ impl RsyncTransport {
         budget: Option<Arc<Budget>>,
         resync: bool,
         clear_text: bool,
+        workers: usize,
     ) -> Result<RsyncTransport, TransportError> {
         let secret = random_secret()?;
         let password_file = run_dir.join("rsync.secret");
@@ -154,8 +181,10 @@ impl RsyncTransport {
         let stderr_path = run_dir.join("rsyncd-ssh.stderr");
         let stderr = std::fs::File::create(&stderr_path).at("creating", &stderr_path)?;
         let channel = if clear_text { "tcp" } else { "ssh" };
+        // Each worker keeps one rsync client running at a time; a single file fetched besides (pg_control) adds one.
+        let connections = workers.max(1) + 1;
         let remote = format!(
-            "sh -c {} pgclone-rsyncd {} {channel} {}",
+            "sh -c {} pgclone-rsyncd {} {channel} {} {connections}",
             quote(DAEMON_SCRIPT),
             quote(pgdata),
             quote(holder_wait())
@@ -366,13 +395,17 @@ fn tablespace_file(path: &Path) -> Option<(&str, PathBuf)> {
 impl RsyncWorker<'_> {
     fn copy_module(&self, module: &str, files: &[PathBuf], dest: &Path, cancel: &Cancel) -> Result<(), TransportError> {
         let mut cmd = self.transport.rsync();
-        // -lt: links, times; never owners (we are not root) nor devices, nor the primary's exact permissions: a
-        // new file gets the primary's bits masked by our umask, which the clone set to PostgreSQL's modes.
+        // -t: times; never owners (we are not root) nor devices, nor the primary's exact permissions: a new file
+        // gets the primary's bits masked by our umask, which the clone set to PostgreSQL's modes. Never links
+        // (no -l): every symlink of the copy is one the primary's listing showed, made by transfer::lay_out; a
+        // path the daemon sends as a symlink (changed on the primary since the listing, or a daemon that lies) is
+        // skipped ("skipping non-regular file") and counts as vanished. rsync 3.2.5+ also refuses names it did not
+        // ask for (its receiver checks them against --files-from).
         // --delete-missing-args: a listed file the primary dropped since the listing is no error (see
         // Copied::vanished), and a re-sync's old copy of it is deleted here.
         // --inplace: an interrupted copy leaves its partial file, the basis rsync's delta transfer resumes
         // from on a re-run; nothing can start from the directory meanwhile (no pg_control).
-        cmd.args(["-lt", "--inplace", "--files-from=-", "--from0", "--no-implied-dirs", "--delete-missing-args"])
+        cmd.args(["-t", "--inplace", "--files-from=-", "--from0", "--no-implied-dirs", "--delete-missing-args"])
             .arg(format!("{}{module}/", self.link.url))
             .arg(format!("{}/", dest.display()));
         let mut list = Vec::new();

@@ -55,3 +55,64 @@ fn a_short_or_changed_agent_copy_never_runs() {
         assert_clean_after_error(&lab, &primary, &replica);
     }
 }
+
+/// Item 12: the rsync transport creates no symlink but those the primary's listing planned, and its daemon admits
+/// no more connections than the run opens. A file the listing saw is replaced by a symlink on the primary while
+/// the copy runs: the replica must not get that symlink (rsync skips it; the file counts as vanished). Before,
+/// rsync ran with `-l` and made whatever link the daemon sent, and rsyncd.conf set no `max connections`.
+#[test]
+fn rsync_makes_no_symlink_the_listing_did_not_plan() {
+    let s = Setup::with_pgbench("t-rsync-links", 1);
+    let (big, swapped) = (s.primary.data.join("big.bin"), s.primary.data.join("swapped"));
+    fs::write(&big, vec![1u8; 16 << 20]).unwrap();
+    fs::write(&swapped, "a plain file when listed\n").unwrap();
+    s.lab.chown(&big);
+    s.lab.chown(&swapped);
+    let mut run = s.pgclone();
+    run.parallel = 2;
+    run.args(["--transport", "rsync"]);
+    // Largest first: the small file's batch comes seconds after the listing, at 4 MiB/s.
+    let running = run.spawn_slowly("4M");
+    fs::remove_file(&swapped).unwrap();
+    std::os::unix::fs::symlink("/etc", &swapped).unwrap();
+    let daemons = entries_starting_with(&s.lab.remote_tmpdir(), "pgclone-rsyncd.");
+    assert_eq!(daemons.len(), 1, "one rsync daemon's directory: {daemons:?}");
+    let conf = fs::read_to_string(daemons[0].join("rsyncd.conf")).unwrap();
+    // Two workers and pg_control's fetch.
+    assert!(conf.lines().any(|l| l == "max connections = 3"), "rsyncd.conf:\n{conf}");
+    let out = running.wait();
+    out.assert_success();
+    println!("{}", out.summary_line());
+    let landed = fs::symlink_metadata(s.replica.join("swapped"));
+    assert!(!landed.as_ref().is_ok_and(|m| m.is_symlink()), "the replica got the daemon's symlink: {landed:?}");
+    assert_eq!(fs::read(s.replica.join("big.bin")).unwrap().len(), 16 << 20);
+    assert_primary_clean(&s.lab, &s.primary);
+}
+
+/// Item 12: a path written into rsyncd.conf cannot add directives. A tablespace whose directory's name holds a
+/// newline and a directive of rsyncd.conf's is refused, in one line, before any daemon starts. Before, the
+/// directive landed in rsyncd.conf as a line of its own and the module's path was cut at the newline.
+#[test]
+fn rsyncd_conf_takes_no_directive_from_a_path() {
+    let lab = Lab::new("t-rsyncd-conf");
+    let primary = Postgres::primary(&lab, "primary", &[]);
+    let sshd = Sshd::start(&lab);
+    let ts = lab.path().join("ts\nlist = yes");
+    fs::create_dir(&ts).unwrap();
+    lab.chown(&ts);
+    primary.psql(&format!("create tablespace odd location E'{}'", ts.display().to_string().replace('\n', "\\n")));
+    primary.psql("create table in_odd (i int) tablespace odd; insert into in_odd values (1)");
+    let replica = lab.path().join("replica");
+    let mut run = Pgclone::new(&primary, &sshd, &replica);
+    let here = lab.path().join("ts-here");
+    run.args(["--transport", "rsync", "-T"]).arg(format!(
+        "{}={}",
+        ts.display().to_string().replace('=', "\\="),
+        here.display()
+    ));
+    let out = run.run();
+    let line = assert_one_error_line(&out);
+    assert!(line.contains("has a control character or % in its path") && line.contains("ts?list = yes"), "{line}");
+    println!("{line}");
+    assert_clean_after_error(&lab, &primary, &replica);
+}
