@@ -7,6 +7,7 @@ use crate::support::*;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::time::Duration;
 
 /// A `head` for the primary host's ssh sessions that, asked for the pgclone agent's bytes (`head -c SIZE`, SIZE
 /// of a binary), reads them all but writes instead a shell script that creates `ran` when it is executed:
@@ -115,4 +116,94 @@ fn rsyncd_conf_takes_no_directive_from_a_path() {
     assert!(line.contains("has a control character or % in its path") && line.contains("ts?list = yes"), "{line}");
     println!("{line}");
     assert_clean_after_error(&lab, &primary, &replica);
+}
+
+/// The TCP ports listening on this host that belong to processes of this lab's pgclone runs (pgclone itself and
+/// the ssh clients it starts), as `comm pid port`: /proc/net/tcp{,6} rows in state LISTEN (0A) whose socket is one
+/// of their open files.
+fn tcp_listeners_of_pgclone(lab: &Lab) -> Vec<String> {
+    let tag = format!("{}\0", lab.tag());
+    let mut inodes = std::collections::HashMap::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let p = entry.path();
+        let comm = fs::read_to_string(p.join("comm")).unwrap_or_default().trim().to_string();
+        let environ = fs::read(p.join("environ")).unwrap_or_default();
+        if !["pgclone", "ssh"].contains(&comm.as_str()) || !environ.windows(tag.len()).any(|w| w == tag.as_bytes()) {
+            continue;
+        }
+        for fd in fs::read_dir(p.join("fd")).into_iter().flatten().flatten() {
+            let link = fs::read_link(fd.path()).unwrap_or_default().display().to_string();
+            if let Some(inode) = link.strip_prefix("socket:[").and_then(|l| l.strip_suffix(']')) {
+                inodes.insert(inode.to_string(), format!("{comm} {}", entry.file_name().to_string_lossy()));
+            }
+        }
+    }
+    let mut found = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for row in fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
+            let f: Vec<&str> = row.split_whitespace().collect();
+            if f.len() > 9 && f[3] == "0A" {
+                if let Some(owner) = inodes.get(f[9]) {
+                    let port = u16::from_str_radix(f[1].rsplit(':').next().unwrap(), 16).unwrap();
+                    found.push(format!("{owner} port {port}"));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Item 9: local port forwards are private to the run. An rsync clone under --limit-net-bw with
+/// --bypass-rep-traffic: every forward (rsync's per worker, PostgreSQL's tunnel) and every bandwidth proxy listens
+/// on a Unix socket in the run's private directory (0700; no access for others), and neither pgclone nor its ssh
+/// clients listen on any TCP port. Before, each of them listened on a port of 127.0.0.1, which any local user
+/// could connect to and reach the primary's loopback through our ssh login.
+#[test]
+fn forwards_listen_only_on_sockets_in_the_run_directory() {
+    let s = Setup::with_pgbench("t-private-forwards", 1);
+    let big = s.primary.data.join("big.bin");
+    fs::write(&big, vec![1u8; 24 << 20]).unwrap();
+    s.lab.chown(&big);
+    let mut run = s.pgclone();
+    run.args(["--transport", "rsync", "--bypass-rep-traffic"]);
+    let running = run.spawn_slowly("4M");
+    let run_dirs = entries_starting_with(&s.lab.tmpdir(), "pgclone-");
+    assert_eq!(run_dirs.len(), 1, "{run_dirs:?}");
+    let dir_mode = fs::metadata(&run_dirs[0]).unwrap().permissions().mode() & 0o777;
+    assert_eq!(dir_mode, 0o700, "the run directory");
+    // The socket files in the run directory, as `name mode`.
+    let sockets = || {
+        let mut found = Vec::new();
+        for e in fs::read_dir(&run_dirs[0]).into_iter().flatten().flatten() {
+            let Ok(meta) = e.metadata() else { continue };
+            if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) {
+                found.push(format!("{} {:o}", e.file_name().to_string_lossy(), meta.permissions().mode() & 0o777));
+            }
+        }
+        found.sort();
+        found
+    };
+    // Two workers, each with its forward and proxy, besides the tunnel.
+    wait_for("every worker's forward and proxy", Duration::from_secs(20), || {
+        let listeners = tcp_listeners_of_pgclone(&s.lab);
+        assert!(listeners.is_empty(), "TCP ports of pgclone's: {listeners:?}");
+        let found = sockets();
+        let count = |end: &str| found.iter().filter(|n| n.split(' ').next().unwrap().ends_with(end)).count();
+        (count("-forward.sock") >= 2 && count("-limited.sock") >= 2)
+            .then_some(())
+            .ok_or(format!("sockets {found:?}, TCP ports {:?}", tcp_listeners_of_pgclone(&s.lab)))
+    });
+    let found = sockets();
+    println!("sockets in the run directory: {found:?}");
+    assert!(found.iter().any(|n| n.starts_with(&format!(".s.PGSQL.{} ", s.primary.port))), "the tunnel's: {found:?}");
+    for socket in &found {
+        let mode = u32::from_str_radix(socket.rsplit(' ').next().unwrap(), 8).unwrap();
+        assert_eq!(mode & 0o077, 0, "a socket others may use: {socket}");
+    }
+    let listeners = tcp_listeners_of_pgclone(&s.lab);
+    assert!(listeners.is_empty(), "TCP ports of pgclone's: {listeners:?}");
+    let out = running.wait();
+    out.assert_success();
+    println!("{}", out.summary_line());
+    assert_primary_clean(&s.lab, &s.primary);
 }
