@@ -179,7 +179,8 @@ pub fn check(config: &CloneConfig, cancel: &Cancel) -> Result<CheckReport, Clone
 /// acquired, so any early return (an error, a signal, a WAL stream that failed on its own thread) drops them in
 /// reverse: the transport's agents or rsync daemon end, the backup session closes (the server aborts a
 /// non-exclusive backup whose session ends), the WAL stream's connection closes and its temporary slot goes with
-/// it, the run directories are removed, the ssh tunnel ends, and the replica lock is released last.
+/// it, the ssh tunnel ends, the run directories (which held its socket) are removed, and the replica lock is
+/// released last.
 fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<Summary, CloneError> {
     let started = Instant::now();
     let mut timing = Phases::new();

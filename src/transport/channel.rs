@@ -470,10 +470,10 @@ mod tests {
 
     /// An agent-side listener on loopback whose connections echo what they read.
     fn echo_agent(tls: bool, token: [u8; TOKEN_LEN], streams: u32) -> Offer {
-        gated_echo_agent_tls(tls, token, streams, GATE)
+        gated_echo_agent(tls, token, streams, GATE)
     }
 
-    fn gated_echo_agent_tls(tls: bool, token: [u8; TOKEN_LEN], streams: u32, gate: Gate) -> Offer {
+    fn gated_echo_agent(tls: bool, token: [u8; TOKEN_LEN], streams: u32, gate: Gate) -> Offer {
         let ip = IpAddr::from([127, 0, 0, 1]);
         listen_gated(ip, tls, token, streams, gate, |(mut r, mut w)| {
             let mut buf = [0u8; 4096];
@@ -549,7 +549,7 @@ mod tests {
     #[test]
     fn a_trickling_stranger_is_cut_at_the_deadline() {
         let t = token().unwrap();
-        let offer = gated_echo_agent_tls(true, t, 1, Gate { deadline: Duration::from_secs(1), waiting: 16 });
+        let offer = gated_echo_agent(true, t, 1, Gate { deadline: Duration::from_secs(1), waiting: 16 });
         let mut stranger = TcpStream::connect(offer.addr).unwrap();
         let mut trickle = stranger.try_clone().unwrap();
         std::thread::spawn(move || {
@@ -573,7 +573,7 @@ mod tests {
     fn strangers_holding_the_handshake_are_capped_and_the_client_gets_through() {
         let t = token().unwrap();
         let gate = Gate { deadline: Duration::from_secs(30), waiting: 4 };
-        let offer = gated_echo_agent_tls(true, t, 2, gate);
+        let offer = gated_echo_agent(true, t, 2, gate);
         let mut strangers: Vec<TcpStream> = (0..10).map(|_| TcpStream::connect(offer.addr).unwrap()).collect();
         std::thread::sleep(Duration::from_millis(500));
         let since = Instant::now();
