@@ -322,6 +322,10 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
         args: Vec<String>,
     },
+    /// rsync's connect program (RSYNC_CONNECT_PROG) for the rsync transport: joins standard input and output to
+    /// the Unix socket of a forward to the primary's rsync daemon
+    #[command(hide = true)]
+    ConnectUnix { socket: PathBuf },
     /// Print the manual page (roff), made from these very flags, for packages (scripts/package.sh)
     #[command(hide = true)]
     Man,

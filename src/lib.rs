@@ -63,6 +63,7 @@ pub fn main() -> ExitCode {
     match &args.command {
         Some(cli::Command::Verify { dir }) => return verify(dir),
         Some(cli::Command::Agent { pgdata }) => return agent(pgdata),
+        Some(cli::Command::ConnectUnix { socket }) => return connect_unix(socket),
         Some(cli::Command::Man) => return print(|out| clap_mangen::Man::new(cli::Args::command()).render(out)),
         Some(cli::Command::Completions { shell }) => {
             return print(|out| {
@@ -155,6 +156,16 @@ fn agent(pgdata: &std::path::Path) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pgclone agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn connect_unix(socket: &std::path::Path) -> ExitCode {
+    match transport::rsync::connect_unix(socket) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgclone connect-unix: {}: {e}", socket.display());
             ExitCode::FAILURE
         }
     }

@@ -19,5 +19,6 @@ mod suite {
     mod preflight;
     mod resync;
     mod standby;
+    mod transport_trust;
     mod verification;
 }

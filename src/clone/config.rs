@@ -7,7 +7,7 @@
 //! pgclone needs for decisions of its own: the ssh host is PGHOST, a tunnel's far end is PGPORT.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cli::{Args, Checkpoint};
@@ -133,15 +133,23 @@ pub struct PgConfig {
 }
 
 impl PgConfig {
-    /// The connection keywords, with the local end of the tunnel in place of host and port when there is one.
-    pub fn params(&self, tunnel_port: Option<u16>) -> Vec<(&'static str, String)> {
+    /// The connection keywords, with the local end of the tunnel in place of host and port when there is one:
+    /// the directory of its Unix socket, which libpq finds there as `.s.PGSQL.<port>` of the port the tunnel
+    /// leads to. libpq does not ask for TLS on a Unix socket (ssh encrypts the tunnel), so the primary's
+    /// pg_hba.conf must let the role in from 127.0.0.1 by a `host` line, not only `hostssl`.
+    pub fn params(&self, tunnel_dir: Option<&Path>) -> Vec<(&'static str, String)> {
         let mut p = self.params.clone();
-        if let Some(port) = tunnel_port {
+        if let (Some(dir), Some(port)) = (tunnel_dir, self.tunnel_to) {
             p.retain(|(k, _)| *k != "host" && *k != "port");
             p.insert(0, ("port", port.to_string()));
-            p.insert(0, ("host", "127.0.0.1".into()));
+            p.insert(0, ("host", dir.display().to_string()));
         }
         p
+    }
+
+    /// With --bypass-rep-traffic, the tunnel's socket in `dir`, named as libpq looks for it there (see `params`).
+    pub fn tunnel_socket(&self, dir: &Path) -> Option<PathBuf> {
+        self.tunnel_to.map(|port| dir.join(format!(".s.PGSQL.{port}")))
     }
 }
 
@@ -428,9 +436,9 @@ mod tests {
         let c = resolve(&[&base[..], &["--pgport", "6000"]].concat(), &e).unwrap();
         assert_eq!(c.pg.tunnel_to, Some(6000));
         assert_eq!(
-            c.pg.params(Some(40000))[..2],
-            [("host", "127.0.0.1".to_string()), ("port", "40000".to_string())],
-            "through the tunnel's local end"
+            c.pg.params(Some(Path::new("/tmp/pgclone-x")))[..2],
+            [("host", "/tmp/pgclone-x".to_string()), ("port", "6000".to_string())],
+            "through the tunnel's socket, .s.PGSQL.6000 in the run directory"
         );
     }
 

@@ -161,8 +161,9 @@ pub struct CheckReport {
 /// open (the run directory under $TMPDIR, the WAL stream's temporary slot, the agent) ends with them.
 pub fn check(config: &CloneConfig, cancel: &Cancel) -> Result<CheckReport, CloneError> {
     preflight::not_root()?;
-    let Checked { tunnel: _tunnel, params, mut sql, primary, replica: state, system_id, .. } = preflight::run(config)?;
     let dirs = RunDirs::create(config)?;
+    let Checked { tunnel: _tunnel, params, mut sql, primary, replica: state, system_id, .. } =
+        preflight::run(config, dirs.run.path())?;
     preflight::wal_space(&dirs.streamed, primary.seg)?;
     let resync = matches!(state, ReplicaState::Unfinished | ReplicaState::Cluster(_));
     let connect = Connect {
@@ -184,17 +185,19 @@ pub fn check(config: &CloneConfig, cancel: &Cancel) -> Result<CheckReport, Clone
 /// acquired, so any early return (an error, a signal, a WAL stream that failed on its own thread) drops them in
 /// reverse: the transport's agents or rsync daemon end, the backup session closes (the server aborts a
 /// non-exclusive backup whose session ends), the WAL stream's connection closes and its temporary slot goes with
-/// it, the run directories are removed, the ssh tunnel ends, and the replica lock is released last.
+/// it, the ssh tunnel ends, the run directories (which held its socket) are removed, and the replica lock is
+/// released last.
 fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<Summary, CloneError> {
     let started = Instant::now();
     let mut timing = Phases::new();
 
+    // The run's private directory first: a --bypass-rep-traffic tunnel, opened by preflight, has its socket there.
+    let dirs = RunDirs::create(config)?;
     let Checked { tunnel: _tunnel, params, mut sql, primary, replica: state, system_id, pg_ctl, recovery } =
-        preflight::run(config)?;
+        preflight::run(config, dirs.run.path())?;
     cancel.check()?;
     timing.end("preflight");
 
-    let dirs = RunDirs::create(config)?;
     let streamed = dirs.streamed.clone();
     preflight::wal_space(&streamed, primary.seg)?;
     let existing = matches!(state, ReplicaState::Unfinished | ReplicaState::Cluster(_));

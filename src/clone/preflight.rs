@@ -102,8 +102,9 @@ pub struct Checked {
 }
 
 /// Every check before anything is written: the replica directories here, the primary over SQL, and (at the
-/// same time, as it is an ssh round trip) --primary-pgdata on the primary host.
-pub fn run(config: &CloneConfig) -> Result<Checked, CloneError> {
+/// same time, as it is an ssh round trip) --primary-pgdata on the primary host. `run_dir`: the run's private
+/// directory, where a --bypass-rep-traffic tunnel has its socket.
+pub fn run(config: &CloneConfig, run_dir: &Path) -> Result<Checked, CloneError> {
     let home = config.home.as_deref();
     let state = replica_dir(&config.replica, config.drop_existing, home)?;
     if let Some(w) = &config.replica_waldir {
@@ -117,7 +118,7 @@ pub fn run(config: &CloneConfig) -> Result<Checked, CloneError> {
     };
     let (checked, probed) = std::thread::scope(|s| {
         let probe = s.spawn(probe);
-        (check_primary(config), probe.join().expect("the probe does not panic"))
+        (check_primary(config, run_dir), probe.join().expect("the probe does not panic"))
     });
     let (tunnel, params, sql, primary, pg_ctl, recovery) = checked?;
     let system_id = probed?;
@@ -129,19 +130,19 @@ pub fn run(config: &CloneConfig) -> Result<Checked, CloneError> {
 
 type PrimaryChecked = (Option<Forward>, Vec<(&'static str, String)>, Conn, Primary, Option<PathBuf>, Option<Recovery>);
 
-fn check_primary(config: &CloneConfig) -> Result<PrimaryChecked, CloneError> {
-    let tunnel = match (config.pg.tunnel_to, &config.ssh) {
-        (Some(remote_port), Some(ssh)) => {
-            let f = ssh.forward(remote_port).map_err(PreflightError::from)?;
+fn check_primary(config: &CloneConfig, run_dir: &Path) -> Result<PrimaryChecked, CloneError> {
+    let tunnel = match (config.pg.tunnel_to, config.pg.tunnel_socket(run_dir), &config.ssh) {
+        (Some(remote_port), Some(socket), Some(ssh)) => {
+            let f = ssh.forward(&socket, remote_port).map_err(PreflightError::from)?;
             tracing::info!(
-                "PostgreSQL connections go through ssh: 127.0.0.1:{} -> primary's 127.0.0.1:{remote_port}",
-                f.port
+                "PostgreSQL connections go through ssh: {} -> primary's 127.0.0.1:{remote_port}",
+                f.socket.display()
             );
             Some(f)
         }
         _ => None,
     };
-    let params = config.pg.params(tunnel.as_ref().map(|f| f.port));
+    let params = config.pg.params(tunnel.as_ref().map(|_| run_dir));
     let mut sql_params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
     if let Some(db) = config.pg.sql_dbname {
         sql_params.push(("dbname", db));

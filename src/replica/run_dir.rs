@@ -13,7 +13,8 @@ use std::time::{Duration, SystemTime};
 const PREFIX: &str = "pgclone-";
 const KEPT: &str = "pgclone-kept-";
 
-/// A private (0700) directory for one run (streamed WAL, the rsync secret, the fetched pg_control),
+/// A private (0700) directory for one run (streamed WAL, the rsync secret, the fetched pg_control, the Unix
+/// sockets of ssh forwards and bandwidth proxies),
 /// removed when the run ends, however it ends.
 ///
 /// Drop removes it on every path Rust unwinds through. For the one it cannot (`kill -9`), a reaper

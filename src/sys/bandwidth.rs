@@ -5,7 +5,9 @@
 //! whoever is still moving gets the whole rate.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -61,18 +63,24 @@ impl Budget {
     }
 }
 
-/// A local TCP proxy to `target` whose server-to-client direction draws from `budget`: the way to hold
-/// programs we do not control (rsync) to one shared rate. Ends its listener when dropped; connections end
-/// when either side closes.
+/// Where a proxy's connections go: the rsync daemon itself (`--data-channel tcp`), or an ssh forward's socket.
+pub enum Target {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+/// A local proxy to `target` whose server-to-client direction draws from `budget`: the way to hold programs we
+/// do not control (rsync) to one shared rate. It listens on a Unix socket in the run's private directory, not
+/// on a port of 127.0.0.1 that any local user could reach (see `ssh::SshTarget::forward`). Ends its listener
+/// when dropped; connections end when either side closes.
 pub struct Proxy {
-    pub addr: SocketAddr,
+    pub socket: PathBuf,
     stop: Arc<AtomicBool>,
 }
 
 impl Proxy {
-    pub fn start(target: SocketAddr, budget: Arc<Budget>) -> std::io::Result<Proxy> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let addr = listener.local_addr()?;
+    pub fn start(socket: PathBuf, target: Target, budget: Arc<Budget>) -> std::io::Result<Proxy> {
+        let listener = UnixListener::bind(&socket)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         std::thread::Builder::new().name("bw-proxy".into()).spawn(move || {
@@ -81,13 +89,17 @@ impl Proxy {
                     break;
                 }
                 let Ok(client) = conn else { continue };
-                match TcpStream::connect(target) {
-                    Ok(server) => relay(client, server, budget.clone()),
-                    Err(e) => tracing::warn!("bandwidth proxy cannot reach {target}: {e}"),
+                let server = match &target {
+                    Target::Tcp(addr) => TcpStream::connect(addr).map(Stream::Tcp),
+                    Target::Unix(path) => UnixStream::connect(path).map(Stream::Unix),
+                };
+                match server {
+                    Ok(server) => relay(Stream::Unix(client), server, budget.clone()),
+                    Err(e) => tracing::warn!("bandwidth proxy cannot reach the rsync daemon: {e}"),
                 }
             }
         })?;
-        Ok(Proxy { addr, stop })
+        Ok(Proxy { socket, stop })
     }
 }
 
@@ -95,18 +107,63 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         // Wake the accept loop so that it sees the flag.
-        let _ = TcpStream::connect(self.addr);
+        let _ = UnixStream::connect(&self.socket);
+        let _ = std::fs::remove_file(&self.socket);
     }
 }
 
-fn relay(client: TcpStream, server: TcpStream, budget: Arc<Budget>) {
+/// One end of a relayed connection.
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn try_clone(&self) -> std::io::Result<Stream> {
+        match self {
+            Stream::Tcp(s) => s.try_clone().map(Stream::Tcp),
+            Stream::Unix(s) => s.try_clone().map(Stream::Unix),
+        }
+    }
+
+    fn shutdown(&self, how: Shutdown) {
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown(how),
+            Stream::Unix(s) => s.shutdown(how),
+        };
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn relay(client: Stream, server: Stream, budget: Arc<Budget>) {
     let pair = client.try_clone().and_then(|c| server.try_clone().map(|s| (c, s)));
     let Ok((client2, server2)) = pair else { return };
     std::thread::spawn(move || pump(client2, server2, None));
     std::thread::spawn(move || pump(server, client, Some(budget)));
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, budget: Option<Arc<Budget>>) {
+fn pump(mut from: Stream, mut to: Stream, budget: Option<Arc<Budget>>) {
     let mut buf = vec![0u8; 64 << 10];
     loop {
         let n = match from.read(&mut buf) {
@@ -120,8 +177,8 @@ fn pump(mut from: TcpStream, mut to: TcpStream, budget: Option<Arc<Budget>>) {
             break;
         }
     }
-    let _ = to.shutdown(Shutdown::Write);
-    let _ = from.shutdown(Shutdown::Read);
+    to.shutdown(Shutdown::Write);
+    from.shutdown(Shutdown::Read);
 }
 
 #[cfg(test)]
@@ -157,6 +214,7 @@ mod tests {
 
     #[test]
     fn proxy_relays_both_ways() {
+        use std::net::TcpListener;
         let server = TcpListener::bind("127.0.0.1:0").unwrap();
         let target = server.local_addr().unwrap();
         std::thread::spawn(move || {
@@ -165,8 +223,9 @@ mod tests {
             s.read_exact(&mut got).unwrap();
             s.write_all(&[got, got].concat()).unwrap();
         });
-        let proxy = Proxy::start(target, Budget::new(1 << 20)).unwrap();
-        let mut c = TcpStream::connect(proxy.addr).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let proxy = Proxy::start(dir.path().join("proxy.sock"), Target::Tcp(target), Budget::new(1 << 20)).unwrap();
+        let mut c = UnixStream::connect(&proxy.socket).unwrap();
         c.write_all(b"ping").unwrap();
         let mut back = Vec::new();
         c.read_to_end(&mut back).unwrap();

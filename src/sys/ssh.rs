@@ -2,7 +2,8 @@
 
 use std::ffi::OsString;
 use std::io::Write;
-use std::path::PathBuf;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -15,6 +16,8 @@ pub enum SshError {
     Connect { target: String, reason: String },
     #[error("could not run ssh: {0}")]
     Spawn(#[from] std::io::Error),
+    #[error("{} is too long for a Unix socket (108 bytes at most): set TMPDIR to a shorter directory", .0.display())]
+    SocketPath(PathBuf),
 }
 
 /// Where and how to reach the primary host.
@@ -123,43 +126,48 @@ impl SshTarget {
         }
     }
 
-    /// Forwards a local loopback port to `remote_port` on the primary host's loopback (--bypass-rep-traffic):
-    /// PostgreSQL traffic then rides the ssh connection, for primaries that accept only local connections.
-    /// The forward lives as long as the returned value.
-    pub fn forward(&self, remote_port: u16) -> Result<Forward, SshError> {
-        let mut last = String::new();
-        // The free port we pick may be taken before ssh binds it: then ssh exits and we try another.
-        for _ in 0..3 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            let mut cmd = self.options();
-            cmd.args(["-N", "-o", "ExitOnForwardFailure=yes", "-L"])
-                .arg(format!("127.0.0.1:{port}:127.0.0.1:{remote_port}"))
-                .arg("--")
-                .arg(&self.host)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped());
-            let mut child = OwnedChild::spawn(cmd, "ssh port forward")?;
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if let Some(status) = child.child_mut().try_wait()? {
-                    let mut err = Vec::new();
-                    if let Some(mut e) = child.child_mut().stderr.take() {
-                        let _ = std::io::Read::read_to_end(&mut e, &mut err);
-                    }
-                    if status.code() == Some(255) && !String::from_utf8_lossy(&err).contains("forwarding") {
-                        return Err(self.connect_error(&err));
-                    }
-                    last = last_line(&err);
-                    break;
-                }
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Ok(Forward { _child: child, port });
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+    /// Forwards the Unix socket `socket` here to `remote_port` on the primary host's loopback (the rsync daemon,
+    /// or PostgreSQL for --bypass-rep-traffic). A socket, not a port on 127.0.0.1: any local user can connect to
+    /// a loopback port, or bind it first when it is picked before ssh binds it, and would then ride our ssh login
+    /// to the primary or see what we send. ssh makes the socket 0600 (StreamLocalBindMask's default) in
+    /// `socket`'s directory, which must be the run's private one (0700). The forward lives as long as the
+    /// returned value.
+    pub fn forward(&self, socket: &Path, remote_port: u16) -> Result<Forward, SshError> {
+        // sun_path holds 108 bytes, the terminating NUL included.
+        if socket.as_os_str().len() > 107 {
+            return Err(SshError::SocketPath(socket.to_path_buf()));
         }
-        Err(SshError::Connect { target: self.describe(), reason: format!("port forward failed: {last}") })
+        let mut cmd = self.options();
+        cmd.args(["-N", "-o", "ExitOnForwardFailure=yes", "-L"])
+            .arg(format!("{}:127.0.0.1:{remote_port}", socket.display()))
+            .arg("--")
+            .arg(&self.host)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = OwnedChild::spawn(cmd, "ssh port forward")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = child.child_mut().try_wait()? {
+                let mut err = Vec::new();
+                if let Some(mut e) = child.child_mut().stderr.take() {
+                    let _ = std::io::Read::read_to_end(&mut e, &mut err);
+                }
+                if status.code() == Some(255) && !String::from_utf8_lossy(&err).contains("forwarding") {
+                    return Err(self.connect_error(&err));
+                }
+                break;
+            }
+            if UnixStream::connect(socket).is_ok() {
+                return Ok(Forward { _child: child, socket: socket.to_path_buf() });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut err = Vec::new();
+        if let Some(mut e) = child.child_mut().stderr.take() {
+            let _ = std::io::Read::read_to_end(&mut e, &mut err);
+        }
+        Err(SshError::Connect { target: self.describe(), reason: format!("port forward failed: {}", last_line(&err)) })
     }
 
     /// Runs `remote` to completion, feeding `input` on its standard input. ssh's own failures
@@ -202,10 +210,17 @@ fn gcm_first(list: &str) -> Option<String> {
     (!gcm.is_empty()).then(|| [gcm, rest].concat().join(","))
 }
 
-/// A local port forwarded to the primary host; the forward ends when this drops.
+/// A local Unix socket forwarded to the primary host; the forward ends when this drops, and the socket goes
+/// with it (ssh leaves it behind when killed).
 pub struct Forward {
     _child: OwnedChild,
-    pub port: u16,
+    pub socket: PathBuf,
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+    }
 }
 
 /// The last non-empty line of a program's stderr: where ssh, rsync and find put the reason.

@@ -10,7 +10,7 @@
 //! token, at most as many as the client announced, and closes its port once they are there.
 
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -27,8 +27,20 @@ const SERVER_NAME: &str = "pgclone-agent";
 const HANDSHAKE: Duration = Duration::from_secs(10);
 /// How long an agent keeps its port open for the connections the client announced.
 const ACCEPT_FOR: Duration = Duration::from_secs(60);
-/// Refused connections the agent reports (on its stderr, which the client reads only when the agent fails).
+/// Refused connections and failed accepts the agent reports (on its stderr, which the client reads only when
+/// the agent fails).
 const REFUSALS_TOLD: u32 = 5;
+/// The agent's port against strangers: the whole handshake and token within HANDSHAKE from the accept (a
+/// deadline, which a peer that trickles a byte now and then cannot push back as it could a timeout per read),
+/// and at most 16 connections in the handshake at once, each a thread and a few descriptors; one more ends the
+/// oldest, so a stranger who opens many and holds them gives way to the client's, which take milliseconds.
+const GATE: Gate = Gate { deadline: HANDSHAKE, waiting: 16 };
+/// After an accept that failed for want of a resource (EMFILE, ENOBUFS) or for a peer gone before it was
+/// accepted (ECONNABORTED): wait this long, and keep listening.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Tries of one data connection on the client's side before it gives up on it: a connection a stranger's crowd
+/// pushed out of the agent's handshake, or one cut on the way, gets another chance.
+const TRIES: u32 = 3;
 
 pub type Halves = (Box<dyn Read + Send>, Box<dyn Write + Send>);
 
@@ -85,6 +97,69 @@ pub fn listen(
     streams: u32,
     serve: impl Fn(Halves) + Send + Sync + 'static,
 ) -> io::Result<Offer> {
+    listen_gated(ip, tls, token, streams, GATE, serve)
+}
+
+/// What a listener allows connections that have not proven themselves yet (see GATE).
+#[derive(Clone, Copy)]
+struct Gate {
+    /// From the accept to the token checked.
+    deadline: Duration,
+    /// Connections between the accept and the token checked, at most.
+    waiting: usize,
+}
+
+/// The connections in the handshake, oldest first: the accept loop ends those past the deadline, and the
+/// oldest when one more comes than the gate allows, by shutting their socket down, which fails whatever
+/// read or write their admitting thread is blocked in.
+#[derive(Default)]
+struct Waiting(Mutex<Vec<(u64, Instant, TcpStream)>>);
+
+impl Waiting {
+    fn lock(&self) -> MutexGuard<'_, Vec<(u64, Instant, TcpStream)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Enters connection `id`; ends the oldest one if there are already `gate.waiting`.
+    fn enter(&self, id: u64, sock: TcpStream, gate: Gate) {
+        let mut waiting = self.lock();
+        if waiting.len() >= gate.waiting {
+            let (_, _, oldest) = waiting.remove(0);
+            let _ = oldest.shutdown(Shutdown::Both);
+        }
+        waiting.push((id, Instant::now(), sock));
+    }
+
+    /// Connection `id` is done with its handshake: whether it was still waiting (not ended meanwhile).
+    fn leave(&self, id: u64) -> bool {
+        let mut waiting = self.lock();
+        let before = waiting.len();
+        waiting.retain(|(i, _, _)| *i != id);
+        waiting.len() < before
+    }
+
+    /// Ends the connections past the deadline; whether any are left waiting.
+    fn reap(&self, gate: Gate) -> bool {
+        let mut waiting = self.lock();
+        waiting.retain(|(_, since, sock)| {
+            let late = since.elapsed() >= gate.deadline;
+            if late {
+                let _ = sock.shutdown(Shutdown::Both);
+            }
+            !late
+        });
+        !waiting.is_empty()
+    }
+}
+
+fn listen_gated(
+    ip: IpAddr,
+    tls: bool,
+    token: [u8; TOKEN_LEN],
+    streams: u32,
+    gate: Gate,
+    serve: impl Fn(Halves) + Send + Sync + 'static,
+) -> io::Result<Offer> {
     let listener = TcpListener::bind((ip, 0))?;
     let addr = listener.local_addr()?;
     let (config, cert) = if tls {
@@ -105,20 +180,42 @@ pub fn listen(
     };
     listener.set_nonblocking(true)?;
     let (serve, accepted, refused) = (Arc::new(serve), Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let waiting = Arc::new(Waiting::default());
     std::thread::spawn(move || {
         let until = Instant::now() + ACCEPT_FOR;
+        let mut id = 0;
         while accepted.load(Ordering::SeqCst) < streams && Instant::now() < until {
-            let (sock, peer) = match listener.accept() {
-                Ok(s) => s,
+            waiting.reap(gate);
+            let (sock, peer) = match listener.accept().and_then(|(s, peer)| Ok((s.try_clone()?, s, peer))) {
+                Ok((watched, sock, peer)) => {
+                    id += 1;
+                    waiting.enter(id, watched, gate);
+                    (sock, peer)
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     std::thread::sleep(Duration::from_millis(20));
                     continue;
                 }
-                Err(e) => return eprintln!("pgclone agent: accepting data connections failed: {e}"),
+                // The listener itself is fine: a failed accept is this one connection's, or a shortage that passes.
+                Err(e) => {
+                    if refused.fetch_add(1, Ordering::SeqCst) < REFUSALS_TOLD {
+                        eprintln!("pgclone agent: accepting a data connection failed: {e}; listening on");
+                    }
+                    std::thread::sleep(ACCEPT_BACKOFF);
+                    continue;
+                }
             };
-            let (config, serve, accepted, refused) = (config.clone(), serve.clone(), accepted.clone(), refused.clone());
+            let (config, serve, accepted, refused, waiting) =
+                (config.clone(), serve.clone(), accepted.clone(), refused.clone(), waiting.clone());
             std::thread::spawn(move || {
-                let admitted = admit(sock, config, &token).and_then(|halves| {
+                let admitted = admit(sock, config, &token);
+                let admitted = match waiting.leave(id) {
+                    true => admitted,
+                    false => {
+                        Err(io::Error::new(io::ErrorKind::TimedOut, "no token within the deadline, or crowded out"))
+                    }
+                };
+                let admitted = admitted.and_then(|halves| {
                     // Counted only once proven: a stranger's connection never takes a worker's place.
                     match accepted.fetch_add(1, Ordering::SeqCst) < streams {
                         true => Ok(halves),
@@ -134,17 +231,20 @@ pub fn listen(
                 }
             });
         }
-        // The listener closes here: the port is gone once every announced connection came.
+        // The listener closes here: the port is gone once every announced connection came. Handshakes under way
+        // keep their deadline.
+        drop(listener);
+        while waiting.reap(gate) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     });
     Ok(Offer { addr, cert })
 }
 
-/// Handshake (if TLS) and token check of one accepted connection, within HANDSHAKE.
+/// Handshake (if TLS) and token check of one accepted connection; the accept loop ends it at the gate's deadline.
 fn admit(sock: TcpStream, config: Option<Arc<ServerConfig>>, token: &[u8; TOKEN_LEN]) -> io::Result<Halves> {
     sock.set_nonblocking(false)?;
     keep_alive(&sock)?;
-    sock.set_read_timeout(Some(HANDSHAKE))?;
-    sock.set_write_timeout(Some(HANDSHAKE))?;
     let (mut r, w): Halves = match config {
         Some(config) => {
             let conn = ServerConnection::new(config).map_err(tls_error)?;
@@ -158,8 +258,6 @@ fn admit(sock: TcpStream, config: Option<Arc<ServerConfig>>, token: &[u8; TOKEN_
     if presented.iter().zip(token).fold(0u8, |acc, (a, b)| acc | (a ^ b)) != 0 {
         return Err(io::Error::new(io::ErrorKind::PermissionDenied, "wrong token"));
     }
-    sock.set_read_timeout(None)?;
-    sock.set_write_timeout(None)?;
     Ok((r, w))
 }
 
@@ -190,6 +288,25 @@ pub fn connect(offer: &Offer, token: &[u8; TOKEN_LEN], connect_timeout: Duration
     sock.set_read_timeout(None)?;
     sock.set_write_timeout(None)?;
     Ok((r, w))
+}
+
+/// `connect`, tried up to TRIES times while the port is there but the connection fails on the way (cut, or
+/// crowded out of the agent's handshake by strangers); a port that cannot be reached or refuses at once is not
+/// tried again: that does not pass in a second.
+pub fn connect_tried(offer: &Offer, token: &[u8; TOKEN_LEN], connect_timeout: Duration) -> io::Result<Halves> {
+    let mut tried = 1;
+    loop {
+        match connect(offer, token, connect_timeout) {
+            Err(e)
+                if tried < TRIES && !matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::ConnectionRefused) =>
+            {
+                tracing::debug!("data connection to {} failed ({e}); trying again", offer.addr);
+                std::thread::sleep(Duration::from_millis(100 << tried));
+                tried += 1;
+            }
+            done => return done,
+        }
+    }
 }
 
 /// A peer that vanishes without a word (a cut link, a powered-off host) is noticed by TCP itself: probes after
@@ -353,8 +470,12 @@ mod tests {
 
     /// An agent-side listener on loopback whose connections echo what they read.
     fn echo_agent(tls: bool, token: [u8; TOKEN_LEN], streams: u32) -> Offer {
+        gated_echo_agent(tls, token, streams, GATE)
+    }
+
+    fn gated_echo_agent(tls: bool, token: [u8; TOKEN_LEN], streams: u32, gate: Gate) -> Offer {
         let ip = IpAddr::from([127, 0, 0, 1]);
-        listen(ip, tls, token, streams, |(mut r, mut w)| {
+        listen_gated(ip, tls, token, streams, gate, |(mut r, mut w)| {
             let mut buf = [0u8; 4096];
             while let Ok(n @ 1..) = r.read(&mut buf) {
                 if w.write_all(&buf[..n]).and_then(|()| w.flush()).is_err() {
@@ -406,5 +527,90 @@ mod tests {
         let e = echoes(&impostor, &t).unwrap_err();
         assert!(e.to_string().contains("certificate"), "{e}");
         echoes(&offer, &t).unwrap();
+    }
+
+    /// Whether the agent ended `sock` (end of file or reset) within `within`.
+    fn cut_within(sock: &mut TcpStream, within: Duration) -> bool {
+        sock.set_read_timeout(Some(within)).unwrap();
+        let mut buf = [0u8; 64];
+        loop {
+            match sock.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return false,
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// A stranger that keeps the TLS handshake going with a byte every 200 ms (the start of a record it never
+    /// finishes) is cut at the deadline, which no trickle pushes back; before, each byte restarted a 10 s read
+    /// timeout, and the connection (a thread, descriptors) was held for as long as the stranger liked.
+    #[test]
+    fn a_trickling_stranger_is_cut_at_the_deadline() {
+        let t = token().unwrap();
+        let offer = gated_echo_agent(true, t, 1, Gate { deadline: Duration::from_secs(1), waiting: 16 });
+        let mut stranger = TcpStream::connect(offer.addr).unwrap();
+        let mut trickle = stranger.try_clone().unwrap();
+        std::thread::spawn(move || {
+            for b in [0x16u8, 3, 1, 0x40, 0].into_iter().chain(std::iter::repeat(0)) {
+                if trickle.write_all(&[b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        let since = Instant::now();
+        assert!(cut_within(&mut stranger, Duration::from_secs(4)), "the stranger was not cut");
+        assert!(since.elapsed() < Duration::from_secs(3), "cut after {:?}", since.elapsed());
+        echoes(&offer, &t).unwrap();
+    }
+
+    /// Strangers that open more connections than the gate allows and hold them silent: the oldest are ended, at
+    /// most `waiting` stay in the handshake, and the client's connections still get through at once. Before,
+    /// every one was held (a thread each) until its read timed out.
+    #[test]
+    fn strangers_holding_the_handshake_are_capped_and_the_client_gets_through() {
+        let t = token().unwrap();
+        let gate = Gate { deadline: Duration::from_secs(30), waiting: 4 };
+        let offer = gated_echo_agent(true, t, 2, gate);
+        let mut strangers: Vec<TcpStream> = (0..10).map(|_| TcpStream::connect(offer.addr).unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(500));
+        let since = Instant::now();
+        echoes(&offer, &t).unwrap();
+        echoes(&offer, &t).unwrap();
+        assert!(since.elapsed() < Duration::from_secs(3), "the client waited {:?}", since.elapsed());
+        let held = strangers.iter_mut().map(|s| cut_within(s, Duration::from_millis(300))).filter(|cut| !cut).count();
+        assert!(held <= gate.waiting, "{held} strangers still in the handshake");
+    }
+
+    /// A data connection cut on the way (here by a relay that drops the first two connections it gets) is tried
+    /// again; a single try fails. Before, the clone failed with it.
+    #[test]
+    fn a_data_connection_cut_on_the_way_is_tried_again() {
+        let t = token().unwrap();
+        let offer = echo_agent(true, t, 2);
+        let relay = TcpListener::bind("127.0.0.1:0").unwrap();
+        let via = Offer { addr: relay.local_addr().unwrap(), cert: offer.cert.clone() };
+        let agent = offer.addr;
+        std::thread::spawn(move || {
+            for (n, conn) in relay.incoming().enumerate() {
+                let Ok(client) = conn else { return };
+                if n < 2 {
+                    continue; // dropped: the client sees its connection end in the handshake
+                }
+                let server = TcpStream::connect(agent).unwrap();
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut c, mut s) = (client, server);
+                std::thread::spawn(move || io::copy(&mut c2, &mut s2));
+                std::thread::spawn(move || io::copy(&mut s, &mut c));
+            }
+        });
+        assert!(connect(&via, &t, Duration::from_secs(2)).is_err(), "the relay's first connection is dropped");
+        let (mut r, mut w) = connect_tried(&via, &t, Duration::from_secs(2)).unwrap();
+        w.write_all(b"ping").and_then(|()| w.flush()).unwrap();
+        let mut back = [0u8; 4];
+        r.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"ping");
     }
 }

@@ -160,7 +160,7 @@ pub fn open(
         })
     };
     let clear_text = config.data_channel == DataChannel::Tcp;
-    let rsync = |ssh| RsyncTransport::start(ssh, pgdata, run_dir, budget.clone(), resync, clear_text);
+    let rsync = |ssh| RsyncTransport::start(ssh, pgdata, run_dir, budget.clone(), resync, clear_text, config.workers);
     Ok(match (config.kind, &config.ssh) {
         (TransportKind::Native | TransportKind::Auto, _) => Box::new(native()?),
         (TransportKind::Rsync, None) => return Err(TransportError::RsyncNeedsSsh),

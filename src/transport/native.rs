@@ -237,12 +237,14 @@ impl NativeTransport {
             (Launch::Ssh { channel: DataChannel::Tcp, .. }, Some(_)) => "tcp",
             (Launch::Ssh { .. }, Some(_)) => "tls",
         };
-        let (starting, more) = match direct {
+        let (mut starting, more) = match direct {
             Some(conns) => (conns, None),
-            // Each ssh connection costs a key exchange and a login: all start now, at once, rather than one after
-            // the other or only when the copy begins.
-            None => ((0..workers).map(|_| AgentConn::spawn(&opts, &bin)).collect::<Result<_, _>>()?, Some(bin)),
+            None => (Vec::new(), Some(bin.clone())),
         };
+        // The workers without a direct connection: each ssh connection costs a key exchange and a login, so all
+        // start now, at once, rather than one after the other or only when the copy begins.
+        let over_ssh = workers - starting.len();
+        starting.extend((0..over_ssh).map(|_| AgentConn::spawn(&opts, &bin)).collect::<Result<Vec<_>, _>>()?);
         let (control, idle, starting) =
             (Arc::new(Mutex::new(vec![control])), Arc::default(), Arc::new(Mutex::new(starting)));
         let _pinger = pinger(vec![control.clone(), Arc::clone(&idle), starting.clone()]);
@@ -289,9 +291,11 @@ impl Drop for NativeTransport {
     }
 }
 
-/// Opens `workers` direct data connections to the control agent for `channel`, or None for ssh connections of
-/// their own (`--data-channel ssh`, or `auto` when the agent's port cannot be reached from here: a firewall
-/// between the hosts, or an ssh connection through a jump host to an address only it can route to).
+/// Opens up to `workers` direct data connections to the control agent for `channel`, or None for ssh connections
+/// of their own (`--data-channel ssh`, or `auto` when the agent's port cannot be reached from here: a firewall
+/// between the hosts, or an ssh connection through a jump host to an address only it can route to). Once the
+/// first has come through, one that still fails after its tries (`channel::connect_tried`) does not fail the
+/// clone: the connections made so far are returned, and the workers without one move their data over ssh.
 fn data_channel(
     control: &mut AgentConn,
     channel: DataChannel,
@@ -309,7 +313,7 @@ fn data_channel(
         Msg::Error { message, .. } => Err(message),
         other => return Err(TransportError::Agent(format!("unexpected answer {other:?}"))),
     };
-    let reached = offer.and_then(|offer| match channel::connect(&offer, &token, REACH_TIMEOUT) {
+    let reached = offer.and_then(|offer| match channel::connect_tried(&offer, &token, REACH_TIMEOUT) {
         Ok(first) => Ok((offer, first)),
         Err(e) => Err(format!("{}: {e}", offer.addr)),
     });
@@ -322,12 +326,26 @@ fn data_channel(
         Err(why) => return Err(TransportError::DataChannel(why)),
     };
     let mut conns = vec![AgentConn::over(first, None)];
-    for _ in 1..workers {
-        let halves = channel::connect(&offer, &token, REACH_TIMEOUT)
-            .map_err(|e| TransportError::DataChannel(format!("{}: {e}", offer.addr)))?;
-        conns.push(AgentConn::over(halves, None));
+    for n in 1..workers {
+        match channel::connect_tried(&offer, &token, REACH_TIMEOUT) {
+            Ok(halves) => conns.push(AgentConn::over(halves, None)),
+            Err(e) => {
+                tracing::warn!(
+                    "data connection {} of {workers} to {} failed ({e}); {} worker(s) move their data over ssh",
+                    n + 1,
+                    offer.addr,
+                    workers - n
+                );
+                break;
+            }
+        }
     }
-    tracing::debug!("{workers} data connections to {} ({})", offer.addr, if tls { "TLS 1.3" } else { "clear text" });
+    tracing::debug!(
+        "{} data connections to {} ({})",
+        conns.len(),
+        offer.addr,
+        if tls { "TLS 1.3" } else { "clear text" }
+    );
     Ok(Some(conns))
 }
 

@@ -5,11 +5,13 @@
 //!
 //! One ssh session (the run's only ssh login) does it all: its shell reads the system identifier of the data
 //! directory (preflight's check), makes the directory (0700, under the session's $TMPDIR), reads the binary from
-//! standard input, prints its SHA-256 for us to compare with what we sent, then runs it as the run's control
-//! agent on the rest of its input. With --remote-pgclone the same session runs the installed agent instead. The
-//! agent ends when that input ends (we close it, pgclone dies and the kernel closes the pipe, or the link drops
-//! and sshd closes the session) or when it has heard nothing from us for a minute (a link cut for good); the
-//! shell then removes the directory.
+//! standard input, and runs it as the run's control agent on the rest of its input only once the copy has the
+//! size and the SHA-256 we passed on its command line: the verdict is the primary's own, taken before exec, so a
+//! copy cut short (a link that dropped, a full $TMPDIR) or changed on the way never runs, not even for the moment
+//! it would take us to read a checksum and object. With --remote-pgclone the same session runs the installed
+//! agent instead. The agent ends when that input ends (we close it, pgclone dies and the kernel closes the pipe,
+//! or the link drops and sshd closes the session) or when it has heard nothing from us for a minute (a link cut
+//! for good); the shell then removes the directory.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -23,11 +25,13 @@ use crate::sys::proc::OwnedChild;
 use crate::sys::ssh::{last_line, quote, SshTarget};
 
 /// The remote half. `$1` is the size in bytes of the binary we send, `$2` the data directory, `$3` an installed
-/// agent (--remote-pgclone), or empty to bring ours. First reads the system identifier of `$2` (preflight's
-/// check, in this same login). With an installed agent it prints that and becomes the agent; else it prints
-/// `<system id> <machine> <dir>`, then, once the binary is in `<dir>/pgclone-agent`, its SHA-256; then the agent
-/// speaks. `head -c` reads no further than the binary, and we send nothing more before the checksum line: the
-/// agent's input starts with our first request.
+/// agent (--remote-pgclone), or empty to bring ours, `$4` the SHA-256 (hex) of the binary we send. First reads
+/// the system identifier of `$2` (preflight's check, in this same login). With an installed agent it prints that
+/// and becomes the agent; else it prints `<system id> <machine> <dir>`, then, once the binary is in
+/// `<dir>/pgclone-agent` and has `$1` bytes and the SHA-256 `$4`, `verified <sha-256>`; then the agent speaks. A
+/// copy of another size exits SHORT_COPY, of another SHA-256 BAD_COPY, each with its reason on stderr, and the
+/// binary is not run. `head -c` reads no further than the binary, and we send nothing more before the verdict:
+/// the agent's input starts with our first request.
 fn agent_script() -> String {
     format!(
         r#"set -u
@@ -39,12 +43,22 @@ trap 'rm -rf "$dir"' EXIT
 trap 'exit 1' HUP INT TERM PIPE
 echo "$system $(uname -m) $dir"
 head -c "$1" > "$dir/pgclone-agent" || exit 13
+got=$(wc -c < "$dir/pgclone-agent") || exit 14
+if [ "$got" -ne "$1" ]; then echo "received $got of $1 bytes" >&2; exit {SHORT_COPY}; fi
+sum=$(sha256sum "$dir/pgclone-agent") || exit 14
+sum=${{sum%% *}}
+if [ "$sum" != "$4" ]; then echo "its SHA-256 is $sum, not $4" >&2; exit {BAD_COPY}; fi
 chmod 700 "$dir/pgclone-agent"
-sha256sum "$dir/pgclone-agent" || exit 14
+echo "verified $sum"
 "$dir/pgclone-agent" agent --pgdata "$2"
 "#
     )
 }
+
+/// The remote half's exit status for a copy of the agent with fewer (or more) bytes than we sent.
+const SHORT_COPY: i32 = 16;
+/// The remote half's exit status for a copy of the agent whose SHA-256 is not that of what we sent.
+const BAD_COPY: i32 = 17;
 
 /// The run's control agent on the primary host: an installed one, or ours, brought along.
 pub struct Started {
@@ -70,12 +84,15 @@ pub fn start_agent(ssh: &SshTarget, pgdata: &Path, installed: Option<&str>) -> R
             Some(bytes)
         }
     };
+    let sent: String =
+        binary.as_ref().map_or_else(String::new, |b| Sha256::digest(b).iter().map(|b| format!("{b:02x}")).collect());
     let remote = format!(
-        "sh -c {} pgclone-agent {} {} {}",
+        "sh -c {} pgclone-agent {} {} {} {}",
         quote(agent_script()),
         binary.as_ref().map_or(0, Vec::len),
         quote(pgdata),
-        quote(installed.unwrap_or_default())
+        quote(installed.unwrap_or_default()),
+        quote(&sent)
     );
     let mut cmd = ssh.command(&remote);
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -126,11 +143,15 @@ pub fn start_agent(ssh: &SshTarget, pgdata: &Path, installed: Option<&str>) -> R
     stdin.write_all(&binary).and_then(|()| stdin.flush()).map_err(|e| fail(&format!("sending it: {e}")))?;
     if !said(&mut out, &mut line).unwrap_or(false) {
         let err = last_words(&mut child);
-        return Err(fail(&format!("no checksum of the copy ({})", last_line(&err))));
+        let refused = match child.child_mut().try_wait().ok().flatten().and_then(|s| s.code()) {
+            Some(SHORT_COPY) => "the copy there is incomplete",
+            Some(BAD_COPY) => "the copy there is not what was sent",
+            _ => return Err(fail(&format!("no verdict on the copy ({})", last_line(&err)))),
+        };
+        return Err(fail(&format!("{refused} ({}); it was not run", last_line(&err))));
     }
-    let sent: String = Sha256::digest(&binary).iter().map(|b| format!("{b:02x}")).collect();
-    if line.split_whitespace().next() != Some(sent.as_str()) {
-        return Err(fail(&format!("the copy's SHA-256 is {}, not {sent}", line.trim())));
+    if line.trim() != format!("verified {sent}") {
+        return Err(fail(&format!("unexpected verdict {:?} on the copy; it was not run", line.trim())));
     }
     tracing::debug!("brought to the primary host as {bin}");
     Ok(Started { child, halves: (Box::new(out), Box::new(stdin)), bin, system_id })

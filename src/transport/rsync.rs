@@ -12,32 +12,62 @@
 //! worker reaches it through an ssh port forward of its own: the data is encrypted and authenticated by ssh.
 //! Only with `--data-channel tcp` (a trusted network) does the daemon bind to the address ssh reached and
 //! accept the address we came from, as pgclone.sh's does.
+//!
+//! Here, the forwards (and --limit-net-bw's proxies) listen on Unix sockets in the run's private directory, not
+//! on ports of 127.0.0.1 that any local user could connect to (and ride our ssh login to the primary's
+//! loopback) or bind first. The rsync client cannot connect to a Unix socket itself; it runs the program in
+//! RSYNC_CONNECT_PROG instead of connecting and speaks over its standard input and output: `pgclone
+//! connect-unix SOCKET` (`connect_unix`), so that nothing besides rsync and ssh needs installing here.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr};
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{os, Copied, EntryKind, How, Piece, RemoteEntry, Sink, Transport, TransportError, Worker};
 use crate::error::IoContext;
-use crate::sys::bandwidth::{Budget, Proxy};
+use crate::sys::bandwidth::{Budget, Proxy, Target};
 use crate::sys::cancel::Cancel;
 use crate::sys::periodic::Periodic;
 use crate::sys::proc::{heartbeat, holder_wait, OwnedChild};
 use crate::sys::ssh::{last_line, quote, Forward, SshTarget};
 
 /// The remote half. `$1` is the data directory, `$2` `ssh` (listen on the loopback, for port forwards) or `tcp`
-/// (listen on the address ssh reached, for our address only), `$3` the loop it waits in (`holder_wait`). Prints `PGCLONE-RSYNCD <addr> <port>
-/// [<tablespace oid>...]` once listening.
+/// (listen on the address ssh reached, for our address only), `$3` the loop it waits in (`holder_wait`), `$4` how
+/// many connections the run makes at most. Prints `PGCLONE-RSYNCD <addr> <port> [<tablespace oid>...]` once
+/// listening.
+///
+/// rsyncd.conf is line-based and expands `%VAR%` in values: a path written into it with a newline (or any control
+/// character) would add directives of its own (another module, `hosts allow`, `read only = no`), one with `%`
+/// would be rewritten. The data directory and every tablespace's target are refused with such characters
+/// (`conf_value`) rather than written; no quoting exists in that format. `max connections` (per module, counted
+/// in `lock file`) is what the run opens at most: a connection beyond that is nobody's of ours.
 const DAEMON_SCRIPT: &str = r#"
 set -u
 umask 077
-pgdata=$1 channel=$2 wait_in=$3
+pgdata=$1 channel=$2 wait_in=$3 connections=$4
 command -v rsync >/dev/null 2>&1 || { echo "rsync is not installed on the primary host" >&2; exit 11; }
+# A link's target, trailing newlines and all.
+target() { t=$(readlink -- "$1"; echo .); t=${t%?.}; }
+conf_value() {
+  case $2 in
+    *[[:cntrl:]%]*)
+      echo "$1 $(printf %s "$2" | tr '[:cntrl:]' '?') has a control character or % in its path, which rsyncd.conf cannot hold: use --transport native" >&2
+      exit 16;;
+  esac
+}
+conf_value "the data directory" "$pgdata"
+for l in "$pgdata"/pg_tblspc/*; do
+  [ -L "$l" ] || continue
+  target "$l"
+  conf_value "the directory of tablespace ${l##*/}," "$t"
+done
 dir=$(mktemp -d "${TMPDIR:-/tmp}/pgclone-rsyncd.XXXXXX") || exit 12
 # sshd runs the session in a process group of its own: on the way out, KILL the whole group (this shell
 # included, last), which takes the daemon and every per-connection child it forked, not just the listener. Not
@@ -62,6 +92,8 @@ cat > "$dir/rsyncd.conf" <<EOF
 $ids
 use chroot = no
 reverse lookup = no
+max connections = $connections
+lock file = $dir/lock
 [pgdata]
 path = $pgdata
 read only = yes
@@ -77,8 +109,9 @@ mods=
 for l in "$pgdata"/pg_tblspc/*; do
   [ -L "$l" ] || continue
   oid=${l##*/}
+  target "$l"
   printf '[ts_%s]\npath = %s\nread only = yes\ntimeout = 300\nlist = no\nauth users = pgclone\nsecrets file = %s\nhosts allow = %s\n' \
-    "$oid" "$(readlink -- "$l")" "$dir/secrets" "$client" >> "$dir/rsyncd.conf"
+    "$oid" "$t" "$dir/secrets" "$client" >> "$dir/rsyncd.conf"
   mods="$mods $oid"
 done
 tries=0
@@ -110,6 +143,12 @@ pub struct RsyncTransport {
     /// --limit-net-bw: every rsync connection runs through a proxy holding them all to one rate.
     budget: Option<Arc<Budget>>,
     tablespaces: HashSet<String>,
+    /// Our private (0700) directory: the secret, and the sockets of the forwards and proxies.
+    run_dir: PathBuf,
+    /// Links made so far, which name their sockets.
+    links: AtomicUsize,
+    /// This program, run by rsync to reach a socket (see the module comment).
+    connect_prog: PathBuf,
     password_file: PathBuf,
     /// A re-sync: compare files already present by content (rsync --checksum), never by size and mtime. rsync
     /// stamps a copy with the mtime it read at listing time, so a page the server writes later within the same
@@ -121,17 +160,20 @@ pub struct RsyncTransport {
     holder: OwnedChild,
 }
 
-/// One way to the daemon: `rsync://pgclone@127.0.0.1:<port>/`, through this connection's own port forward
-/// (and bandwidth proxy), which end when it drops; modules `pgdata` and `ts_<oid>` for each tablespace link.
+/// One way to the daemon: through this connection's own port forward (and bandwidth proxy), which end when it
+/// drops, at the Unix socket `socket`; or, with --data-channel tcp and no proxy, straight to `url`'s address.
+/// Modules `pgdata` and `ts_<oid>` for each tablespace link.
 struct Link {
     url: String,
+    socket: Option<PathBuf>,
     _proxy: Option<Proxy>,
     _forward: Option<Forward>,
 }
 
 impl RsyncTransport {
     /// Starts the daemon on the primary. `run_dir` is our private (0700) directory for the secret; `resync`: the
-    /// replica holds an earlier copy; `clear_text`: reach the daemon directly (--data-channel tcp).
+    /// replica holds an earlier copy; `clear_text`: reach the daemon directly (--data-channel tcp); `workers`: the
+    /// copy workers to come, which bound the daemon's connections.
     pub fn start(
         ssh: &SshTarget,
         pgdata: &Path,
@@ -139,6 +181,7 @@ impl RsyncTransport {
         budget: Option<Arc<Budget>>,
         resync: bool,
         clear_text: bool,
+        workers: usize,
     ) -> Result<RsyncTransport, TransportError> {
         let secret = random_secret()?;
         let password_file = run_dir.join("rsync.secret");
@@ -154,8 +197,10 @@ impl RsyncTransport {
         let stderr_path = run_dir.join("rsyncd-ssh.stderr");
         let stderr = std::fs::File::create(&stderr_path).at("creating", &stderr_path)?;
         let channel = if clear_text { "tcp" } else { "ssh" };
+        // Each worker keeps one rsync client running at a time; a single file fetched besides (pg_control) adds one.
+        let connections = workers.max(1) + 1;
         let remote = format!(
-            "sh -c {} pgclone-rsyncd {} {channel} {}",
+            "sh -c {} pgclone-rsyncd {} {channel} {} {connections}",
             quote(DAEMON_SCRIPT),
             quote(pgdata),
             quote(holder_wait())
@@ -202,6 +247,9 @@ impl RsyncTransport {
             forwarded: !clear_text,
             budget,
             tablespaces: words.map(str::to_string).collect(),
+            run_dir: run_dir.to_path_buf(),
+            links: AtomicUsize::new(0),
+            connect_prog: std::env::current_exe().map_err(io("finding our own binary"))?,
             password_file,
             resync,
             heartbeat: Some(heartbeat(stdin)),
@@ -213,21 +261,36 @@ impl RsyncTransport {
     /// workers do not share one stream's encryption), or the daemon's address itself with --data-channel tcp;
     /// behind the bandwidth proxy with --limit-net-bw.
     fn link(&self) -> Result<Link, TransportError> {
-        let forward = self.forwarded.then(|| self.ssh.forward(self.daemon.port())).transpose()?;
-        let target = forward.as_ref().map_or(self.daemon, |f| SocketAddr::from(([127, 0, 0, 1], f.port)));
+        let n = self.links.fetch_add(1, Ordering::Relaxed);
+        let socket = |what: &str| self.run_dir.join(format!("rsync-{n}-{what}.sock"));
+        let forward = self.forwarded.then(|| self.ssh.forward(&socket("forward"), self.daemon.port())).transpose()?;
+        let target = match &forward {
+            Some(f) => Target::Unix(f.socket.clone()),
+            None => Target::Tcp(self.daemon),
+        };
         let proxy = self
             .budget
             .clone()
-            .map(|b| Proxy::start(target, b))
+            .map(|b| Proxy::start(socket("limited"), target, b))
             .transpose()
             .map_err(|source| TransportError::Io { what: "starting the bandwidth proxy", source })?;
-        let connect = proxy.as_ref().map_or(target, |p| p.addr);
-        let url = format!("rsync://pgclone@{}:{}/", bracket(&connect.ip().to_string()), connect.port());
-        Ok(Link { url, _proxy: proxy, _forward: forward })
+        let socket = proxy.as_ref().map(|p| p.socket.clone()).or_else(|| forward.as_ref().map(|f| f.socket.clone()));
+        let url = match socket {
+            // The host is rsync's to pass to the connect program, which ignores it.
+            Some(_) => "rsync://pgclone@localhost/".to_string(),
+            None => format!("rsync://pgclone@{}:{}/", bracket(&self.daemon.ip().to_string()), self.daemon.port()),
+        };
+        Ok(Link { url, socket, _proxy: proxy, _forward: forward })
     }
 
-    fn rsync(&self) -> Command {
+    /// An rsync client that reaches the daemon through `link`.
+    fn rsync(&self, link: &Link) -> Command {
         let mut cmd = Command::new("rsync");
+        if let Some(socket) = &link.socket {
+            // rsync runs it with sh -c, after replacing %H by the host and %% by %.
+            let prog = format!("{} connect-unix {}", quote(&self.connect_prog), quote(socket)).replace('%', "%%");
+            cmd.env("RSYNC_CONNECT_PROG", prog);
+        }
         cmd.arg(format!("--password-file={}", self.password_file.display()))
             // A stalled link fails the worker instead of hanging the clone.
             .arg("--timeout=120")
@@ -285,7 +348,7 @@ impl Transport for RsyncTransport {
 
     fn fetch_file(&self, rel: &Path, to: &Path) -> Result<(), TransportError> {
         let link = self.link()?;
-        let mut cmd = self.rsync();
+        let mut cmd = self.rsync(&link);
         // Small files only (pg_control): rsync skips a larger one, and the caller finds it missing.
         cmd.args(["--times", "--max-size=1m"]).arg(format!("{}pgdata/{}", link.url, rel.display())).arg(to);
         let (status, stderr) = run_rsync(cmd, None, &Cancel::default())?;
@@ -366,14 +429,18 @@ fn tablespace_file(path: &Path) -> Option<(&str, PathBuf)> {
 
 impl RsyncWorker<'_> {
     fn copy_module(&self, module: &str, files: &[PathBuf], dest: &Path, cancel: &Cancel) -> Result<(), TransportError> {
-        let mut cmd = self.transport.rsync();
-        // -lt: links, times; never owners (we are not root) nor devices, nor the primary's exact permissions: a
-        // new file gets the primary's bits masked by our umask, which the clone set to PostgreSQL's modes.
+        let mut cmd = self.transport.rsync(&self.link);
+        // -t: times; never owners (we are not root) nor devices, nor the primary's exact permissions: a new file
+        // gets the primary's bits masked by our umask, which the clone set to PostgreSQL's modes. Never links
+        // (no -l): every symlink of the copy is one the primary's listing showed, made by transfer::lay_out; a
+        // path the daemon sends as a symlink (changed on the primary since the listing, or a daemon that lies) is
+        // skipped ("skipping non-regular file") and counts as vanished. rsync 3.2.5+ also refuses names it did not
+        // ask for (its receiver checks them against --files-from).
         // --delete-missing-args: a listed file the primary dropped since the listing is no error (see
         // Copied::vanished), and a re-sync's old copy of it is deleted here.
         // --inplace: an interrupted copy leaves its partial file, the basis rsync's delta transfer resumes
         // from on a re-run; nothing can start from the directory meanwhile (no pg_control).
-        cmd.args(["-lt", "--inplace", "--files-from=-", "--from0", "--no-implied-dirs", "--delete-missing-args"])
+        cmd.args(["-t", "--inplace", "--files-from=-", "--from0", "--no-implied-dirs", "--delete-missing-args"])
             .arg(format!("{}{module}/", self.link.url))
             .arg(format!("{}/", dest.display()));
         let mut list = Vec::new();
@@ -391,6 +458,27 @@ impl RsyncWorker<'_> {
                 Ok(())
             }
             _ => Err(TransportError::Worker(format!("rsync {status}: {}", rsync_reason(&stderr)))),
+        }
+    }
+}
+
+/// `pgclone connect-unix SOCKET`, rsync's RSYNC_CONNECT_PROG: joins our standard input and output to the Unix
+/// socket of a forward or proxy to the daemon, until the daemon's side ends.
+pub fn connect_unix(socket: &Path) -> std::io::Result<()> {
+    let sock = UnixStream::connect(socket)?;
+    let mut up = sock.try_clone()?;
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut up);
+        let _ = up.shutdown(Shutdown::Write);
+    });
+    let mut down = &sock;
+    let mut out = std::io::stdout().lock();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        // Flushed at once: rsync waits for each answer of the daemon's.
+        match std::io::Read::read(&mut down, &mut buf)? {
+            0 => return Ok(()),
+            n => out.write_all(&buf[..n]).and_then(|()| out.flush())?,
         }
     }
 }

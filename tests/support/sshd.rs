@@ -34,7 +34,13 @@ impl Sshd {
     }
 
     pub fn start_on(lab: &Lab, addr: &str) -> Sshd {
-        Self::launch(lab, addr, lab.cmd("/usr/sbin/sshd"))
+        Self::launch(lab, addr, lab.cmd("/usr/sbin/sshd"), "")
+    }
+
+    /// An sshd on loopback whose sessions find programs in `bin` first (`PATH=<bin>:/usr/bin:/bin`): a primary
+    /// host where a command behaves otherwise than it should.
+    pub fn start_with_path(lab: &Lab, bin: &Path) -> Sshd {
+        Self::launch(lab, "127.0.0.1", lab.cmd("/usr/sbin/sshd"), &format!(" PATH={}:/usr/bin:/bin", bin.display()))
     }
 
     /// An sshd on loopback whose sessions see no PostgreSQL client library: a mount namespace of its own (root
@@ -51,17 +57,18 @@ impl Sshd {
                 user.gid
             ))
             .arg("sshd");
-        (Self::launch(lab, "127.0.0.1", cmd), libpq)
+        (Self::launch(lab, "127.0.0.1", cmd, ""), libpq)
     }
 
     /// An sshd inside `ns`, on its address.
     pub fn start_in(lab: &Lab, ns: &Netns) -> Sshd {
-        Self::launch(lab, &ns.ns_addr, ns_cmd(&ns.name, lab, "/usr/sbin/sshd"))
+        Self::launch(lab, &ns.ns_addr, ns_cmd(&ns.name, lab, "/usr/sbin/sshd"), "")
     }
 
     /// Keys and configs in `<work dir>/ssh`, then `sshd` (a command that runs /usr/sbin/sshd where it must
     /// run) in the foreground, logging to `<work dir>/sshd.log`; returns once a login with the key works.
-    fn launch(lab: &Lab, addr: &str, mut sshd: Command) -> Sshd {
+    /// `setenv`: more ` NAME=value` words for its sessions' environment.
+    fn launch(lab: &Lab, addr: &str, mut sshd: Command, setenv: &str) -> Sshd {
         let dir = lab.mkdir("ssh");
         let port = free_port();
         let keygen = |file: &Path| {
@@ -92,7 +99,7 @@ impl Sshd {
                  MaxStartups 100\n\
                  MaxSessions 100\n\
                  LogLevel VERBOSE\n\
-                 SetEnv {tag} TMPDIR={tmp}\n",
+                 SetEnv {tag} TMPDIR={tmp}{setenv}\n",
                 hk = host_key.display(),
                 d = dir.display(),
                 user = lab.user().name,
