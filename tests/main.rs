@@ -19,5 +19,6 @@ mod suite {
     mod preflight;
     mod resync;
     mod standby;
+    mod strangers;
     mod verification;
 }

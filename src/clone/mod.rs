@@ -108,8 +108,7 @@ impl CloneError {
     pub fn outcome(&self) -> Outcome {
         use TransportError as T;
         match self {
-            CloneError::Config(_) => Outcome::Usage,
-            CloneError::Preflight(_)
+            CloneError::Config(ConfigError::SshName { .. }) | CloneError::Preflight(_)
             | CloneError::Replica(ReplicaError::Locked { .. })
             | CloneError::Standby(StandbyError::NoPgCtl { .. })
             | CloneError::Transport(
@@ -117,6 +116,7 @@ impl CloneError {
             )
             | CloneError::Transfer(TransferError::NoSpace { .. }) => Outcome::Refused,
             CloneError::Standby(StandbyError::Start { .. } | StandbyError::NotStreaming { .. }) => Outcome::Standby,
+            CloneError::Config(_) => Outcome::Usage,
             _ => Outcome::Failed,
         }
     }

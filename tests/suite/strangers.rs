@@ -1,0 +1,63 @@
+//! What pgclone takes from others and does not trust blindly ("Prove before trusting"): a host from
+//! Patroni's connection string (the leader's entry in the DCS) or `-d`, PostgreSQL connections that fell back
+//! to clear text, a run directory left by a killed run, a standby that cannot log in to the primary.
+
+use crate::support::*;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+/// An `ssh` first on PATH that leaves `ran` behind, then runs the real one: whether pgclone ran ssh at all.
+/// Returns the PATH to give pgclone, and `ran`.
+fn ssh_witness(lab: &Lab) -> (String, PathBuf) {
+    let bin = lab.mkdir("witness-bin");
+    let ran = lab.path().join("ssh-ran");
+    let script = lab.write("witness-bin/ssh", &format!("#!/bin/sh\ntouch '{}'\nexec /usr/bin/ssh \"$@\"\n", ran.display()));
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    (format!("{}:/usr/local/bin:/usr/bin:/bin", bin.display()), ran)
+}
+
+/// A host that is not a host name or IP address, from -d or from Patroni's --connstring, is refused with one
+/// line (exit 3, `refused`) before any ssh runs, so ssh never expands it into a shell command (ProxyCommand's
+/// %h). Before, it went to ssh as it was. The same run with a plain host does run ssh: the witness works.
+#[test]
+fn a_host_that_is_no_name_never_reaches_ssh() {
+    let s = Setup::new("st-host", &[]);
+    let (path, ran) = ssh_witness(&s.lab);
+    let owned = s.lab.path().join("owned");
+
+    let mut plain = s.pgclone();
+    plain.env("PATH", Some(&path)).arg("--check");
+    plain.run().assert_success();
+    assert!(ran.exists(), "the witness did not see the ssh of a valid run");
+    fs::remove_file(&ran).unwrap();
+
+    let port = s.primary.port.to_string();
+    let hostile = format!("host='$(touch {})' port={port} user={SUPERUSER}", owned.display());
+    let mut run = s.pgclone();
+    run.pghost = String::new();
+    // Through the tunnel: ssh is the first thing such a run starts, before libpq looks the host up.
+    run.env("PATH", Some(&path)).args(["-d", &hostile, "--bypass-rep-traffic", "--json"]);
+    let out = run.run();
+    out.assert_refused("(from -d) is not handed to ssh: it contains '$'");
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("--json");
+    assert_eq!(v["class"], "refused", "{v}");
+
+    // Patroni hands the leader's conn_url over as --connstring: pgclone patroni makes it -d.
+    let ssh = plain.ssh.as_ref().unwrap();
+    let mut patroni = s.lab.cmd(s.lab.pgclone_bin());
+    patroni.env("PATH", &path).env("TMPDIR", s.lab.tmpdir()).env(TAG_VAR, s.lab.path());
+    patroni.args(["patroni", "--scope=st", "--role=replica", "--insecure-ssh=false"]);
+    patroni.arg(format!("--datadir={}", s.replica.display()));
+    patroni.arg(format!("--primary_pgdata={}", s.primary.data.display()));
+    patroni.arg(format!("--connstring=host=-oProxyCommand=touch${{IFS}}{} port={port}", owned.display()));
+    patroni.arg(format!("--ssh_user={}", ssh.user)).arg(format!("--ssh_key={}", ssh.key.display()));
+    patroni.arg(format!("--ssh_port={}", ssh.port)).arg(format!("--ssh_config={}", ssh.config.display()));
+    let out = run_bounded(&mut patroni, std::time::Duration::from_secs(60));
+    out.assert_refused("(from -d) is not handed to ssh: it contains '='");
+
+    assert!(!ran.exists(), "pgclone ran ssh with a host that is no host name");
+    assert!(!owned.exists(), "the host ran a command");
+    assert!(!s.replica.exists(), "a refused run created the replica directory");
+    s.assert_clean();
+}
