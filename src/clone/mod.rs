@@ -108,7 +108,8 @@ impl CloneError {
     pub fn outcome(&self) -> Outcome {
         use TransportError as T;
         match self {
-            CloneError::Config(ConfigError::SshName { .. }) | CloneError::Preflight(_)
+            CloneError::Config(ConfigError::SshName { .. })
+            | CloneError::Preflight(_)
             | CloneError::Replica(ReplicaError::Locked { .. })
             | CloneError::Standby(StandbyError::NoPgCtl { .. })
             | CloneError::Transport(
@@ -435,10 +436,10 @@ fn start_standby(
 ) -> Result<Option<(String, u64)>, CloneError> {
     let (Some(pg_ctl), Some(r), Some(start)) = (pg_ctl, recovery, &config.start) else { return Ok(None) };
     cancel.check()?;
-    standby::start(pg_ctl, &config.replica, &config.replica.join("startup.log"))?;
-    let name = &r.standby.application_name;
-    let lag = standby::wait_streaming(sql, name, start.wait_streaming, cancel)?;
-    Ok(Some((name.clone(), lag)))
+    let log = config.replica.join("startup.log");
+    standby::start(pg_ctl, &config.replica, &log)?;
+    let lag = standby::wait_streaming(sql, r, &config.replica, &log, start.wait_streaming, cancel)?;
+    Ok(Some((r.standby.application_name.clone(), lag)))
 }
 
 /// Wall-clock time per phase, for the summary: where a slow clone spent its time.

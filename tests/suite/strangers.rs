@@ -12,7 +12,8 @@ use std::path::PathBuf;
 fn ssh_witness(lab: &Lab) -> (String, PathBuf) {
     let bin = lab.mkdir("witness-bin");
     let ran = lab.path().join("ssh-ran");
-    let script = lab.write("witness-bin/ssh", &format!("#!/bin/sh\ntouch '{}'\nexec /usr/bin/ssh \"$@\"\n", ran.display()));
+    let script =
+        lab.write("witness-bin/ssh", &format!("#!/bin/sh\ntouch '{}'\nexec /usr/bin/ssh \"$@\"\n", ran.display()));
     fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
     (format!("{}:/usr/local/bin:/usr/bin:/bin", bin.display()), ran)
 }
@@ -60,4 +61,40 @@ fn a_host_that_is_no_name_never_reaches_ssh() {
     assert!(!owned.exists(), "the host ran a command");
     assert!(!s.replica.exists(), "a refused run created the replica directory");
     s.assert_clean();
+}
+
+/// --start with a standby that has no password (no --conninfo-password, no ~/.pgpass; pgclone's PGPASSWORD is
+/// not the standby's): the error quotes the walreceiver's failure from the standby's log and gives the way out,
+/// whether the server logs into pg_ctl's startup.log or, with logging_collector on (copied from the primary),
+/// into files of its own. Before, it said only that the standby did not show up streaming.
+#[test]
+fn a_standby_that_cannot_log_in_says_so() {
+    let s = Setup::new("st-login", &[]);
+    for (dir, collector) in [("replica-stderr", false), ("replica-collector", true)] {
+        if collector {
+            s.primary.psql("alter system set logging_collector = on");
+            s.primary.restart();
+        }
+        let replica = s.lab.path().join(dir);
+        let port = free_port();
+        let _standby = Server::adopt(&s.lab, &replica, dir, port);
+        let mut run = s.pgclone_into(dir);
+        let home = s.lab.mkdir(&format!("home-{dir}"));
+        run.env("HOME", Some(&home.to_string_lossy()));
+        run.args(["--start", "--wait-streaming", "8", "--replica-port", &port.to_string()]);
+        let out = run.run();
+        assert_eq!(out.status.code(), Some(4), "the standby did not stream: exit 4\n{}", out.report());
+        let line = assert_one_error_line(&out);
+        println!("{dir}: {line}");
+        let pgpass = format!("127.0.0.1:{}:*:{SUPERUSER}:PASSWORD", s.primary.port);
+        assert!(
+            line.contains("its log says: could not connect to the primary server")
+                && line.contains("fe_sendauth: no password supplied")
+                && line.contains("--conninfo-password")
+                && line.contains(&pgpass),
+            "{line}"
+        );
+        let startup = fs::read_to_string(replica.join("startup.log")).unwrap_or_default();
+        assert_eq!(startup.contains("no password supplied"), !collector, "where the server logged:\n{startup}");
+    }
 }
