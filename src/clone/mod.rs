@@ -148,6 +148,8 @@ pub struct CheckReport {
     pub major: u32,
     /// A replica already there would be re-synced.
     pub resync: bool,
+    /// The PostgreSQL connections in clear text (`--json`'s `postgres_clear_text`).
+    pub clear_text: Vec<&'static str>,
 }
 
 /// --check: every check a clone makes before it starts copying (the replica directory, the primary over SQL,
@@ -156,7 +158,7 @@ pub struct CheckReport {
 /// open (the run directory under $TMPDIR, the WAL stream's temporary slot, the agent) ends with them.
 pub fn check(config: &CloneConfig, cancel: &Cancel) -> Result<CheckReport, CloneError> {
     preflight::not_root()?;
-    let Checked { tunnel: _tunnel, params, mut sql, primary, replica: state, system_id, .. } = preflight::run(config)?;
+    let Checked { tunnel, params, mut sql, primary, replica: state, system_id, .. } = preflight::run(config)?;
     let dirs = RunDirs::create(config)?;
     preflight::wal_space(&dirs.streamed, primary.seg)?;
     let resync = matches!(state, ReplicaState::Unfinished | ReplicaState::Cluster(_));
@@ -168,11 +170,12 @@ pub fn check(config: &CloneConfig, cancel: &Cancel) -> Result<CheckReport, Clone
         streamed: &dirs.streamed,
         run_dir: dirs.run.path(),
         resync,
+        tunnel: tunnel.is_some(),
     };
-    let Connected { transport, system_id: found, .. } = connect.run(&mut sql, cancel)?;
+    let Connected { transport, system_id: found, clear_text, .. } = connect.run(&mut sql, cancel)?;
     preflight::replica_matches(&config.replica, state, found)?;
     let (files, bytes) = copy::check(config, &*transport, primary, resync)?;
-    Ok(CheckReport { files, bytes, major: primary.major, resync })
+    Ok(CheckReport { files, bytes, major: primary.major, resync, clear_text })
 }
 
 /// The phases of one clone. Every resource a phase opens is a local variable here, declared in the order it is
@@ -184,7 +187,7 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
     let started = Instant::now();
     let mut timing = Phases::new();
 
-    let Checked { tunnel: _tunnel, params, mut sql, primary, replica: state, system_id, pg_ctl, recovery } =
+    let Checked { tunnel, params, mut sql, primary, replica: state, system_id, pg_ctl, recovery } =
         preflight::run(config)?;
     cancel.check()?;
     timing.end("preflight");
@@ -201,8 +204,9 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
         streamed: &streamed,
         run_dir: dirs.run.path(),
         resync: existing,
+        tunnel: tunnel.is_some(),
     };
-    let Connected { mut stream, transport, slot, system_id: found } = connect.run(&mut sql, cancel)?;
+    let Connected { mut stream, transport, slot, system_id: found, clear_text } = connect.run(&mut sql, cancel)?;
     if system_id.is_none() {
         preflight::replica_matches(&config.replica, state, found)?;
     }
@@ -292,6 +296,7 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
         standby,
         data_channel,
         resynced,
+        clear_text,
     })
 }
 

@@ -98,3 +98,52 @@ fn a_standby_that_cannot_log_in_says_so() {
         assert_eq!(startup.contains("no password supplied"), !collector, "where the server logged:\n{startup}");
     }
 }
+
+/// The warning about clear-text PostgreSQL connections and `postgres_clear_text` in --json: both connections
+/// named against a primary with ssl = off (libpq's sslmode=prefer falls back without a word), none through the
+/// --bypass-rep-traffic tunnel, over a Unix socket, or to a primary with TLS. Before, nothing said so.
+#[test]
+fn clear_text_postgres_connections_are_named() {
+    let s = Setup::new("st-clear", &[]);
+    let tls = Postgres::primary_tls(&s.lab, "tls-primary", false);
+    // The harness's pg_hba.conf admits only normal sessions over the socket.
+    s.lab.append(&s.primary.data.join("pg_hba.conf"), "local replication all scram-sha-256\n");
+    s.primary.psql("select pg_reload_conf()");
+    let clear = ["sql_session", "wal_stream"];
+    let tls_run = Pgclone::new(&tls, &s.sshd, &s.lab.path().join("from-tls"));
+    let socket_run = Pgclone::without_ssh(
+        &s.lab,
+        &s.lab.path().to_string_lossy(),
+        s.primary.port,
+        &s.primary.data,
+        &s.lab.path().join("over-socket"),
+    );
+    let mut tunnel_run = s.pgclone_into("through-tunnel");
+    tunnel_run.arg("--bypass-rep-traffic");
+    let runs: [(&str, Pgclone, &[&str]); 4] = [
+        ("ssl = off", s.pgclone(), &clear),
+        ("--bypass-rep-traffic", tunnel_run, &[]),
+        ("Unix socket", socket_run, &[]),
+        ("ssl = on", tls_run, &[]),
+    ];
+    for (what, mut run, expected) in runs {
+        run.arg("--json");
+        let out = run.run();
+        out.assert_success();
+        let warnings: Vec<&str> =
+            out.stderr.lines().filter(|l| l.contains("PostgreSQL connections in clear text")).collect();
+        let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("--json");
+        println!("{what}: postgres_clear_text {}, warnings {warnings:?}", v["postgres_clear_text"]);
+        assert_eq!(v["postgres_clear_text"], serde_json::json!(expected), "{what}: {v}");
+        if expected.is_empty() {
+            assert!(warnings.is_empty(), "{what}: {warnings:?}");
+        } else {
+            assert_eq!(warnings.len(), 1, "{what}: one warning line\n{}", out.report());
+            for needle in
+                ["the SQL session, the WAL stream (replication connection)", "sslmode=require", "--bypass-rep-traffic"]
+            {
+                assert!(warnings[0].contains(needle), "{what}: {needle:?} not in {:?}", warnings[0]);
+            }
+        }
+    }
+}
