@@ -91,7 +91,12 @@ pub fn main() -> ExitCode {
                 report.major,
                 config.replica.display()
             );
-            format!("{{\"ok\":true,\"check\":true,\"files\":{},\"bytes\":{}}}", report.files, report.bytes)
+            format!(
+                "{{\"ok\":true,\"check\":true,\"files\":{},\"bytes\":{},\"postgres_clear_text\":{}}}",
+                report.files,
+                report.bytes,
+                manifest::json::names(&report.clear_text)
+            )
         }),
         Ok(config) => clone::run(&config, &cancel).map(|summary| {
             eprintln!("pgclone: {summary}");

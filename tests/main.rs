@@ -19,6 +19,7 @@ mod suite {
     mod preflight;
     mod resync;
     mod standby;
+    mod strangers;
     mod transport_trust;
     mod verification;
 }

@@ -14,7 +14,7 @@ use crate::cli::{Args, Checkpoint};
 use crate::progress;
 use crate::replica::tablespace::Mapping;
 use crate::sys::files::SyncMethod;
-use crate::sys::ssh::SshTarget;
+use crate::sys::ssh::{self, NameError, SshTarget};
 use crate::transport::{DataChannel, TransportConfig, TransportKind};
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -34,6 +34,8 @@ pub enum ConfigError {
          a slot {0:?} for the standby give --create-slot {0}"
     )]
     SlotName(String),
+    #[error("{what} {value:?} (from {from}) is not handed to ssh: {why}")]
+    SshName { what: &'static str, value: String, from: &'static str, why: NameError },
 }
 
 /// The environment variables pgclone reads for decisions of its own.
@@ -190,17 +192,24 @@ impl CloneConfig {
         }
         // The ssh host is the PostgreSQL host; a socket directory is no host, and with --no-ssh there is none
         // to reach.
-        let host = args
-            .pghost
-            .clone()
-            .or_else(|| from_d("host").map(str::to_string))
-            .or_else(|| env.var("PGHOST").map(str::to_string))
-            .filter(|h| !h.is_empty() && !h.starts_with('/'));
+        let host = [("-h", args.pghost.as_deref()), ("-d", from_d("host")), ("PGHOST", env.var("PGHOST"))]
+            .into_iter()
+            .find_map(|(from, h)| Some((from, h?)))
+            .filter(|(_, h)| !h.is_empty() && !h.starts_with('/'));
         let host = match host {
-            Some(h) => h,
+            Some((from, h)) if !args.no_ssh => {
+                let refuse = |why| ConfigError::SshName { what: "the primary's host", value: h.into(), from, why };
+                ssh::check_host(h).map_err(refuse)?;
+                h.to_string()
+            }
+            Some((_, h)) => h.to_string(),
             None if args.no_ssh => "localhost".into(),
             None => return Err(ConfigError::NoHost),
         };
+        if let Some(u) = args.ssh_user.as_deref().filter(|_| !args.no_ssh) {
+            let refuse = |why| ConfigError::SshName { what: "the ssh login", value: u.into(), from: "--ssh-user", why };
+            ssh::check_user(u).map_err(refuse)?;
+        }
         let ssh = SshTarget {
             host: host.clone(),
             user: args.ssh_user.clone(),
@@ -413,6 +422,34 @@ mod tests {
         let local = resolve(&["--primary-pgdata", "/pg", "--no-ssh"], &e).unwrap();
         assert_eq!(local.host, "localhost");
         assert!(local.ssh.is_none() && local.transport.ssh.is_none());
+    }
+
+    #[test]
+    fn the_ssh_host_and_login_are_plain_names_wherever_they_come_from() {
+        let refused = |flags: &[&str], e: &Env| match resolve(&[flags, &["--primary-pgdata", "/pg"]].concat(), e) {
+            Err(ConfigError::SshName { from, why, .. }) => (from, why),
+            other => panic!("{flags:?}: {other:?}"),
+        };
+        let d = "host='$(touch /tmp/owned)' user=replicator";
+        assert_eq!(refused(&["-d", d], &env()), ("-d", NameError::NotHostChar('$')));
+        assert_eq!(refused(&["-d", "host=-oProxyCommand=id"], &env()), ("-d", NameError::NotHostChar('=')));
+        assert_eq!(refused(&["--pghost=-db1"], &env()), ("-h", NameError::Option));
+        let mut e = env();
+        e.vars.insert("PGHOST", "db1;id".into());
+        assert_eq!(refused(&[], &e), ("PGHOST", NameError::NotHostChar(';')));
+        let login = refused(&["-h", "db1", "--ssh-user=-oProxyCommand=id"], &env());
+        assert_eq!(login, ("--ssh-user", NameError::NotUserChar('=')));
+        let err = resolve(&["-d", d, "--primary-pgdata", "/pg"], &env()).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "the primary's host \"$(touch /tmp/owned)\" (from -d) is not handed to ssh: it contains '$', which is \
+             not part of a host name or IP address"
+        );
+        for ok in ["host=db-1.example_net", "host=10.0.0.7", "host=::1", "postgresql://[2001:db8::7]:5433/postgres"] {
+            assert!(resolve(&["-d", ok, "--primary-pgdata", "/pg", "--ssh-user", "pg@CORP"], &env()).is_ok(), "{ok}");
+        }
+        let local = resolve(&["-d", d, "--primary-pgdata", "/pg", "--no-ssh"], &env());
+        assert!(local.is_ok(), "with --no-ssh the host never reaches ssh");
     }
 
     #[test]

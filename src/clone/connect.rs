@@ -7,7 +7,7 @@ use std::path::Path;
 use super::preflight::{self, Primary};
 use super::{CloneConfig, CloneError};
 use crate::pg::wal_stream::WalStream;
-use crate::pg::Conn;
+use crate::pg::{Conn, Wire};
 use crate::sys::cancel::Cancel;
 use crate::transport::{self, Transport};
 
@@ -24,6 +24,8 @@ pub struct Connect<'a> {
     pub run_dir: &'a Path,
     /// The replica holds an earlier copy to re-sync.
     pub resync: bool,
+    /// PostgreSQL connections go through the run's ssh tunnel (--bypass-rep-traffic).
+    pub tunnel: bool,
 }
 
 pub struct Connected {
@@ -33,6 +35,8 @@ pub struct Connected {
     pub slot: String,
     /// The system identifier of --primary-pgdata (the streamed cluster's).
     pub system_id: u64,
+    /// The PostgreSQL connections that travel in clear text (see `clear_text`).
+    pub clear_text: Vec<&'static str>,
 }
 
 impl Connect<'_> {
@@ -43,6 +47,7 @@ impl Connect<'_> {
             None => (format!("pgclone_{}_{:04x}", std::process::id(), rand_u16()), true),
         };
         let params: Vec<(&str, &str)> = self.params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let sql_wire = sql.wire();
         let standby_session = self.primary.in_recovery.then_some(sql);
         let pgdata = &self.config.primary_pgdata;
         // The transport on this thread: its child processes must not outlive the thread that started them
@@ -64,12 +69,58 @@ impl Connect<'_> {
             stream.start.lsn,
             stream.start.timeline
         );
-        Ok(Connected { stream, transport, slot, system_id })
+        let clear_text = clear_text(&[(SQL_SESSION, sql_wire), (WAL_STREAM, stream.wire)], self.tunnel);
+        Ok(Connected { stream, transport, slot, system_id, clear_text })
     }
+}
+
+/// The run's PostgreSQL connections, by the names `--json` gives them (`postgres_clear_text`).
+const SQL_SESSION: &str = "sql_session";
+const WAL_STREAM: &str = "wal_stream";
+
+/// Those of `connections` whose bytes anyone on the path can read (and change), named in one warning line.
+/// libpq's default sslmode, `prefer`, falls back to clear text without a word when the server has `ssl = off`;
+/// the WAL stream then carries every change the primary makes, `pg_authid`'s password hashes included, and
+/// the SQL session the backup's commands. Encrypted connections, Unix-domain sockets and the run's own ssh
+/// tunnel are not.
+fn clear_text(connections: &[(&'static str, Wire)], tunnel: bool) -> Vec<&'static str> {
+    let clear: Vec<&'static str> =
+        connections.iter().filter(|(_, w)| *w == Wire::Clear && !tunnel).map(|(name, _)| *name).collect();
+    let described: Vec<&str> = clear
+        .iter()
+        .map(|name| match *name {
+            SQL_SESSION => "the SQL session",
+            _ => "the WAL stream (replication connection)",
+        })
+        .collect();
+    if !clear.is_empty() {
+        tracing::warn!(
+            "PostgreSQL connections in clear text (no TLS): {}. Anyone on the path can read them (the WAL carries \
+             every change to the primary's data) or change them; sslmode=require in -d or PGSSLMODE insists on TLS, \
+             --bypass-rep-traffic sends them through ssh",
+            described.join(", ")
+        );
+    }
+    clear
 }
 
 fn rand_u16() -> u16 {
     let mut b = [0u8; 2];
     let _ = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
     u16::from_ne_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_clear_tcp_outside_the_tunnel_is_clear_text() {
+        let both = [(SQL_SESSION, Wire::Clear), (WAL_STREAM, Wire::Clear)];
+        assert_eq!(clear_text(&both, false), [SQL_SESSION, WAL_STREAM]);
+        assert!(clear_text(&both, true).is_empty(), "the ssh tunnel encrypts them");
+        let mixed = [(SQL_SESSION, Wire::UnixSocket), (WAL_STREAM, Wire::Clear)];
+        assert_eq!(clear_text(&mixed, false), [WAL_STREAM]);
+        assert!(clear_text(&[(SQL_SESSION, Wire::Encrypted), (WAL_STREAM, Wire::UnixSocket)], false).is_empty());
+    }
 }

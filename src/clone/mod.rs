@@ -109,8 +109,8 @@ impl CloneError {
     pub fn outcome(&self) -> Outcome {
         use TransportError as T;
         match self {
-            CloneError::Config(_) => Outcome::Usage,
-            CloneError::Preflight(_)
+            CloneError::Config(ConfigError::SshName { .. })
+            | CloneError::Preflight(_)
             | CloneError::Replica(ReplicaError::Locked { .. })
             | CloneError::Standby(StandbyError::NoPgCtl { .. })
             | CloneError::Transport(
@@ -123,6 +123,7 @@ impl CloneError {
                 | TransferError::TablespaceMoved { .. },
             ) => Outcome::Refused,
             CloneError::Standby(StandbyError::Start { .. } | StandbyError::NotStreaming { .. }) => Outcome::Standby,
+            CloneError::Config(_) => Outcome::Usage,
             _ => Outcome::Failed,
         }
     }
@@ -153,6 +154,8 @@ pub struct CheckReport {
     pub major: u32,
     /// A replica already there would be re-synced.
     pub resync: bool,
+    /// The PostgreSQL connections in clear text (`--json`'s `postgres_clear_text`).
+    pub clear_text: Vec<&'static str>,
 }
 
 /// --check: every check a clone makes before it starts copying (the replica directory, the primary over SQL,
@@ -162,7 +165,7 @@ pub struct CheckReport {
 pub fn check(config: &CloneConfig, cancel: &Cancel) -> Result<CheckReport, CloneError> {
     preflight::not_root()?;
     let dirs = RunDirs::create(config)?;
-    let Checked { tunnel: _tunnel, params, mut sql, primary, replica: state, system_id, .. } =
+    let Checked { tunnel, params, mut sql, primary, replica: state, system_id, .. } =
         preflight::run(config, dirs.run.path())?;
     preflight::wal_space(&dirs.streamed, primary.seg)?;
     let resync = matches!(state, ReplicaState::Unfinished | ReplicaState::Cluster(_));
@@ -174,11 +177,12 @@ pub fn check(config: &CloneConfig, cancel: &Cancel) -> Result<CheckReport, Clone
         streamed: &dirs.streamed,
         run_dir: dirs.run.path(),
         resync,
+        tunnel: tunnel.is_some(),
     };
-    let Connected { transport, system_id: found, .. } = connect.run(&mut sql, cancel)?;
+    let Connected { transport, system_id: found, clear_text, .. } = connect.run(&mut sql, cancel)?;
     preflight::replica_matches(&config.replica, state, found)?;
     let (files, bytes) = copy::check(config, &*transport, primary, resync)?;
-    Ok(CheckReport { files, bytes, major: primary.major, resync })
+    Ok(CheckReport { files, bytes, major: primary.major, resync, clear_text })
 }
 
 /// The phases of one clone. Every resource a phase opens is a local variable here, declared in the order it is
@@ -193,7 +197,7 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
 
     // The run's private directory first: a --bypass-rep-traffic tunnel, opened by preflight, has its socket there.
     let dirs = RunDirs::create(config)?;
-    let Checked { tunnel: _tunnel, params, mut sql, primary, replica: state, system_id, pg_ctl, recovery } =
+    let Checked { tunnel, params, mut sql, primary, replica: state, system_id, pg_ctl, recovery } =
         preflight::run(config, dirs.run.path())?;
     cancel.check()?;
     timing.end("preflight");
@@ -209,8 +213,9 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
         streamed: &streamed,
         run_dir: dirs.run.path(),
         resync: existing,
+        tunnel: tunnel.is_some(),
     };
-    let Connected { mut stream, transport, slot, system_id: found } = connect.run(&mut sql, cancel)?;
+    let Connected { mut stream, transport, slot, system_id: found, clear_text } = connect.run(&mut sql, cancel)?;
     if system_id.is_none() {
         preflight::replica_matches(&config.replica, state, found)?;
     }
@@ -309,6 +314,7 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
         standby,
         data_channel,
         resynced,
+        clear_text,
     })
 }
 
@@ -453,10 +459,10 @@ fn start_standby(
 ) -> Result<Option<(String, u64)>, CloneError> {
     let (Some(pg_ctl), Some(r), Some(start)) = (pg_ctl, recovery, &config.start) else { return Ok(None) };
     cancel.check()?;
-    standby::start(pg_ctl, &config.replica, &config.replica.join("startup.log"))?;
-    let name = &r.standby.application_name;
-    let lag = standby::wait_streaming(sql, name, start.wait_streaming, cancel)?;
-    Ok(Some((name.clone(), lag)))
+    let log = config.replica.join("startup.log");
+    standby::start(pg_ctl, &config.replica, &log)?;
+    let lag = standby::wait_streaming(sql, r, &config.replica, &log, start.wait_streaming, cancel)?;
+    Ok(Some((r.standby.application_name.clone(), lag)))
 }
 
 /// Wall-clock time per phase, for the summary: where a slow clone spent its time.

@@ -24,8 +24,8 @@ pub enum StandbyError {
     NoPgCtl { major: u32 },
     #[error("pg_ctl could not start the standby in {dir}: {reason}")]
     Start { dir: PathBuf, reason: String },
-    #[error("the standby did not show up streaming in the primary's pg_stat_replication within {secs} s{last}")]
-    NotStreaming { secs: u64, last: String },
+    #[error("the standby did not show up streaming in the primary's pg_stat_replication within {secs} s{last}{why}")]
+    NotStreaming { secs: u64, last: String, why: String },
     #[error("watching the standby failed: {0}")]
     Watch(PgError),
     #[error(transparent)]
@@ -176,9 +176,13 @@ pub fn start(pg_ctl: &Path, replica: &Path, log: &Path) -> Result<(), StandbyErr
 }
 
 /// Waits until the primary's pg_stat_replication shows the standby streaming; returns its replay lag in bytes.
+/// When it does not within `secs`, the error carries what the standby's log says about its walreceiver's last
+/// failed connection (see `walreceiver_failure`).
 pub fn wait_streaming(
     conn: &mut Conn,
-    application_name: &str,
+    recovery: &Recovery,
+    replica: &Path,
+    startup_log: &Path,
     secs: u64,
     cancel: &Cancel,
 ) -> Result<u64, StandbyError> {
@@ -190,7 +194,7 @@ pub fn wait_streaming(
                 // sent_lsn rather than pg_current_wal_lsn(): the latter fails on a standby (cascading).
                 "SELECT state, pg_wal_lsn_diff(sent_lsn, replay_lsn)::bigint \
                  FROM pg_stat_replication WHERE application_name = $1",
-                &[application_name],
+                &[&recovery.standby.application_name],
             )
             .map_err(StandbyError::Watch)?;
         if let Some(state) = rows.get(0, 0) {
@@ -201,10 +205,52 @@ pub fn wait_streaming(
         }
         cancel.check()?;
         if Instant::now() >= deadline {
-            return Err(StandbyError::NotStreaming { secs, last });
+            let why = walreceiver_failure(&log_files(replica, startup_log))
+                .map(|line| format!("; its log says: {line}{}", login_hint(&line, recovery)))
+                .unwrap_or_default();
+            return Err(StandbyError::NotStreaming { secs, last, why });
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// Where the standby logs: the file `pg_ctl -l` gave its stderr, and, with `logging_collector = on` (copied from
+/// the primary's configuration, as RHEL's packages set it), the files its syslogger writes, which the server
+/// names in `current_logfiles` in its data directory as `FORMAT PATH` lines, PATH relative to the data
+/// directory unless log_directory is absolute (src/backend/postmaster/syslogger.c, update_metainfo_datafile).
+fn log_files(replica: &Path, startup_log: &Path) -> Vec<PathBuf> {
+    let listed = std::fs::read_to_string(replica.join("current_logfiles")).unwrap_or_default();
+    let collected = listed.lines().filter_map(|l| l.split_once(' ')).map(|(_, file)| replica.join(file));
+    std::iter::once(startup_log.to_path_buf()).chain(collected).collect()
+}
+
+/// The last failed connection of the walreceiver in `logs` (read in order, the collector's files after
+/// pg_ctl's): "could not connect to the primary server: <libpq's message>" (src/backend/replication/
+/// walreceiver.c; from PostgreSQL 17 prefixed `streaming replication receiver "NAME"`), from that phrase on.
+fn walreceiver_failure(logs: &[PathBuf]) -> Option<String> {
+    const PHRASE: &str = "could not connect to the primary server";
+    logs.iter()
+        .filter_map(|f| std::fs::read(f).ok())
+        .flat_map(|text| {
+            let text = String::from_utf8_lossy(&text).into_owned();
+            text.lines().filter_map(|l| l.find(PHRASE).map(|at| l[at..].trim().to_string())).collect::<Vec<_>>()
+        })
+        .last()
+}
+
+/// The way out when the walreceiver's libpq found no password ("fe_sendauth: no password supplied",
+/// interfaces/libpq/fe-auth.c) or the primary refused it ("password authentication failed for user",
+/// libpq/auth.c): --start runs the standby without pgclone's PGPASSWORD, as it will run after a restart.
+fn login_hint(line: &str, r: &Recovery) -> String {
+    let password = ["no password supplied", "password authentication failed"].iter().any(|p| line.contains(p));
+    if !password {
+        return String::new();
+    }
+    format!(
+        " (the standby cannot log in to the primary: give it a password with --conninfo-password, written into \
+         primary_conninfo, or a line {}:{}:*:{}:PASSWORD in ~/.pgpass, mode 0600, of the OS user it runs as)",
+        r.host, r.port, r.user
+    )
 }
 
 #[cfg(test)]
@@ -240,6 +286,70 @@ mod tests {
              restore_command = 'cp ''/arch/%f'' %p'\n\
              recovery_min_apply_delay = '5min'\n"
         );
+    }
+
+    fn recovery() -> Recovery {
+        Recovery {
+            host: "db1".into(),
+            port: "5432".into(),
+            user: "replicator".into(),
+            sslmode: None,
+            password: None,
+            standby: RecoveryConfig {
+                password: false,
+                application_name: "replica1".into(),
+                slot: None,
+                replica_port: None,
+                options: Vec::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn the_walreceivers_last_failure_comes_from_pg_ctls_log_or_the_collectors() {
+        let d = tempfile::tempdir().unwrap();
+        let (replica, startup) = (d.path().join("data"), d.path().join("startup.log"));
+        std::fs::create_dir_all(replica.join("log")).unwrap();
+        std::fs::write(
+            &startup,
+            "2026-12-06 12:00:00.100 UTC [77] LOG:  database system is ready to accept read-only connections\n\
+             2026-12-06 12:00:00.200 UTC [78] FATAL:  could not connect to the primary server: connection to server \
+             at \"db1\" (10.0.0.1), port 5432 failed: Connection refused\n\
+             2026-12-06 12:00:05.200 UTC [79] FATAL:  could not connect to the primary server: connection to server \
+             at \"db1\" (10.0.0.1), port 5432 failed: fe_sendauth: no password supplied\n",
+        )
+        .unwrap();
+        let only_startup = log_files(&replica, &startup);
+        let line = walreceiver_failure(&only_startup).unwrap();
+        assert_eq!(
+            line,
+            "could not connect to the primary server: connection to server at \"db1\" (10.0.0.1), port 5432 failed: \
+             fe_sendauth: no password supplied"
+        );
+        let hint = login_hint(&line, &recovery());
+        assert!(hint.contains("--conninfo-password") && hint.contains("db1:5432:*:replicator:PASSWORD"), "{hint}");
+
+        // logging_collector = on: the server lists its files in current_logfiles, relative to the data directory.
+        std::fs::write(
+            replica.join("current_logfiles"),
+            "stderr log/postgresql-12.log\ncsvlog log/postgresql-12.csv\n",
+        )
+        .unwrap();
+        std::fs::write(
+            replica.join("log/postgresql-12.log"),
+            "2026-12-06 12:00:10.000 UTC [80] FATAL:  streaming replication receiver \"walreceiver\" could not connect \
+             to the primary server: connection to server at \"db1\" (10.0.0.1), port 5432 failed: FATAL:  password \
+             authentication failed for user \"replicator\"\n",
+        )
+        .unwrap();
+        let line = walreceiver_failure(&log_files(&replica, &startup)).unwrap();
+        assert!(line.starts_with("could not connect") && line.ends_with("for user \"replicator\""), "{line}");
+        assert!(!login_hint(&line, &recovery()).is_empty(), "a refused password is a login problem too");
+
+        let refused =
+            "could not connect to the primary server: connection to server at \"db1\" failed: Connection refused";
+        assert_eq!(login_hint(refused, &recovery()), "", "not a login problem");
+        assert_eq!(walreceiver_failure(&[d.path().join("no-such.log")]), None);
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub struct Summary {
     pub data_channel: &'static str,
     /// How a replica already here was brought up to date; None for a fresh clone.
     pub resynced: Option<Resynced>,
+    /// The PostgreSQL connections that travelled in clear text (`clone::connect`).
+    pub clear_text: Vec<&'static str>,
 }
 
 /// A re-sync's method (`clone::resync`), why it compared rather than used WAL summaries, and what it read.
@@ -125,14 +127,16 @@ impl Summary {
             ),
             None => "null".into(),
         };
-        let warnings: Vec<String> = (self.vanished > 0)
-            .then(|| json::string(&format!("{} files vanished on the primary during the copy", self.vanished)))
+        let vanished = format!("{} files vanished on the primary during the copy", self.vanished);
+        let clear = format!("PostgreSQL connections in clear text: {}", self.clear_text.join(", "));
+        let warnings: Vec<String> = [(self.vanished > 0, vanished), (!self.clear_text.is_empty(), clear)]
             .into_iter()
+            .filter_map(|(warn, text)| warn.then(|| json::string(&text)))
             .collect();
         format!(
             "{{\"ok\":true,\"replica\":{},\"wal_dir\":{},\"files\":{},\"bytes\":{},\"reused_bytes\":{},\"moved_bytes\":{},\"vanished_files\":{},\
              \"elapsed_seconds\":{:.3},\"start_lsn\":\"{}\",\"stop_lsn\":\"{}\",\"timeline\":{},\"wal_segments\":{},\
-             \"data_channel\":\"{}\",\"peak_rss_kb\":{},\"phases\":{{{}}},\"standby\":{standby},\"resync\":{resync},\"warnings\":[{}]}}",
+             \"data_channel\":\"{}\",\"postgres_clear_text\":{},\"peak_rss_kb\":{},\"phases\":{{{}}},\"standby\":{standby},\"resync\":{resync},\"warnings\":[{}]}}",
             json::string(&self.replica.to_string_lossy()),
             json::string(&self.wal_dir.to_string_lossy()),
             self.files,
@@ -146,6 +150,7 @@ impl Summary {
             self.timeline,
             self.wal_segments,
             self.data_channel,
+            json::names(&self.clear_text),
             peak_rss_kb(),
             phases.join(","),
             warnings.join(","),

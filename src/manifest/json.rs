@@ -17,10 +17,17 @@ pub fn string(s: &str) -> String {
     out
 }
 
+/// A JSON array of string literals.
+pub fn names(items: &[&str]) -> String {
+    format!("[{}]", items.iter().map(|s| string(s)).collect::<Vec<_>>().join(","))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn strings_are_escaped() {
         assert_eq!(super::string("a\"b\\c\nd ü"), "\"a\\\"b\\\\c\\u000ad ü\"");
+        assert_eq!(super::names(&["sql_session", "a\"b"]), "[\"sql_session\",\"a\\\"b\"]");
+        assert_eq!(super::names(&[]), "[]");
     }
 }

@@ -51,6 +51,19 @@ pub enum CopyData {
     Done,
 }
 
+/// How a connection's bytes travel, as far as someone on the path is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// TLS (what sslmode=prefer, libpq's default, gets from a server with ssl = on) or GSSAPI encryption.
+    Encrypted,
+    /// A Unix-domain socket: the bytes never leave this host.
+    UnixSocket,
+    /// TCP in clear text: under sslmode=prefer (libpq's default) a server with ssl = off, or whose pg_hba.conf
+    /// admits us only by a `hostnossl` line (libpq then retries without TLS, fe-connect.c); or sslmode=allow or
+    /// disable.
+    Clear,
+}
+
 /// The rows of one query result, as text, with SQL NULL as `None`.
 pub struct Rows {
     rows: Vec<Vec<Option<String>>>,
@@ -162,6 +175,25 @@ impl Conn {
             }
             ffi::PQconninfoFree(opts);
             found
+        }
+    }
+
+    /// How this connection travels. libpq says whether it encrypts (PQsslInUse, PQgssEncInUse); the kernel
+    /// says whether its socket is a Unix-domain one (getsockname), whatever host string libpq was given.
+    pub fn wire(&self) -> Wire {
+        // SAFETY: valid connection.
+        let encrypted =
+            unsafe { ffi::PQsslInUse(self.raw.as_ptr()) == 1 || ffi::PQgssEncInUse(self.raw.as_ptr()) == 1 };
+        if encrypted {
+            return Wire::Encrypted;
+        }
+        // SAFETY: valid connection.
+        let fd: RawFd = unsafe { ffi::PQsocket(self.raw.as_ptr()) };
+        // SAFETY: libpq keeps the socket open while the connection lives, which outlasts this call.
+        let local = (fd >= 0).then(|| rustix::net::getsockname(unsafe { BorrowedFd::borrow_raw(fd) }));
+        match local {
+            Some(Ok(addr)) if addr.address_family() == rustix::net::AddressFamily::UNIX => Wire::UnixSocket,
+            _ => Wire::Clear,
         }
     }
 

@@ -16,4 +16,4 @@ pub mod wal_summary;
 
 pub mod wal_stream;
 
-pub use conn::{parse_conninfo, Conn, CopyData, PgError};
+pub use conn::{parse_conninfo, Conn, CopyData, PgError, Wire};

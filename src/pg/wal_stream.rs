@@ -20,7 +20,7 @@ use crate::error::{Cancelled, IoAt, IoContext};
 use crate::pg::lsn::{history_file_name, Lsn, SegSize};
 use crate::pg::replication::{ServerMessage, StandbyStatus};
 use crate::pg::timeline::{parse_history, Span};
-use crate::pg::{Conn, CopyData, PgError};
+use crate::pg::{Conn, CopyData, PgError, Wire};
 use crate::sys::cancel::Cancel;
 
 /// Standby status updates keep wal_sender_timeout (60 s by default) from killing us and let the slot
@@ -64,6 +64,8 @@ pub struct WalStream {
     pub start: StreamStart,
     /// The server's timeline history, oldest timeline first, its current one (`start.timeline`) last.
     pub history: Vec<Span>,
+    /// How the replication connection travels (the connection itself lives on the stream's thread).
+    pub wire: Wire,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
@@ -151,6 +153,7 @@ impl WalStream {
             .map_err(cmd("START_REPLICATION"))?;
         tracing::debug!(%start.lsn, timeline, slot, "WAL stream started");
 
+        let wire = conn.wire();
         let shared = Arc::new(Shared::default());
         shared.lock().received = start.lsn;
         let writer = SegmentWriter { dir: dir.to_path_buf(), seg, timeline, open: None };
@@ -169,7 +172,7 @@ impl WalStream {
                 thread_shared.changed.notify_all();
             })
             .map_err(WalStreamError::Thread)?;
-        Ok(WalStream { start, history, shared, thread: Some(thread) })
+        Ok(WalStream { start, history, wire, shared, thread: Some(thread) })
     }
 
     /// Waits until everything through `stop` (pg_backup_stop's position) is written and synced. The stream then

@@ -7,11 +7,14 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime};
 
-/// Run directories are `pgclone-*`; those kept for inspection (--keep-run-tmp) `pgclone-kept-*`.
+/// Run directories are `pgclone-` and `RAND` random letters and digits (tempfile's alphabet); those kept for
+/// inspection (--keep-run-tmp) `pgclone-kept-*`. Nothing else pgclone makes in a $TMPDIR has that shape (the
+/// agent's `pgclone-agent.*` and the rsync daemon's `pgclone-rsyncd.*`, which a primary on this host puts here
+/// too), so `reap_stale` touches nothing but run directories.
 const PREFIX: &str = "pgclone-";
 const KEPT: &str = "pgclone-kept-";
+const RAND: usize = 6;
 
 /// A private (0700) directory for one run (streamed WAL, the rsync secret, the fetched pg_control, the Unix
 /// sockets of ssh forwards and bandwidth proxies),
@@ -21,7 +24,9 @@ const KEPT: &str = "pgclone-kept-";
 /// waits on a pipe whose only writer is pgclone: the kernel closes it when pgclone dies, and the reaper
 /// then removes the directory. The reaper is deliberately not tied to our life (no PDEATHSIG). When the
 /// reaper dies too (the whole process tree killed at once, as Patroni cancels a replica method or a container
-/// stops), the directory's lock is what tells later runs it is nobody's any more (see `reap_stale`).
+/// stops), the directory's lock is what tells later runs it is nobody's any more (see `reap_stale`): the run
+/// holds it from before the directory is of any use until the run's last instant, so a free lock proves the
+/// directory abandoned, however young it is.
 pub struct RunDir {
     path: PathBuf,
     keep: bool,
@@ -34,9 +39,7 @@ pub struct RunDir {
 impl RunDir {
     /// Creates it in `parent`. `keep`: leave it for inspection (--keep-run-tmp).
     pub fn create(parent: &Path, keep: bool) -> io::Result<RunDir> {
-        let path = tempfile::Builder::new().prefix(if keep { KEPT } else { PREFIX }).tempdir_in(parent)?.keep();
-        let lock = File::open(&path)?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)?;
+        let (path, lock) = make_locked(parent, if keep { KEPT } else { PREFIX })?;
         if keep {
             tracing::info!("keeping the run directory {}", path.display());
             return Ok(RunDir { path, keep, _lock: lock, _reaper: None });
@@ -66,23 +69,52 @@ impl Drop for RunDir {
     }
 }
 
+/// A new directory `prefix` + random in `parent`, and the flock(2) that marks it as a live run's. mkdir and
+/// flock are two steps: in between, another run's `reap_stale` can lock the directory first and remove it. Then
+/// the name no longer leads to the directory we locked (or the lock is taken), and we make another; once the
+/// name is checked to be ours under our lock, no reaper can take it until we die.
+fn make_locked(parent: &Path, prefix: &str) -> io::Result<(PathBuf, File)> {
+    const TRIES: u32 = 10;
+    for _ in 0..TRIES {
+        let path = tempfile::Builder::new().prefix(prefix).rand_bytes(RAND).tempdir_in(parent)?.keep();
+        let lock = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        let locked = lock.metadata()?;
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| (m.dev(), m.ino()) == (locked.dev(), locked.ino())) {
+            return Ok((path, lock));
+        }
+    }
+    Err(io::Error::other(format!("{TRIES} new run directories in a row were removed as they were made")))
+}
+
+/// Whether `name` is a run directory's (`pgclone-` and `RAND` letters or digits), not one kept for inspection.
+fn is_run_dir_name(name: &str) -> bool {
+    name.strip_prefix(PREFIX).is_some_and(|r| r.len() == RAND && r.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
 /// Removes the run directories in `parent` that no run holds any more: ours (same owner), not kept for
-/// inspection, unlocked, and older than a minute (a run locks its directory right after creating it). Their runs
-/// were killed together with their reapers and left their streamed WAL behind. Returns how many went.
+/// inspection, and unlocked. A run holds its directory's lock from before it uses it to its death (see
+/// `make_locked`), so an unlocked one was left by a run killed together with its reaper, however recently:
+/// Patroni retries a failed replica method within seconds. Returns how many went.
 pub fn reap_stale(parent: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(parent) else { return 0 };
     let me = rustix::process::geteuid().as_raw();
-    let recent = SystemTime::now() - Duration::from_secs(60);
     let mut reaped = 0;
     for e in entries.flatten() {
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        if !name.starts_with(PREFIX) || name.starts_with(KEPT) {
+        if !is_run_dir_name(&e.file_name().to_string_lossy()) {
             continue;
         }
         let path = e.path();
         let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
-        if !meta.is_dir() || meta.uid() != me || meta.modified().map_or(true, |m| m > recent) {
+        if !meta.is_dir() || meta.uid() != me {
             continue;
         }
         let Ok(dir) = File::open(&path) else { continue };
@@ -121,6 +153,7 @@ impl Drop for MadeDirs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn run_dir_is_removed_on_drop_and_by_the_reaper() {
@@ -142,26 +175,53 @@ mod tests {
     }
 
     #[test]
-    fn only_unlocked_old_run_dirs_are_reaped() {
+    fn only_unlocked_run_dirs_are_reaped_however_young() {
         let top = tempfile::tempdir().unwrap();
-        let make = |name: &str, age: u64| {
+        let make = |name: &str| {
             let d = top.path().join(name);
             std::fs::create_dir(&d).unwrap();
             std::fs::write(d.join("000000010000000000000002"), "wal").unwrap();
-            File::open(&d).unwrap().set_modified(SystemTime::now() - Duration::from_secs(age)).unwrap();
             d
         };
-        let stale = make("pgclone-abc123", 3600);
-        let young = make("pgclone-def456", 0);
-        let kept = make("pgclone-kept-ghi789", 3600);
-        let other = make("not-ours", 3600);
+        let stale = make("pgclone-abc123");
+        let kept = make("pgclone-kept-ghi789");
+        let agent = make("pgclone-agent.Xy12ab");
+        let rsyncd = make("pgclone-rsyncd.Q1w2e3");
+        let other = make("not-ours");
         let live = RunDir::create(top.path(), false).unwrap();
-        File::open(live.path()).unwrap().set_modified(SystemTime::now() - Duration::from_secs(3600)).unwrap();
+        let inspected = RunDir::create(top.path(), true).unwrap();
+        assert!(is_run_dir_name(&live.path().file_name().unwrap().to_string_lossy()), "{}", live.path().display());
         assert_eq!(reap_stale(top.path()), 1);
-        assert!(!stale.exists(), "nobody's: reaped");
-        for d in [&young, &kept, &other, &live.path().to_path_buf()] {
+        assert!(!stale.exists(), "nobody's, made a moment ago: reaped");
+        for d in [&kept, &agent, &rsyncd, &other, &live.path().to_path_buf(), &inspected.path().to_path_buf()] {
             assert!(d.exists(), "{} must stay", d.display());
         }
+        std::fs::remove_dir_all(inspected.path()).unwrap();
+    }
+
+    /// A reaper in a loop against runs making their directories: whenever it wins the race between a mkdir and
+    /// its flock, the run must make another directory, never be handed one that is gone.
+    #[test]
+    fn a_run_dir_reaped_before_its_lock_is_made_again() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let top = tempfile::tempdir().unwrap();
+        let (done, won) = (AtomicBool::new(false), AtomicUsize::new(0));
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !done.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                    won.fetch_add(reap_stale(top.path()), Ordering::Relaxed);
+                }
+            });
+            while std::time::Instant::now() < deadline && won.load(Ordering::Relaxed) < 3 {
+                let (path, lock) = make_locked(top.path(), PREFIX).expect("a run directory");
+                assert!(path.is_dir(), "a run was handed {}, which a reaper removed", path.display());
+                std::fs::remove_dir(&path).unwrap();
+                drop(lock);
+            }
+            done.store(true, Ordering::Relaxed);
+        });
+        println!("the reaper won the race {} times", won.load(Ordering::Relaxed));
     }
 
     #[test]

@@ -20,6 +20,57 @@ pub enum SshError {
     SocketPath(PathBuf),
 }
 
+/// Why a host or login name is not handed to ssh (see `check_host`, `check_user`).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("it is empty")]
+    Empty,
+    #[error("it starts with '-', which ssh would read as an option")]
+    Option,
+    #[error("it contains {0:?}, which is not part of a host name or IP address")]
+    NotHostChar(char),
+    #[error("it contains {0:?}, which is not part of a login name")]
+    NotUserChar(char),
+}
+
+/// The primary's host as ssh gets it: a host name (letters, digits, `.`, `-`, `_`) or an IP address literal
+/// (IPv6 with an optional `%zone`), nothing else. The host can come from far away: Patroni's `--connstring` is
+/// the leader's `conn_url` in the DCS, written by another machine. ssh puts the host into commands it runs
+/// through the shell (`%h` in a `ProxyCommand`, `Match exec`, `LocalCommand`; readconf.c, ssh.c), so a
+/// host carrying `$(...)` or `;` would run code on this host; OpenSSH 9.6 and later refuse some of
+/// these themselves (ssh.c `valid_hostname`), older clients do not. A leading `-` is harmless after our `--`, but is no host
+/// either. `user@host` is refused too: the login is `--ssh-user`'s.
+pub fn check_host(host: &str) -> Result<(), NameError> {
+    let name_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+    // An IPv6 literal, with an optional zone (fe80::1%eth0).
+    let (addr, zone) = host.split_once('%').unwrap_or((host, ""));
+    if addr.parse::<std::net::Ipv6Addr>().is_ok() && zone.chars().all(name_char) {
+        return Ok(());
+    }
+    // Else a host name or an IPv4 literal.
+    if let Some(c) = host.chars().find(|&c| !name_char(c)) {
+        return Err(NameError::NotHostChar(c));
+    }
+    match host.chars().next() {
+        None => Err(NameError::Empty),
+        Some('-') => Err(NameError::Option),
+        Some(_) => Ok(()),
+    }
+}
+
+/// The ssh login (`-l`): the same shell-safety as `check_host` (ssh expands it as `%r` and `%u`), letters,
+/// digits, `.`, `-`, `_` and `@` (a directory login, `user@DOMAIN`).
+pub fn check_user(user: &str) -> Result<(), NameError> {
+    if let Some(c) = user.chars().find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '@'))) {
+        return Err(NameError::NotUserChar(c));
+    }
+    match user.chars().next() {
+        None => Err(NameError::Empty),
+        Some('-') => Err(NameError::Option),
+        Some(_) => Ok(()),
+    }
+}
+
 /// Where and how to reach the primary host.
 #[derive(Clone, Debug)]
 pub struct SshTarget {
@@ -281,6 +332,44 @@ mod tests {
             Some("aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr")
         );
         assert_eq!(gcm_first("chacha20-poly1305@openssh.com,aes256-ctr"), None);
+    }
+
+    #[test]
+    fn only_host_names_and_ip_literals_reach_ssh() {
+        for ok in ["db1", "db-1.example.com", "pg_primary.local", "10.0.0.1", "::1", "fe80::1%eth0", "2001:db8::5"] {
+            assert_eq!(check_host(ok), Ok(()), "{ok}");
+        }
+        let refused = [
+            ("-oProxyCommand=touch /tmp/x", NameError::NotHostChar('=')),
+            ("-oProxyCommand=id", NameError::NotHostChar('=')),
+            ("-db1", NameError::Option),
+            ("db1 -p 2222", NameError::NotHostChar(' ')),
+            ("$(touch /tmp/x)", NameError::NotHostChar('$')),
+            ("db1;id", NameError::NotHostChar(';')),
+            ("db1`id`", NameError::NotHostChar('`')),
+            ("db1\nid", NameError::NotHostChar('\n')),
+            ("db1\tx", NameError::NotHostChar('\t')),
+            ("db1\u{7}", NameError::NotHostChar('\u{7}')),
+            ("root@db1", NameError::NotHostChar('@')),
+            ("db1:22", NameError::NotHostChar(':')),
+            ("fe80::1%eth0;id", NameError::NotHostChar(':')),
+            ("", NameError::Empty),
+        ];
+        for (bad, why) in refused {
+            assert_eq!(check_host(bad), Err(why), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn logins_are_names() {
+        for ok in ["postgres", "svc_pg-1", "dba.smith", "pg@CORP.EXAMPLE"] {
+            assert_eq!(check_user(ok), Ok(()), "{ok}");
+        }
+        assert_eq!(check_user("-oProxyCommand=id"), Err(NameError::NotUserChar('=')));
+        assert_eq!(check_user("-root"), Err(NameError::Option));
+        assert_eq!(check_user("pg $(id)"), Err(NameError::NotUserChar(' ')));
+        assert_eq!(check_user("pg\n"), Err(NameError::NotUserChar('\n')));
+        assert_eq!(check_user(""), Err(NameError::Empty));
     }
 
     #[test]

@@ -408,8 +408,8 @@ fn create_slot_is_dropped_or_reported_when_start_fails() {
 
 /// The whole process tree of a run killed at once (as Patroni cancels a replica method, or a container stops):
 /// pgclone and the reaper that would have removed its run directory both die, and the directory, with its
-/// streamed WAL, stays under $TMPDIR. The next run finds it (unlocked, so nobody's) and removes it. Before,
-/// such directories stayed forever.
+/// streamed WAL, stays under $TMPDIR. The next run, started at once as Patroni retries, finds it (unlocked, so
+/// nobody's) and removes it. Before, such directories stayed forever, and then until they were a minute old.
 #[test]
 fn a_killed_runs_directory_is_removed_by_the_next_run() {
     let s = Setup::with_pgbench("h-reap", 2);
@@ -426,11 +426,13 @@ fn a_killed_runs_directory_is_removed_by_the_next_run() {
         );
     }
     let _ = running.wait();
+    let killed = std::time::Instant::now();
     let left = entries_starting_with(&s.lab.tmpdir(), "pgclone-");
     assert_eq!(left.len(), 1, "the killed run's directory is left: {left:?}");
-    // Runs older than a minute only: a run locks its directory just after making it.
-    fs::File::open(&left[0]).unwrap().set_modified(std::time::SystemTime::now() - Duration::from_secs(3600)).unwrap();
-    s.pgclone().run().assert_success();
+    // At once, as Patroni retries: the directory is seconds old, and its free lock alone says it is nobody's.
+    let next = s.pgclone().spawn();
+    assert!(killed.elapsed() < Duration::from_secs(2), "the next run started {:?} after the kill", killed.elapsed());
+    next.wait().assert_success();
     assert!(!left[0].exists(), "{} is still there", left[0].display());
     s.assert_standby(&s.replica, "h_reap", None);
 }
