@@ -164,7 +164,7 @@ pub struct Args {
     )]
     pub progress: progress::Mode,
 
-    /// Seconds between progress lines in plain mode
+    /// Seconds between progress lines in plain and json mode
     #[arg(help_heading = "Output", long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub progress_interval: u64,
 
@@ -252,8 +252,13 @@ pub struct Args {
     pub keep_run_tmp: bool,
 
     /// Debug logging
-    #[arg(help_heading = "Output", long, short)]
+    #[arg(help_heading = "Output", long, short, conflicts_with = "quiet")]
     pub verbose: bool,
+
+    /// Only warnings and errors on standard error: no progress, no log lines, no summary line (--json still
+    /// prints its object on standard output)
+    #[arg(help_heading = "Output", long, short)]
+    pub quiet: bool,
 
     /// Trace logging: every protocol step (pgclone.sh's shell trace)
     #[arg(help_heading = "Output", long)]

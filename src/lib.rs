@@ -48,10 +48,11 @@ pub fn main() -> ExitCode {
             Err(e) => e.exit(),
         };
     }
-    let level = match (args.debug, args.verbose) {
-        (true, _) => "pgclone=trace",
-        (false, true) => "pgclone=debug",
-        (false, false) => "pgclone=info",
+    let level = match (args.debug, args.verbose, args.quiet) {
+        (true, _, _) => "pgclone=trace",
+        (false, true, _) => "pgclone=debug",
+        (false, false, true) => "pgclone=warn",
+        (false, false, false) => "pgclone=info",
     };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PGCLONE_LOG").unwrap_or_else(|_| level.into()))
@@ -99,7 +100,11 @@ pub fn main() -> ExitCode {
             )
         }),
         Ok(config) => clone::run(&config, &cancel).map(|summary| {
-            eprintln!("pgclone: {summary}");
+            // The details first, the one line a DBA reads at a glance last.
+            summary.details().iter().for_each(|d| tracing::info!("{d}"));
+            if !args.quiet {
+                eprintln!("pgclone: {summary}");
+            }
             summary.json()
         }),
         Err(e) => Err(e),

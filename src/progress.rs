@@ -17,6 +17,9 @@ pub enum Mode {
     Bar,
     /// A line every --progress-interval seconds, for logs
     Plain,
+    /// A JSON object on a line of its own (standard error) every --progress-interval seconds and at the end of
+    /// the copy, for orchestrators: {"event":"progress","done_bytes",...}
+    Json,
     /// Nothing until the final summary
     None,
 }
@@ -32,6 +35,7 @@ pub struct Progress {
 enum View {
     Bar(ProgressBar),
     Plain { every: Duration, last: std::sync::Mutex<Instant> },
+    Json { every: Duration, last: std::sync::Mutex<Instant> },
     Silent,
 }
 
@@ -40,7 +44,7 @@ impl Progress {
         let bar = match mode {
             Mode::Auto => std::io::stderr().is_terminal(),
             Mode::Bar => true,
-            Mode::Plain | Mode::None => false,
+            Mode::Plain | Mode::Json | Mode::None => false,
         };
         let view = if bar {
             let b = ProgressBar::with_draw_target(Some(total_bytes), ProgressDrawTarget::stderr());
@@ -55,6 +59,8 @@ impl Progress {
             View::Bar(b)
         } else if mode == Mode::None {
             View::Silent
+        } else if mode == Mode::Json {
+            View::Json { every: interval, last: std::sync::Mutex::new(Instant::now()) }
         } else {
             View::Plain { every: interval, last: std::sync::Mutex::new(Instant::now()) }
         };
@@ -81,19 +87,36 @@ impl Progress {
 
     /// Called about once a second by the supervising thread: plain mode logs when its interval is up.
     pub fn tick(&self) {
-        if let View::Plain { every, last } = &self.view {
-            let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
-            if last.elapsed() >= *every {
-                *last = Instant::now();
-                tracing::info!("{}", self.line());
+        let (View::Plain { every, last } | View::Json { every, last }) = &self.view else { return };
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.elapsed() >= *every {
+            *last = Instant::now();
+            match self.view {
+                View::Json { .. } => eprintln!("{}", self.json()),
+                _ => tracing::info!("{}", self.line()),
             }
         }
     }
 
     pub fn finish(&self) {
-        if let View::Bar(b) = &self.view {
-            b.finish_and_clear();
+        match &self.view {
+            View::Bar(b) => b.finish_and_clear(),
+            View::Json { .. } => eprintln!("{}", self.json()),
+            _ => {}
         }
+    }
+
+    /// One progress event for machines: what `line` says, in numbers (bytes, seconds).
+    pub fn json(&self) -> String {
+        let done = self.bytes.load(Ordering::Relaxed);
+        let secs = self.started.elapsed().as_secs_f64();
+        let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
+        format!(
+            "{{\"event\":\"progress\",\"done_bytes\":{done},\"total_bytes\":{},\"done_files\":{},\
+             \"elapsed_seconds\":{secs:.3},\"bytes_per_second\":{rate:.0}}}",
+            self.total_bytes,
+            self.files.load(Ordering::Relaxed),
+        )
     }
 
     /// One plain line: for logs, not a terminal redraw.
@@ -151,5 +174,11 @@ mod tests {
         p.add(Copied { files: 2, bytes: 500, moved: 500, ..Copied::default() }, 200);
         let l = p.line();
         assert!(l.starts_with("copied 500 B of 1.0 kB (50%), 2 files"), "{l}");
+        let j: serde_json::Value = serde_json::from_str(&p.json()).unwrap();
+        assert_eq!(
+            (j["event"].as_str(), j["done_bytes"].as_u64(), j["total_bytes"].as_u64()),
+            (Some("progress"), Some(500), Some(1000))
+        );
+        assert_eq!(j["done_files"], 2);
     }
 }

@@ -261,7 +261,12 @@ impl CloneConfig {
             ssh: (!args.no_ssh).then_some(ssh),
             host,
             parallel,
-            progress: args.progress,
+            // --quiet: no bar or progress lines either, unless asked for by name (json events are for machines).
+            progress: if args.quiet && args.progress != progress::Mode::Json {
+                progress::Mode::None
+            } else {
+                args.progress
+            },
             progress_interval: Duration::from_secs(args.progress_interval),
             verify_checksums: !args.no_verify_checksums,
             manifest: !args.no_manifest,

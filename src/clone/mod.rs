@@ -249,6 +249,8 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
 
     let (end, mut sql, control, wal_end) = backup_stop(backup, &*transport, dirs.run.path(), primary)?;
     let data_channel = transport.data_channel();
+    // rsync copies whole files only; the native transport splits them.
+    let transport_name = if transport.split_size().is_none() { "rsync" } else { "native" };
     drop(transport);
     timing.end("backup stop");
 
@@ -309,7 +311,9 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
         stop_lsn: end.stop_lsn,
         timeline,
         replica: config.replica.clone(),
-        wal_dir: streamed,
+        primary: summary::PrimaryFacts { host: config.host.clone(), major: primary.major, system_id },
+        transport: transport_name,
+        temp_waldir: config.temp_waldir.as_ref().map(|_| streamed),
         phases: timing.done,
         standby,
         data_channel,

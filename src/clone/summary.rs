@@ -4,7 +4,6 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::manifest::json;
 use crate::pg::lsn::Lsn;
 use crate::progress;
 
@@ -22,8 +21,12 @@ pub struct Summary {
     pub stop_lsn: Lsn,
     pub timeline: u32,
     pub replica: PathBuf,
-    /// Where the streamed WAL waited until finalize laid it into pg_wal.
-    pub wal_dir: PathBuf,
+    /// The primary, as --json names it.
+    pub primary: PrimaryFacts,
+    /// Which transport moved the files (`native`, `rsync`).
+    pub transport: &'static str,
+    /// With --temp-waldir: where the streamed WAL waited until finalize laid it into pg_wal.
+    pub temp_waldir: Option<PathBuf>,
     pub phases: Vec<(&'static str, Duration)>,
     /// With --start: the standby's application_name and its replay lag in bytes when first seen streaming.
     pub standby: Option<(String, u64)>,
@@ -33,6 +36,13 @@ pub struct Summary {
     pub resynced: Option<Resynced>,
     /// The PostgreSQL connections that travelled in clear text (`clone::connect`).
     pub clear_text: Vec<&'static str>,
+}
+
+/// The primary a run cloned: the host it reached, its major, its cluster's system identifier.
+pub struct PrimaryFacts {
+    pub host: String,
+    pub major: u32,
+    pub system_id: u64,
 }
 
 /// A re-sync's method (`clone::resync`), why it compared rather than used WAL summaries, and what it read.
@@ -54,106 +64,144 @@ fn peak_rss_kb() -> u64 {
 }
 
 impl fmt::Display for Summary {
+    /// The one line a DBA reads at a glance: what was done, how much moved, how long.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let secs = self.elapsed.as_secs_f64();
-        write!(
-            f,
-            "cloned {} files, {} in {secs:.1} s ({}/s) into {}; WAL {}..{} on timeline {} ({} segments)",
-            self.files,
-            progress::bytes(self.bytes),
-            progress::bytes((self.bytes as f64 / secs.max(0.001)) as u64),
-            self.replica.display(),
-            self.start_lsn,
-            self.stop_lsn,
-            self.timeline,
-            self.wal_segments,
-        )?;
-        if self.reused > 0 {
-            write!(f, "; {} of it was already in place", progress::bytes(self.reused))?;
-        }
-        if let Some(r) = &self.resynced {
-            write!(
+        match &self.resynced {
+            None => write!(
                 f,
-                "; re-synced by {}: read {} on the primary and {} here",
+                "cloned {} in {} into {} in {secs:.1} s",
+                progress::bytes(self.bytes),
+                count(self.files, "file"),
+                self.replica.display()
+            )?,
+            Some(r) => write!(
+                f,
+                "re-synced {} by {} in {secs:.1} s: {} moved over the link, {} already in place, of {} in {}",
+                self.replica.display(),
                 r.method,
-                progress::bytes(r.read_primary),
-                progress::bytes(r.read_replica)
-            )?;
-            if let Some(why) = &r.why {
-                write!(f, " (no WAL summaries: {why})")?;
-            }
-            if !r.kept.is_empty() {
-                write!(f, "; kept the replica's {}", r.kept.join(", "))?;
-            }
-        }
-        if self.moved < self.bytes {
-            write!(f, "; {} moved over the link, the rest was identical", progress::bytes(self.moved))?;
+                progress::bytes(self.moved),
+                progress::bytes(self.reused),
+                progress::bytes(self.bytes),
+                count(self.files, "file")
+            )?,
         }
         if let Some((name, lag)) = &self.standby {
             write!(f, "; standby {name} is streaming, replay lag {}", progress::bytes(*lag))?;
-        }
-        let phases: Vec<String> =
-            self.phases.iter().map(|(name, d)| format!("{name} {:.1} s", d.as_secs_f64())).collect();
-        write!(f, "; time: {}", phases.join(", "))?;
-        write!(f, "; streamed WAL waited in {}", self.wal_dir.display())?;
-        if self.vanished > 0 {
-            write!(
-                f,
-                "; {} files vanished on the primary during the copy (normal; WAL replay covers them)",
-                self.vanished
-            )?;
         }
         Ok(())
     }
 }
 
+/// `n thing` or `n things`.
+fn count(n: u64, thing: &str) -> String {
+    if n == 1 {
+        format!("1 {thing}")
+    } else {
+        format!("{n} {thing}s")
+    }
+}
+
 impl Summary {
-    /// The summary for machines (--json): one object on stdout.
-    pub fn json(&self) -> String {
-        let phases: Vec<String> =
-            self.phases.iter().map(|(n, d)| format!("{}:{:.3}", json::string(n), d.as_secs_f64())).collect();
-        let standby = match &self.standby {
-            Some((name, lag)) => format!("{{\"application_name\":{},\"replay_lag_bytes\":{lag}}}", json::string(name)),
-            None => "null".into(),
-        };
-        let resync = match &self.resynced {
-            Some(r) => format!(
-                "{{\"method\":\"{}\",\"why\":{},\"read_primary_bytes\":{},\"read_replica_bytes\":{},\"kept\":[{}]}}",
+    /// What the summary line leaves out, a line each, logged before it: WAL, the re-sync's reading and reason,
+    /// what it kept, where the time went, files that vanished.
+    pub fn details(&self) -> Vec<String> {
+        let mut lines = vec![format!(
+            "WAL {}..{} on timeline {}: {} laid into pg_wal",
+            self.start_lsn,
+            self.stop_lsn,
+            self.timeline,
+            count(self.wal_segments, "segment")
+        )];
+        if let Some(r) = &self.resynced {
+            let mut line = format!(
+                "re-sync by {}: read {} on the primary and {} here",
                 r.method,
-                r.why.as_deref().map_or("null".into(), json::string),
-                r.read_primary,
-                r.read_replica,
-                r.kept.iter().map(|k| json::string(k)).collect::<Vec<_>>().join(",")
-            ),
-            None => "null".into(),
-        };
+                progress::bytes(r.read_primary),
+                progress::bytes(r.read_replica)
+            );
+            if let Some(why) = &r.why {
+                line.push_str(&format!(", not by WAL summaries: {why}"));
+            }
+            lines.push(line);
+            if !r.kept.is_empty() {
+                lines.push(format!(
+                    "kept the replica's {} (it was a standby; -R writes new settings)",
+                    r.kept.join(", ")
+                ));
+            }
+        }
+        let phases: Vec<String> =
+            self.phases.iter().map(|(name, d)| format!("{name} {:.1} s", d.as_secs_f64())).collect();
+        lines.push(format!("time: {}", phases.join(", ")));
+        if let Some(dir) = &self.temp_waldir {
+            lines.push(format!("streamed WAL waited in {} (removed with the run)", dir.display()));
+        }
+        if self.vanished > 0 {
+            lines.push(format!(
+                "{} vanished on the primary during the copy (normal; WAL replay covers them)",
+                count(self.vanished, "file")
+            ));
+        }
+        lines
+    }
+
+    /// The summary for machines (--json): one object on stdout, its schema in the README ("--json").
+    pub fn json(&self) -> String {
+        let phases: serde_json::Map<String, serde_json::Value> = self
+            .phases
+            .iter()
+            .map(|(n, d)| (n.replace(' ', "_"), serde_json::json!((d.as_secs_f64() * 1000.0).round() / 1000.0)))
+            .collect();
+        let standby = self
+            .standby
+            .as_ref()
+            .map(|(name, lag)| serde_json::json!({"application_name": name, "replay_lag_bytes": lag}));
+        let resync = self.resynced.as_ref().map(|r| {
+            serde_json::json!({
+                "method": r.method,
+                "why": r.why,
+                "read_primary_bytes": r.read_primary,
+                "read_replica_bytes": r.read_replica,
+                "kept": r.kept,
+            })
+        });
         let vanished = format!("{} files vanished on the primary during the copy", self.vanished);
         let clear = format!("PostgreSQL connections in clear text: {}", self.clear_text.join(", "));
         let warnings: Vec<String> = [(self.vanished > 0, vanished), (!self.clear_text.is_empty(), clear)]
             .into_iter()
-            .filter_map(|(warn, text)| warn.then(|| json::string(&text)))
+            .filter_map(|(warn, text)| warn.then_some(text))
             .collect();
-        format!(
-            "{{\"ok\":true,\"replica\":{},\"wal_dir\":{},\"files\":{},\"bytes\":{},\"reused_bytes\":{},\"moved_bytes\":{},\"vanished_files\":{},\
-             \"elapsed_seconds\":{:.3},\"start_lsn\":\"{}\",\"stop_lsn\":\"{}\",\"timeline\":{},\"wal_segments\":{},\
-             \"data_channel\":\"{}\",\"postgres_clear_text\":{},\"peak_rss_kb\":{},\"phases\":{{{}}},\"standby\":{standby},\"resync\":{resync},\"warnings\":[{}]}}",
-            json::string(&self.replica.to_string_lossy()),
-            json::string(&self.wal_dir.to_string_lossy()),
-            self.files,
-            self.bytes,
-            self.reused,
-            self.moved,
-            self.vanished,
-            self.elapsed.as_secs_f64(),
-            self.start_lsn,
-            self.stop_lsn,
-            self.timeline,
-            self.wal_segments,
-            self.data_channel,
-            json::names(&self.clear_text),
-            peak_rss_kb(),
-            phases.join(","),
-            warnings.join(","),
-        )
+        serde_json::json!({
+            "ok": true,
+            "pgclone_version": env!("CARGO_PKG_VERSION"),
+            "operation": if self.resynced.is_some() { "re-sync" } else { "clone" },
+            "replica": self.replica.to_string_lossy(),
+            "primary": {
+                "host": self.primary.host,
+                "major": self.primary.major,
+                // A string: 64 bits do not fit a JSON number exactly (JavaScript's stop at 53).
+                "system_identifier": self.primary.system_id.to_string(),
+            },
+            "transport": self.transport,
+            "data_channel": self.data_channel,
+            "files": self.files,
+            "bytes": self.bytes,
+            "reused_bytes": self.reused,
+            "moved_bytes": self.moved,
+            "vanished_files": self.vanished,
+            "elapsed_seconds": (self.elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+            "start_lsn": self.start_lsn.to_string(),
+            "stop_lsn": self.stop_lsn.to_string(),
+            "timeline": self.timeline,
+            "wal_segments": self.wal_segments,
+            "postgres_clear_text": self.clear_text,
+            "peak_rss_kb": peak_rss_kb(),
+            "phases_seconds": phases,
+            "standby": standby,
+            "resync": resync,
+            "warnings": warnings,
+        })
+        .to_string()
     }
 }

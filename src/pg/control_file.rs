@@ -34,6 +34,20 @@ pub const DB_SHUTDOWNED_IN_RECOVERY: u32 = 2;
 pub const DB_IN_ARCHIVE_RECOVERY: u32 = 5;
 pub const DB_IN_PRODUCTION: u32 = 6;
 
+/// What a DBState says, in pg_controldata's words (dbState in src/bin/pg_controldata/pg_controldata.c).
+pub fn state_name(state: u32) -> &'static str {
+    match state {
+        0 => "starting up",
+        DB_SHUTDOWNED => "shut down",
+        DB_SHUTDOWNED_IN_RECOVERY => "shut down in recovery",
+        3 => "shutting down",
+        4 => "in crash recovery",
+        DB_IN_ARCHIVE_RECOVERY => "in archive recovery",
+        DB_IN_PRODUCTION => "in production",
+        _ => "unrecognized status code",
+    }
+}
+
 /// `state`, the fourth field (after system_identifier and two uint32 versions).
 pub fn state(control: &[u8]) -> u32 {
     u32_at(control, 16)

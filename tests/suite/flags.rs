@@ -573,3 +573,33 @@ fn a_clone_driven_by_a_connection_string_with_recovery_options() {
     }
     assert_primary_clean(&lab, &primary);
 }
+
+/// --quiet leaves standard error to warnings and errors: no log lines, no progress, no summary line; --json still
+/// prints its object. --progress json (asked for by name, so --quiet keeps it) writes one JSON event a line, the
+/// last with every byte of the copy done.
+#[test]
+fn quiet_says_only_warnings_and_progress_json_speaks_to_machines() {
+    let s = Setup::with_pgbench("quiet-json", 1);
+    let mut run = s.pgclone();
+    run.verbose = false;
+    run.args(["--quiet", "--json"]);
+    let out = run.run();
+    out.assert_success();
+    for line in out.stderr.lines() {
+        assert!(line.contains("WARN"), "--quiet printed {line:?}\n{}", out.report());
+    }
+    json_figures(&out);
+
+    let mut run = s.pgclone_into("replica-events");
+    run.verbose = false;
+    run.args(["--quiet", "--progress", "json", "--progress-interval", "1"]);
+    let out = run.run();
+    out.assert_success();
+    let events: Vec<serde_json::Value> =
+        out.stderr.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect();
+    let last = events.last().unwrap_or_else(|| panic!("no progress event\n{}", out.report()));
+    assert_eq!(last["event"], "progress");
+    assert!(last["total_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(last["done_bytes"], last["total_bytes"], "{last}");
+    assert!(out.stderr.lines().all(|l| l.starts_with('{') || l.contains("WARN")), "{}", out.report());
+}

@@ -123,9 +123,10 @@ fn wait_streaming(leader: &Member, lab: &Lab, name: &str) {
     });
 }
 
-/// pgclone's own summary lines in a member's log.
+/// pgclone's own summary lines in a member's log: a clone's, a re-sync's.
 fn summaries(m: &Member) -> Vec<String> {
-    m.log().lines().filter(|l| l.starts_with("pgclone: cloned")).map(str::to_string).collect()
+    let ours = |l: &&str| l.starts_with("pgclone: cloned") || l.starts_with("pgclone: re-synced");
+    m.log().lines().filter(ours).map(str::to_string).collect()
 }
 
 #[test]

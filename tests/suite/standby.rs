@@ -293,6 +293,43 @@ fn json_summary_on_success_and_failure() {
     assert_eq!(out.stdout.trim().lines().count(), 1, "stdout holds more than the JSON line:\n{}", out.stdout);
     let f = json_fields(&lab, "success", &out.stdout);
     assert_eq!(field(&f, "ok"), ("bool", "true"));
+    // The schema the README documents ("--json"), pinned: a key added, renamed or removed fails here first.
+    let mut keys: Vec<&str> =
+        f.iter().map(|(k, _, _)| k.as_str()).filter(|k| !k.contains('.') || k.starts_with("primary.")).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "bytes",
+            "data_channel",
+            "elapsed_seconds",
+            "files",
+            "moved_bytes",
+            "ok",
+            "operation",
+            "peak_rss_kb",
+            "pgclone_version",
+            "phases_seconds",
+            "postgres_clear_text",
+            "primary",
+            "primary.host",
+            "primary.major",
+            "primary.system_identifier",
+            "replica",
+            "resync",
+            "reused_bytes",
+            "standby",
+            "start_lsn",
+            "stop_lsn",
+            "timeline",
+            "transport",
+            "vanished_files",
+            "wal_segments",
+            "warnings",
+        ]
+    );
+    assert_eq!((field(&f, "operation"), field(&f, "transport")), (("str", "\"clone\""), ("str", "\"native\"")));
+    assert_eq!(field(&f, "primary.system_identifier").0, "str", "64 bits do not fit a JSON number");
     for key in ["files", "bytes", "timeline"] {
         let (t, v) = field(&f, key);
         assert_eq!(t, "int", "{key}");
@@ -302,10 +339,10 @@ fn json_summary_on_success_and_failure() {
     let (start, stop) = (field(&f, "start_lsn"), field(&f, "stop_lsn"));
     assert_eq!((start.0, stop.0), ("str", "str"));
     assert!(lsn(stop.1) >= lsn(start.1), "stop_lsn {} < start_lsn {}", stop.1, start.1);
-    assert_eq!(field(&f, "phases").0, "dict");
-    for phase in ["preflight", "copy", "finalize"] {
-        let (t, v) = field(&f, &format!("phases.{phase}"));
-        assert!(t == "float" || t == "int", "phases.{phase} is {t}: {v}");
+    assert_eq!(field(&f, "phases_seconds").0, "dict");
+    for phase in ["preflight", "connect", "backup_start", "copy", "backup_stop", "finalize"] {
+        let (t, v) = field(&f, &format!("phases_seconds.{phase}"));
+        assert!(t == "float" || t == "int", "phases_seconds.{phase} is {t}: {v}");
     }
     // Human logs went to stderr, and the summary line with them.
     assert!(out.stderr.contains("pgclone: cloned "), "{}", out.stderr);

@@ -339,7 +339,7 @@ pub fn json_figures(out: &CmdOutput) -> Figures {
         f.moved,
         f.reused,
         100.0 * f.moved as f64 / f.bytes.max(1) as f64,
-        v["phases"]
+        v["phases_seconds"]
     );
     f
 }
