@@ -29,7 +29,7 @@ install -d -m 755 "$root/usr/share/man/man1" "$root/usr/share/bash-completion/co
 "$bin/pgclone" completions bash >"$root/usr/share/bash-completion/completions/pgclone"
 "$bin/pgclone" completions zsh >"$root/usr/share/zsh/vendor-completions/_pgclone"
 "$bin/pgclone" completions fish >"$root/usr/share/fish/vendor_completions.d/pgclone.fish"
-install -m 644 README.md docs/PROTOCOL.md "$root/usr/share/doc/pgclone/"
+install -m 644 README.md docs/PROTOCOL.md docs/patroni.md "$root/usr/share/doc/pgclone/"
 printf 'pgclone %s, MIT license.\n' "$version" >"$root/usr/share/doc/pgclone/copyright"
 install -d -m 755 "$root/DEBIAN"
 cat >"$root/DEBIAN/control" <<EOF

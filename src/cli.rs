@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use crate::progress;
 use crate::transport::{Compression, DataChannel, TransportKind};
@@ -45,11 +45,12 @@ pub struct Args {
     #[arg(help_heading = "Connection to the primary", short = 'U', long, value_name = "USER")]
     pub pguser: Option<String>,
 
-    /// Data directory of the primary, on the primary host (required to clone)
-    #[arg(help_heading = "Directories", long, value_name = "DIR", required = true)]
+    /// Data directory of the primary, on the primary host [default: the server's data_directory, which the role
+    /// may read as a superuser or a member of pg_read_all_settings]
+    #[arg(help_heading = "Directories", long, value_name = "DIR")]
     pub primary_pgdata: Option<PathBuf>,
 
-    /// Data directory to create here; must be absent or empty [default: --primary-pgdata]
+    /// Data directory to create here; must be absent or empty [default: --primary-pgdata; required without it]
     #[arg(help_heading = "Directories", short = 'D', long, value_name = "DIR")]
     pub replica_pgdata: Option<PathBuf>,
 
@@ -58,8 +59,9 @@ pub struct Args {
     #[arg(help_heading = "Directories", short = 'T', long, value_name = "OLD=NEW", value_parser = crate::replica::tablespace::parse_mapping)]
     pub tablespace_mapping: Vec<crate::replica::tablespace::Mapping>,
 
-    /// Put the replica's WAL here and make pg_wal a symlink to it (must be absent or empty)
-    #[arg(help_heading = "Directories", long, value_name = "DIR")]
+    /// Put the replica's WAL here and make pg_wal a symlink to it (must be absent or empty); --waldir is
+    /// pg_basebackup's name for it
+    #[arg(help_heading = "Directories", long, visible_alias = "waldir", value_name = "DIR")]
     pub replica_waldir: Option<PathBuf>,
 
     /// Where streamed WAL waits during the clone [default: a private directory under $TMPDIR]. pgclone works
@@ -183,14 +185,16 @@ pub struct Args {
     pub application_name: Option<String>,
 
     /// Stream the WAL through this existing physical replication slot (pg_basebackup's -S) instead of a temporary
-    /// one; with -R the standby uses it too (primary_slot_name), so it holds the WAL from the clone's start on
-    #[arg(help_heading = "Standby", short = 'S', long, value_name = "NAME", conflicts_with = "create_slot")]
+    /// one; with -R the standby uses it too (primary_slot_name), so it holds the WAL from the clone's start on.
+    /// With -C it names the slot to create instead, as in pg_basebackup
+    #[arg(help_heading = "Standby", short = 'S', long, value_name = "NAME")]
     pub stream_slot: Option<String>,
 
     /// Create this permanent physical replication slot for the standby (and, with -R, use it): it keeps the
-    /// WAL the standby needs between the clone and its first start; never left behind by a failed run
-    #[arg(help_heading = "Standby", long, value_name = "NAME")]
-    pub create_slot: Option<String>,
+    /// WAL the standby needs between the clone and its first start; never left behind by a failed run.
+    /// pg_basebackup's spelling, -C -S NAME, means the same
+    #[arg(help_heading = "Standby", short = 'C', long, value_name = "NAME", num_args = 0..=1)]
+    pub create_slot: Option<Option<String>>,
 
     /// Start the standby when the clone is done (implies -R) and wait until the primary sees it streaming
     #[arg(help_heading = "Standby", long)]
@@ -243,6 +247,19 @@ pub struct Args {
     #[arg(help_heading = "Connection to the primary", short = 'l', long, value_name = "LABEL")]
     pub label: Option<String>,
 
+    /// Ask for the password on the terminal (without echo) before connecting; it goes to libpq only, never onto
+    /// a command line or into another program's environment
+    #[arg(help_heading = "Connection to the primary", short = 'W', long)]
+    pub password: bool,
+
+    /// pg_basebackup's -X: pgclone always streams the WAL the clone needs (stream, the only method accepted)
+    #[arg(help_heading = "Copy", short = 'X', long, value_name = "METHOD", value_parser = parse_wal_method)]
+    pub wal_method: Option<WalMethod>,
+
+    /// pg_basebackup's -F: pgclone always makes a plain data directory (plain, the only format accepted)
+    #[arg(help_heading = "Copy", short = 'F', long, value_name = "FORMAT", value_parser = parse_format)]
+    pub format: Option<Format>,
+
     /// Print a machine-readable summary (JSON) on stdout; human logs stay on stderr
     #[arg(help_heading = "Output", long)]
     pub json: bool,
@@ -266,6 +283,44 @@ pub struct Args {
 }
 
 pub use crate::sys::files::SyncMethod;
+
+/// pg_basebackup's -X/--wal-method, accepted so that its users' command lines work: pgclone always streams the
+/// WAL a clone needs over a replication connection of its own, which is pg_basebackup's `stream`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WalMethod {
+    Stream,
+}
+
+/// pg_basebackup's method names (and their initials, as it takes them); the methods pgclone does not have are
+/// refused with why.
+fn parse_wal_method(s: &str) -> Result<WalMethod, String> {
+    match s {
+        "s" | "stream" => Ok(WalMethod::Stream),
+        "f" | "fetch" => Err("pgclone always streams the WAL from before the backup starts (-X stream), so none \
+                              can be recycled before it is fetched: leave -X out or give -X stream"
+            .into()),
+        "n" | "none" => Err("pgclone always puts the WAL a clone needs into it, so that it can start (-X stream); \
+                             for a copy without WAL, restored from a WAL archive, use pg_basebackup -X none"
+            .into()),
+        _ => Err("pg_basebackup's WAL methods are stream, fetch and none, and pgclone always streams".into()),
+    }
+}
+
+/// pg_basebackup's -F/--format, accepted like -X: pgclone makes a plain data directory, ready to start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Plain,
+}
+
+fn parse_format(s: &str) -> Result<Format, String> {
+    match s {
+        "p" | "plain" => Ok(Format::Plain),
+        "t" | "tar" => Err("pgclone makes a plain data directory, ready to start as a standby; for tar files \
+                            use pg_basebackup -Ft"
+            .into()),
+        _ => Err("pg_basebackup's formats are plain and tar, and pgclone makes a plain data directory".into()),
+    }
+}
 
 /// -c/--checkpoint, as pg_basebackup names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -323,8 +378,22 @@ pub enum Command {
     },
     /// Run as a Patroni replica method: the method's `command: pgclone patroni`, its keys as pgclone's flags
     /// (docs/patroni.md)
+    ///
+    /// Patroni runs the method's command with --scope=, --role=replica, --datadir= and --connstring=, and every
+    /// other key of the method's section as --KEY=VALUE. --connstring becomes -d (its host is also the ssh host),
+    /// --datadir becomes -D and, unless the section gives primary-pgdata, --primary-pgdata. Every other key must
+    /// be a pgclone flag (see pgclone --help), `_` and `-` alike; a switch takes true or false. A key that is none
+    /// of these, or check (a method must build the replica), fails the method with exit 2, naming it, so that
+    /// Patroni goes on to its next method. What Patroni does itself (-R, --start, --replica-port,
+    /// --application-name, --create-slot) is ignored with a warning. Progress goes to Patroni's log as plain
+    /// lines, then the --json summary.
+    #[command(
+        override_usage = "pgclone patroni --datadir=DIR --connstring=CONNSTR [--KEY=VALUE]...",
+        disable_help_flag = true
+    )]
     Patroni {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        /// Patroni's arguments, each --KEY=VALUE
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0.., value_name = "--KEY=VALUE")]
         args: Vec<String>,
     },
     /// rsync's connect program (RSYNC_CONNECT_PROG) for the rsync transport: joins standard input and output to
@@ -332,7 +401,6 @@ pub enum Command {
     #[command(hide = true)]
     ConnectUnix { socket: PathBuf },
     /// Print the manual page (roff), made from these very flags, for packages (scripts/package.sh)
-    #[command(hide = true)]
     Man,
     /// Print shell completions for bash, zsh or fish
     Completions {
@@ -340,3 +408,172 @@ pub enum Command {
         shell: clap_complete::Shell,
     },
 }
+
+/// pg_basebackup's flags that have no meaning for a clone into a ready-to-start directory, with what to do
+/// instead: clap alone would answer a pg_basebackup habit with "unexpected argument".
+const PG_BASEBACKUP_ONLY: [(&[&str], &str); 6] = [
+    (
+        &["-z", "--gzip", "-Z"],
+        "pg_basebackup's compression of tar output: pgclone makes a plain data directory, and --compress compresses \
+         on the wire",
+    ),
+    (
+        &["-N", "--no-sync"],
+        "pgclone makes the copy durable before pg_control goes in place, so that a crash never leaves a copy that \
+         starts with missing data; --sync-method chooses how",
+    ),
+    (
+        &["-n", "--no-clean"],
+        "pgclone never removes what a failed clone copied: it stays, without pg_control, and the next run resumes \
+         from it",
+    ),
+    (&["--no-slot"], "pgclone's temporary slot ends with its connection: it never outlives the run"),
+    (&["-i", "--incremental"], "run pgclone again into the existing replica: it re-syncs it, moving only what changed"),
+    (&["-t", "--target"], "pgclone writes the clone into -D on this host"),
+];
+
+/// A command-line error as the one line every pgclone error is, `pgclone: error: ` and this: clap's message and
+/// its hint ("a similar argument exists: ..."), without the usage block that would follow it; a pg_basebackup
+/// flag pgclone has no use for is answered with what to do instead.
+pub fn error_line(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue};
+    if let Some(ContextValue::String(given)) = e.get(ContextKind::InvalidArg) {
+        let flag = given.split('=').next().unwrap_or(given);
+        let short = flag.get(..2).filter(|_| !flag.starts_with("--"));
+        let known = PG_BASEBACKUP_ONLY.iter().find(|(names, _)| names.contains(&short.unwrap_or(flag)));
+        if let Some((names, why)) = known.filter(|_| e.kind() == clap::error::ErrorKind::UnknownArgument) {
+            return format!("{} is pg_basebackup's and has no use here: {why}", names.join("/"));
+        }
+    }
+    let text = e.render().to_string();
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let mut message: Vec<&str> = Vec::new();
+    let mut tips: Vec<&str> = Vec::new();
+    for line in lines.by_ref() {
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            break;
+        }
+        match line.strip_prefix("tip: ") {
+            Some(tip) => tips.push(tip),
+            None => message.push(line.strip_prefix("error: ").unwrap_or(line)),
+        }
+    }
+    let next = if tips.is_empty() { "see pgclone --help".to_string() } else { tips.join("; ") };
+    format!("{}; {next}", message.join(" "))
+}
+
+/// `pgclone patroni --help`: the subcommand's own help, under its full name.
+pub fn patroni_help() -> String {
+    let mut cmd = Args::command();
+    cmd.build();
+    let patroni = cmd.find_subcommand_mut("patroni").expect("the patroni subcommand");
+    patroni.render_long_help().to_string()
+}
+
+/// The manual page: clap_mangen's sections for what the flags say, then pgclone's own: the commands, named as
+/// they are typed (clap_mangen would name pgclone-verify(1) and the like, pages that do not exist), the
+/// environment, EXIT STATUS (the README's table), EXAMPLES and SEE ALSO (pages that exist where PostgreSQL and
+/// ssh are installed).
+pub fn man(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let cmd = Args::command();
+    let man = clap_mangen::Man::new(cmd.clone());
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    man.render_options_section(out)?;
+    writeln!(out, ".SH COMMANDS")?;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let operands: Vec<String> = sub
+            .get_positionals()
+            .flat_map(|a| a.get_value_names().unwrap_or_default().iter().map(|v| format!("\\fI{}\\fR", roff(v))))
+            .collect();
+        writeln!(out, ".TP\n\\fBpgclone {}\\fR {}", sub.get_name(), operands.join(" "))?;
+        writeln!(out, "{}", roff(&sub.get_about().map(|a| a.to_string()).unwrap_or_default()))?;
+    }
+    if let Some(after) = cmd.get_after_help() {
+        writeln!(out, ".SH ENVIRONMENT\n{}", roff(&after.to_string()))?;
+    }
+    out.write_all(MAN_SECTIONS.as_bytes())?;
+    man.render_version_section(out)
+}
+
+/// Text for a roff page: backslashes and hyphens as roff wants them, no line taken for a request.
+fn roff(text: &str) -> String {
+    let escaped = text.replace('\\', "\\e").replace('-', "\\-");
+    escaped
+        .lines()
+        .map(|l| if l.starts_with('.') || l.starts_with('\'') { format!("\\&{l}") } else { l.to_string() })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+const MAN_SECTIONS: &str = r#".SH "EXIT STATUS"
+Every failure prints one line, \fBpgclone: error: \fR..., and with \fB\-\-json\fR the object
+{"ok":false,"class":CLASS,"exit_code":STATUS,"error":MESSAGE} on standard output.
+.TP
+\fB0\fR (success)
+The clone is complete (with \fB\-\-start\fR: the standby streams); with \fB\-\-check\fR: a clone can start.
+.TP
+\fB1\fR (class failed)
+Failed during the run; what was copied stays, without global/pg_control, so it cannot start. Run again: it
+resumes, moving only what is missing or differs.
+.TP
+\fB2\fR (class usage)
+Bad flags or flag combinations: fix the command line.
+.TP
+\fB3\fR (class refused)
+A check refused the run before anything in the replica directory changed (replica not empty, role without
+privileges, ssh login, \fB\-\-primary\-pgdata\fR, space, another run on the same directory, ...). Fix the cause;
+running again as is fails the same way.
+.TP
+\fB4\fR (class standby)
+The clone is complete, but the standby \fB\-\-start\fR started did not come up streaming (or pg_ctl could not
+start it). The error quotes the standby's log.
+.SH EXAMPLES
+Clone a primary into an empty directory, logging in over ssh as postgres (the password from ~/.pgpass or
+PGPASSWORD):
+.PP
+.RS
+.nf
+pgclone \-h db1.example \-U replicator \-D /srv/replica \-\-ssh\-user postgres
+.fi
+.RE
+.PP
+The same, then start the clone as a standby and wait until it streams (\fB\-\-start\fR implies \fB\-R\fR;
+\fB\-R\fR alone writes the standby's settings and leaves the start to you):
+.PP
+.RS
+.nf
+pgclone \-h db1.example \-U replicator \-D /srv/replica \-\-ssh\-user postgres \-R \-\-start
+.fi
+.RE
+.PP
+Re-sync a stopped standby that fell behind, or resume an interrupted clone: run the same command into the same
+directory again; only what differs moves.
+.PP
+Make every check a clone makes (replica directory, role and WAL settings, ssh, the primary's data directory,
+room) and copy nothing:
+.PP
+.RS
+.nf
+pgclone \-h db1.example \-U replicator \-D /srv/replica \-\-ssh\-user postgres \-\-check
+.fi
+.RE
+.PP
+As a Patroni replica method, in Patroni's configuration (README.md and docs/patroni.md in the sources tell
+more):
+.PP
+.RS
+.nf
+postgresql:
+  create_replica_methods: [pgclone, basebackup]
+  pgclone:
+    command: /usr/bin/pgclone patroni
+    keep_data: true
+    ssh\-user: postgres
+.fi
+.RE
+.SH "SEE ALSO"
+pg_basebackup(1), pg_verifybackup(1), ssh(1), ssh_config(5)
+"#;

@@ -29,23 +29,28 @@ use crate::sys::cancel::Cancel;
 
 /// `pgclone`.
 pub fn main() -> ExitCode {
-    let mut args = cli::Args::parse();
+    let mut args = match cli::Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => return usage_error(&e, std::env::args_os()),
+    };
     if let Some(cli::Command::Patroni { args: given }) = &args.command {
+        // Patroni passes --key=value only: a bare --help (or -?) is a person asking.
+        if given.iter().any(|a| a == "--help" || a == "-?") {
+            return print(|out| out.write_all(cli::patroni_help().as_bytes()));
+        }
         let flags: Vec<(String, bool)> = cli::Args::command()
             .get_arguments()
             .filter_map(|a| Some((a.get_long()?.to_string(), a.get_action().takes_values())))
             .collect();
         let (argv, warnings) = match patroni::translate(given, &flags) {
             Ok(t) => t,
-            Err(e) => {
-                eprintln!("pgclone: error: patroni: {e}");
-                return ExitCode::from(2);
-            }
+            // A method's run is always --json (see patroni::translate).
+            Err(e) => return fail(&format!("patroni: {e}"), clone::Outcome::Usage, true),
         };
         warnings.iter().for_each(|w| eprintln!("pgclone: patroni: {w}"));
-        args = match cli::Args::try_parse_from(argv) {
+        args = match cli::Args::try_parse_from(&argv) {
             Ok(a) => a,
-            Err(e) => e.exit(),
+            Err(e) => return usage_error(&e, argv),
         };
     }
     let level = match (args.debug, args.verbose, args.quiet) {
@@ -65,7 +70,7 @@ pub fn main() -> ExitCode {
         Some(cli::Command::Verify { dir }) => return verify(dir),
         Some(cli::Command::Agent { pgdata }) => return agent(pgdata),
         Some(cli::Command::ConnectUnix { socket }) => return connect_unix(socket),
-        Some(cli::Command::Man) => return print(|out| clap_mangen::Man::new(cli::Args::command()).render(out)),
+        Some(cli::Command::Man) => return print(cli::man),
         Some(cli::Command::Completions { shell }) => {
             return print(|out| {
                 clap_complete::generate(*shell, &mut cli::Args::command(), "pgclone", out);
@@ -80,18 +85,12 @@ pub fn main() -> ExitCode {
         eprintln!("pgclone: error: cannot install signal handlers: {e}");
         return ExitCode::FAILURE;
     }
-    let config = clone::CloneConfig::resolve(&args, &clone::Env::from_process()).map_err(clone::CloneError::from);
+    let config = clone::CloneConfig::resolve(&args, &clone::Env::from_process())
+        .map_err(clone::CloneError::from)
+        .and_then(|config| Ok(config.ask_password(args.password, &cancel)?));
     let result = match config {
         Ok(config) if args.check => clone::check(&config, &cancel).map(|report| {
-            let what = if report.resync { "re-sync" } else { "clone" };
-            eprintln!(
-                "pgclone: check passed: a {what} of {} files, {} from PostgreSQL {} into {} can start; nothing was \
-                 changed",
-                report.files,
-                progress::bytes(report.bytes),
-                report.major,
-                config.replica.display()
-            );
+            eprintln!("pgclone: {report}");
             format!(
                 "{{\"ok\":true,\"check\":true,\"files\":{},\"bytes\":{},\"postgres_clear_text\":{}}}",
                 report.files,
@@ -116,20 +115,35 @@ pub fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            let outcome = e.outcome();
-            eprintln!("pgclone: error: {e}");
-            if args.json {
-                println!(
-                    "{{\"ok\":false,\"class\":\"{}\",\"exit_code\":{},\"error\":{}}}",
-                    outcome.name(),
-                    outcome.exit_code(),
-                    manifest::json::string(&e.to_string())
-                );
-            }
-            ExitCode::from(outcome.exit_code())
-        }
+        Err(e) => fail(&e.to_string(), e.outcome(), args.json),
     }
+}
+
+/// A command line clap refused: one `pgclone: error:` line like every other failure (help and --version, which
+/// clap reports the same way, print as clap prints them), and with --json the object every failure gives.
+/// `argv`: the command line, where --json is looked for since the flags could not be parsed.
+fn usage_error<I: IntoIterator<Item = T>, T: Into<std::ffi::OsString>>(e: &clap::Error, argv: I) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        e.exit();
+    }
+    let json = argv.into_iter().map(Into::into).skip(1).take_while(|a| a != "--").any(|a| a == "--json");
+    fail(&cli::error_line(e), clone::Outcome::Usage, json)
+}
+
+/// Every failure's ending: the one line `pgclone: error: ...` on stderr, with --json the object scripts read on
+/// stdout, and the exit status of its outcome.
+fn fail(error: &str, outcome: clone::Outcome, json: bool) -> ExitCode {
+    eprintln!("pgclone: error: {error}");
+    if json {
+        println!(
+            "{{\"ok\":false,\"class\":\"{}\",\"exit_code\":{},\"error\":{}}}",
+            outcome.name(),
+            outcome.exit_code(),
+            manifest::json::string(error)
+        );
+    }
+    ExitCode::from(outcome.exit_code())
 }
 
 /// Writes what `write` makes to stdout: the man page or completions.

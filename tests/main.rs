@@ -21,5 +21,6 @@ mod suite {
     mod standby;
     mod strangers;
     mod transport_trust;
+    mod usage;
     mod verification;
 }

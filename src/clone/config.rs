@@ -13,14 +13,19 @@ use std::time::Duration;
 use crate::cli::{Args, Checkpoint};
 use crate::progress;
 use crate::replica::tablespace::Mapping;
+use crate::sys::cancel::Cancel;
 use crate::sys::files::SyncMethod;
 use crate::sys::ssh::{self, NameError, SshTarget};
+use crate::sys::tty::{self, PasswordError};
 use crate::transport::{DataChannel, TransportConfig, TransportKind};
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    #[error("--primary-pgdata is required")]
-    NoPgdata,
+    #[error(
+        "-D/--replica-pgdata is required when --primary-pgdata is not given (the replica's directory defaults to the \
+         primary's path only when that is given)"
+    )]
+    NoReplica,
     #[error("no primary host: give --pghost (or set PGHOST) to a host name or address, it is also the ssh host")]
     NoHost,
     #[error("the rsync transport has no TLS: its data moves over ssh (--data-channel ssh) or in clear text (tcp)")]
@@ -34,6 +39,12 @@ pub enum ConfigError {
          a slot {0:?} for the standby give --create-slot {0}"
     )]
     SlotName(String),
+    #[error("-C/--create-slot needs the slot's name: --create-slot NAME, or -C -S NAME as pg_basebackup takes it")]
+    UnnamedSlot,
+    #[error(
+        "name the slot to create once: --create-slot {0}, or -C -S {0} (-S alone streams through an existing slot)"
+    )]
+    SlotNamedTwice(String),
     #[error("{what} {value:?} (from {from}) is not handed to ssh: {why}")]
     SshName { what: &'static str, value: String, from: &'static str, why: NameError },
 }
@@ -80,7 +91,8 @@ impl Env {
 /// A clone, fully described.
 #[derive(Debug, Clone)]
 pub struct CloneConfig {
-    pub primary_pgdata: PathBuf,
+    /// --primary-pgdata; None: the server's data_directory, read by preflight in the SQL session.
+    pub primary_pgdata: Option<PathBuf>,
     pub replica: PathBuf,
     pub replica_waldir: Option<PathBuf>,
     /// --temp-waldir: streamed WAL waits in a private directory there instead of in the run directory.
@@ -176,12 +188,11 @@ pub struct StartConfig {
 
 impl CloneConfig {
     pub fn resolve(args: &Args, env: &Env) -> Result<CloneConfig, ConfigError> {
-        // clap requires --primary-pgdata whenever no subcommand is given.
-        let primary_pgdata = args.primary_pgdata.clone().ok_or(ConfigError::NoPgdata)?;
-        let replica = args.replica_pgdata.clone().unwrap_or_else(|| primary_pgdata.clone());
-        if let Some(Some(name)) = &args.slot {
-            return Err(ConfigError::SlotName(name.clone()));
-        }
+        let replica = match (&args.replica_pgdata, &args.primary_pgdata) {
+            (Some(dir), _) | (None, Some(dir)) => dir.clone(),
+            (None, None) => return Err(ConfigError::NoReplica),
+        };
+        let (create_slot, stream_slot) = slots(args)?;
         let conninfo = match &args.dbname {
             Some(d) => crate::pg::parse_conninfo(d).map_err(|e| ConfigError::Dbname(e.message))?,
             None => Vec::new(),
@@ -232,7 +243,7 @@ impl CloneConfig {
                 .or_else(|| env.var("PGAPPNAME").map(str::to_string))
                 .unwrap_or_else(|| env.hostname.clone()),
             options: args.recovery_option.clone(),
-            slot: args.create_slot.clone().or_else(|| args.stream_slot.clone()),
+            slot: create_slot.clone().or_else(|| stream_slot.clone()),
             replica_port: args.replica_port,
         });
         Ok(CloneConfig {
@@ -272,15 +283,44 @@ impl CloneConfig {
             manifest: !args.no_manifest,
             sync_method: args.sync_method.unwrap_or_else(SyncMethod::for_this_kernel),
             recovery,
-            stream_slot: args.stream_slot.clone(),
-            create_slot: args.create_slot.clone(),
+            stream_slot,
+            create_slot,
             start: args.start.then(|| StartConfig {
                 pg_bindir: args.pg_bindir.clone(),
                 search_path: env.path.clone(),
                 wait_streaming: args.wait_streaming,
             }),
-            primary_pgdata,
+            primary_pgdata: args.primary_pgdata.clone(),
         })
+    }
+
+    /// -W: the password, read from the terminal once every flag rule has passed and before the first connection,
+    /// goes to libpq as the `password` keyword of every connection (after -d's, so it wins): never onto a command
+    /// line or into the environment of a child process, where other users could read it.
+    pub fn ask_password(mut self, ask: bool, cancel: &Cancel) -> Result<CloneConfig, PasswordError> {
+        if ask {
+            let password = tty::read_password(cancel)?;
+            self.pg.params.push(("password", password));
+        }
+        Ok(self)
+    }
+}
+
+/// The slot to create (--create-slot) and the existing one to stream through (-S). pg_basebackup names the slot
+/// to create with -S (or --slot) after -C, which takes no name there: `-C -S NAME` is `--create-slot NAME`. -S
+/// alone is an existing slot, as in pg_basebackup; --slot alone is pgclone.sh's switch and takes no name.
+fn slots(args: &Args) -> Result<(Option<String>, Option<String>), ConfigError> {
+    let slot = args.slot.clone().flatten();
+    match (args.create_slot.clone(), args.stream_slot.clone(), slot) {
+        (None, _, Some(name)) => Err(ConfigError::SlotName(name)),
+        (None, stream, None) => Ok((None, stream)),
+        (Some(Some(name)), None, None) | (Some(None), Some(name), None) | (Some(None), None, Some(name)) => {
+            Ok((Some(name), None))
+        }
+        (Some(None), None, None) => Err(ConfigError::UnnamedSlot),
+        (Some(named), stream, slot) => {
+            Err(ConfigError::SlotNamedTwice(named.or(stream).or(slot).expect("two of them are given")))
+        }
     }
 }
 
@@ -413,7 +453,29 @@ mod tests {
         assert_eq!(c.progress, progress::Mode::Bar, "-P alone");
         let c = resolve(&["--pghost", "db1", "--primary-pgdata", "/pg", "-S", "s2", "-R"], &env()).unwrap();
         assert_eq!((c.stream_slot.as_deref(), c.recovery.unwrap().slot.as_deref()), (Some("s2"), Some("s2")));
-        assert!(Args::try_parse_from(["pgclone", "--primary-pgdata", "/pg", "-S", "a", "--create-slot", "b"]).is_err());
+    }
+
+    /// pg_basebackup names the slot -C creates with -S (or --slot); pgclone's own spelling is --create-slot NAME.
+    #[test]
+    fn create_slot_as_pg_basebackup_and_pgclone_spell_it() {
+        let slots = |flags: &[&str]| {
+            resolve(&[&["--pghost", "db1", "-D", "/r"], flags].concat(), &env()).map(|c| (c.create_slot, c.stream_slot))
+        };
+        let made = |name: &str| Ok((Some(name.to_string()), None));
+        assert_eq!(slots(&["-C", "-S", "s1"]), made("s1"), "pg_basebackup's -C -S NAME");
+        assert_eq!(slots(&["--create-slot", "--slot=s2"]), made("s2"), "pg_basebackup's long spelling");
+        assert_eq!(slots(&["--create-slot", "s3"]), made("s3"));
+        assert_eq!(slots(&["-S", "s4"]), Ok((None, Some("s4".to_string()))), "-S alone: an existing slot");
+        assert_eq!(slots(&["-C"]), Err(ConfigError::UnnamedSlot));
+        assert_eq!(slots(&["--create-slot", "a", "-S", "b"]), Err(ConfigError::SlotNamedTwice("a".into())));
+        assert_eq!(slots(&["--slot", "s5"]), Err(ConfigError::SlotName("s5".into())));
+    }
+
+    #[test]
+    fn primary_pgdata_is_optional_and_then_d_is_required() {
+        let c = resolve(&["--pghost", "db1", "-D", "/r"], &env()).unwrap();
+        assert_eq!((c.primary_pgdata, c.replica), (None, PathBuf::from("/r")), "the server will name it");
+        assert_eq!(resolve(&["--pghost", "db1"], &env()).unwrap_err(), ConfigError::NoReplica);
     }
 
     #[test]

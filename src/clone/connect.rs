@@ -16,6 +16,8 @@ pub struct Connect<'a> {
     /// libpq keywords for the primary (through the tunnel, if any).
     pub params: &'a [(&'static str, String)],
     pub primary: Primary,
+    /// The primary's data directory (--primary-pgdata, or the server's data_directory).
+    pub pgdata: &'a Path,
     /// The system identifier of --primary-pgdata, which must be the streamed cluster's; None: the transport
     /// reads it as it starts.
     pub system_id: Option<u64>,
@@ -49,7 +51,7 @@ impl Connect<'_> {
         let params: Vec<(&str, &str)> = self.params.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let sql_wire = sql.wire();
         let standby_session = self.primary.in_recovery.then_some(sql);
-        let pgdata = &self.config.primary_pgdata;
+        let pgdata = self.pgdata;
         // The transport on this thread: its child processes must not outlive the thread that started them
         // (PR_SET_PDEATHSIG fires when the forking thread ends).
         let (stream, transport) = std::thread::scope(|s| {

@@ -67,6 +67,8 @@ pub enum CloneError {
     #[error("{0}; the copy would carry the corruption (--no-verify-checksums clones anyway)")]
     BadPages(String),
     #[error(transparent)]
+    Password(#[from] crate::sys::tty::PasswordError),
+    #[error(transparent)]
     Cancelled(#[from] Cancelled),
 }
 
@@ -123,7 +125,9 @@ impl CloneError {
                 | TransferError::TablespaceMoved { .. },
             ) => Outcome::Refused,
             CloneError::Standby(StandbyError::Start { .. } | StandbyError::NotStreaming { .. }) => Outcome::Standby,
-            CloneError::Config(_) => Outcome::Usage,
+            CloneError::Config(_) | CloneError::Password(crate::sys::tty::PasswordError::NotATerminal) => {
+                Outcome::Usage
+            }
             _ => Outcome::Failed,
         }
     }
@@ -156,6 +160,38 @@ pub struct CheckReport {
     pub resync: bool,
     /// The PostgreSQL connections in clear text (`--json`'s `postgres_clear_text`).
     pub clear_text: Vec<&'static str>,
+    /// The primary's data directory that was checked.
+    pub pgdata: PathBuf,
+    /// The data directory was reached over ssh (not --no-ssh).
+    pub ssh: bool,
+    pub replica: PathBuf,
+    /// -S: the existing slot the check streamed through, instead of a temporary one of its own.
+    pub stream_slot: Option<String>,
+}
+
+/// The line a passed --check ends with: what a run would do, and what the check did to find out, each word of
+/// it true. The check did stream WAL and list the data directory: "changed nothing" would not be.
+impl std::fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = if self.resync { "re-sync" } else { "clone" };
+        let slot = match &self.stream_slot {
+            Some(name) => format!("through slot {name}"),
+            None => "on a temporary slot, gone with it".into(),
+        };
+        let reached = if self.ssh { "the ssh login and " } else { "" };
+        write!(
+            f,
+            "check passed: a {what} of {} files, {} from PostgreSQL {} into {} can start. Checked: the replica \
+             directory, the role's privileges and the primary's WAL settings, a WAL stream ({slot}), {reached}the \
+             primary's data directory {}, room for the WAL and the data. No backup was started and the replica \
+             directory was left as it was",
+            self.files,
+            crate::progress::bytes(self.bytes),
+            self.major,
+            self.replica.display(),
+            self.pgdata.display()
+        )
+    }
 }
 
 /// --check: every check a clone makes before it starts copying (the replica directory, the primary over SQL,
@@ -165,7 +201,7 @@ pub struct CheckReport {
 pub fn check(config: &CloneConfig, cancel: &Cancel) -> Result<CheckReport, CloneError> {
     preflight::not_root()?;
     let dirs = RunDirs::create(config)?;
-    let Checked { tunnel, params, mut sql, primary, replica: state, system_id, .. } =
+    let Checked { tunnel, pgdata, params, mut sql, primary, replica: state, system_id, .. } =
         preflight::run(config, dirs.run.path())?;
     preflight::wal_space(&dirs.streamed, primary.seg)?;
     let resync = matches!(state, ReplicaState::Unfinished | ReplicaState::Cluster(_));
@@ -173,6 +209,7 @@ pub fn check(config: &CloneConfig, cancel: &Cancel) -> Result<CheckReport, Clone
         config,
         params: &params,
         primary,
+        pgdata: &pgdata,
         system_id,
         streamed: &dirs.streamed,
         run_dir: dirs.run.path(),
@@ -182,7 +219,17 @@ pub fn check(config: &CloneConfig, cancel: &Cancel) -> Result<CheckReport, Clone
     let Connected { transport, system_id: found, clear_text, .. } = connect.run(&mut sql, cancel)?;
     preflight::replica_matches(&config.replica, state, found)?;
     let (files, bytes) = copy::check(config, &*transport, primary, resync)?;
-    Ok(CheckReport { files, bytes, major: primary.major, resync, clear_text })
+    Ok(CheckReport {
+        files,
+        bytes,
+        major: primary.major,
+        resync,
+        clear_text,
+        pgdata,
+        ssh: config.ssh.is_some(),
+        replica: config.replica.clone(),
+        stream_slot: config.stream_slot.clone(),
+    })
 }
 
 /// The phases of one clone. Every resource a phase opens is a local variable here, declared in the order it is
@@ -197,7 +244,7 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
 
     // The run's private directory first: a --bypass-rep-traffic tunnel, opened by preflight, has its socket there.
     let dirs = RunDirs::create(config)?;
-    let Checked { tunnel, params, mut sql, primary, replica: state, system_id, pg_ctl, recovery } =
+    let Checked { tunnel, pgdata, params, mut sql, primary, replica: state, system_id, pg_ctl, recovery } =
         preflight::run(config, dirs.run.path())?;
     cancel.check()?;
     timing.end("preflight");
@@ -209,6 +256,7 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
         config,
         params: &params,
         primary,
+        pgdata: &pgdata,
         system_id,
         streamed: &streamed,
         run_dir: dirs.run.path(),
@@ -227,7 +275,7 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
     let pq: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let surveyed = resync::survey(config, state, primary, &*transport, (&pq, system_id), &stream.history);
     let mut backup = backup_start(sql, &stream, config)?;
-    confirm_live_pgdata(config, &*transport, dirs.run.path(), backup.start_lsn, primary)?;
+    confirm_live_pgdata(config, &pgdata, &*transport, dirs.run.path(), backup.start_lsn, primary)?;
     let resync = resync::choose(config, state, primary, &mut backup, &stream.history, surveyed);
     let plan = copy::plan(config, &*transport, primary)?;
     // --drop-existing frees its room only when it clears the directory; the copy checks again after that.
@@ -400,6 +448,7 @@ fn backup_start(sql: Conn, stream: &WalStream, config: &CloneConfig) -> Result<B
 /// its pg_control, read now that pg_backup_start's checkpoint has rewritten it, says so.
 fn confirm_live_pgdata(
     config: &CloneConfig,
+    pgdata: &Path,
     transport: &dyn Transport,
     run_dir: &Path,
     backup_start: Lsn,
@@ -408,7 +457,7 @@ fn confirm_live_pgdata(
     let to = run_dir.join("pg_control.start");
     fetch_control(transport, &to, primary.major)?;
     let control = control_file::read(&to).at("reading", &to)?;
-    Ok(preflight::live_directory(&config.primary_pgdata, &config.host, &control, backup_start, primary.in_recovery)?)
+    Ok(preflight::live_directory(pgdata, &config.host, &control, backup_start, primary.in_recovery)?)
 }
 
 /// pg_backup_stop, then `global/pg_control` into the run directory: taken after the stop, so it is at least

@@ -68,6 +68,11 @@ pub enum PreflightError {
     WalSpace { dir: PathBuf, need: u64, free: u64 },
     #[error(transparent)]
     Pgdata(#[from] PgdataError),
+    #[error(
+        "role \"{0}\" may not read the server's data_directory: give --primary-pgdata DIR (the primary's data \
+         directory), or GRANT pg_read_all_settings TO \"{0}\""
+    )]
+    NoDataDirectory(String),
     #[error("checking --primary-pgdata on {host} failed: {reason}")]
     Probe { host: String, reason: String },
     #[error(
@@ -87,6 +92,8 @@ pub enum PreflightError {
 /// backup session) and the ssh tunnel it may run through.
 pub struct Checked {
     pub tunnel: Option<Forward>,
+    /// The primary's data directory: --primary-pgdata, else the server's data_directory.
+    pub pgdata: PathBuf,
     /// libpq keywords for every connection to the primary (through the tunnel, if any).
     pub params: Vec<(&'static str, String)>,
     pub sql: Conn,
@@ -102,7 +109,8 @@ pub struct Checked {
 }
 
 /// Every check before anything is written: the replica directories here, the primary over SQL, and (at the
-/// same time, as it is an ssh round trip) --primary-pgdata on the primary host. `run_dir`: the run's private
+/// same time, as it is an ssh round trip, unless the server has to name it first) --primary-pgdata on the
+/// primary host. `run_dir`: the run's private
 /// directory, where a --bypass-rep-traffic tunnel has its socket.
 pub fn run(config: &CloneConfig, run_dir: &Path) -> Result<Checked, CloneError> {
     let home = config.home.as_deref();
@@ -110,22 +118,45 @@ pub fn run(config: &CloneConfig, run_dir: &Path) -> Result<Checked, CloneError> 
     if let Some(w) = &config.replica_waldir {
         waldir(w, &config.replica, config.drop_existing, home)?;
     }
-    let pgdata = &config.primary_pgdata;
-    let probe = || match &config.ssh {
+    let probe = |pgdata: &Path| match &config.ssh {
         _ if config.transport.probes_pgdata() => Ok(None),
         Some(ssh) => primary_pgdata(ssh, pgdata).map(Some),
         None => local_pgdata(pgdata).map(Some),
     };
-    let (checked, probed) = std::thread::scope(|s| {
-        let probe = s.spawn(probe);
-        (check_primary(config, run_dir), probe.join().expect("the probe does not panic"))
-    });
-    let (tunnel, params, sql, primary, pg_ctl, recovery) = checked?;
-    let system_id = probed?;
+    let ((tunnel, params, sql, primary, pg_ctl, recovery), pgdata, system_id) = match &config.primary_pgdata {
+        Some(pgdata) => {
+            let (checked, probed) = std::thread::scope(|s| {
+                let probe = s.spawn(|| probe(pgdata));
+                (check_primary(config, run_dir), probe.join().expect("the probe does not panic"))
+            });
+            (checked?, pgdata.clone(), probed?)
+        }
+        // The server names its data directory: the probe waits for the SQL session's answer.
+        None => {
+            let mut checked = check_primary(config, run_dir)?;
+            let pgdata = data_directory(&mut checked.2)?;
+            tracing::info!("the primary's data directory is {} (the server's data_directory)", pgdata.display());
+            let probed = probe(&pgdata)?;
+            (checked, pgdata, probed)
+        }
+    };
     if let Some(id) = system_id {
         replica_matches(&config.replica, state, id)?;
     }
-    Ok(Checked { tunnel, params, sql, primary, replica: state, system_id, pg_ctl, recovery })
+    Ok(Checked { tunnel, pgdata, params, sql, primary, replica: state, system_id, pg_ctl, recovery })
+}
+
+/// The server's own data directory, for a run without --primary-pgdata. pg_settings shows data_directory only to
+/// superusers and members of pg_read_all_settings (where SHOW would fail with an error); for anyone else the row
+/// is not there.
+pub fn data_directory(conn: &mut Conn) -> Result<PathBuf, PreflightError> {
+    let rows = conn
+        .query("SELECT current_user, (SELECT setting FROM pg_settings WHERE name = 'data_directory')")
+        .map_err(PreflightError::Query)?;
+    match rows.get(0, 1) {
+        Some(dir) if !dir.is_empty() => Ok(PathBuf::from(dir)),
+        _ => Err(PreflightError::NoDataDirectory(rows.get(0, 0).unwrap_or_default().to_string())),
+    }
 }
 
 type PrimaryChecked = (Option<Forward>, Vec<(&'static str, String)>, Conn, Primary, Option<PathBuf>, Option<Recovery>);

@@ -1,5 +1,5 @@
 //! Operating-system adapters: the ssh binary, child processes we own, cancellation across threads, the
-//! shared network budget, and the files pgclone writes itself.
+//! shared network budget, the files pgclone writes itself, and the terminal -W reads a password from.
 
 pub mod bandwidth;
 pub mod cancel;
@@ -7,3 +7,4 @@ pub mod files;
 pub mod periodic;
 pub mod proc;
 pub mod ssh;
+pub mod tty;

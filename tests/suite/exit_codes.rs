@@ -36,7 +36,20 @@ fn check_changes_nothing_and_each_ending_has_its_exit_status() {
     let v = json(&out);
     assert_eq!(v["check"].as_bool(), Some(true), "{v}");
     assert!(v["files"].as_u64().unwrap_or(0) > 0 && v["bytes"].as_u64().unwrap_or(0) > 0, "{v}");
-    println!("{}", out.stderr.lines().last().unwrap_or(""));
+    // Its last line says what it checked, and no more than is true: it did stream WAL on a slot (before, it
+    // said "nothing was changed").
+    let last = out.stderr.lines().last().unwrap_or("");
+    let start = format!("pgclone: check passed: a clone of {} files, ", v["files"]);
+    let end = format!(
+        " from PostgreSQL 15 into {} can start. Checked: the replica directory, the role's privileges and the \
+         primary's WAL settings, a WAL stream (on a temporary slot, gone with it), the ssh login and the primary's \
+         data directory {}, room for the WAL and the data. No backup was started and the replica directory was left \
+         as it was",
+        s.replica.display(),
+        s.primary.data.display()
+    );
+    assert!(last.starts_with(&start) && last.ends_with(&end), "last line: {last:?}\nwanted: {start}...{end}");
+    println!("{last}");
     assert!(!s.replica.exists(), "--check created {}", s.replica.display());
     assert_primary_clean(&s.lab, &s.primary);
 

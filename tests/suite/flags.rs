@@ -603,3 +603,71 @@ fn quiet_says_only_warnings_and_progress_json_speaks_to_machines() {
     assert_eq!(last["done_bytes"], last["total_bytes"], "{last}");
     assert!(out.stderr.lines().all(|l| l.starts_with('{') || l.contains("WARN")), "{}", out.report());
 }
+
+// ---------------------------------------------------------------------------------------------
+// A pg_basebackup command line
+// ---------------------------------------------------------------------------------------------
+
+/// `-X stream -Fp --waldir W -C -S NAME -R`, as a pg_basebackup user types it, and no --primary-pgdata: the server
+/// names its data directory (the log says which), pg_wal links to W, NAME is made a permanent physical slot and
+/// the standby's settings use it. Before, each of these flags was an "unexpected argument" and --primary-pgdata
+/// was required.
+#[test]
+fn a_pg_basebackup_command_line_clones_without_primary_pgdata() {
+    let s = Setup::new("pgbb", &[]);
+    let waldir = s.lab.path().join("waldir");
+    let mut run = s.pgclone();
+    run.primary_pgdata = PathBuf::new();
+    run.args(["-X", "stream", "-Fp", "-C", "-S", "pgbb_slot", "-R", "--waldir"]).arg(&waldir);
+    let out = run.run();
+    out.assert_success();
+    let data = s.primary.psql("show data_directory");
+    let said = format!("the primary's data directory is {data} (the server's data_directory)");
+    assert!(out.stderr.contains(&said), "the log does not say {said:?}\n{}", out.report());
+    assert_eq!(fs::read_link(s.replica.join("pg_wal")).ok(), Some(waldir), "--waldir is --replica-waldir");
+    let slot = "select slot_type || ' ' || temporary from pg_replication_slots where slot_name = 'pgbb_slot'";
+    assert_eq!(s.primary.psql(slot), "physical false", "-C -S NAME is --create-slot NAME");
+    let conf = fs::read_to_string(s.replica.join("postgresql.auto.conf")).unwrap();
+    assert!(conf.contains("primary_slot_name = 'pgbb_slot'"), "{conf}");
+    println!("{said}; {}", out.summary_line());
+}
+
+/// -W asks for the password on the terminal, as pg_basebackup's does: typed into a pseudo-terminal that is
+/// pgclone's standard input, without echo, it logs pgclone in (no PGPASSWORD, no password file).
+#[test]
+fn w_reads_the_password_from_the_terminal_without_echo() {
+    use rustix::fs::{Mode, OFlags};
+    use rustix::pty::OpenptFlags;
+    let s = Setup::new("password", &[]);
+    let user = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
+    rustix::pty::grantpt(&user).unwrap();
+    rustix::pty::unlockpt(&user).unwrap();
+    let name = rustix::pty::ptsname(&user, Vec::new()).unwrap();
+    let terminal = rustix::fs::open(name.as_c_str(), OFlags::RDWR | OFlags::NOCTTY, Mode::empty()).unwrap();
+    let echo =
+        || rustix::termios::tcgetattr(&terminal).unwrap().local_modes.contains(rustix::termios::LocalModes::ECHO);
+    let mut run = s.pgclone();
+    run.env("PGPASSWORD", None).env("PGPASSFILE", Some(&s.lab.path().join("no-such-pgpass").to_string_lossy()));
+    run.args(["-W", "--check"]);
+    run.stdin = Some(fs::File::from(terminal.try_clone().unwrap()));
+    let running = run.spawn();
+    wait_for("pgclone to turn the terminal's echo off", Duration::from_secs(30), || match echo() {
+        false => Ok(()),
+        true => Err(running.stderr_so_far()),
+    });
+    rustix::io::write(&user, format!("{PASSWORD}\n").as_bytes()).unwrap();
+    let out = running.wait();
+    out.assert_success();
+    assert!(out.stderr.starts_with("Password: \n"), "{}", out.report());
+    // What the terminal showed the user: whatever is there to read on their side.
+    let mut shown = [0u8; 4096];
+    let mut ready = [rustix::event::PollFd::new(&user, rustix::event::PollFlags::IN)];
+    let timeout = rustix::time::Timespec { tv_sec: 0, tv_nsec: 300_000_000 };
+    let n = match rustix::event::poll(&mut ready, Some(&timeout)).unwrap() {
+        0 => 0,
+        _ => rustix::io::read(&user, &mut shown).unwrap(),
+    };
+    assert!(!String::from_utf8_lossy(&shown[..n]).contains(PASSWORD), "the terminal echoed the password");
+    assert!(echo(), "the terminal's echo is back on");
+    println!("{}", out.stderr.lines().last().unwrap_or(""));
+}

@@ -2,7 +2,7 @@
 //! and two members on loopback with their own ports, and an sshd for pgclone. Member 2 is built by pgclone
 //! (`create_replica_methods: [pgclone]`, `command: pgclone patroni`, its keys as pgclone's flags) and streams;
 //! `patronictl reinit` of member 2 (`keep_data: true`) re-syncs its directory with pgclone, moving only what
-//! differs. Patroni's replication role gets the backup functions in the `post_bootstrap` script docs/patroni.md
+//! differs. A first method with a misspelled key fails, so that Patroni goes on to the next. Patroni's replication role gets the backup functions in the `post_bootstrap` script docs/patroni.md
 //! gives.
 
 use crate::support::*;
@@ -85,10 +85,11 @@ fn member(lab: &Lab, sshd: &Sshd, etcd: u16, n: u32, primary_data: &Path) -> Mem
              \x20 authentication:\n    replication:\n      username: replicator\n      password: {REPLICATION_PASSWORD}\n\
              \x20   superuser:\n      username: {SUPERUSER}\n      password: {PASSWORD}\n\
              \x20 parameters:\n    unix_socket_directories: {dir}\n\
-             \x20 create_replica_methods:\n    - pgclone\n\
+             \x20 create_replica_methods:\n    - pgclone_typo\n    - pgclone\n\
+             \x20 pgclone_typo:\n    command: {pgclone} patroni\n    keep_data: true\n    paralel: 2\n\
              \x20 pgclone:\n    command: {pgclone} patroni\n    keep_data: true\n\
              \x20   ssh-user: {user}\n    ssh-port: {ssh_port}\n    ssh-config: {ssh_config}\n\
-             \x20   primary-pgdata: {primary}\n    parallel: 2\n    a-key-pgclone-does-not-have: 1\n",
+             \x20   primary-pgdata: {primary}\n    parallel: 2\n    check: false\n",
             post = lab.path().join("post_bootstrap.sh").display(),
             data = data.display(),
             pgpass = lab.path().join(format!("{name}.pgpass")).display(),
@@ -156,7 +157,10 @@ fn patroni_builds_and_reinits_a_member_with_pgclone() {
     let built = summaries(&m2);
     println!("m2 built: {built:?}");
     assert_eq!(built.len(), 1, "{}", m2.log());
-    assert!(m2.log().contains("ignoring a-key-pgclone-does-not-have"), "unknown keys are ignored, with a warning");
+    // The misspelled method failed (exit 2, one line naming the key) and Patroni went on to the next one.
+    let typo = "pgclone: error: patroni: unknown key \"paralel\" in the method's section";
+    assert!(m2.log().contains(typo), "no {typo:?} in m2's log");
+    assert!(m2.log().contains("Error creating replica using method pgclone_typo"), "{}", m2.log());
     for line in m2.log().lines().filter(|l| l.contains("using pgclone") || l.contains("bootstrap from leader")) {
         println!("patroni: {line}");
     }
@@ -181,4 +185,41 @@ fn patroni_builds_and_reinits_a_member_with_pgclone() {
     });
     assert_eq!(m2.psql(&lab, "select count(*) from after_m2"), "200000");
     drop((m2, m1));
+}
+
+/// Without a cluster: `pgclone patroni --help` prints the subcommand's help (before, it failed with "Patroni gave
+/// no --datadir"); a misspelled key and `check: true` fail the method with exit 2 and one line naming the key
+/// (before, both were ignored with a warning and a full clone ran), with the usage object on stdout (a method's
+/// run is --json).
+#[test]
+fn patroni_help_is_help_and_a_wrong_method_key_fails_the_method() {
+    let lab = Lab::new("patroni-keys");
+    let run =
+        |args: &[&str]| run_bounded(lab.cmd(lab.pgclone_bin()).arg("patroni").args(args), Duration::from_secs(30));
+    let help = run(&["--help"]);
+    help.assert_success();
+    let usage = "Usage: pgclone patroni --datadir=DIR --connstring=CONNSTR [--KEY=VALUE]...";
+    assert!(help.stdout.contains(usage) && help.stdout.contains("fails the method"), "{}", help.report());
+    let base = ["--scope=s", "--role=replica", "--datadir=/srv/replica", "--connstring=host=db1 user=replicator"];
+    for (key, line) in [
+        (
+            "--paralel=4",
+            "pgclone: error: patroni: unknown key \"paralel\" in the method's section: the keys are Patroni's and \
+             pgclone's flags (scope, role, keep_data, no_params, no_leader, no_master, datadir, connstring, dbname, ",
+        ),
+        (
+            "--check=True",
+            "pgclone: error: patroni: check=True: a replica method must build the replica, and with --check pgclone \
+             would exit without one (run pgclone --check by hand instead)",
+        ),
+    ] {
+        let out = run(&[&base[..], &[key]].concat());
+        assert_eq!(out.status.code(), Some(2), "{}", out.report());
+        let err = out.stderr.trim_end();
+        assert!(err.starts_with(line) && !err.contains('\n'), "{key}: {err:?}");
+        assert!(key != "--paralel=4" || err.contains(", parallel, "), "the known keys lack parallel: {err}");
+        let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("--json's object");
+        assert_eq!((v["class"].as_str(), v["exit_code"].as_i64()), (Some("usage"), Some(2)), "{v}");
+        println!("{key}: {err}");
+    }
 }

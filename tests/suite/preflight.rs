@@ -134,3 +134,29 @@ fn reports_ssh_failure() {
     run.run().assert_refused("ssh to");
     s.assert_clean();
 }
+
+/// Without --primary-pgdata the server names its data directory, which only superusers and members of
+/// pg_read_all_settings may read: a role that may not is refused in one line with both ways out, and passes once
+/// granted the role.
+#[test]
+fn without_primary_pgdata_a_role_that_cannot_read_data_directory_is_told_what_to_do() {
+    let s = Setup::new("datadir", &[]);
+    s.primary.psql(&format!(
+        "create role rep login replication password '{PASSWORD}';
+         grant execute on function pg_backup_start(text, boolean), pg_backup_stop(boolean) to rep"
+    ));
+    let mut run = s.pgclone();
+    (run.pguser, run.primary_pgdata) = ("rep".into(), Default::default());
+    run.arg("--check");
+    run.run().assert_refused(
+        "role \"rep\" may not read the server's data_directory: give --primary-pgdata DIR (the primary's data \
+         directory), or GRANT pg_read_all_settings TO \"rep\"",
+    );
+    s.assert_clean();
+    s.primary.psql("grant pg_read_all_settings to rep");
+    let out = run.run();
+    out.assert_success();
+    let said = format!("the primary's data directory is {} (the server's data_directory)", s.primary.data.display());
+    assert!(out.stderr.contains(&said), "{}", out.report());
+    assert_primary_clean(&s.lab, &s.primary);
+}

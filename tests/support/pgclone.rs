@@ -51,6 +51,8 @@ pub struct Pgclone {
     pub timeout: Duration,
     /// Run under `strace -f`, logging the file-system calls of pgclone and its threads to this file.
     pub strace: Option<PathBuf>,
+    /// Standard input (a terminal, for -W); /dev/null when None.
+    pub stdin: Option<fs::File>,
 }
 
 impl Pgclone {
@@ -91,6 +93,7 @@ impl Pgclone {
             max_open_files: None,
             timeout: Duration::from_secs(120),
             strace: None,
+            stdin: None,
         }
     }
 
@@ -136,7 +139,10 @@ impl Pgclone {
         if !self.pguser.is_empty() {
             opt("--pguser", self.pguser.clone().into());
         }
-        opt("--primary-pgdata", self.primary_pgdata.clone().into());
+        // Empty: not given (the server names it).
+        if !self.primary_pgdata.as_os_str().is_empty() {
+            opt("--primary-pgdata", self.primary_pgdata.clone().into());
+        }
         opt("--replica-pgdata", self.replica_pgdata.clone().into());
         match &self.ssh {
             Some(ssh) => {
@@ -198,7 +204,11 @@ impl Pgclone {
             lab.chown(p);
             f
         };
-        cmd.stdin(Stdio::null()).stdout(file(&stdout)).stderr(file(&stderr));
+        match &self.stdin {
+            Some(f) => cmd.stdin(f.try_clone().expect("duplicating pgclone's stdin")),
+            None => cmd.stdin(Stdio::null()),
+        };
+        cmd.stdout(file(&stdout)).stderr(file(&stderr));
         let env: Vec<String> = self
             .env
             .iter()
