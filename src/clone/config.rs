@@ -255,7 +255,8 @@ impl CloneConfig {
                 remote_bin: args.remote_pgclone.clone(),
                 compression: args.compress,
                 chunk_size: args.chunk_size,
-                limit_net_bw: args.limit_net_bw.or(args.max_rate),
+                max_rate: args.max_rate,
+                limit_net_bw: args.limit_net_bw,
                 workers: parallel,
             },
             ssh: (!args.no_ssh).then_some(ssh),
@@ -384,7 +385,11 @@ mod tests {
         let c = c.unwrap();
         assert_eq!(c.host, "db4");
         assert!(c.pg.params.contains(&("port", "6000".into())) && c.pg.params.contains(&("user", "u2".into())));
-        assert_eq!(c.transport.limit_net_bw, Some(100 * 1024), "-r is kilobytes per second");
+        assert_eq!(c.transport.max_rate, Some(100 * 1024), "-r is kilobytes per second");
+        assert_eq!(c.transport.limit_net_bw, None, "-r caps the data read on the primary, not the wire");
+        let both = ["--pghost", "db1", "--primary-pgdata", "/pg", "-r", "2M", "--limit-net-bw", "1M"];
+        let both = resolve(&both, &env()).unwrap().transport;
+        assert_eq!((both.max_rate, both.limit_net_bw), (Some(2 << 20), Some(1 << 20)), "each its own budget");
         let bad = resolve(&["-d", "host=a,b", "--primary-pgdata", "/pg"], &env()).unwrap_err();
         assert_eq!(bad, ConfigError::ManyHosts("a,b".into()));
         let bad = resolve(&["-d", "hots=a", "--primary-pgdata", "/pg"], &env()).unwrap_err();

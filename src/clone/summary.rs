@@ -16,6 +16,9 @@ pub struct Summary {
     pub reused: u64,
     /// Bytes that crossed the link (a block-hash delta moves only what differs).
     pub moved: u64,
+    /// What `moved` took on the wire, after `compression`.
+    pub wire: u64,
+    pub compression: String,
     pub wal_segments: u64,
     pub elapsed: Duration,
     pub start_lsn: Lsn,
@@ -127,6 +130,7 @@ impl Summary {
             ),
             None => "null".into(),
         };
+        let (wire, compression) = (self.wire, json::string(&self.compression));
         let vanished = format!("{} files vanished on the primary during the copy", self.vanished);
         let clear = format!("PostgreSQL connections in clear text: {}", self.clear_text.join(", "));
         let warnings: Vec<String> = [(self.vanished > 0, vanished), (!self.clear_text.is_empty(), clear)]
@@ -135,6 +139,7 @@ impl Summary {
             .collect();
         format!(
             "{{\"ok\":true,\"replica\":{},\"wal_dir\":{},\"files\":{},\"bytes\":{},\"reused_bytes\":{},\"moved_bytes\":{},\"vanished_files\":{},\
+             \"wire_bytes\":{wire},\"compression\":{compression},\
              \"elapsed_seconds\":{:.3},\"start_lsn\":\"{}\",\"stop_lsn\":\"{}\",\"timeline\":{},\"wal_segments\":{},\
              \"data_channel\":\"{}\",\"postgres_clear_text\":{},\"peak_rss_kb\":{},\"phases\":{{{}}},\"standby\":{standby},\"resync\":{resync},\"warnings\":[{}]}}",
             json::string(&self.replica.to_string_lossy()),

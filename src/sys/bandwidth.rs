@@ -1,8 +1,16 @@
-//! One network budget shared by every copy worker (--limit-net-bw).
+//! The budgets shared by every copy worker: file data read on the primary (-r/--max-rate) and bytes on the wire
+//! (--limit-net-bw).
 //!
 //! A static split (rate / workers per rsync, as pgclone.sh did) wastes the share of every worker that is
 //! idle or done, so the tail of a clone crawls. Here each worker takes from one bucket as it moves bytes:
 //! whoever is still moving gets the whole rate.
+//!
+//! Both are metered here, on the replica's side, as the bytes arrive, not by the agents on the primary: the
+//! workers' agents are separate processes (one per ssh connection with `--data-channel ssh`), so one budget for
+//! the run can only live here. It still caps the primary's reads: an agent reads a chunk only once the previous
+//! one is written to its connection, and that write blocks as soon as the connection's buffers are full (its
+//! 1 MiB write buffer, the kernel's socket buffers, our 1 MiB read buffer), so over the copy the agents read at
+//! the rate we take their data, ahead of it by at most those few MiB per worker.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -63,23 +71,56 @@ impl Budget {
     }
 }
 
+/// The run's two budgets, either or both unset.
+#[derive(Clone, Default)]
+pub struct Limits {
+    /// -r/--max-rate: bytes of file data read on the primary per second (pg_basebackup's meaning: its
+    /// `--max-rate` limits "the transfer rate at which data is collected from the source server", to limit the
+    /// impact on the running server). Uncompressed bytes: what the primary's disks deliver.
+    pub data: Option<Arc<Budget>>,
+    /// --limit-net-bw: bytes on the wire per second, after compression.
+    pub wire: Option<Arc<Budget>>,
+}
+
+impl Limits {
+    pub fn new(data: Option<u64>, wire: Option<u64>) -> Limits {
+        Limits { data: data.map(Budget::new), wire: wire.map(Budget::new) }
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.data.is_some() || self.wire.is_some()
+    }
+
+    /// Accounts for `raw` bytes read on the primary that crossed the link as `wire` bytes, sleeping as long as
+    /// either budget requires.
+    pub fn take(&self, raw: usize, wire: usize) {
+        if let Some(b) = &self.data {
+            b.take(raw);
+        }
+        if let Some(b) = &self.wire {
+            b.take(wire);
+        }
+    }
+}
+
 /// Where a proxy's connections go: the rsync daemon itself (`--data-channel tcp`), or an ssh forward's socket.
 pub enum Target {
     Tcp(SocketAddr),
     Unix(PathBuf),
 }
 
-/// A local proxy to `target` whose server-to-client direction draws from `budget`: the way to hold programs we
-/// do not control (rsync) to one shared rate. It listens on a Unix socket in the run's private directory, not
-/// on a port of 127.0.0.1 that any local user could reach (see `ssh::SshTarget::forward`). Ends its listener
-/// when dropped; connections end when either side closes.
+/// A local proxy to `target` whose server-to-client direction draws from `limits`: the way to hold programs we
+/// do not control (rsync) to one shared rate. What passes is rsync's stream, file data uncompressed (we give
+/// rsync no `-z`), so each byte counts as one of data and one on the wire. It listens on a Unix socket in the
+/// run's private directory, not on a port of 127.0.0.1 that any local user could reach (see
+/// `ssh::SshTarget::forward`). Ends its listener when dropped; connections end when either side closes.
 pub struct Proxy {
     pub socket: PathBuf,
     stop: Arc<AtomicBool>,
 }
 
 impl Proxy {
-    pub fn start(socket: PathBuf, target: Target, budget: Arc<Budget>) -> std::io::Result<Proxy> {
+    pub fn start(socket: PathBuf, target: Target, limits: Limits) -> std::io::Result<Proxy> {
         let listener = UnixListener::bind(&socket)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
@@ -94,7 +135,7 @@ impl Proxy {
                     Target::Unix(path) => UnixStream::connect(path).map(Stream::Unix),
                 };
                 match server {
-                    Ok(server) => relay(Stream::Unix(client), server, budget.clone()),
+                    Ok(server) => relay(Stream::Unix(client), server, limits.clone()),
                     Err(e) => tracing::warn!("bandwidth proxy cannot reach the rsync daemon: {e}"),
                 }
             }
@@ -156,22 +197,22 @@ impl Write for Stream {
     }
 }
 
-fn relay(client: Stream, server: Stream, budget: Arc<Budget>) {
+fn relay(client: Stream, server: Stream, limits: Limits) {
     let pair = client.try_clone().and_then(|c| server.try_clone().map(|s| (c, s)));
     let Ok((client2, server2)) = pair else { return };
     std::thread::spawn(move || pump(client2, server2, None));
-    std::thread::spawn(move || pump(server, client, Some(budget)));
+    std::thread::spawn(move || pump(server, client, Some(limits)));
 }
 
-fn pump(mut from: Stream, mut to: Stream, budget: Option<Arc<Budget>>) {
+fn pump(mut from: Stream, mut to: Stream, limits: Option<Limits>) {
     let mut buf = vec![0u8; 64 << 10];
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if let Some(b) = &budget {
-            b.take(n);
+        if let Some(l) = &limits {
+            l.take(n, n);
         }
         if to.write_all(&buf[..n]).is_err() {
             break;
@@ -213,6 +254,22 @@ mod tests {
     }
 
     #[test]
+    fn each_limit_counts_its_own_bytes() {
+        // 400 kB of data that crossed as 40 kB: -r at 1 MB/s holds it to about 0.4 s, --limit-net-bw at 1 MB/s
+        // lets it through in a tenth of that.
+        let timed = |limits: Limits| {
+            let t = Instant::now();
+            (0..10).for_each(|_| limits.take(40_000, 4_000));
+            t.elapsed().as_secs_f64()
+        };
+        let data = timed(Limits::new(Some(1_000_000), None));
+        assert!((0.3..1.0).contains(&data), "{data}");
+        let wire = timed(Limits::new(None, Some(1_000_000)));
+        assert!(wire < 0.15, "{wire}");
+        assert!(!Limits::default().is_set());
+    }
+
+    #[test]
     fn proxy_relays_both_ways() {
         use std::net::TcpListener;
         let server = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -224,7 +281,8 @@ mod tests {
             s.write_all(&[got, got].concat()).unwrap();
         });
         let dir = tempfile::tempdir().unwrap();
-        let proxy = Proxy::start(dir.path().join("proxy.sock"), Target::Tcp(target), Budget::new(1 << 20)).unwrap();
+        let limits = Limits::new(None, Some(1 << 20));
+        let proxy = Proxy::start(dir.path().join("proxy.sock"), Target::Tcp(target), limits).unwrap();
         let mut c = UnixStream::connect(&proxy.socket).unwrap();
         c.write_all(b"ping").unwrap();
         let mut back = Vec::new();

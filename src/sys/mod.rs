@@ -1,5 +1,5 @@
 //! Operating-system adapters: the ssh binary, child processes we own, cancellation across threads, the
-//! shared network budget, and the files pgclone writes itself.
+//! shared rate budgets (-r, --limit-net-bw), and the files pgclone writes itself.
 
 pub mod bandwidth;
 pub mod cancel;

@@ -29,7 +29,7 @@ use super::{
 };
 use crate::error::{IoAt, IoContext};
 use crate::replica::direct_io::{AlignedBuf, Target};
-use crate::sys::bandwidth::Budget;
+use crate::sys::bandwidth::Limits;
 use crate::sys::cancel::Cancel;
 use crate::sys::periodic::Periodic;
 use crate::sys::proc::OwnedChild;
@@ -59,7 +59,8 @@ pub struct Options {
     pub codec: Codec,
     pub level: i32,
     pub split: u64,
-    pub budget: Option<Arc<Budget>>,
+    /// -r and --limit-net-bw, taken as data arrives (see `bandwidth` for why that caps the primary's reads).
+    pub limits: Limits,
     /// Copy workers to come: their connections are all made when the transport starts.
     pub workers: usize,
 }
@@ -430,6 +431,10 @@ impl Transport for NativeTransport {
         self.channel
     }
 
+    fn compression(&self) -> String {
+        super::Compression { codec: self.opts.codec, level: self.opts.level }.to_string()
+    }
+
     fn system_id(&self) -> Option<u64> {
         self.system_id
     }
@@ -516,7 +521,7 @@ impl Worker for NativeWorker<'_> {
         let mut vanished = vec![false; pieces.len()];
         let mut outstanding = 0;
         let mut next_id = pieces.len() as u32;
-        let (mut moved, mut read_primary, mut read_replica) = (0u64, 0u64, 0u64);
+        let (mut moved, mut wire, mut read_primary, mut read_replica) = (0u64, 0u64, 0u64, 0u64);
         self.clean = false;
         let AgentConn { w, r, spare, .. } = self.conn.as_mut().expect("a worker has its connection until dropped");
         let buf = &mut self.buf;
@@ -571,9 +576,8 @@ impl Worker for NativeWorker<'_> {
                     .ok_or_else(|| TransportError::Worker("the agent on the primary ended".into()))?;
                 match m {
                     Msg::Data { id, offset, raw_len, raw_hash, codec, bytes } => {
-                        if let Some(b) = &opts.budget {
-                            b.take(bytes.len());
-                        }
+                        opts.limits.take(raw_len as usize, bytes.len());
+                        wire += bytes.len() as u64;
                         let raw = buf.get(chunk_len(raw_len)?);
                         decompress_into(codec, raw_hash, &bytes, raw).map_err(io("checking received data"))?;
                         let o = open
@@ -605,7 +609,10 @@ impl Worker for NativeWorker<'_> {
                         let o = open.get_mut(&id).filter(|o| o.compared.is_some()).ok_or_else(|| {
                             TransportError::Agent(format!("page hashes for {id}, which asked for none"))
                         })?;
-                        read_primary += hashes.len() as u64 * u64::from(DELTA_BLOCK);
+                        // Every page of the frame was read there, hashed or not (see `Want::Hashes`).
+                        let read = hashes.len() * DELTA_BLOCK as usize;
+                        opts.limits.take(read, 0);
+                        read_primary += read as u64;
                         let p = &pieces[o.piece];
                         let at = o.compared.expect("filtered above");
                         o.compared = Some(at + hashes.len() as u64 * u64::from(DELTA_BLOCK));
@@ -651,7 +658,7 @@ impl Worker for NativeWorker<'_> {
         })?;
         self.clean = true;
         // What a Read moved was read on the primary; what a compare hashed there is counted as it arrives.
-        let mut c = Copied { moved, read_primary: read_primary + moved, read_replica, ..Copied::default() };
+        let mut c = Copied { moved, wire, read_primary: read_primary + moved, read_replica, ..Copied::default() };
         for (p, gone) in pieces.iter().zip(&vanished) {
             if *gone {
                 c.vanished += u64::from(p.counts_file());

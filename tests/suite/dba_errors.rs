@@ -1,0 +1,49 @@
+//! A DBA's first hour: a rate limit that protects the primary as pg_basebackup's does, ssh host-key failures
+//! that say which failure it is and what to do, and refusals that name their fix, each in one line.
+
+use crate::support::*;
+
+/// What a `--json` clone reports of its copy: (bytes, wire_bytes, compression, seconds of the copy phase).
+fn copy_figures(out: &CmdOutput) -> (f64, Option<f64>, String, f64) {
+    out.assert_success();
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e})\n{}", out.report()));
+    let secs = v["phases"]["copy"].as_f64().unwrap_or_else(|| panic!("no copy phase in {v}"));
+    let bytes = v["bytes"].as_u64().unwrap_or_else(|| panic!("no bytes in {v}")) as f64;
+    println!("--json: bytes={bytes} wire_bytes={} compression={} copy {secs:.2} s", v["wire_bytes"], v["compression"]);
+    (bytes, v["wire_bytes"].as_u64().map(|w| w as f64), v["compression"].as_str().unwrap_or_default().to_string(), secs)
+}
+
+/// -r is pg_basebackup's: data read from the primary's data directory per second, whatever compression does on
+/// the wire (before, it counted compressed bytes: `-r 100M` read at several times that). --limit-net-bw caps
+/// the wire instead, so compressible data is read faster than it. Rates are the copy phase's, from --json.
+#[test]
+fn max_rate_caps_the_data_read_on_the_primary_and_limit_net_bw_the_wire() {
+    const MIB: f64 = (1 << 20) as f64;
+    let s = Setup::new("maxrate", &[]);
+    // About 24 MB of text pages lz4 shrinks many times over, beside the cluster's own 23 MB.
+    s.primary.psql("create table filler as select g, repeat('pgclone ', 100) as pad from generate_series(1, 25000) g");
+
+    let mut run = s.pgclone_into("data-capped");
+    run.args(["-r", "6M", "--json"]);
+    let (bytes, wire, compression, secs) = copy_figures(&run.run());
+    assert!(bytes > 40e6, "precondition: at least 40 MB to copy, found {bytes}");
+    let rate = bytes / secs / MIB;
+    println!("-r 6M: {rate:.2} MiB/s of data");
+    assert!(rate <= 6.0 * 1.25, "-r 6M read {rate:.2} MiB/s of data on the primary");
+    assert!(rate >= 6.0 * 0.6, "-r 6M read only {rate:.2} MiB/s: the cap is not what slowed it");
+    assert_eq!(compression, "auto");
+    let wire = wire.expect("--json reports wire_bytes");
+    assert!(wire < bytes, "with --compress auto the wire carried less than the data ({wire} of {bytes})");
+
+    let mut run = s.pgclone_into("wire-capped");
+    run.args(["--limit-net-bw", "2M", "--json"]);
+    let (bytes, wire, _, secs) = copy_figures(&run.run());
+    let wire = wire.expect("--json reports wire_bytes");
+    let (data_rate, wire_rate) = (bytes / secs / MIB, wire / secs / MIB);
+    println!("--limit-net-bw 2M: {wire_rate:.2} MiB/s on the wire, {data_rate:.2} MiB/s of data");
+    assert!(wire_rate <= 2.0 * 1.25, "--limit-net-bw 2M put {wire_rate:.2} MiB/s on the wire");
+    assert!(wire_rate >= 2.0 * 0.5, "--limit-net-bw 2M put only {wire_rate:.2} MiB/s on the wire");
+    assert!(data_rate > 2.0 * 1.5, "compressed, the data ({data_rate:.2} MiB/s) should outrun the wire's cap");
+    assert_primary_clean(&s.lab, &s.primary);
+}
