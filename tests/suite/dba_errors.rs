@@ -3,6 +3,14 @@
 
 use crate::support::*;
 
+/// The one `pgclone: error:` line of a run refused before anything changed (exit 3).
+fn refusal(out: &CmdOutput) -> String {
+    let line = assert_one_error_line(out);
+    assert_eq!(out.status.code(), Some(3), "a refusal exits 3\n{}", out.report());
+    println!("{line}");
+    line
+}
+
 /// What a `--json` clone reports of its copy: (bytes, wire_bytes, compression, seconds of the copy phase).
 fn copy_figures(out: &CmdOutput) -> (f64, Option<f64>, String, f64) {
     out.assert_success();
@@ -46,4 +54,48 @@ fn max_rate_caps_the_data_read_on_the_primary_and_limit_net_bw_the_wire() {
     assert!(wire_rate >= 2.0 * 0.5, "--limit-net-bw 2M put only {wire_rate:.2} MiB/s on the wire");
     assert!(data_rate > 2.0 * 1.5, "compressed, the data ({data_rate:.2} MiB/s) should outrun the wire's cap");
     assert_primary_clean(&s.lab, &s.primary);
+}
+
+/// An unknown host key and a changed one are different failures with different next steps: ssh explains
+/// which before its last line ("Host key verification failed."), and pgclone keeps that explanation.
+#[test]
+fn host_key_failures_say_which_and_what_to_do() {
+    let s = Setup::new("hostkeys", &[]);
+    let (addr, port, user) = (&s.sshd.addr, s.sshd.port, &s.lab.user().name);
+    let target = format!("{user}@{addr}:{port}");
+
+    let config = s.sshd.config_without_host_key();
+    let known_hosts = s.sshd.dir.join("known_hosts_empty");
+    let mut run = s.pgclone();
+    run.ssh_mut().config = config.clone();
+    assert_eq!(
+        refusal(&run.run()),
+        format!(
+            "pgclone: error: ssh to {target} failed: No ED25519 host key is known for [{addr}]:{port} and you have \
+             requested strict checking: accept the primary's host key once, as this user, with `ssh -F {} -p {port} \
+             -l {user} {addr}`, or check its fingerprint with the primary's administrator and add it with \
+             `ssh-keyscan -p {port} {addr} >> {}`",
+            config.display(),
+            known_hosts.display()
+        )
+    );
+    s.assert_clean();
+
+    let (config, known_hosts) = s.sshd.config_with_another_host_key();
+    let mut run = s.pgclone();
+    run.ssh_mut().config = config.clone();
+    assert_eq!(
+        refusal(&run.run()),
+        format!(
+            "pgclone: error: ssh to {target} failed: REMOTE HOST IDENTIFICATION HAS CHANGED: the primary's host sent \
+             ED25519 key {}, not the one in {kh}:1; this can be an attack (someone between here and the primary) or \
+             a reinstalled host: verify the new key with the primary's administrator, then remove the old one with \
+             `ssh-keygen -f \"{kh}\" -R \"[{addr}]:{port}\"` and accept the new one with `ssh -F {} -p {port} -l \
+             {user} {addr}`",
+            s.sshd.host_key_fingerprint(),
+            config.display(),
+            kh = known_hosts.display(),
+        )
+    );
+    s.assert_clean();
 }
