@@ -34,9 +34,22 @@ pub enum ConfigError {
          a slot {0:?} for the standby give --create-slot {0}"
     )]
     SlotName(String),
-    #[error("{what} {value:?} (from {from}) is not handed to ssh: {why}")]
+    #[error("{what} {value:?} (from {from}) is not handed to ssh: {why}; give {}", name_fix(what))]
     SshName { what: &'static str, value: String, from: &'static str, why: NameError },
 }
+
+/// What `ConfigError::SshName` asks for instead.
+fn name_fix(what: &str) -> &'static str {
+    if what == LOGIN {
+        "--ssh-user a plain login name"
+    } else {
+        "a plain host name or IP address (the ssh login goes in --ssh-user)"
+    }
+}
+
+/// `ConfigError::SshName`'s names for what it refuses.
+const HOST: &str = "the primary's host";
+const LOGIN: &str = "the ssh login";
 
 /// The environment variables pgclone reads for decisions of its own.
 const VARS: [&str; 5] = ["PGHOST", "PGPORT", "PGDATABASE", "PGCONNECT_TIMEOUT", "PGAPPNAME"];
@@ -198,7 +211,7 @@ impl CloneConfig {
             .filter(|(_, h)| !h.is_empty() && !h.starts_with('/'));
         let host = match host {
             Some((from, h)) if !args.no_ssh => {
-                let refuse = |why| ConfigError::SshName { what: "the primary's host", value: h.into(), from, why };
+                let refuse = |why| ConfigError::SshName { what: HOST, value: h.into(), from, why };
                 ssh::check_host(h).map_err(refuse)?;
                 h.to_string()
             }
@@ -207,7 +220,7 @@ impl CloneConfig {
             None => return Err(ConfigError::NoHost),
         };
         if let Some(u) = args.ssh_user.as_deref().filter(|_| !args.no_ssh) {
-            let refuse = |why| ConfigError::SshName { what: "the ssh login", value: u.into(), from: "--ssh-user", why };
+            let refuse = |why| ConfigError::SshName { what: LOGIN, value: u.into(), from: "--ssh-user", why };
             ssh::check_user(u).map_err(refuse)?;
         }
         let ssh = SshTarget {
@@ -448,7 +461,8 @@ mod tests {
         assert_eq!(
             err,
             "the primary's host \"$(touch /tmp/owned)\" (from -d) is not handed to ssh: it contains '$', which is \
-             not part of a host name or IP address"
+             not part of a host name or IP address; give a plain host name or IP address (the ssh login goes in \
+             --ssh-user)"
         );
         for ok in ["host=db-1.example_net", "host=10.0.0.7", "host=::1", "postgresql://[2001:db8::7]:5433/postgres"] {
             assert!(resolve(&["-d", ok, "--primary-pgdata", "/pg", "--ssh-user", "pg@CORP"], &env()).is_ok(), "{ok}");

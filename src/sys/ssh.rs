@@ -14,7 +14,7 @@ use crate::sys::proc::{self, OwnedChild};
 pub enum SshError {
     #[error("ssh to {target} failed: {reason}")]
     Connect { target: String, reason: String },
-    #[error("could not run ssh: {0}")]
+    #[error("could not run ssh: {0}; install the OpenSSH client (openssh-client)")]
     Spawn(#[from] std::io::Error),
     #[error("{} is too long for a Unix socket (108 bytes at most): set TMPDIR to a shorter directory", .0.display())]
     SocketPath(PathBuf),
@@ -218,7 +218,11 @@ impl SshTarget {
         if let Some(mut e) = child.child_mut().stderr.take() {
             let _ = std::io::Read::read_to_end(&mut e, &mut err);
         }
-        Err(SshError::Connect { target: self.describe(), reason: format!("port forward failed: {}", last_line(&err)) })
+        let reason = format!(
+            "port forward failed: {}; the primary's sshd must allow it (AllowTcpForwarding in its sshd_config)",
+            last_line(&err)
+        );
+        Err(SshError::Connect { target: self.describe(), reason })
     }
 
     /// Runs `remote` to completion, feeding `input` on its standard input. ssh's own failures

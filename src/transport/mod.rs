@@ -120,7 +120,8 @@ system=$(echo $system)"#;
 /// --primary-pgdata as the ssh user finds it.
 #[derive(Debug, thiserror::Error)]
 pub enum PgdataError {
-    #[error("--primary-pgdata {dir} does not exist on {host} or {user} may not enter it; give the running server's data \
+    #[error(
+        "--primary-pgdata {dir} does not exist on {host} or {user} may not enter it; give the running server's data \
          directory (SHOW data_directory) and an ssh login that can read it (--ssh-user, usually postgres)"
     )]
     Missing { dir: PathBuf, host: String, user: String },

@@ -2,6 +2,7 @@
 //! that say which failure it is and what to do, and refusals that name their fix, each in one line.
 
 use crate::support::*;
+use std::fs;
 
 /// The one `pgclone: error:` line of a run refused before anything changed (exit 3).
 fn refusal(out: &CmdOutput) -> String {
@@ -97,5 +98,59 @@ fn host_key_failures_say_which_and_what_to_do() {
             kh = known_hosts.display(),
         )
     );
+    s.assert_clean();
+}
+
+/// A wrong password: libpq's FATAL once (under sslmode=prefer libpq asks a TLS server again without TLS and
+/// reports both refusals), and where the right password goes.
+#[test]
+fn a_wrong_password_is_said_once_with_where_the_right_one_goes() {
+    let lab = Lab::new("badpass");
+    let primary = Postgres::primary_tls(&lab, "primary", false);
+    let sshd = Sshd::start(&lab);
+    let s = Setup { replica: lab.path().join("replica"), primary, sshd, lab };
+    let mut run = s.pgclone();
+    run.env("PGPASSWORD", Some("not the password"));
+    assert_eq!(
+        refusal(&run.run()),
+        format!(
+            "pgclone: error: cannot connect to the primary: connection to server at \"127.0.0.1\", port {} failed: \
+             FATAL:  password authentication failed for user \"{SUPERUSER}\"; give the right password in PGPASSWORD \
+             or ~/.pgpass (a line host:port:*:user:password, mode 0600)",
+            s.primary.port
+        )
+    );
+    s.assert_clean();
+}
+
+/// A replica directory that holds something: the refusal names --drop-existing; when all it holds is
+/// lost+found, it is a fresh mount's top directory, and the way out is a subdirectory.
+#[test]
+fn a_replica_directory_that_is_not_empty_names_the_way_out() {
+    let s = Setup::new("inuse", &[]);
+    let replica = s.lab.mkdir("replica");
+    let notes = s.lab.write(replica.join("notes.txt"), "mine\n");
+    assert_eq!(
+        refusal(&s.pgclone().run()),
+        format!(
+            "pgclone: error: replica directory {} is not empty: pgclone clones only into an absent or empty \
+             directory; empty it, give another --replica-pgdata, or add --drop-existing to delete everything in it",
+            replica.display()
+        )
+    );
+    assert_eq!(fs::read_to_string(&notes).unwrap(), "mine\n");
+
+    fs::remove_file(&notes).unwrap();
+    fs::create_dir(replica.join("lost+found")).unwrap();
+    assert_eq!(
+        refusal(&s.pgclone().run()),
+        format!(
+            "pgclone: error: replica directory {} is not empty: it holds only lost+found, so it is the top directory \
+             of a filesystem (a fresh mount); give --replica-pgdata a subdirectory of it instead, such as {}/data",
+            replica.display(),
+            replica.display()
+        )
+    );
+    assert!(replica.join("lost+found").is_dir());
     s.assert_clean();
 }
