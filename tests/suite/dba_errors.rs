@@ -25,7 +25,8 @@ fn copy_figures(out: &CmdOutput) -> (f64, Option<f64>, String, f64) {
 
 /// -r is pg_basebackup's: data read from the primary's data directory per second, whatever compression does on
 /// the wire (before, it counted compressed bytes: `-r 100M` read at several times that). --limit-net-bw caps
-/// the wire instead, so compressible data is read faster than it. Rates are the copy phase's, from --json.
+/// the wire instead, so compressible data is read faster than it; with the rsync transport -r holds rsync's
+/// stream. Rates are the copy phase's, from --json.
 #[test]
 fn max_rate_caps_the_data_read_on_the_primary_and_limit_net_bw_the_wire() {
     const MIB: f64 = (1 << 20) as f64;
@@ -54,6 +55,16 @@ fn max_rate_caps_the_data_read_on_the_primary_and_limit_net_bw_the_wire() {
     assert!(wire_rate <= 2.0 * 1.25, "--limit-net-bw 2M put {wire_rate:.2} MiB/s on the wire");
     assert!(wire_rate >= 2.0 * 0.5, "--limit-net-bw 2M put only {wire_rate:.2} MiB/s on the wire");
     assert!(data_rate > 2.0 * 1.5, "compressed, the data ({data_rate:.2} MiB/s) should outrun the wire's cap");
+
+    // The rsync transport's daemon sends file data as it reads it, uncompressed: -r holds that stream.
+    let mut run = s.pgclone_into("rsync-capped");
+    run.args(["--transport", "rsync", "-r", "6M", "--json"]);
+    let (bytes, _, compression, secs) = copy_figures(&run.run());
+    let rate = bytes / secs / MIB;
+    println!("--transport rsync -r 6M: {rate:.2} MiB/s of data");
+    assert!(rate <= 6.0 * 1.25, "--transport rsync -r 6M read {rate:.2} MiB/s of data on the primary");
+    assert!(rate >= 6.0 * 0.5, "--transport rsync -r 6M read only {rate:.2} MiB/s: the cap is not what slowed it");
+    assert_eq!(compression, "none");
     assert_primary_clean(&s.lab, &s.primary);
 }
 
