@@ -5,12 +5,14 @@
 //! idle or done, so the tail of a clone crawls. Here each worker takes from one bucket as it moves bytes:
 //! whoever is still moving gets the whole rate.
 //!
-//! Both are metered here, on the replica's side, as the bytes arrive, not by the agents on the primary: the
-//! workers' agents are separate processes (one per ssh connection with `--data-channel ssh`), so one budget for
-//! the run can only live here. It still caps the primary's reads: an agent reads a chunk only once the previous
-//! one is written to its connection, and that write blocks as soon as the connection's buffers are full (its
-//! 1 MiB write buffer, the kernel's socket buffers, our 1 MiB read buffer), so over the copy the agents read at
-//! the rate we take their data, ahead of it by at most those few MiB per worker.
+//! Both live here, on the replica's side, not in the agents on the primary: the workers' agents can be separate
+//! processes (one per ssh connection with `--data-channel ssh`), so one budget for the run can only live here.
+//! --limit-net-bw is taken as bytes arrive. -r is taken as the native transport's workers ask for data
+//! (`before_reading`): an agent reads nothing it is not asked for, so asking at the rate caps the primary's
+//! reads, ahead of the rate by at most one request per worker (the transport keeps its ranges to about a second
+//! of the rate). Taking -r as data arrives would not: the connections' buffers (the kernel's socket buffers
+//! grow to several MiB each way) hold compressed data, so an agent could read tens of MiB ahead of what
+//! arrived; measured, a 46 MB copy at `-r 6M` was read whole on the primary in its first 4 of 7 seconds.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -55,19 +57,26 @@ impl Budget {
 
     /// Accounts for `n` bytes, sleeping as long as the budget requires.
     pub fn take(&self, n: usize) {
-        let wait = {
-            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            let now = Instant::now();
-            // Unused time is not saved up beyond a tenth of a second: no bursts after idling.
-            let allowance = (st.0 + now.duration_since(st.1).as_secs_f64() * self.rate).min(self.rate / 10.0);
-            *st = (allowance - n as f64, now);
-            if st.0 < 0.0 {
-                Duration::from_secs_f64(-st.0 / self.rate)
-            } else {
-                Duration::ZERO
-            }
-        };
-        std::thread::sleep(wait);
+        std::thread::sleep(self.reserve(n as u64));
+    }
+
+    /// Accounts for `n` bytes and returns how long the taker must wait before using them.
+    pub fn reserve(&self, n: u64) -> Duration {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        // Unused time is not saved up beyond a tenth of a second: no bursts after idling.
+        let allowance = (st.0 + now.duration_since(st.1).as_secs_f64() * self.rate).min(self.rate / 10.0);
+        *st = (allowance - n as f64, now);
+        if st.0 < 0.0 {
+            Duration::from_secs_f64(-st.0 / self.rate)
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// Bytes per second.
+    pub fn rate(&self) -> u64 {
+        self.rate as u64
     }
 }
 
@@ -97,9 +106,19 @@ impl Limits {
         if let Some(b) = &self.data {
             b.take(raw);
         }
+        self.arrived(wire);
+    }
+
+    /// Accounts for `wire` bytes that arrived, sleeping as long as --limit-net-bw requires.
+    pub fn arrived(&self, wire: usize) {
         if let Some(b) = &self.wire {
             b.take(wire);
         }
+    }
+
+    /// Accounts for asking the primary to read `raw` bytes, and returns how long to wait before asking (-r).
+    pub fn before_reading(&self, raw: u64) -> Duration {
+        self.data.as_ref().map_or(Duration::ZERO, |b| b.reserve(raw))
     }
 }
 
@@ -267,6 +286,10 @@ mod tests {
         let wire = timed(Limits::new(None, Some(1_000_000)));
         assert!(wire < 0.15, "{wire}");
         assert!(!Limits::default().is_set());
+        // Asking to read is what -r paces: half a second's worth at 1 MB/s waits about that long.
+        let wait = Limits::new(Some(1_000_000), Some(1_000)).before_reading(500_000).as_secs_f64();
+        assert!((0.4..=0.5).contains(&wait), "{wait}");
+        assert_eq!(Limits::new(None, Some(1_000)).before_reading(500_000), Duration::ZERO, "only -r paces reads");
     }
 
     #[test]

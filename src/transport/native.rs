@@ -59,7 +59,7 @@ pub struct Options {
     pub codec: Codec,
     pub level: i32,
     pub split: u64,
-    /// -r and --limit-net-bw, taken as data arrives (see `bandwidth` for why that caps the primary's reads).
+    /// -r, taken as workers ask for data (see `pace`), and --limit-net-bw, taken as it arrives.
     pub limits: Limits,
     /// Copy workers to come: their connections are all made when the transport starts.
     pub workers: usize,
@@ -423,8 +423,12 @@ impl Transport for NativeTransport {
         }
     }
 
+    /// With -r, ranges of at most about a second of its rate (whole MiB, at least one): a range is asked for at
+    /// once, so this bounds how far the primary's reads can run ahead of the rate (see `pace`).
     fn split_size(&self) -> Option<u64> {
-        Some(self.opts.split)
+        const MIB: u64 = 1 << 20;
+        let paced = self.opts.limits.data.as_ref().map_or(u64::MAX, |b| (b.rate() / MIB * MIB).max(MIB));
+        Some(self.opts.split.min(paced))
     }
 
     fn data_channel(&self) -> &'static str {
@@ -534,7 +538,8 @@ impl Worker for NativeWorker<'_> {
                     Err(RecvTimeoutError::Timeout) => Msg::Ping,
                     Err(RecvTimeoutError::Disconnected) => return drop(w.flush()),
                 };
-                if write_msg(w, &m).is_err() || (rx.is_empty() && w.flush().is_err()) {
+                let asked = pace(&opts.limits, &m, w);
+                if asked.and_then(|()| write_msg(w, &m)).is_err() || (rx.is_empty() && w.flush().is_err()) {
                     return;
                 }
             });
@@ -576,7 +581,7 @@ impl Worker for NativeWorker<'_> {
                     .ok_or_else(|| TransportError::Worker("the agent on the primary ended".into()))?;
                 match m {
                     Msg::Data { id, offset, raw_len, raw_hash, codec, bytes } => {
-                        opts.limits.take(raw_len as usize, bytes.len());
+                        opts.limits.arrived(bytes.len());
                         wire += bytes.len() as u64;
                         let raw = buf.get(chunk_len(raw_len)?);
                         decompress_into(codec, raw_hash, &bytes, raw).map_err(io("checking received data"))?;
@@ -609,10 +614,7 @@ impl Worker for NativeWorker<'_> {
                         let o = open.get_mut(&id).filter(|o| o.compared.is_some()).ok_or_else(|| {
                             TransportError::Agent(format!("page hashes for {id}, which asked for none"))
                         })?;
-                        // Every page of the frame was read there, hashed or not (see `Want::Hashes`).
-                        let read = hashes.len() * DELTA_BLOCK as usize;
-                        opts.limits.take(read, 0);
-                        read_primary += read as u64;
+                        read_primary += hashes.len() as u64 * u64::from(DELTA_BLOCK);
                         let p = &pieces[o.piece];
                         let at = o.compared.expect("filtered above");
                         o.compared = Some(at + hashes.len() as u64 * u64::from(DELTA_BLOCK));
@@ -669,6 +671,31 @@ impl Worker for NativeWorker<'_> {
         }
         Ok(c)
     }
+}
+
+/// -r: waits until the run's budget of data read on the primary allows what `m` asks the agent to read (a Read's
+/// runs, the range a Sums hashes), having sent what was written before, and pinging the agent while it waits
+/// long (see `Msg::Ping`). The agent reads nothing it is not asked for, so asking at the rate holds its reads
+/// to it (see `bandwidth`).
+fn pace(limits: &Limits, m: &Msg, w: &mut impl Write) -> std::io::Result<()> {
+    let asked = match m {
+        Msg::Read { runs, .. } => runs.iter().map(|(_, len)| len).sum(),
+        Msg::Sums { len, .. } => *len,
+        _ => return Ok(()),
+    };
+    let mut wait = limits.before_reading(asked);
+    if !wait.is_zero() {
+        w.flush()?;
+    }
+    while !wait.is_zero() {
+        let nap = wait.min(PING_EVERY);
+        std::thread::sleep(nap);
+        wait -= nap;
+        if !wait.is_zero() {
+            write_msg(w, &Msg::Ping).and_then(|()| w.flush())?;
+        }
+    }
+    Ok(())
 }
 
 /// The runs of local pages (from `offset`) whose hashes differ from the primary's, as (offset, len), and how

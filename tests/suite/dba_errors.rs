@@ -3,6 +3,7 @@
 
 use crate::support::*;
 use std::fs;
+use std::time::{Duration, Instant};
 
 /// The one `pgclone: error:` line of a run refused before anything changed (exit 3).
 fn refusal(out: &CmdOutput) -> String {
@@ -23,6 +24,21 @@ fn copy_figures(out: &CmdOutput) -> (f64, Option<f64>, String, f64) {
     (bytes, v["wire_bytes"].as_u64().map(|w| w as f64), v["compression"].as_str().unwrap_or_default().to_string(), secs)
 }
 
+/// Bytes the run's agents on the primary have read so far: `rchar` of /proc/PID/io counts every read(2) and
+/// pread(2), the data directory's files above all (their requests from us are a few bytes each).
+fn agents_read(lab: &Lab) -> u64 {
+    let dir = lab.path().display().to_string();
+    let agents = fs::read_dir("/proc").unwrap().flatten().filter_map(|e| {
+        let p = e.path();
+        let comm = fs::read_to_string(p.join("comm")).ok()?;
+        let cmdline = String::from_utf8_lossy(&fs::read(p.join("cmdline")).ok()?).into_owned();
+        (comm.trim() == "pgclone-agent" && cmdline.contains(&dir)).then_some(())?;
+        let io = fs::read_to_string(p.join("io")).ok()?;
+        io.lines().find_map(|l| l.strip_prefix("rchar:"))?.trim().parse::<u64>().ok()
+    });
+    agents.sum()
+}
+
 /// -r is pg_basebackup's: data read from the primary's data directory per second, whatever compression does on
 /// the wire (before, it counted compressed bytes: `-r 100M` read at several times that). --limit-net-bw caps
 /// the wire instead, so compressible data is read faster than it; with the rsync transport -r holds rsync's
@@ -36,7 +52,20 @@ fn max_rate_caps_the_data_read_on_the_primary_and_limit_net_bw_the_wire() {
 
     let mut run = s.pgclone_into("data-capped");
     run.args(["-r", "6M", "--json"]);
-    let (bytes, wire, compression, secs) = copy_figures(&run.run());
+    let mut running = run.spawn();
+    running.wait_for_log("copying ", Duration::from_secs(60));
+    // What the agents read of the primary's files while the copy runs: the budget is taken here, as data
+    // arrives, and holds their reads through the connection's backpressure.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (t0, read0) = (Instant::now(), agents_read(&s.lab));
+    std::thread::sleep(Duration::from_secs(3));
+    let (read, took) = (agents_read(&s.lab) - read0, t0.elapsed().as_secs_f64());
+    assert!(!running.stderr_so_far().contains("backup stopped"), "the copy ended before the agents were sampled");
+    let out = running.wait();
+    let primary_rate = read as f64 / took / MIB;
+    println!("-r 6M: the agents read {primary_rate:.2} MiB/s of the primary's files");
+    assert!(primary_rate <= 6.0 * 1.25, "-r 6M: the agents read {primary_rate:.2} MiB/s on the primary");
+    let (bytes, wire, compression, secs) = copy_figures(&out);
     assert!(bytes > 40e6, "precondition: at least 40 MB to copy, found {bytes}");
     let rate = bytes / secs / MIB;
     println!("-r 6M: {rate:.2} MiB/s of data");
@@ -45,6 +74,12 @@ fn max_rate_caps_the_data_read_on_the_primary_and_limit_net_bw_the_wire() {
     assert_eq!(compression, "auto");
     let wire = wire.expect("--json reports wire_bytes");
     assert!(wire < bytes, "with --compress auto the wire carried less than the data ({wire} of {bytes})");
+
+    // A re-sync of that copy asks the agents for page hashes (Sums) and then for the pages that differ: -r paces
+    // both kinds of request, and the run completes.
+    let mut run = s.pgclone_into("data-capped");
+    run.args(["-r", "64M"]);
+    run.run().assert_success();
 
     let mut run = s.pgclone_into("wire-capped");
     run.args(["--limit-net-bw", "2M", "--json"]);
