@@ -145,13 +145,17 @@ pub struct Args {
     #[arg(help_heading = "Copy", long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub parallel: Option<u16>,
 
-    /// One network budget for all copy workers together, in bytes/s (K, M, G: binary multiples; at least
-    /// 10000); a worker that finishes leaves its share to the others
+    /// Cap on the network: bytes/s on the wire for all copy workers together, after compression, so
+    /// compressed data moves faster than RATE (K, M, G: binary multiples; at least 10000); a worker that
+    /// finishes leaves its share to the others. To spare the primary's disks, use -r
     #[arg(help_heading = "Copy", long, value_name = "RATE", value_parser = crate::sys::bandwidth::parse_rate)]
     pub limit_net_bw: Option<u64>,
 
-    /// --limit-net-bw in pg_basebackup's units: kilobytes per second, or with a k or M suffix (32k to 1024M)
-    #[arg(help_heading = "Copy", short = 'r', long, value_name = "RATE", value_parser = parse_max_rate, conflicts_with = "limit_net_bw")]
+    /// Cap on the primary's disks, as pg_basebackup's -r: data read from the primary's data directory per
+    /// second, all workers together, counted before compression (pages compared in a re-sync count too); in
+    /// kilobytes per second, or with a k or M suffix (32k to 1024M). With --transport rsync: the bytes its daemon
+    /// sends (rsync's --checksum reads are not counted). Combines with --limit-net-bw
+    #[arg(help_heading = "Copy", short = 'r', long, value_name = "RATE", value_parser = parse_max_rate)]
     pub max_rate: Option<u64>,
 
     /// How to show copy progress; -P alone (pg_basebackup's) is the bar

@@ -8,6 +8,7 @@ mod support;
 mod suite {
     mod clone_e2e;
     mod data_channel;
+    mod dba_errors;
     mod exit_codes;
     mod faults;
     mod flags;

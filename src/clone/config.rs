@@ -45,9 +45,22 @@ pub enum ConfigError {
         "name the slot to create once: --create-slot {0}, or -C -S {0} (-S alone streams through an existing slot)"
     )]
     SlotNamedTwice(String),
-    #[error("{what} {value:?} (from {from}) is not handed to ssh: {why}")]
+    #[error("{what} {value:?} (from {from}) is not handed to ssh: {why}; give {}", name_fix(what))]
     SshName { what: &'static str, value: String, from: &'static str, why: NameError },
 }
+
+/// What `ConfigError::SshName` asks for instead.
+fn name_fix(what: &str) -> &'static str {
+    if what == LOGIN {
+        "--ssh-user a plain login name"
+    } else {
+        "a plain host name or IP address (the ssh login goes in --ssh-user)"
+    }
+}
+
+/// `ConfigError::SshName`'s names for what it refuses.
+const HOST: &str = "the primary's host";
+const LOGIN: &str = "the ssh login";
 
 /// The environment variables pgclone reads for decisions of its own.
 const VARS: [&str; 5] = ["PGHOST", "PGPORT", "PGDATABASE", "PGCONNECT_TIMEOUT", "PGAPPNAME"];
@@ -209,7 +222,7 @@ impl CloneConfig {
             .filter(|(_, h)| !h.is_empty() && !h.starts_with('/'));
         let host = match host {
             Some((from, h)) if !args.no_ssh => {
-                let refuse = |why| ConfigError::SshName { what: "the primary's host", value: h.into(), from, why };
+                let refuse = |why| ConfigError::SshName { what: HOST, value: h.into(), from, why };
                 ssh::check_host(h).map_err(refuse)?;
                 h.to_string()
             }
@@ -218,7 +231,7 @@ impl CloneConfig {
             None => return Err(ConfigError::NoHost),
         };
         if let Some(u) = args.ssh_user.as_deref().filter(|_| !args.no_ssh) {
-            let refuse = |why| ConfigError::SshName { what: "the ssh login", value: u.into(), from: "--ssh-user", why };
+            let refuse = |why| ConfigError::SshName { what: LOGIN, value: u.into(), from: "--ssh-user", why };
             ssh::check_user(u).map_err(refuse)?;
         }
         let ssh = SshTarget {
@@ -266,7 +279,8 @@ impl CloneConfig {
                 remote_bin: args.remote_pgclone.clone(),
                 compression: args.compress,
                 chunk_size: args.chunk_size,
-                limit_net_bw: args.limit_net_bw.or(args.max_rate),
+                max_rate: args.max_rate,
+                limit_net_bw: args.limit_net_bw,
                 workers: parallel,
             },
             ssh: (!args.no_ssh).then_some(ssh),
@@ -429,7 +443,11 @@ mod tests {
         let c = c.unwrap();
         assert_eq!(c.host, "db4");
         assert!(c.pg.params.contains(&("port", "6000".into())) && c.pg.params.contains(&("user", "u2".into())));
-        assert_eq!(c.transport.limit_net_bw, Some(100 * 1024), "-r is kilobytes per second");
+        assert_eq!(c.transport.max_rate, Some(100 * 1024), "-r is kilobytes per second");
+        assert_eq!(c.transport.limit_net_bw, None, "-r caps the data read on the primary, not the wire");
+        let both = ["--pghost", "db1", "--primary-pgdata", "/pg", "-r", "2M", "--limit-net-bw", "1M"];
+        let both = resolve(&both, &env()).unwrap().transport;
+        assert_eq!((both.max_rate, both.limit_net_bw), (Some(2 << 20), Some(1 << 20)), "each its own budget");
         let bad = resolve(&["-d", "host=a,b", "--primary-pgdata", "/pg"], &env()).unwrap_err();
         assert_eq!(bad, ConfigError::ManyHosts("a,b".into()));
         let bad = resolve(&["-d", "hots=a", "--primary-pgdata", "/pg"], &env()).unwrap_err();
@@ -510,7 +528,8 @@ mod tests {
         assert_eq!(
             err,
             "the primary's host \"$(touch /tmp/owned)\" (from -d) is not handed to ssh: it contains '$', which is \
-             not part of a host name or IP address"
+             not part of a host name or IP address; give a plain host name or IP address (the ssh login goes in \
+             --ssh-user)"
         );
         for ok in ["host=db-1.example_net", "host=10.0.0.7", "host=::1", "postgresql://[2001:db8::7]:5433/postgres"] {
             assert!(resolve(&["-d", ok, "--primary-pgdata", "/pg", "--ssh-user", "pg@CORP"], &env()).is_ok(), "{ok}");

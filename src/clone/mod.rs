@@ -296,7 +296,7 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
     });
 
     let (end, mut sql, control, wal_end) = backup_stop(backup, &*transport, dirs.run.path(), primary)?;
-    let data_channel = transport.data_channel();
+    let (data_channel, compression) = (transport.data_channel(), transport.compression());
     // rsync copies whole files only; the native transport splits them.
     let transport_name = if transport.split_size().is_none() { "rsync" } else { "native" };
     drop(transport);
@@ -353,6 +353,8 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
         vanished: copied.totals.vanished,
         reused: copied.reused,
         moved: copied.totals.moved,
+        wire: copied.totals.wire,
+        compression,
         wal_segments,
         elapsed: started.elapsed(),
         start_lsn: copied.start_lsn,

@@ -22,22 +22,38 @@ pub enum PreflightError {
     Root,
     #[error("a postmaster is running in {dir} (pid {pid}): stop it, or choose another --replica-pgdata")]
     PostmasterRunning { dir: PathBuf, pid: i32 },
-    #[error("replica directory {0} is not empty: pgclone clones only into an absent or empty directory")]
-    NotEmpty(PathBuf),
+    #[error(
+        "{what} {} is not empty: pgclone clones only into an absent or empty directory; empty it, give another \
+         {flag}, or add --drop-existing to delete everything in it",
+        dir.display()
+    )]
+    NotEmpty { what: &'static str, flag: &'static str, dir: PathBuf },
+    #[error(
+        "{what} {} is not empty: it holds only lost+found, so it is the top directory of a filesystem (a fresh \
+         mount); give {flag} a subdirectory of it instead, such as {}",
+        dir.display(), dir.join("data").display()
+    )]
+    MountPoint { what: &'static str, flag: &'static str, dir: PathBuf },
     #[error(
         "replica directory {dir} holds a different cluster (system identifier {found}, the primary's is \
-         {expected}): use --drop-existing to replace it"
+         {expected}): use --drop-existing to replace it, or give another --replica-pgdata"
     )]
     OtherReplica { dir: PathBuf, found: u64, expected: u64 },
-    #[error("--drop-existing refuses to empty {0}: it is / or a home directory")]
+    #[error("--drop-existing refuses to empty {0}: it is / or a home directory; clone into a directory of its own")]
     WontDrop(PathBuf),
-    #[error(transparent)]
+    #[error("{0}{fix}", fix = io_fix(.0))]
     ReplicaDir(#[from] IoAt),
-    #[error("cannot connect to the primary: {0}{1}")]
+    #[error("cannot connect to the primary: {0}; {1}")]
     Connect(PgError, &'static str),
-    #[error("PostgreSQL {0} is not supported: the primary must run PostgreSQL {MIN_MAJOR} or newer")]
+    #[error(
+        "PostgreSQL {0} is not supported: the primary must run PostgreSQL {MIN_MAJOR} or newer (clone older servers \
+         with their own pg_basebackup)"
+    )]
     Unsupported(u32),
-    #[error("checking the primary's settings failed: {0}")]
+    #[error(
+        "checking the primary's settings failed: {0}; the role must be able to read pg_roles, pg_settings, \
+         pg_stat_replication and pg_replication_slots, as every role can unless that was revoked"
+    )]
     Query(PgError),
     #[error("role \"{0}\" lacks the REPLICATION attribute: ALTER ROLE \"{0}\" REPLICATION")]
     NoReplication(String),
@@ -48,11 +64,20 @@ pub enum PreflightError {
     NoBackupPrivilege(String),
     #[error("wal_level is minimal on the primary: set wal_level = replica and restart it")]
     WalLevelMinimal,
-    #[error("no free WAL sender on the primary: max_wal_senders = {max} and {used} in use")]
+    #[error(
+        "no free WAL sender on the primary: max_wal_senders = {max} and {used} in use; raise max_wal_senders \
+         (it takes a restart) or end a replication connection you do not need (pg_stat_replication)"
+    )]
     NoWalSender { max: i64, used: i64 },
-    #[error("no free replication slot on the primary: max_replication_slots = {max} and {used} in use")]
+    #[error(
+        "no free replication slot on the primary: max_replication_slots = {max} and {used} in use; raise \
+         max_replication_slots (it takes a restart) or drop a slot you do not need (pg_replication_slots)"
+    )]
     NoSlot { max: i64, used: i64 },
-    #[error("replication slot \"{0}\" already exists on the primary: choose another --create-slot name or drop it")]
+    #[error(
+        "replication slot \"{0}\" already exists on the primary: choose another --create-slot name or drop it \
+         (SELECT pg_drop_replication_slot('{0}'))"
+    )]
     SlotExists(String),
     #[error("-S {name}: {problem} (create it with SELECT pg_create_physical_replication_slot('{name}'), or use --create-slot)")]
     StreamSlot { name: String, problem: &'static str },
@@ -73,7 +98,10 @@ pub enum PreflightError {
          directory), or GRANT pg_read_all_settings TO \"{0}\""
     )]
     NoDataDirectory(String),
-    #[error("checking --primary-pgdata on {host} failed: {reason}")]
+    #[error(
+        "checking --primary-pgdata on {host} failed: {reason}; the ssh login must be able to run sh and od \
+         (coreutils) there"
+    )]
     Probe { host: String, reason: String },
     #[error(
         "--primary-pgdata {dir} on {host} is not the live data directory of the server pgclone backs up: its \
@@ -83,7 +111,8 @@ pub enum PreflightError {
     NotLive { dir: PathBuf, host: String, redo: Lsn, state: u32, start: Lsn },
     #[error(
         "--primary-pgdata {dir} belongs to another cluster (system identifier {found}) than the server \
-         pgclone connected to ({expected})"
+         pgclone connected to ({expected}); give that server's own data directory (SHOW data_directory), or \
+         point -h and -p at the server this directory belongs to"
     )]
     OtherCluster { dir: PathBuf, found: u64, expected: u64 },
 }
@@ -202,14 +231,52 @@ fn check_primary(config: &CloneConfig, run_dir: &Path) -> Result<PrimaryChecked,
     Ok((tunnel, params, sql, primary, pg_ctl, recovery))
 }
 
-/// libpq's "no password supplied" does not say where a password could come from.
+/// libpq says what failed, not where the fix is: the next step for the failures a DBA meets first.
 pub fn connect_error(e: PgError) -> PreflightError {
-    let hint = if e.message.contains("no password supplied") {
-        " (set PGPASSWORD or add the primary to ~/.pgpass)"
+    let m = e.message.as_str();
+    let next = if m.contains("no password supplied") {
+        "set PGPASSWORD, add the primary to ~/.pgpass (a line host:port:*:user:password, mode 0600), or type it \
+         with -W"
+    } else if m.contains("password authentication failed") {
+        "give the right password in PGPASSWORD or ~/.pgpass (a line host:port:*:user:password, mode 0600), or \
+         type it with -W"
+    } else if m.contains("no pg_hba.conf entry") {
+        "let this role in from this host in the primary's pg_hba.conf, for its databases and for replication, \
+         then reload it (SELECT pg_reload_conf())"
+    } else if m.contains("role") && m.contains("does not exist") {
+        "give an existing role with -U"
+    } else if m.contains("database") && m.contains("does not exist") {
+        "name an existing database with -d or PGDATABASE"
+    } else if m.contains("Connection refused") || m.contains("timeout expired") || m.contains("translate host name") {
+        "check -h and -p, and that the primary's listen_addresses and the firewalls on the way let this host in"
     } else {
-        ""
+        "try the same connection with psql, which reads the same settings (-d, -h, -p, -U, PG* variables, ~/.pgpass)"
     };
-    PreflightError::Connect(e, hint)
+    PreflightError::Connect(e, next)
+}
+
+/// The fix for an I/O error at the replica directories that has an obvious one.
+fn io_fix(e: &IoAt) -> &'static str {
+    match e.source.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            "; pgclone's user must be able to enter and write it: check its owner and mode, and its parents'"
+        }
+        std::io::ErrorKind::NotADirectory => "; give a directory, or a path that does not exist yet",
+        _ => "",
+    }
+}
+
+/// `dir` holds something: with nothing but lost+found, it is a filesystem's top directory, which initdb too
+/// refuses to use ("It contains a lost+found directory, perhaps due to it being a mount point. [...] Create a
+/// subdirectory under the mount point.", initdb.c): emptying it would not help.
+fn not_empty(what: &'static str, flag: &'static str, dir: &Path) -> PreflightError {
+    let mut entries = std::fs::read_dir(dir).into_iter().flatten().filter_map(Result::ok);
+    let only = entries.next().filter(|_| entries.next().is_none());
+    let dir = dir.to_path_buf();
+    match only {
+        Some(e) if e.file_name() == "lost+found" => PreflightError::MountPoint { what, flag, dir },
+        _ => PreflightError::NotEmpty { what, flag, dir },
+    }
 }
 
 /// PostgreSQL refuses to run as root, so a replica made by root would have to be re-owned by hand.
@@ -251,7 +318,7 @@ pub fn replica_dir(replica: &Path, drop_existing: bool, home: Option<&Path>) -> 
         return Ok(ReplicaState::Empty);
     }
     if !replica.join("global").is_dir() {
-        return Err(PreflightError::NotEmpty(replica.to_path_buf()));
+        return Err(not_empty("replica directory", "--replica-pgdata", replica));
     }
     match control_file::read(&replica.join(CONTROL_FILE)) {
         Ok(control) => Ok(ReplicaState::Cluster(control_file::system_id(&control))),
@@ -282,7 +349,7 @@ pub fn waldir(waldir: &Path, replica: &Path, drop_existing: bool, home: Option<&
     } else if is_empty(waldir)? {
         Ok(())
     } else {
-        Err(PreflightError::NotEmpty(waldir.to_path_buf()))
+        Err(not_empty("WAL directory", "--replica-waldir", waldir))
     }
 }
 
@@ -479,6 +546,50 @@ mod tests {
         c[16..20].copy_from_slice(&state.to_ne_bytes());
         c[40..48].copy_from_slice(&redo.to_ne_bytes());
         c
+    }
+
+    #[test]
+    fn each_connection_failure_names_its_next_step() {
+        let said = |m: &str| connect_error(PgError { message: m.into() }).to_string();
+        let at = "connection to server at \"db1\" (10.0.0.7), port 5432 failed";
+        assert_eq!(
+            said(&format!("{at}: FATAL:  password authentication failed for user \"rep\"")),
+            format!(
+                "cannot connect to the primary: {at}: FATAL:  password authentication failed for user \"rep\"; give \
+                 the right password in PGPASSWORD or ~/.pgpass (a line host:port:*:user:password, mode 0600), or \
+                 type it with -W"
+            )
+        );
+        let no_hba = said(&format!("{at}: FATAL:  no pg_hba.conf entry for replication connection from host \"x\""));
+        assert!(no_hba.ends_with("then reload it (SELECT pg_reload_conf())"), "{no_hba}");
+        assert!(said(&format!("{at}: FATAL:  role \"rp\" does not exist")).ends_with("give an existing role with -U"));
+        let refused = said(&format!("{at}: Connection refused; Is the server running on that host?"));
+        assert!(refused.ends_with("let this host in"), "{refused}");
+    }
+
+    #[test]
+    fn a_directory_holding_only_lost_and_found_is_a_mount_point() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("lost+found")).unwrap();
+        let mount = waldir(d.path(), Path::new("/nonexistent"), false, None).unwrap_err().to_string();
+        assert_eq!(
+            mount,
+            format!(
+                "WAL directory {0} is not empty: it holds only lost+found, so it is the top directory of a filesystem \
+                 (a fresh mount); give --replica-waldir a subdirectory of it instead, such as {0}/data",
+                d.path().display()
+            )
+        );
+        std::fs::write(d.path().join("notes"), "").unwrap();
+        let busy = waldir(d.path(), Path::new("/nonexistent"), false, None).unwrap_err().to_string();
+        assert_eq!(
+            busy,
+            format!(
+                "WAL directory {} is not empty: pgclone clones only into an absent or empty directory; empty it, give \
+                 another --replica-waldir, or add --drop-existing to delete everything in it",
+                d.path().display()
+            )
+        );
     }
 
     #[test]

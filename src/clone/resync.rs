@@ -137,11 +137,13 @@ pub fn survey(
             (Lsn(0), _) => return Err("the replica's pg_control has no minimum recovery point".into()),
             (min, tli) => (min.max(Lsn(checkpoint.0 + 1)), tli),
         },
-        state => return Err(format!(
+        state => {
+            return Err(format!(
             "the replica's pg_control says \"{}\", not shut down cleanly: its files may hold changes its pg_control \
                  does not account for",
             control_file::state_name(state)
-        )),
+        ))
+        }
     };
     if !timeline::reaches(history, redo_tli, redo) || !timeline::reaches(history, end_tli, end) {
         return Err(format!(

@@ -19,7 +19,8 @@ pub enum StandbyError {
     #[error("creating replication slot {slot} failed: {source}")]
     Slot { slot: String, source: PgError },
     #[error(
-        "no pg_ctl for PostgreSQL {major} found (looked in --pg-bindir, /usr/lib/postgresql/{major}/bin and PATH)"
+        "no pg_ctl for PostgreSQL {major} found (looked in --pg-bindir, /usr/lib/postgresql/{major}/bin and PATH): \
+         install PostgreSQL {major}'s server binaries here, or give --pg-bindir DIR"
     )]
     NoPgCtl { major: u32 },
     #[error("pg_ctl could not start the standby in {dir}: {reason}")]

@@ -15,6 +15,9 @@ pub struct Summary {
     pub reused: u64,
     /// Bytes that crossed the link (a block-hash delta moves only what differs).
     pub moved: u64,
+    /// What `moved` took on the wire, after `compression`.
+    pub wire: u64,
+    pub compression: String,
     pub wal_segments: u64,
     pub elapsed: Duration,
     pub start_lsn: Lsn,
@@ -189,6 +192,8 @@ impl Summary {
             "bytes": self.bytes,
             "reused_bytes": self.reused,
             "moved_bytes": self.moved,
+            "wire_bytes": self.wire,
+            "compression": self.compression,
             "vanished_files": self.vanished,
             "elapsed_seconds": (self.elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
             "start_lsn": self.start_lsn.to_string(),

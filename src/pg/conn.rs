@@ -28,9 +28,17 @@ impl PgError {
     }
 }
 
-/// libpq messages end in newlines and may carry DETAIL/HINT lines; our errors are one line each.
+/// libpq messages end in newlines and may carry DETAIL/HINT lines; our errors are one line each. A line said
+/// twice is kept once: under sslmode=prefer (libpq's default) a server that refuses the login over TLS is asked
+/// again without it (fe-connect.c), and libpq reports both refusals, word for word the same.
 fn one_line(s: &str) -> String {
-    s.trim().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
+    let mut lines: Vec<&str> = Vec::new();
+    for l in s.trim().lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if !lines.contains(&l) {
+            lines.push(l);
+        }
+    }
+    lines.join("; ")
 }
 
 /// One libpq connection. libpq connections may move between threads but never be used by two at once,
@@ -415,5 +423,21 @@ unsafe fn text(p: *const CChar) -> Option<String> {
         None
     } else {
         Some(CStr::from_ptr(p).to_string_lossy().into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn a_message_is_one_line_and_says_each_thing_once() {
+        let fatal = "connection to server at \"127.0.0.1\", port 5432 failed: FATAL:  password authentication \
+                     failed for user \"rep\"";
+        assert_eq!(one_line(&format!("{fatal}\n{fatal}\n")), fatal, "sslmode=prefer's retry without TLS");
+        assert_eq!(
+            one_line("ERROR:  relation \"t\" does not exist\nLINE 1: select * from t\n\n"),
+            "ERROR:  relation \"t\" does not exist; LINE 1: select * from t"
+        );
     }
 }

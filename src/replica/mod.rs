@@ -13,7 +13,7 @@ use crate::error::{IoAt, IoContext};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {
-    #[error("another pgclone{holder} is already cloning into {dir}")]
+    #[error("another pgclone{holder} is already cloning into {dir}: wait for it to end, or stop it first")]
     Locked { dir: PathBuf, holder: String },
     #[error(transparent)]
     Io(#[from] IoAt),

@@ -1,8 +1,18 @@
-//! One network budget shared by every copy worker (--limit-net-bw).
+//! The budgets shared by every copy worker: file data read on the primary (-r/--max-rate) and bytes on the wire
+//! (--limit-net-bw).
 //!
 //! A static split (rate / workers per rsync, as pgclone.sh did) wastes the share of every worker that is
 //! idle or done, so the tail of a clone crawls. Here each worker takes from one bucket as it moves bytes:
 //! whoever is still moving gets the whole rate.
+//!
+//! Both live here, on the replica's side, not in the agents on the primary: the workers' agents can be separate
+//! processes (one per ssh connection with `--data-channel ssh`), so one budget for the run can only live here.
+//! --limit-net-bw is taken as bytes arrive. -r is taken as the native transport's workers ask for data
+//! (`before_reading`): an agent reads nothing it is not asked for, so asking at the rate caps the primary's
+//! reads, ahead of the rate by at most one request per worker (the transport keeps its ranges to about a second
+//! of the rate). Taking -r as data arrives would not: the connections' buffers (the kernel's socket buffers
+//! grow to several MiB each way) hold compressed data, so an agent could read tens of MiB ahead of what
+//! arrived; measured, a 46 MB copy at `-r 6M` was read whole on the primary in its first 4 of 7 seconds.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -47,19 +57,68 @@ impl Budget {
 
     /// Accounts for `n` bytes, sleeping as long as the budget requires.
     pub fn take(&self, n: usize) {
-        let wait = {
-            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            let now = Instant::now();
-            // Unused time is not saved up beyond a tenth of a second: no bursts after idling.
-            let allowance = (st.0 + now.duration_since(st.1).as_secs_f64() * self.rate).min(self.rate / 10.0);
-            *st = (allowance - n as f64, now);
-            if st.0 < 0.0 {
-                Duration::from_secs_f64(-st.0 / self.rate)
-            } else {
-                Duration::ZERO
-            }
-        };
-        std::thread::sleep(wait);
+        std::thread::sleep(self.reserve(n as u64));
+    }
+
+    /// Accounts for `n` bytes and returns how long the taker must wait before using them.
+    pub fn reserve(&self, n: u64) -> Duration {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        // Unused time is not saved up beyond a tenth of a second: no bursts after idling.
+        let allowance = (st.0 + now.duration_since(st.1).as_secs_f64() * self.rate).min(self.rate / 10.0);
+        *st = (allowance - n as f64, now);
+        if st.0 < 0.0 {
+            Duration::from_secs_f64(-st.0 / self.rate)
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// Bytes per second.
+    pub fn rate(&self) -> u64 {
+        self.rate as u64
+    }
+}
+
+/// The run's two budgets, either or both unset.
+#[derive(Clone, Default)]
+pub struct Limits {
+    /// -r/--max-rate: bytes of file data read on the primary per second (pg_basebackup's meaning: its
+    /// `--max-rate` limits "the transfer rate at which data is collected from the source server", to limit the
+    /// impact on the running server). Uncompressed bytes: what the primary's disks deliver.
+    pub data: Option<Arc<Budget>>,
+    /// --limit-net-bw: bytes on the wire per second, after compression.
+    pub wire: Option<Arc<Budget>>,
+}
+
+impl Limits {
+    pub fn new(data: Option<u64>, wire: Option<u64>) -> Limits {
+        Limits { data: data.map(Budget::new), wire: wire.map(Budget::new) }
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.data.is_some() || self.wire.is_some()
+    }
+
+    /// Accounts for `raw` bytes read on the primary that crossed the link as `wire` bytes, sleeping as long as
+    /// either budget requires.
+    pub fn take(&self, raw: usize, wire: usize) {
+        if let Some(b) = &self.data {
+            b.take(raw);
+        }
+        self.arrived(wire);
+    }
+
+    /// Accounts for `wire` bytes that arrived, sleeping as long as --limit-net-bw requires.
+    pub fn arrived(&self, wire: usize) {
+        if let Some(b) = &self.wire {
+            b.take(wire);
+        }
+    }
+
+    /// Accounts for asking the primary to read `raw` bytes, and returns how long to wait before asking (-r).
+    pub fn before_reading(&self, raw: u64) -> Duration {
+        self.data.as_ref().map_or(Duration::ZERO, |b| b.reserve(raw))
     }
 }
 
@@ -69,17 +128,18 @@ pub enum Target {
     Unix(PathBuf),
 }
 
-/// A local proxy to `target` whose server-to-client direction draws from `budget`: the way to hold programs we
-/// do not control (rsync) to one shared rate. It listens on a Unix socket in the run's private directory, not
-/// on a port of 127.0.0.1 that any local user could reach (see `ssh::SshTarget::forward`). Ends its listener
-/// when dropped; connections end when either side closes.
+/// A local proxy to `target` whose server-to-client direction draws from `limits`: the way to hold programs we
+/// do not control (rsync) to one shared rate. What passes is rsync's stream, file data uncompressed (we give
+/// rsync no `-z`), so each byte counts as one of data and one on the wire. It listens on a Unix socket in the
+/// run's private directory, not on a port of 127.0.0.1 that any local user could reach (see
+/// `ssh::SshTarget::forward`). Ends its listener when dropped; connections end when either side closes.
 pub struct Proxy {
     pub socket: PathBuf,
     stop: Arc<AtomicBool>,
 }
 
 impl Proxy {
-    pub fn start(socket: PathBuf, target: Target, budget: Arc<Budget>) -> std::io::Result<Proxy> {
+    pub fn start(socket: PathBuf, target: Target, limits: Limits) -> std::io::Result<Proxy> {
         let listener = UnixListener::bind(&socket)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
@@ -94,7 +154,7 @@ impl Proxy {
                     Target::Unix(path) => UnixStream::connect(path).map(Stream::Unix),
                 };
                 match server {
-                    Ok(server) => relay(Stream::Unix(client), server, budget.clone()),
+                    Ok(server) => relay(Stream::Unix(client), server, limits.clone()),
                     Err(e) => tracing::warn!("bandwidth proxy cannot reach the rsync daemon: {e}"),
                 }
             }
@@ -156,22 +216,22 @@ impl Write for Stream {
     }
 }
 
-fn relay(client: Stream, server: Stream, budget: Arc<Budget>) {
+fn relay(client: Stream, server: Stream, limits: Limits) {
     let pair = client.try_clone().and_then(|c| server.try_clone().map(|s| (c, s)));
     let Ok((client2, server2)) = pair else { return };
     std::thread::spawn(move || pump(client2, server2, None));
-    std::thread::spawn(move || pump(server, client, Some(budget)));
+    std::thread::spawn(move || pump(server, client, Some(limits)));
 }
 
-fn pump(mut from: Stream, mut to: Stream, budget: Option<Arc<Budget>>) {
+fn pump(mut from: Stream, mut to: Stream, limits: Option<Limits>) {
     let mut buf = vec![0u8; 64 << 10];
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if let Some(b) = &budget {
-            b.take(n);
+        if let Some(l) = &limits {
+            l.take(n, n);
         }
         if to.write_all(&buf[..n]).is_err() {
             break;
@@ -213,6 +273,26 @@ mod tests {
     }
 
     #[test]
+    fn each_limit_counts_its_own_bytes() {
+        // 400 kB of data that crossed as 40 kB: -r at 1 MB/s holds it to about 0.4 s, --limit-net-bw at 1 MB/s
+        // lets it through in a tenth of that.
+        let timed = |limits: Limits| {
+            let t = Instant::now();
+            (0..10).for_each(|_| limits.take(40_000, 4_000));
+            t.elapsed().as_secs_f64()
+        };
+        let data = timed(Limits::new(Some(1_000_000), None));
+        assert!((0.3..1.0).contains(&data), "{data}");
+        let wire = timed(Limits::new(None, Some(1_000_000)));
+        assert!(wire < 0.15, "{wire}");
+        assert!(!Limits::default().is_set());
+        // Asking to read is what -r paces: half a second's worth at 1 MB/s waits about that long.
+        let wait = Limits::new(Some(1_000_000), Some(1_000)).before_reading(500_000).as_secs_f64();
+        assert!((0.4..=0.5).contains(&wait), "{wait}");
+        assert_eq!(Limits::new(None, Some(1_000)).before_reading(500_000), Duration::ZERO, "only -r paces reads");
+    }
+
+    #[test]
     fn proxy_relays_both_ways() {
         use std::net::TcpListener;
         let server = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -224,7 +304,8 @@ mod tests {
             s.write_all(&[got, got].concat()).unwrap();
         });
         let dir = tempfile::tempdir().unwrap();
-        let proxy = Proxy::start(dir.path().join("proxy.sock"), Target::Tcp(target), Budget::new(1 << 20)).unwrap();
+        let limits = Limits::new(None, Some(1 << 20));
+        let proxy = Proxy::start(dir.path().join("proxy.sock"), Target::Tcp(target), limits).unwrap();
         let mut c = UnixStream::connect(&proxy.socket).unwrap();
         c.write_all(b"ping").unwrap();
         let mut back = Vec::new();

@@ -1,5 +1,6 @@
 //! Operating-system adapters: the ssh binary, child processes we own, cancellation across threads, the
-//! shared network budget, the files pgclone writes itself, and the terminal -W reads a password from.
+//! shared rate budgets (-r, --limit-net-bw), the files pgclone writes itself, and the terminal -W reads a
+//! password from.
 
 pub mod bandwidth;
 pub mod cancel;

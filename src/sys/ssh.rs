@@ -14,7 +14,7 @@ use crate::sys::proc::{self, OwnedChild};
 pub enum SshError {
     #[error("ssh to {target} failed: {reason}")]
     Connect { target: String, reason: String },
-    #[error("could not run ssh: {0}")]
+    #[error("could not run ssh: {0}; install the OpenSSH client (openssh-client)")]
     Spawn(#[from] std::io::Error),
     #[error("{} is too long for a Unix socket (108 bytes at most): set TMPDIR to a shorter directory", .0.display())]
     SocketPath(PathBuf),
@@ -218,7 +218,11 @@ impl SshTarget {
         if let Some(mut e) = child.child_mut().stderr.take() {
             let _ = std::io::Read::read_to_end(&mut e, &mut err);
         }
-        Err(SshError::Connect { target: self.describe(), reason: format!("port forward failed: {}", last_line(&err)) })
+        let reason = format!(
+            "port forward failed: {}; the primary's sshd must allow it (AllowTcpForwarding in its sshd_config)",
+            last_line(&err)
+        );
+        Err(SshError::Connect { target: self.describe(), reason })
     }
 
     /// Runs `remote` to completion, feeding `input` on its standard input. ssh's own failures
@@ -239,8 +243,106 @@ impl SshTarget {
         Ok(out)
     }
 
+    /// ssh's own failure (exit 255) as one line: the reason ssh gave and what to do about it.
     pub fn connect_error(&self, stderr: &[u8]) -> SshError {
-        SshError::Connect { target: self.describe(), reason: last_line(stderr) }
+        let text = String::from_utf8_lossy(stderr);
+        let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        SshError::Connect { target: self.describe(), reason: self.explain(&lines) }
+    }
+
+    /// ssh's last line, with the next step for the failures a DBA meets first. A host key ssh cannot verify ends
+    /// in "Host key verification failed." whatever the cause, and the cause is in the lines before it
+    /// (sshconnect.c, check_host_key): a key not known yet ("No ED25519 host key is known for HOST and you
+    /// have requested strict checking."), to accept once, or a known key that differs ("WARNING: REMOTE HOST
+    /// IDENTIFICATION HAS CHANGED!"), which can be a man in the middle and must never be accepted blindly.
+    fn explain(&self, lines: &[&str]) -> String {
+        let last = lines.last().copied().unwrap_or("no message");
+        if lines.iter().any(|l| l.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")) {
+            return self.changed_key(lines);
+        }
+        if let Some(unknown) = lines.iter().find(|l| l.starts_with("No ") && l.contains(" host key is known for ")) {
+            return format!(
+                "{}: accept the primary's host key once, as this user, with `{}`, or check its fingerprint with \
+                 the primary's administrator and add it with `ssh-keyscan {}{} >> {}`",
+                unknown.trim_end_matches('.'),
+                self.login_example(),
+                self.port.map_or(String::new(), |p| format!("-p {p} ")),
+                self.host,
+                self.known_hosts()
+            );
+        }
+        let next = if last.contains("Host key verification failed") {
+            format!("check the primary's entry in {} (`ssh -v` shows why)", self.known_hosts())
+        } else if last.contains("Permission denied") {
+            "the primary's sshd refused the login: give --ssh-user a login whose ~/.ssh/authorized_keys there \
+             holds the public half of --ssh-key (or of a key in your ssh agent)"
+                .into()
+        } else if last.contains("Connection refused") {
+            "no sshd answers on that port: check --ssh-port (or Port in your ssh configuration) and that sshd runs \
+             on the primary"
+                .into()
+        } else if last.contains("Could not resolve hostname") {
+            "check the host name (-h, -d's host or PGHOST)".into()
+        } else if last.contains("timed out") || last.contains("No route to host") {
+            "the primary does not answer on its ssh port: check the address, --ssh-port and firewalls on the way".into()
+        } else {
+            format!("log in once by hand with `{}` to see why", self.login_example())
+        };
+        format!("{}: {next}", last.trim_end_matches('.'))
+    }
+
+    /// A changed host key: the key ssh was sent, the known_hosts line it contradicts and ssh's own command to
+    /// remove that line, from what ssh printed.
+    fn changed_key(&self, lines: &[&str]) -> String {
+        let at = lines.iter().position(|l| l.starts_with("The fingerprint for the "));
+        // "The fingerprint for the ED25519 key sent by the remote host is", then "SHA256:....".
+        let sent = at
+            .and_then(|i| Some((lines[i].split_whitespace().nth(4)?, lines.get(i + 1)?.trim_end_matches('.'))))
+            .map_or("another key".to_string(), |(kind, fingerprint)| format!("{kind} key {fingerprint}"));
+        // "Offending ED25519 key in FILE:LINE".
+        let offending =
+            lines.iter().find_map(|l| l.strip_prefix("Offending ")?.split_once(" key in ")).map(|(_, at)| at);
+        let held = offending.map_or("the one in known_hosts".to_string(), |at| format!("the one in {at}"));
+        // ssh's own "ssh-keygen -f FILE -R HOST" line where it prints one, else the same made here.
+        let remove = lines.iter().find(|l| l.starts_with("ssh-keygen -f ")).map_or_else(
+            || {
+                let file = offending.and_then(|at| at.rsplit_once(':')).map(|(file, _)| format!("-f {file} "));
+                let host = self.port.map_or(self.host.clone(), |p| format!("'[{}]:{p}'", self.host));
+                format!("ssh-keygen {}-R {host}", file.unwrap_or_default())
+            },
+            |l| l.to_string(),
+        );
+        format!(
+            "REMOTE HOST IDENTIFICATION HAS CHANGED: the primary's host sent {sent}, not {held}; this can be an \
+             attack (someone between here and the primary) or a reinstalled host: verify the new key with the \
+             primary's administrator, then remove the old one with `{remove}` and accept the new one with `{}`",
+            self.login_example()
+        )
+    }
+
+    /// The ssh login a DBA can type to see or settle what failed, with the flags pgclone was given.
+    fn login_example(&self) -> String {
+        let mut s = String::from("ssh");
+        if let Some(c) = &self.config {
+            s.push_str(&format!(" -F {}", c.display()));
+        }
+        if let Some(p) = self.port {
+            s.push_str(&format!(" -p {p}"));
+        }
+        if let Some(u) = &self.user {
+            s.push_str(&format!(" -l {u}"));
+        }
+        s.push(' ');
+        s.push_str(&self.host);
+        s
+    }
+
+    /// The known_hosts file ssh writes to for this host: the first of UserKnownHostsFile.
+    fn known_hosts(&self) -> String {
+        let configured = self.configured("userknownhostsfile");
+        configured
+            .and_then(|v| v.split_whitespace().next().map(str::to_string))
+            .unwrap_or_else(|| "~/.ssh/known_hosts".into())
     }
 }
 
@@ -370,6 +472,56 @@ mod tests {
         assert_eq!(check_user("pg $(id)"), Err(NameError::NotUserChar(' ')));
         assert_eq!(check_user("pg\n"), Err(NameError::NotUserChar('\n')));
         assert_eq!(check_user(""), Err(NameError::Empty));
+    }
+
+    #[test]
+    fn host_key_failures_keep_ssh_s_reason_and_say_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config");
+        std::fs::write(&config, "UserKnownHostsFile /srv/kh\n").unwrap();
+        let mut t = target(Some(config.clone()));
+        (t.port, t.user) = (Some(2222), Some("postgres".into()));
+        let login = format!("ssh -F {} -p 2222 -l postgres db1.example", config.display());
+        let said = |stderr: &str| t.connect_error(stderr.as_bytes()).to_string();
+        assert_eq!(
+            said(
+                "No ED25519 host key is known for [db1.example]:2222 and you have requested strict checking.\r\n\
+                 Host key verification failed.\r\n"
+            ),
+            format!(
+                "ssh to postgres@db1.example:2222 failed: No ED25519 host key is known for [db1.example]:2222 and you \
+                 have requested strict checking: accept the primary's host key once, as this user, with `{login}`, \
+                 or check its fingerprint with the primary's administrator and add it with `ssh-keyscan -p 2222 \
+                 db1.example >> /srv/kh`"
+            )
+        );
+        let changed = "@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\r\n\
+                       @    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\r\n\
+                       @@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\r\n\
+                       IT IS POSSIBLE THAT SOMEONE IS DOING SOMETHING NASTY!\r\n\
+                       The fingerprint for the ED25519 key sent by the remote host is\r\n\
+                       SHA256:abcDEF123.\r\n\
+                       Please contact your system administrator.\r\n\
+                       Offending ED25519 key in /srv/kh:3\r\n\
+                       Host key for [db1.example]:2222 has changed and you have requested strict checking.\r\n\
+                       Host key verification failed.\r\n";
+        assert_eq!(
+            said(changed),
+            format!(
+                "ssh to postgres@db1.example:2222 failed: REMOTE HOST IDENTIFICATION HAS CHANGED: the primary's host \
+                 sent ED25519 key SHA256:abcDEF123, not the one in /srv/kh:3; this can be an attack (someone between \
+                 here and the primary) or a reinstalled host: verify the new key with the primary's administrator, \
+                 then remove the old one with `ssh-keygen -f /srv/kh -R '[db1.example]:2222'` and accept the new one \
+                 with `{login}`"
+            ),
+            "without ssh's own `ssh-keygen -f` line, one made of the file, host and port"
+        );
+        assert_eq!(
+            said("postgres@db1.example: Permission denied (publickey).\r\n"),
+            "ssh to postgres@db1.example:2222 failed: postgres@db1.example: Permission denied (publickey): the \
+             primary's sshd refused the login: give --ssh-user a login whose ~/.ssh/authorized_keys there holds the \
+             public half of --ssh-key (or of a key in your ssh agent)"
+        );
     }
 
     #[test]

@@ -31,11 +31,15 @@ pub enum TransferError {
     #[error(transparent)]
     Io(#[from] IoAt),
     #[error(
-        "not enough space for the clone in {}: it needs about {} more, the filesystem has {} free",
+        "not enough space for the clone in {}: it needs about {} more, the filesystem has {} free; free that much \
+         there, or clone onto a larger filesystem (--replica-pgdata, -T for tablespaces)",
         dir.display(), progress::bytes(*need), progress::bytes(*free)
     )]
     NoSpace { dir: PathBuf, need: u64, free: u64 },
-    #[error("{0}: refusing to copy from this primary")]
+    #[error(
+        "{0}: refusing to copy from this primary; no data directory lists so: check what answers there for pgclone \
+         (--remote-pgclone, or rsync with --transport rsync)"
+    )]
     Listing(String),
     #[error("tablespace location {0} is not empty (map it elsewhere with -T OLD=NEW)")]
     TablespaceNotEmpty(PathBuf),

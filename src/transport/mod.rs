@@ -16,7 +16,7 @@ use std::str::FromStr;
 
 use crate::error::{Cancelled, IoAt};
 use crate::pg::lsn::Lsn;
-use crate::sys::bandwidth::Budget;
+use crate::sys::bandwidth::Limits;
 use crate::sys::cancel::Cancel;
 use crate::sys::ssh::{SshError, SshTarget};
 use native::{Launch, NativeTransport};
@@ -71,6 +71,18 @@ impl FromStr for Compression {
     }
 }
 
+/// As --compress takes it: auto, none, lz4, zstd:LEVEL (--json's `compression`).
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.codec {
+            Codec::Auto => f.write_str("auto"),
+            Codec::None => f.write_str("none"),
+            Codec::Lz4 => f.write_str("lz4"),
+            Codec::Zstd => write!(f, "zstd:{}", self.level),
+        }
+    }
+}
+
 /// Everything a transport needs from the command line and the environment, resolved once.
 #[derive(Clone, Debug)]
 pub struct TransportConfig {
@@ -83,7 +95,9 @@ pub struct TransportConfig {
     pub compression: Compression,
     /// Files larger than this are split into ranges (native transport).
     pub chunk_size: u64,
-    /// One network budget for all workers together, bytes/s (--limit-net-bw).
+    /// One budget of file data read on the primary for all workers together, bytes/s (-r/--max-rate).
+    pub max_rate: Option<u64>,
+    /// One network budget for all workers together, bytes/s on the wire (--limit-net-bw).
     pub limit_net_bw: Option<u64>,
     pub workers: usize,
 }
@@ -106,10 +120,15 @@ system=$(echo $system)"#;
 /// --primary-pgdata as the ssh user finds it.
 #[derive(Debug, thiserror::Error)]
 pub enum PgdataError {
-    #[error("--primary-pgdata {dir} does not exist on {host} or {user} may not enter it")]
+    #[error(
+        "--primary-pgdata {dir} does not exist on {host} or {user} may not enter it; give the running server's data \
+         directory (SHOW data_directory) and an ssh login that can read it (--ssh-user, usually postgres)"
+    )]
     Missing { dir: PathBuf, host: String, user: String },
     #[error(
-        "--primary-pgdata {dir} on {host} is not a data directory {user} can read (no readable global/pg_control)"
+        "--primary-pgdata {dir} on {host} is not a data directory {user} can read (no readable global/pg_control); \
+         give the running server's data directory (SHOW data_directory) and an ssh login that can read it \
+         (--ssh-user, usually postgres)"
     )]
     NotData { dir: PathBuf, host: String, user: String },
 }
@@ -138,7 +157,7 @@ pub fn open(
     run_dir: &Path,
     resync: bool,
 ) -> Result<Box<dyn Transport>, TransportError> {
-    let budget = config.limit_net_bw.map(Budget::new);
+    let limits = Limits::new(config.max_rate, config.limit_net_bw);
     let native = || {
         let launch = match &config.ssh {
             None => Launch::Local,
@@ -155,12 +174,12 @@ pub fn open(
             codec: config.compression.codec,
             level: config.compression.level,
             split: config.chunk_size,
-            budget: budget.clone(),
+            limits: limits.clone(),
             workers: config.workers,
         })
     };
     let clear_text = config.data_channel == DataChannel::Tcp;
-    let rsync = |ssh| RsyncTransport::start(ssh, pgdata, run_dir, budget.clone(), resync, clear_text, config.workers);
+    let rsync = |ssh| RsyncTransport::start(ssh, pgdata, run_dir, limits.clone(), resync, clear_text, config.workers);
     Ok(match (config.kind, &config.ssh) {
         (TransportKind::Native | TransportKind::Auto, _) => Box::new(native()?),
         (TransportKind::Rsync, None) => return Err(TransportError::RsyncNeedsSsh),
@@ -270,6 +289,8 @@ pub struct Copied {
     pub bytes: u64,
     /// Bytes that crossed the link (before compression): less than `bytes` when a delta found blocks in place.
     pub moved: u64,
+    /// What `moved` took on the wire, after compression (file data only, without framing and encryption).
+    pub wire: u64,
     /// Files listed earlier that the primary has since removed (dropped relations, temp files): normal on a
     /// live server, and WAL replay recreates whatever must exist.
     pub vanished: u64,
@@ -284,6 +305,7 @@ impl std::ops::AddAssign for Copied {
         self.files += o.files;
         self.bytes += o.bytes;
         self.moved += o.moved;
+        self.wire += o.wire;
         self.vanished += o.vanished;
         self.read_primary += o.read_primary;
         self.read_replica += o.read_replica;
@@ -334,6 +356,12 @@ pub trait Transport: Sync {
 
     /// How the file data travels, as --json reports it: tls, ssh, tcp (clear text) or local (pipes).
     fn data_channel(&self) -> &'static str;
+
+    /// The compression on the wire, as --compress names it (--json's `compression`): none unless the
+    /// transport compresses.
+    fn compression(&self) -> String {
+        "none".into()
+    }
 
     /// The system identifier in --primary-pgdata's pg_control, when the transport read it as it started (see
     /// `TransportConfig::probes_pgdata`).

@@ -29,7 +29,7 @@ use super::{
 };
 use crate::error::{IoAt, IoContext};
 use crate::replica::direct_io::{AlignedBuf, Target};
-use crate::sys::bandwidth::Budget;
+use crate::sys::bandwidth::Limits;
 use crate::sys::cancel::Cancel;
 use crate::sys::periodic::Periodic;
 use crate::sys::proc::OwnedChild;
@@ -59,7 +59,8 @@ pub struct Options {
     pub codec: Codec,
     pub level: i32,
     pub split: u64,
-    pub budget: Option<Arc<Budget>>,
+    /// -r, taken as workers ask for data (see `pace`), and --limit-net-bw, taken as it arrives.
+    pub limits: Limits,
     /// Copy workers to come: their connections are all made when the transport starts.
     pub workers: usize,
 }
@@ -422,12 +423,20 @@ impl Transport for NativeTransport {
         }
     }
 
+    /// With -r, ranges of at most about a second of its rate (whole MiB, at least one): a range is asked for at
+    /// once, so this bounds how far the primary's reads can run ahead of the rate (see `pace`).
     fn split_size(&self) -> Option<u64> {
-        Some(self.opts.split)
+        const MIB: u64 = 1 << 20;
+        let paced = self.opts.limits.data.as_ref().map_or(u64::MAX, |b| (b.rate() / MIB * MIB).max(MIB));
+        Some(self.opts.split.min(paced))
     }
 
     fn data_channel(&self) -> &'static str {
         self.channel
+    }
+
+    fn compression(&self) -> String {
+        super::Compression { codec: self.opts.codec, level: self.opts.level }.to_string()
     }
 
     fn system_id(&self) -> Option<u64> {
@@ -516,7 +525,7 @@ impl Worker for NativeWorker<'_> {
         let mut vanished = vec![false; pieces.len()];
         let mut outstanding = 0;
         let mut next_id = pieces.len() as u32;
-        let (mut moved, mut read_primary, mut read_replica) = (0u64, 0u64, 0u64);
+        let (mut moved, mut wire, mut read_primary, mut read_replica) = (0u64, 0u64, 0u64, 0u64);
         self.clean = false;
         let AgentConn { w, r, spare, .. } = self.conn.as_mut().expect("a worker has its connection until dropped");
         let buf = &mut self.buf;
@@ -529,7 +538,8 @@ impl Worker for NativeWorker<'_> {
                     Err(RecvTimeoutError::Timeout) => Msg::Ping,
                     Err(RecvTimeoutError::Disconnected) => return drop(w.flush()),
                 };
-                if write_msg(w, &m).is_err() || (rx.is_empty() && w.flush().is_err()) {
+                let asked = pace(&opts.limits, &m, w);
+                if asked.and_then(|()| write_msg(w, &m)).is_err() || (rx.is_empty() && w.flush().is_err()) {
                     return;
                 }
             });
@@ -571,9 +581,8 @@ impl Worker for NativeWorker<'_> {
                     .ok_or_else(|| TransportError::Worker("the agent on the primary ended".into()))?;
                 match m {
                     Msg::Data { id, offset, raw_len, raw_hash, codec, bytes } => {
-                        if let Some(b) = &opts.budget {
-                            b.take(bytes.len());
-                        }
+                        opts.limits.arrived(bytes.len());
+                        wire += bytes.len() as u64;
                         let raw = buf.get(chunk_len(raw_len)?);
                         decompress_into(codec, raw_hash, &bytes, raw).map_err(io("checking received data"))?;
                         let o = open
@@ -651,7 +660,7 @@ impl Worker for NativeWorker<'_> {
         })?;
         self.clean = true;
         // What a Read moved was read on the primary; what a compare hashed there is counted as it arrives.
-        let mut c = Copied { moved, read_primary: read_primary + moved, read_replica, ..Copied::default() };
+        let mut c = Copied { moved, wire, read_primary: read_primary + moved, read_replica, ..Copied::default() };
         for (p, gone) in pieces.iter().zip(&vanished) {
             if *gone {
                 c.vanished += u64::from(p.counts_file());
@@ -662,6 +671,31 @@ impl Worker for NativeWorker<'_> {
         }
         Ok(c)
     }
+}
+
+/// -r: waits until the run's budget of data read on the primary allows what `m` asks the agent to read (a Read's
+/// runs, the range a Sums hashes), having sent what was written before, and pinging the agent while it waits
+/// long (see `Msg::Ping`). The agent reads nothing it is not asked for, so asking at the rate holds its reads
+/// to it (see `bandwidth`).
+fn pace(limits: &Limits, m: &Msg, w: &mut impl Write) -> std::io::Result<()> {
+    let asked = match m {
+        Msg::Read { runs, .. } => runs.iter().map(|(_, len)| len).sum(),
+        Msg::Sums { len, .. } => *len,
+        _ => return Ok(()),
+    };
+    let mut wait = limits.before_reading(asked);
+    if !wait.is_zero() {
+        w.flush()?;
+    }
+    while !wait.is_zero() {
+        let nap = wait.min(PING_EVERY);
+        std::thread::sleep(nap);
+        wait -= nap;
+        if !wait.is_zero() {
+            write_msg(w, &Msg::Ping).and_then(|()| w.flush())?;
+        }
+    }
+    Ok(())
 }
 
 /// The runs of local pages (from `offset`) whose hashes differ from the primary's, as (offset, len), and how

@@ -27,12 +27,11 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::{os, Copied, EntryKind, How, Piece, RemoteEntry, Sink, Transport, TransportError, Worker};
 use crate::error::IoContext;
-use crate::sys::bandwidth::{Budget, Proxy, Target};
+use crate::sys::bandwidth::{Limits, Proxy, Target};
 use crate::sys::cancel::Cancel;
 use crate::sys::periodic::Periodic;
 use crate::sys::proc::{heartbeat, holder_wait, OwnedChild};
@@ -140,8 +139,10 @@ pub struct RsyncTransport {
     daemon: SocketAddr,
     /// Reached through an ssh port forward per connection (the default), or directly (`--data-channel tcp`).
     forwarded: bool,
-    /// --limit-net-bw: every rsync connection runs through a proxy holding them all to one rate.
-    budget: Option<Arc<Budget>>,
+    /// -r and --limit-net-bw: every rsync connection runs through a proxy holding them all to one rate. rsync
+    /// sends file data as it reads it (no `-z`), so both count the same bytes; what the daemon reads to
+    /// checksum a file in a re-sync (`--checksum`) and does not send is not counted.
+    limits: Limits,
     tablespaces: HashSet<String>,
     /// Our private (0700) directory: the secret, and the sockets of the forwards and proxies.
     run_dir: PathBuf,
@@ -178,7 +179,7 @@ impl RsyncTransport {
         ssh: &SshTarget,
         pgdata: &Path,
         run_dir: &Path,
-        budget: Option<Arc<Budget>>,
+        limits: Limits,
         resync: bool,
         clear_text: bool,
         workers: usize,
@@ -245,7 +246,7 @@ impl RsyncTransport {
             pgdata: pgdata.to_path_buf(),
             daemon: daemon_addr,
             forwarded: !clear_text,
-            budget,
+            limits,
             tablespaces: words.map(str::to_string).collect(),
             run_dir: run_dir.to_path_buf(),
             links: AtomicUsize::new(0),
@@ -259,7 +260,7 @@ impl RsyncTransport {
 
     /// A way to the daemon for one connection's use: its own ssh port forward (its own ssh connection, so
     /// workers do not share one stream's encryption), or the daemon's address itself with --data-channel tcp;
-    /// behind the bandwidth proxy with --limit-net-bw.
+    /// behind the bandwidth proxy with -r or --limit-net-bw.
     fn link(&self) -> Result<Link, TransportError> {
         let n = self.links.fetch_add(1, Ordering::Relaxed);
         let socket = |what: &str| self.run_dir.join(format!("rsync-{n}-{what}.sock"));
@@ -269,9 +270,9 @@ impl RsyncTransport {
             None => Target::Tcp(self.daemon),
         };
         let proxy = self
-            .budget
-            .clone()
-            .map(|b| Proxy::start(socket("limited"), target, b))
+            .limits
+            .is_set()
+            .then(|| Proxy::start(socket("limited"), target, self.limits.clone()))
             .transpose()
             .map_err(|source| TransportError::Io { what: "starting the bandwidth proxy", source })?;
         let socket = proxy.as_ref().map(|p| p.socket.clone()).or_else(|| forward.as_ref().map(|f| f.socket.clone()));
@@ -412,6 +413,8 @@ fn count_copied(pieces: &[Piece], dest: &Path, read_replica: u64) -> Copied {
                 c.files += 1;
                 c.bytes += m.len();
                 c.moved += m.len();
+                // rsync's stream carries file data as it is (we give rsync no -z).
+                c.wire += m.len();
                 c.read_primary += m.len();
             }
             Err(_) => c.vanished += 1,

@@ -87,7 +87,10 @@ fn refuses_when_no_wal_sender_is_free() {
         }
     });
     assert_eq!(s.primary.psql("show max_wal_senders"), "1");
-    s.pgclone().run().assert_refused("no free WAL sender");
+    s.pgclone().run().assert_refused(
+        "no free WAL sender on the primary: max_wal_senders = 1 and 1 in use; raise max_wal_senders (it takes a \
+         restart) or end a replication connection you do not need (pg_stat_replication)",
+    );
     holder.check_running().expect("the holder connection should still be open");
     s.assert_clean();
 }

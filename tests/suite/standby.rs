@@ -301,6 +301,7 @@ fn json_summary_on_success_and_failure() {
         keys,
         [
             "bytes",
+            "compression",
             "data_channel",
             "elapsed_seconds",
             "files",
@@ -326,6 +327,7 @@ fn json_summary_on_success_and_failure() {
             "vanished_files",
             "wal_segments",
             "warnings",
+            "wire_bytes",
         ]
     );
     assert_eq!((field(&f, "operation"), field(&f, "transport")), (("str", "\"clone\""), ("str", "\"native\"")));

@@ -165,6 +165,24 @@ impl Sshd {
         Self::write_client_config(&self.lab, &known_hosts, &self.key, "ssh_config_no_host_key")
     }
 
+    /// A client config with the authorized key whose known_hosts file holds another key for this sshd, as after
+    /// the primary's host keys were made anew (or with a man in the middle): (config, known_hosts).
+    pub fn config_with_another_host_key(&self) -> (PathBuf, PathBuf) {
+        let other = self.dir.join("other_host_ed25519");
+        self.lab.run(self.lab.cmd("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&other));
+        let line = fs::read_to_string(other.with_extension("pub")).unwrap();
+        let line = line.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+        let known_hosts =
+            self.lab.write(self.dir.join("known_hosts_other"), &format!("[{}]:{} {line}\n", self.addr, self.port));
+        (Self::write_client_config(&self.lab, &known_hosts, &self.key, "ssh_config_other_host_key"), known_hosts)
+    }
+
+    /// The SHA256 fingerprint of this sshd's host key, as ssh prints it (`SHA256:...`).
+    pub fn host_key_fingerprint(&self) -> String {
+        let out = self.lab.run(self.lab.cmd("ssh-keygen").arg("-lf").arg(self.dir.join("host_ed25519.pub")));
+        out.split_whitespace().nth(1).expect("ssh-keygen -l prints bits, fingerprint, comment, type").to_string()
+    }
+
     /// `ssh -F CONFIG -p PORT -l USER ADDR REMOTE_CMD` as the lab user.
     pub fn ssh_cmd(&self, config: &Path, remote_cmd: &str) -> Command {
         let mut cmd = self.lab.cmd("ssh");
