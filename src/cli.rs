@@ -334,11 +334,13 @@ pub enum Checkpoint {
 }
 
 /// pg_basebackup's --max-rate: kilobytes per second, `k` or `M` (kilobytes, megabytes) allowed, 32 kB/s to
-/// 1024 MB/s (pg_basebackup.c, parse_max_rate). In bytes per second.
+/// 1024 MB/s (pg_basebackup.c, parse_max_rate), the suffixes also spelled `kB`, `MB`, `MiB`
+/// (`bandwidth::split_multiple`). In bytes per second.
 fn parse_max_rate(s: &str) -> Result<u64, String> {
-    let (number, unit) = match s.strip_suffix('M') {
-        Some(n) => (n, 1024 * 1024),
-        None => (s.strip_suffix('k').unwrap_or(s), 1024),
+    // pg_basebackup's unit without a suffix is the kilobyte.
+    let (number, unit) = match crate::sys::bandwidth::split_multiple(s) {
+        (n, 1) => (n, 1024),
+        other => other,
     };
     let rate = number.trim().parse::<f64>().map_err(|_| format!("{s:?} is not a number of kilobytes per second"))?;
     let bytes = (rate * unit as f64) as u64;

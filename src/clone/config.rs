@@ -459,6 +459,11 @@ mod tests {
             "pgclone.sh's --slot"
         );
         assert!(Args::try_parse_from(["pgclone", "--primary-pgdata", "/pg", "-r", "10"]).is_err(), "below 32k");
+        // One rule for units given: K, M, G are binary, however they are spelled.
+        for same in ["2M", "2MB", "2MiB", "2048k", "2048"] {
+            let r = resolve(&["--pghost", "db1", "--primary-pgdata", "/pg", "-r", same], &env()).unwrap();
+            assert_eq!(r.transport.max_rate, Some(2 << 20), "-r {same}");
+        }
         let mut e = env();
         e.vars.insert("PGAPPNAME", "from_env".into());
         let flags =

@@ -25,15 +25,25 @@ use std::time::{Duration, Instant};
 /// Lowest accepted limit, as pgclone.sh: below it TCP and protocol overhead dominate.
 pub const MIN_RATE: u64 = 10_000;
 
-/// Parses `5000000`, `500k`, `200M`, `1G` (binary multiples, as rsync's --bwlimit) into bytes per second.
+/// A number and its multiple: pgclone's one rule for sizes and rates given to it, `K`, `M`, `G` are binary
+/// multiples (1024), as rsync's --bwlimit and pg_basebackup's --max-rate take them, whichever way they are spelled
+/// (`k`, `K`, `KB`, `kB`, `KiB`; `M`, `MB`, `MiB`; ...). On display, sizes are decimal, as disks and rates are
+/// quoted (`progress::bytes`).
+pub fn split_multiple(s: &str) -> (&str, u64) {
+    let s = s.trim();
+    let unit = s.strip_suffix("iB").or_else(|| s.strip_suffix('B')).unwrap_or(s);
+    match unit.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&unit[..i], 1u64 << 10),
+        Some((i, 'm' | 'M')) => (&unit[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&unit[..i], 1 << 30),
+        _ => (s, 1),
+    }
+}
+
+/// Parses `5000000`, `500k`, `200M`, `200MB`, `1GiB` (`split_multiple`) into bytes per second.
 pub fn parse_rate(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&s[..i], 1u64 << 10),
-        Some((i, 'm' | 'M')) => (&s[..i], 1 << 20),
-        Some((i, 'g' | 'G')) => (&s[..i], 1 << 30),
-        _ => (s, 1),
-    };
+    let (num, mult) = split_multiple(s);
     let n: u64 = num.parse().map_err(|_| format!("not a rate: {s:?} (bytes/s, optionally with K, M or G)"))?;
     let rate = n.checked_mul(mult).ok_or_else(|| format!("rate too large: {s:?}"))?;
     if rate < MIN_RATE {
@@ -251,6 +261,12 @@ mod tests {
         assert_eq!(parse_rate("500k"), Ok(512_000));
         assert_eq!(parse_rate("200M"), Ok(200 << 20));
         assert_eq!(parse_rate("1G"), Ok(1 << 30));
+        for same in ["200M", "200MB", "200MiB", "200m"] {
+            assert_eq!(parse_rate(same), Ok(200 << 20), "{same}");
+        }
+        assert_eq!(parse_rate("500KiB"), Ok(512_000));
+        assert_eq!(parse_rate("500kB"), Ok(512_000));
+        assert!(parse_rate("5B").is_err(), "B alone is no multiple pgclone takes");
         assert!(parse_rate("9999").is_err());
         assert!(parse_rate("fast").is_err());
         assert!(parse_rate("").is_err());
