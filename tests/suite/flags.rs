@@ -671,3 +671,37 @@ fn w_reads_the_password_from_the_terminal_without_echo() {
     assert!(echo(), "the terminal's echo is back on");
     println!("{}", out.stderr.lines().last().unwrap_or(""));
 }
+
+/// The last line of a run is one short line a DBA reads at a glance: what was done, how much, how long; for a
+/// re-sync, how much moved and how much was already in place (not the whole size as if it had been copied). The
+/// details (WAL range, time per phase) come before it.
+#[test]
+fn the_summary_is_one_short_line_with_its_details_before_it() {
+    let s = Setup::with_pgbench("summary-line", 1);
+    let replica = s.replica.display().to_string();
+    let words = |line: &str| line.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    let out = s.pgclone().run();
+    out.assert_success();
+    let line = out.summary_line().to_string();
+    let w = words(&line);
+    assert!(line.len() < 160, "{} characters: {line}", line.len());
+    assert_eq!(
+        (w[0].as_str(), w[1].as_str(), w[3].as_str(), w[4].as_str()),
+        ("pgclone:", "cloned", "MB", "in"),
+        "{line}"
+    );
+    assert!(w[5].parse::<u64>().is_ok() && w[6] == "files" && w[7] == "into" && w[8] == replica, "{line}");
+    assert!(w[9] == "in" && w[10].parse::<f64>().is_ok() && w[11] == "s" && w.len() == 12, "{line}");
+    assert!(out.stderr.contains("laid into pg_wal") && out.stderr.contains("time: preflight"), "{}", out.report());
+
+    let out = s.pgclone().run();
+    out.assert_success();
+    let line = out.summary_line().to_string();
+    let prefix = format!("pgclone: re-synced {replica} by page-hashes in ");
+    assert!(
+        line.starts_with(&prefix) && line.contains(" moved over the link, ") && line.contains(" already in place, of "),
+        "{line}"
+    );
+    assert!(line.len() < 200, "{} characters: {line}", line.len());
+    assert!(out.stderr.contains("re-sync by page-hashes: read "), "{}", out.report());
+}
