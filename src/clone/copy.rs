@@ -83,11 +83,7 @@ pub fn run(
     let parallel = config.parallel;
     // A standby re-synced without -R stays the standby it was (-R writes settings of its own instead).
     if !matches!(resync, Resync::Fresh) && config.recovery.is_none() {
-        let kept = replica::recovery_settings(replica);
-        if !kept.is_empty() {
-            tracing::info!("re-sync: kept the replica's {} (it was a standby; -R writes new settings)", list(&kept));
-        }
-        plan.keep(kept);
+        plan.keep(replica::recovery_settings(replica));
     }
     let reused = if !matches!(resync, Resync::Fresh) {
         let (removed, present) = transfer::prune(&plan, replica)?;
@@ -167,11 +163,6 @@ pub fn run(
         sums
     };
     Ok(Copy { plan, totals, reused, sums, start_lsn: backup.start_lsn })
-}
-
-/// Paths as the summary names them: `a, b`.
-fn list(paths: &[PathBuf]) -> String {
-    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// The manifest's checksums and, with `pages_before`, the data page checksums: from what the copy saw land

@@ -15,12 +15,12 @@
 //! proved, and the re-sync compares every page.
 
 use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::pg::lsn::{history_file_name, Lsn, SegSize};
 use crate::pg::timeline::{parse_history, Span};
 use crate::pg::wal_read::{self, Layout, LocalWal};
+use crate::sys::files;
 
 /// A history file is one short line per timeline switch.
 const MAX_HISTORY: u64 = 1 << 20;
@@ -94,11 +94,7 @@ fn own_history(pg_wal: &Path, tli: u32) -> Result<Vec<Span>, String> {
         let missing = |e: std::io::Error| {
             format!("the replica's timeline history {} cannot be read ({e}), so its history cannot be compared with the primary's", path.display())
         };
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&path)
-            .map_err(missing)?;
+        let f = files::open_read(&path).map_err(missing)?;
         f.take(MAX_HISTORY).read_to_string(&mut content).map_err(missing)?;
     }
     parse_history(tli, &content).ok_or_else(|| format!("the replica's timeline {tli} history does not parse"))

@@ -72,14 +72,15 @@ impl Finalize<'_> {
         // The copy itself does not fsync: one syncfs per filesystem makes every copied file durable, far faster
         // than a per-file walk (PostgreSQL offers the same choice as recovery_init_sync_method), where the
         // kernel reports write-back errors through it; else every file is fsynced (`SyncMethod`). pg_wal
-        // (--replica-waldir) and tablespaces may live on other filesystems: those too. With fsync the data
-        // directory's walk stops at pg_wal's link and goes on at its target.
-        let dirs = [self.replica.to_path_buf(), self.replica.join("pg_wal")];
-        for dir in dirs.iter().chain(self.tablespaces.iter().map(|t| &t.local)) {
-            let pg_wal_is_in_the_walk = self.sync == SyncMethod::Fsync && *dir == dirs[1] && !dirs[1].is_symlink();
-            if !pg_wal_is_in_the_walk {
-                self.sync.sync(dir)?;
-            }
+        // (--replica-waldir, a link) and tablespaces may live on other filesystems: those too (an fsync walk of
+        // the data directory does not follow those links either).
+        let pg_wal = self.replica.join("pg_wal");
+        let waldir = pg_wal.is_symlink().then_some(pg_wal);
+        for dir in std::iter::once(self.replica.to_path_buf())
+            .chain(waldir)
+            .chain(self.tablespaces.iter().map(|t| t.local.clone()))
+        {
+            self.sync.sync(&dir)?;
         }
         self.install_control(&control)?;
         let mode = if self.group_access { 0o750 } else { 0o700 };

@@ -297,8 +297,7 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
 
     let (end, mut sql, control, wal_end) = backup_stop(backup, &*transport, dirs.run.path(), primary)?;
     let (data_channel, compression) = (transport.data_channel(), transport.compression());
-    // rsync copies whole files only; the native transport splits them.
-    let transport_name = if transport.split_size().is_none() { "rsync" } else { "native" };
+    let transport_name = transport.name();
     drop(transport);
     timing.end("backup stop");
 
@@ -556,6 +555,9 @@ mod tests {
         fn fetch_file(&self, _: &Path, to: &Path) -> Result<(), TransportError> {
             let next = self.0.lock().unwrap().remove(0);
             Ok(std::fs::write(to, next).at("writing", to)?)
+        }
+        fn name(&self) -> &'static str {
+            "native"
         }
         fn data_channel(&self) -> &'static str {
             "local"

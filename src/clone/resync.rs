@@ -62,7 +62,7 @@ impl Resync {
     pub fn name(&self, transport: &dyn Transport) -> &'static str {
         match self {
             Resync::Fresh => "none",
-            Resync::Compare { .. } if transport.split_size().is_none() => "rsync-checksums",
+            Resync::Compare { .. } if transport.name() == "rsync" => "rsync-checksums",
             Resync::Compare { unchanged: Some(_), .. } => "page-lsns",
             Resync::Compare { .. } => "page-hashes",
             Resync::Summaries { .. } => "wal-summaries",

@@ -10,13 +10,14 @@
 //! them so: a standby's WAL equals its upstream's byte for byte.
 
 use std::fs::File;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::pg::lsn::{Lsn, SegSize};
 use crate::pg::replication::ServerMessage;
 use crate::pg::{Conn, CopyData, PgError};
+use crate::sys::files;
 
 const SHORT_HEADER: u64 = 24;
 const LONG_HEADER: u64 = 40;
@@ -77,8 +78,7 @@ impl LocalWal<'_> {
     /// the last segment of the timeline it left so).
     fn segment(&self, tli: u32, lsn: Lsn) -> Result<File, WalReadError> {
         let name = self.layout.seg.file_name(tli, self.layout.seg.segno(lsn));
-        let open =
-            |n: &str| std::fs::OpenOptions::new().read(true).custom_flags(libc_nofollow()).open(self.pg_wal.join(n));
+        let open = |n: &str| files::open_read(&self.pg_wal.join(n));
         open(&name).or_else(|_| open(&format!("{name}.partial"))).map_err(|e| {
             WalReadError::Local(format!("the replica's WAL segment {name} (for {lsn}) cannot be read: {e}"))
         })
@@ -128,10 +128,6 @@ impl LocalWal<'_> {
             page => Err(WalReadError::Local(format!("the replica's WAL names a page size of {page}"))),
         }
     }
-}
-
-fn libc_nofollow() -> i32 {
-    rustix::fs::OFlags::NOFOLLOW.bits() as i32
 }
 
 /// The server's WAL bytes [from, to) on timeline `tli`, over a replication connection opened for it with

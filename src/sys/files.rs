@@ -42,6 +42,11 @@ pub fn open_read(path: &Path) -> std::io::Result<File> {
     OpenOptions::new().read(true).custom_flags(nofollow()).open(path)
 }
 
+/// Gives an existing file of the replica the length `len`, never through a link.
+pub fn set_len(path: &Path, len: u64) -> std::io::Result<()> {
+    OpenOptions::new().write(true).custom_flags(nofollow()).open(path)?.set_len(len)
+}
+
 /// How the copy is made durable (pg_basebackup's --sync-method, recovery_init_sync_method).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum SyncMethod {

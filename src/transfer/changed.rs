@@ -11,7 +11,6 @@
 //! which files may skip pages, and how much of each is here to skip.
 
 use std::collections::HashSet;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{IoAt, IoContext};
@@ -19,6 +18,7 @@ use crate::pg::lsn::Lsn;
 use crate::pg::page_checksum::{BLCKSZ, RELSEG_BLOCKS};
 use crate::pg::relfile::{relation_file, relation_segment};
 use crate::pg::wal_summary::{Changes, Fork};
+use crate::sys::files;
 use crate::transport::Unread;
 
 /// The default and global tablespaces' OIDs (pg_tablespace.dat), as summaries name them.
@@ -134,12 +134,7 @@ pub fn fetches(changes: &Changes, files: &[(PathBuf, u64)], dest: &Path) -> Resu
             };
             let f = fetch(changes, rel, *size, local);
             if matches!(f, Fetch::Ranges(_)) && local != *size {
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                    .open(&path)
-                    .and_then(|f| f.set_len(*size))
-                    .at("sizing", &path)?;
+                files::set_len(&path, *size).at("sizing", &path)?;
             }
             Ok(f)
         })

@@ -354,6 +354,9 @@ pub trait Transport: Sync {
     /// `to`: at most its first MiB.
     fn fetch_file(&self, rel: &Path, to: &Path) -> Result<(), TransportError>;
 
+    /// Which transport this is, as --json reports it: native or rsync.
+    fn name(&self) -> &'static str;
+
     /// How the file data travels, as --json reports it: tls, ssh, tcp (clear text) or local (pipes).
     fn data_channel(&self) -> &'static str;
 

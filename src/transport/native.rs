@@ -431,6 +431,10 @@ impl Transport for NativeTransport {
         Some(self.opts.split.min(paced))
     }
 
+    fn name(&self) -> &'static str {
+        "native"
+    }
+
     fn data_channel(&self) -> &'static str {
         self.channel
     }

@@ -313,6 +313,10 @@ impl Drop for RsyncTransport {
 }
 
 impl Transport for RsyncTransport {
+    fn name(&self) -> &'static str {
+        "rsync"
+    }
+
     fn data_channel(&self) -> &'static str {
         if self.forwarded {
             "ssh"
