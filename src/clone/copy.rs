@@ -103,7 +103,7 @@ pub fn run(
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(plan.umask()));
     transfer::lay_out(&plan, replica)?;
     let fetches = match resync {
-        Resync::Summaries { changes, .. } => transfer::changed::fetches(changes, &plan.files, replica)?,
+        Resync::Changed { changes, .. } => transfer::changed::fetches(changes, &plan.files, replica)?,
         _ => Vec::new(),
     };
     let unread = match resync {
@@ -113,7 +113,7 @@ pub fn run(
     let mode = match resync {
         Resync::Fresh => Mode::Fresh,
         Resync::Compare { .. } => Mode::Compare(&unread),
-        Resync::Summaries { .. } => Mode::Changed(&fetches),
+        Resync::Changed { .. } => Mode::Changed(&fetches),
     };
     tracing::info!(
         "copying {} files, {}, with {parallel} workers",

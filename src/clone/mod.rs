@@ -273,10 +273,10 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
 
     // Before pg_control goes: how a replica already here is brought up to date depends on it.
     let pq: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let surveyed = resync::survey(config, state, primary, &*transport, (&pq, system_id), &stream.history);
+    let surveyed = resync::survey(config, state, primary, &*transport, (&pq, system_id), (&mut sql, &stream));
     let mut backup = backup_start(sql, &stream, config)?;
     confirm_live_pgdata(config, &pgdata, &*transport, dirs.run.path(), backup.start_lsn, primary)?;
-    let resync = resync::choose(config, state, primary, &mut backup, &stream.history, surveyed);
+    let resync = resync::choose(config, state, primary, &mut backup, (&stream, &streamed), surveyed, cancel);
     let plan = copy::plan(config, &*transport, primary)?;
     // --drop-existing frees its room only when it clears the directory; the copy checks again after that.
     if state != ReplicaState::Dropped {

@@ -31,6 +31,8 @@
 //! either, as with summaries.
 
 use std::collections::HashSet;
+use std::io::Read;
+use std::path::Path;
 use std::time::Duration;
 
 use super::preflight::{Primary, ReplicaState};
@@ -38,9 +40,14 @@ use super::{divergence, CloneConfig};
 use crate::pg::backup_session::BackupSession;
 use crate::pg::control_file::{self, CONTROL_FILE, DB_IN_ARCHIVE_RECOVERY, DB_SHUTDOWNED, DB_SHUTDOWNED_IN_RECOVERY};
 use crate::pg::databases;
-use crate::pg::lsn::Lsn;
+use crate::pg::lsn::{Lsn, SegSize};
 use crate::pg::timeline::{self, Span};
+use crate::pg::wal_records::{self, Scanned, Stretch};
+use crate::pg::wal_stream::WalStream;
 use crate::pg::wal_summary::{self, Changes};
+use crate::pg::Conn;
+use crate::sys::cancel::Cancel;
+use crate::sys::files;
 use crate::transfer::changed::Unchanged;
 use crate::transport::Transport;
 
@@ -53,8 +60,9 @@ pub enum Resync {
     /// Every file here is compared with the primary's, for the reason given (why summaries could not say what
     /// changed); with `unchanged`, but for the relation pages the primary has not changed since (page LSNs).
     Compare { why: String, unchanged: Option<Unchanged> },
-    /// Only what WAL from `from` (the replica's last redo pointer) up to the backup's start changed is fetched.
-    Summaries { changes: Changes, from: Lsn },
+    /// Only what WAL from `from` (the replica's last redo pointer) up to the backup's start changed is fetched,
+    /// as the primary's WAL summaries (`by` "wal-summaries") or its WAL itself ("wal-blocks") name it.
+    Changed { changes: Changes, from: Lsn, by: &'static str },
 }
 
 impl Resync {
@@ -65,7 +73,7 @@ impl Resync {
             Resync::Compare { .. } if transport.name() == "rsync" => "rsync-checksums",
             Resync::Compare { unchanged: Some(_), .. } => "page-lsns",
             Resync::Compare { .. } => "page-hashes",
-            Resync::Summaries { .. } => "wal-summaries",
+            Resync::Changed { by, .. } => by,
         }
     }
 
@@ -84,6 +92,14 @@ pub struct Position {
     redo: Lsn,
     end: Lsn,
     control: Vec<u8>,
+    /// A copy whose recovery never began (a clone never started): its files were copied while the primary wrote
+    /// them, so no page LSN can speak for them (a database created by FILE_COPY during the copy holds pages
+    /// torn between the template's old ones), only the WAL since the backup's start.
+    copied: bool,
+    /// What the primary's WAL from `redo` up to the stream's start changed, read before pg_backup_start's
+    /// checkpoint may recycle it (the stream's slot holds what follows), or why it could not be read; None when
+    /// the primary's WAL summaries are to say it.
+    early: Option<Result<Scanned, String>>,
 }
 
 /// Before pg_backup_start, whose checkpoint may recycle the primary's WAL the proof reads: where a replica of
@@ -95,8 +111,9 @@ pub fn survey(
     primary: Primary,
     transport: &dyn Transport,
     (params, system_id): (&[(&str, &str)], u64),
-    history: &[Span],
+    (sql, stream): (&mut Conn, &WalStream),
 ) -> Result<Position, String> {
+    let history = &stream.history;
     if !matches!(state, ReplicaState::Cluster(_)) {
         return Err("no cluster here".into());
     }
@@ -115,35 +132,50 @@ pub fn survey(
     if !control_file::crc_ok(&control, primary.major) {
         return Err("the replica's pg_control fails its CRC check".into());
     }
-    // Recovery from a backup has not begun (a clone never started): its pg_control is the primary's at the
-    // backup's end and says nothing of the copied pages.
-    if std::fs::symlink_metadata(config.replica.join("backup_label")).is_ok() {
-        return Err("the replica holds a backup_label: it is a copy whose recovery never began, so its pages may \
-                    be newer than its pg_control says"
-            .into());
-    }
-    if let Some(start) = control_file::backup_unfinished(&control) {
-        return Err(format!(
-            "the replica's recovery from a backup (started at {start}) never reached the backup's end, so its \
-             pages may be newer than its minimum recovery point"
-        ));
-    }
-    let (redo, redo_tli) = (control_file::redo(&control), control_file::checkpoint_timeline(&control));
-    let checkpoint = control_file::checkpoint(&control);
-    // One byte into the checkpoint record: its WAL reaches at least that far.
-    let (end, end_tli) = match control_file::state(&control) {
-        DB_SHUTDOWNED => (Lsn(checkpoint.0 + 1), redo_tli),
-        DB_SHUTDOWNED_IN_RECOVERY | DB_IN_ARCHIVE_RECOVERY => match control_file::min_recovery_point(&control) {
-            (Lsn(0), _) => return Err("the replica's pg_control has no minimum recovery point".into()),
-            (min, tli) => (min.max(Lsn(checkpoint.0 + 1)), tli),
-        },
-        state => {
+    let pg_wal = config.replica.join("pg_wal");
+    let label = config.replica.join("backup_label");
+    let (redo, redo_tli, checkpoint, end, end_tli, copied) = if std::fs::symlink_metadata(&label).is_ok() {
+        // Recovery from a backup has not begun (a clone never started): its pg_control is the primary's as the
+        // copy ended and says nothing of the copied pages. The backup_label says where the backup began; the
+        // backup's end record, in the WAL the copy keeps, where every copied page was complete.
+        let l = BackupLabel::read(&label)?;
+        let state = control_file::state(&control);
+        if state != control_file::DB_IN_PRODUCTION || control_file::backup_unfinished(&control).is_some() {
             return Err(format!(
-            "the replica's pg_control says \"{}\", not shut down cleanly: its files may hold changes its pg_control \
-                 does not account for",
-            control_file::state_name(state)
-        ))
+                "the replica holds a backup_label and a pg_control that says \"{}\": its recovery began and \
+                 stopped before the backup's end, so its pages may be newer than anything it recorded",
+                control_file::state_name(state)
+            ));
         }
+        let end = wal_records::backup_end(&pg_wal, primary.seg, system_id, l.timeline, l.start).map_err(|e| {
+            format!("the replica is a copy that never started, and its pg_wal does not show the backup's end ({e})")
+        })?;
+        (l.start, l.timeline, l.checkpoint, end, l.timeline, true)
+    } else {
+        if let Some(start) = control_file::backup_unfinished(&control) {
+            return Err(format!(
+                "the replica's recovery from a backup (started at {start}) never reached the backup's end, so its \
+                 pages may be newer than its minimum recovery point"
+            ));
+        }
+        let (redo, redo_tli) = (control_file::redo(&control), control_file::checkpoint_timeline(&control));
+        let checkpoint = control_file::checkpoint(&control);
+        // One byte into the checkpoint record: its WAL reaches at least that far.
+        let (end, end_tli) = match control_file::state(&control) {
+            DB_SHUTDOWNED => (Lsn(checkpoint.0 + 1), redo_tli),
+            DB_SHUTDOWNED_IN_RECOVERY | DB_IN_ARCHIVE_RECOVERY => match control_file::min_recovery_point(&control) {
+                (Lsn(0), _) => return Err("the replica's pg_control has no minimum recovery point".into()),
+                (min, tli) => (min.max(Lsn(checkpoint.0 + 1)), tli),
+            },
+            state => {
+                return Err(format!(
+                    "the replica's pg_control says \"{}\", not shut down cleanly: its files may hold changes its \
+                     pg_control does not account for",
+                    control_file::state_name(state)
+                ))
+            }
+        };
+        (redo, redo_tli, checkpoint, end, end_tli, false)
     };
     if !timeline::reaches(history, redo_tli, redo) || !timeline::reaches(history, end_tli, end) {
         return Err(format!(
@@ -153,20 +185,94 @@ pub fn survey(
     }
     let claim = divergence::Claim { checkpoint, checkpoint_tli: redo_tli, end, end_tli };
     divergence::prove(&config.replica, &claim, (primary.seg, system_id), params, history)?;
-    Ok(Position { redo, end, control })
+    let early = early_wal(sql, primary, transport, (stream, system_id), redo);
+    Ok(Position { redo, end, control, copied, early })
 }
 
-/// This run's method (see the module), logged with its reason; `history` is the primary's timeline history,
-/// `surveyed` what `survey` found.
+/// What a backup_label (do_pg_backup_stop in xlog.c writes it; read_backup_label in xlogrecovery.c reads it) says:
+/// where the backup's WAL starts, its checkpoint record, and on which timeline.
+struct BackupLabel {
+    start: Lsn,
+    checkpoint: Lsn,
+    timeline: u32,
+}
+
+impl BackupLabel {
+    /// The label at `path`, at most its first 64 KiB, never through a link; only one of a backup taken on a
+    /// primary (a standby's backup ends at its minimum recovery point, with no record of its end).
+    fn read(path: &Path) -> Result<BackupLabel, String> {
+        let mut text = String::new();
+        let bad = |why: String| format!("the replica's backup_label {}: {why}", path.display());
+        files::open_read(path)
+            .and_then(|f| f.take(64 << 10).read_to_string(&mut text))
+            .map_err(|e| bad(format!("cannot be read ({e})")))?;
+        let field =
+            |name: &str| text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.split_whitespace().next());
+        let lsn = |name: &str| field(name).and_then(|v| v.parse::<Lsn>().ok());
+        let (Some(start), Some(checkpoint)) = (lsn("START WAL LOCATION: "), lsn("CHECKPOINT LOCATION: ")) else {
+            return Err(bad("names no start and checkpoint location".into()));
+        };
+        if field("BACKUP FROM: ") != Some("primary") {
+            return Err(bad("is not of a backup taken on a primary".into()));
+        }
+        let timeline = field("START TIMELINE: ").and_then(|t| t.parse().ok()).unwrap_or(1);
+        Ok(BackupLabel { start, checkpoint, timeline })
+    }
+}
+
+/// Before pg_backup_start (see `Position::early`): what the primary's WAL from `redo` to the stream's start
+/// changed, read there by the agent; nothing to read when the replica's redo point lies past the stream's start.
+/// Not read when the primary keeps WAL summaries that reach back to `redo`: they say the same for less.
+fn early_wal(
+    sql: &mut Conn,
+    primary: Primary,
+    transport: &dyn Transport,
+    (stream, system_id): (&WalStream, u64),
+    redo: Lsn,
+) -> Option<Result<Scanned, String>> {
+    let to = stream.start.lsn;
+    if primary.major >= 17 && wal_summary::enabled(sql).unwrap_or(false) {
+        let covered = wal_summary::available(sql).is_ok_and(|have| {
+            timeline::pieces(&stream.history, redo, to)
+                .iter()
+                .all(|(t, a, b)| wal_summary::first_gap(&have, *t, *a, *b).is_none())
+        });
+        if covered {
+            return None;
+        }
+    }
+    if redo >= to {
+        return Some(Ok(Scanned::default()));
+    }
+    let pieces = timeline::pieces(&stream.history, redo, to);
+    let stretch = Stretch { pieces: &pieces, seg: primary.seg, system_id };
+    let scanned = transport
+        .wal_changes(&stretch)?
+        .map_err(|e| format!("the primary's WAL from the replica's redo point {redo} on cannot be read there: {e}"));
+    if let Ok(s) = &scanned {
+        tracing::info!(
+            "read {} of the primary's WAL from the replica's redo point {redo} to {to} on the primary: {} relation \
+             forks changed",
+            crate::progress::bytes(s.wal_bytes),
+            s.changes.forks.len()
+        );
+    }
+    Some(scanned)
+}
+
+/// This run's method (see the module), logged with its reason; `stream` the run's WAL stream (the primary's
+/// timeline history, and the WAL since its start in `streamed`), `surveyed` what `survey` found.
 pub fn choose(
     config: &CloneConfig,
     state: ReplicaState,
     primary: Primary,
     backup: &mut BackupSession,
-    history: &[Span],
+    (stream, streamed): (&WalStream, &Path),
     surveyed: Result<Position, String>,
+    cancel: &Cancel,
 ) -> Resync {
     let start = backup.start_lsn;
+    let history = &stream.history;
     let surveyed = surveyed.and_then(|at| match at.end > start {
         true => Err(format!("the replica's WAL reaches {}, beyond the backup's start {start}", at.end)),
         false => Ok(at),
@@ -178,18 +284,31 @@ pub fn choose(
         }
         ReplicaState::Cluster(_) => match surveyed {
             Err(why) => Resync::Compare { why, unchanged: None },
-            Ok(at) => match by_summaries(primary, backup, history, at.redo) {
-                Ok(changes) => Resync::Summaries { changes, from: at.redo },
-                Err(why) => match by_page_lsns(config, primary, backup, &at) {
-                    Ok(unchanged) => Resync::Compare { why, unchanged: Some(unchanged) },
-                    Err(not) => Resync::Compare { why: format!("{why}; {not}"), unchanged: None },
-                },
-            },
+            Ok(mut at) => {
+                let by_wal = |at: &mut Position, why: String| match at.early.take() {
+                    None => Err(why),
+                    Some(early) => by_wal_records(early, (stream, streamed, primary.seg), at.redo, start, cancel),
+                };
+                match by_summaries(primary, backup, history, at.redo) {
+                    Ok(changes) => Resync::Changed { changes, from: at.redo, by: "wal-summaries" },
+                    Err(why) => match by_wal(&mut at, why) {
+                        Ok(changes) => Resync::Changed { changes, from: at.redo, by: "wal-blocks" },
+                        Err(why) => match by_page_lsns(config, primary, backup, &at) {
+                            Ok(unchanged) => Resync::Compare { why, unchanged: Some(unchanged) },
+                            Err(not) => Resync::Compare { why: format!("{why}; {not}"), unchanged: None },
+                        },
+                    },
+                }
+            }
         },
     };
     match &resync {
-        Resync::Summaries { changes, from } => tracing::info!(
+        Resync::Changed { changes, from, by: "wal-summaries" } => tracing::info!(
             "re-sync by the primary's WAL summaries from the replica's redo point {from}: {} relation forks changed",
+            changes.forks.len()
+        ),
+        Resync::Changed { changes, from, .. } => tracing::info!(
+            "re-sync by the primary's WAL from the replica's redo point {from}: {} relation forks changed",
             changes.forks.len()
         ),
         Resync::Compare { why, unchanged: Some(u) } => tracing::info!(
@@ -203,6 +322,31 @@ pub fn choose(
     resync
 }
 
+/// The changes of the primary's WAL from the replica's redo point `redo` to the backup's `start`: what the agent
+/// read before the backup started (`early`, up to the stream's start), and the rest from the WAL this run
+/// streamed, once it is here.
+fn by_wal_records(
+    early: Result<Scanned, String>,
+    (stream, streamed, seg): (&WalStream, &Path, SegSize),
+    redo: Lsn,
+    start: Lsn,
+    cancel: &Cancel,
+) -> Result<Changes, String> {
+    let Scanned { mut changes, .. } = early?;
+    let from = redo.max(stream.start.lsn);
+    if from < start {
+        stream
+            .wait_for(start, cancel)
+            .map_err(|e| format!("the WAL stream did not reach the backup's start {start}: {e}"))?;
+        let pieces = [(stream.start.timeline, from, start)];
+        let stretch = Stretch { pieces: &pieces, seg, system_id: stream.start.system_id };
+        let local = wal_records::changes(streamed, &stretch)
+            .map_err(|e| format!("the WAL streamed from {from} to the backup's start cannot be read: {e}"))?;
+        changes.merge(local.changes);
+    }
+    Ok(changes)
+}
+
 /// The relation pages a compare may leave unread (see the module), or why page LSNs cannot say which.
 fn by_page_lsns(
     config: &CloneConfig,
@@ -210,6 +354,9 @@ fn by_page_lsns(
     backup: &mut BackupSession,
     at: &Position,
 ) -> Result<Unchanged, String> {
+    if at.copied {
+        return Err("page LSNs cannot speak for pages copied while the primary wrote them".into());
+    }
     if !primary.checksums {
         return Err("data checksums are off on the primary, so a page can change without its LSN (every page is \
                     compared; initdb -k or pg_checksums turn them on)"

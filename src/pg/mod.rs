@@ -12,6 +12,7 @@ pub mod relfile;
 pub mod replication;
 pub mod timeline;
 pub mod wal_read;
+pub mod wal_records;
 pub mod wal_summary;
 
 pub mod wal_stream;

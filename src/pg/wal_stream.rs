@@ -199,6 +199,25 @@ impl WalStream {
         }
     }
 
+    /// Waits until everything before `lsn` is written here, streaming on.
+    pub fn wait_for(&self, lsn: Lsn, cancel: &Cancel) -> Result<(), WalStreamError> {
+        let mut st = self.shared.lock();
+        let (mut seen, mut since) = (st.received, Instant::now());
+        while st.received < lsn {
+            if let Some(o) = &st.outcome {
+                return Err(WalStreamError::Failed(o.clone().err().unwrap_or_else(|| "the stream ended early".into())));
+            }
+            cancel.check()?;
+            if st.received > seen {
+                (seen, since) = (st.received, Instant::now());
+            } else if since.elapsed() > STALL_LIMIT {
+                return Err(WalStreamError::Stalled { at: seen, want: lsn, secs: STALL_LIMIT.as_secs() });
+            }
+            st = self.shared.changed.wait_timeout(st, Duration::from_millis(200)).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        Ok(())
+    }
+
     /// Ends the stream as the protocol asks (CopyDone, then the server's CommandComplete); the temporary
     /// slot goes with the connection.
     pub fn close(mut self) -> Result<(), WalStreamError> {

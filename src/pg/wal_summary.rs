@@ -45,6 +45,33 @@ pub struct Changes {
     pub created: HashSet<(u32, u32)>,
 }
 
+impl Changes {
+    /// Adds what `other` (of an adjoining stretch of WAL) says changed: runs joined, the lower limit kept.
+    pub fn merge(&mut self, other: Changes) {
+        self.created.extend(other.created);
+        for (fork, theirs) in other.forks {
+            let ours = self.forks.entry(fork).or_default();
+            ours.limit = match (ours.limit, theirs.limit) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            ours.runs.extend(theirs.runs);
+            ours.runs.sort_unstable();
+            let mut joined: Vec<(u32, u32)> = Vec::with_capacity(ours.runs.len());
+            for &(first, n) in &ours.runs {
+                match joined.last_mut() {
+                    Some((a, m)) if u64::from(first) <= u64::from(*a) + u64::from(*m) => {
+                        let end = (u64::from(*a) + u64::from(*m)).max(u64::from(first) + u64::from(n));
+                        *m = (end - u64::from(*a)) as u32;
+                    }
+                    _ => joined.push((first, n)),
+                }
+            }
+            ours.runs = joined;
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SummaryError {
     #[error("{0}")]
@@ -157,6 +184,23 @@ pub fn changes(conn: &mut Conn, summaries: &[Summary]) -> Result<Changes, Summar
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn changes_of_adjoining_stretches_merge() {
+        let f = Fork { tablespace: 1663, database: 5, relfilenode: 16384, fork: 0 };
+        let g = Fork { fork: 2, ..f };
+        let mut a = Changes::default();
+        a.forks.insert(f, ForkChanges { runs: vec![(1, 2), (10, 1)], limit: Some(40) });
+        a.created.insert((1663, 7));
+        let mut b = Changes::default();
+        b.forks.insert(f, ForkChanges { runs: vec![(2, 3), (11, 1), (20, 1)], limit: Some(30) });
+        b.forks.insert(g, ForkChanges { runs: vec![(0, 1)], limit: None });
+        b.created.insert((1663, 8));
+        a.merge(b);
+        assert_eq!(a.forks[&f], ForkChanges { runs: vec![(1, 4), (10, 2), (20, 1)], limit: Some(30) });
+        assert_eq!(a.forks[&g], ForkChanges { runs: vec![(0, 1)], limit: None });
+        assert_eq!(a.created, HashSet::from([(1663, 7), (1663, 8)]));
+    }
 
     #[test]
     fn gaps_in_the_summaries_of_a_timeline() {

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::pg::lsn::{Lsn, SegSize};
 use crate::pg::page_checksum::BLCKSZ;
+use crate::pg::wal_records::{self, Stretch};
 use crate::replica::direct_io::read_at_full;
 
 use super::auto_codec::AutoCodec;
@@ -31,7 +33,7 @@ pub fn serve(pgdata: &Path, input: impl Read + Send + 'static, output: impl Writ
     let noted = Noted { inner: output, alive: alive.clone(), written: 0, blocked: Duration::ZERO };
     let mut w = BufWriter::with_capacity(1 << 20, noted);
     let (mut buf, mut auto, mut last) = (Vec::new(), AutoCodec::default(), None);
-    let requests = listen(input, alive);
+    let requests = listen(input, alive.clone());
     for msg in &requests {
         let msg = match msg? {
             Some(m) => m,
@@ -62,6 +64,9 @@ pub fn serve(pgdata: &Path, input: impl Read + Send + 'static, output: impl Writ
                 Ok(offer) => write_msg(&mut w, &Msg::Listening(offer))?,
                 Err(e) => write_msg(&mut w, &Msg::Error { id: 0, message: format!("opening the data channel: {e}") })?,
             },
+            Msg::WalChanges { id, system_id, seg, pieces } => {
+                wal_changes(&pgdata.join("pg_wal"), &mut w, &alive, id, (system_id, seg), pieces)?
+            }
             Msg::Quit => break,
             other => write_msg(&mut w, &Msg::Error { id: 0, message: format!("unexpected request {other:?}") })?,
         }
@@ -72,6 +77,58 @@ pub fn serve(pgdata: &Path, input: impl Read + Send + 'static, output: impl Writ
         }
     }
     w.flush()
+}
+
+/// Answers WalChanges: the relation blocks the primary's WAL in `pieces` changed (`pg::wal_records`), read from
+/// its `pg_wal`, in frames of at most about a MiB of runs each. Reading a long stretch may take a while with
+/// nothing to say: the scan runs on a thread of its own, and the agent counts as heard from until it ends.
+fn wal_changes<W: Write>(
+    pg_wal: &Path,
+    w: &mut W,
+    alive: &Alive,
+    id: u32,
+    (system_id, seg): (u64, u64),
+    pieces: Vec<(u32, u64, u64)>,
+) -> io::Result<()> {
+    let Some(seg) = SegSize::new(seg) else {
+        return write_msg(w, &Msg::Error { id, message: format!("a WAL segment size of {seg} bytes") });
+    };
+    let pieces: Vec<(u32, Lsn, Lsn)> = pieces.into_iter().map(|(t, a, b)| (t, Lsn(a), Lsn(b))).collect();
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let pg_wal = pg_wal.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(wal_records::changes(&pg_wal, &Stretch { pieces: &pieces, seg, system_id }));
+    });
+    let scanned = loop {
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(result) => break result,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => alive.now(),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                break Err(wal_records::ScanError("the WAL scan failed".into()))
+            }
+        }
+    };
+    let scanned = match scanned {
+        Ok(s) => s,
+        Err(e) => return write_msg(w, &Msg::Error { id, message: e.to_string() }),
+    };
+    let mut created: Vec<(u32, u32)> = scanned.changes.created.into_iter().collect();
+    let mut forks = Vec::new();
+    let mut runs = 0;
+    for (fork, changes) in scanned.changes.forks {
+        runs += changes.runs.len() + 1;
+        forks.push((fork, changes));
+        if runs >= 1 << 17 {
+            let created = std::mem::take(&mut created);
+            write_msg(
+                w,
+                &Msg::Changed { id, wal_bytes: scanned.wal_bytes, created, forks: std::mem::take(&mut forks) },
+            )?;
+            runs = 0;
+        }
+    }
+    write_msg(w, &Msg::Changed { id, wal_bytes: scanned.wal_bytes, created, forks })?;
+    write_msg(w, &Msg::Done { id, vanished: false })
 }
 
 /// Listens for the client's data connections (see `channel`) on the address its ssh connection reached: the one

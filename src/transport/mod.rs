@@ -16,6 +16,7 @@ use std::str::FromStr;
 
 use crate::error::{Cancelled, IoAt};
 use crate::pg::lsn::Lsn;
+use crate::pg::wal_records::{Scanned, Stretch};
 use crate::sys::bandwidth::Limits;
 use crate::sys::cancel::Cancel;
 use crate::sys::ssh::{SshError, SshTarget};
@@ -369,6 +370,12 @@ pub trait Transport: Sync {
     /// The system identifier in --primary-pgdata's pg_control, when the transport read it as it started (see
     /// `TransportConfig::probes_pgdata`).
     fn system_id(&self) -> Option<u64> {
+        None
+    }
+
+    /// What the primary's WAL in `stretch` changed, read on the primary from its pg_wal (`pg::wal_records`), so
+    /// that only the answer crosses the link; None when this transport has no agent there to read it.
+    fn wal_changes(&self, _stretch: &Stretch) -> Option<Result<Scanned, TransportError>> {
         None
     }
 

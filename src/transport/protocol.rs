@@ -11,9 +11,10 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::channel::{Offer, TOKEN_LEN};
 use super::{os, EntryKind, RemoteEntry};
+use crate::pg::wal_summary::{Fork, ForkChanges};
 
 /// Bumped on any incompatible change; client and agent must agree exactly (see Hello).
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 /// Largest frame accepted: bounds memory whatever the peer sends.
 pub const MAX_FRAME: usize = 8 << 20;
 /// Raw bytes per Data frame.
@@ -93,6 +94,21 @@ pub enum Msg {
     },
     /// The answer to Listen: where to connect, and the certificate to accept there (empty: clear text).
     Listening(Offer),
+    /// The relation blocks the primary's WAL changed in `pieces` ((timeline, from, to), `pg::wal_records`), read
+    /// from its pg_wal: answered by `Changed` frames, then Done; or by an Error saying why the WAL could not tell.
+    WalChanges {
+        id: u32,
+        system_id: u64,
+        seg: u64,
+        pieces: Vec<(u32, u64, u64)>,
+    },
+    /// Part of the answer to WalChanges: WAL bytes read, databases created (tablespace, database), forks.
+    Changed {
+        id: u32,
+        wal_bytes: u64,
+        created: Vec<(u32, u32)>,
+        forks: Vec<(Fork, ForkChanges)>,
+    },
     /// The client is still there: sent on every connection that has had nothing else to say for a while, so an
     /// agent whose client is gone (a link cut for good, which its sshd may not notice for hours) can tell.
     Ping,
@@ -177,6 +193,40 @@ pub fn write_msg(w: &mut impl Write, m: &Msg) -> io::Result<()> {
             p.extend_from_slice(&streams.to_le_bytes());
             p.push(u8::from(*tls));
             b'T'
+        }
+        Msg::WalChanges { id, system_id, seg, pieces } => {
+            p.extend_from_slice(&id.to_le_bytes());
+            p.extend_from_slice(&system_id.to_le_bytes());
+            p.extend_from_slice(&seg.to_le_bytes());
+            for (tli, from, to) in pieces {
+                p.extend_from_slice(&tli.to_le_bytes());
+                p.extend_from_slice(&from.to_le_bytes());
+                p.extend_from_slice(&to.to_le_bytes());
+            }
+            b'W'
+        }
+        Msg::Changed { id, wal_bytes, created, forks } => {
+            p.extend_from_slice(&id.to_le_bytes());
+            p.extend_from_slice(&wal_bytes.to_le_bytes());
+            p.extend_from_slice(&(created.len() as u32).to_le_bytes());
+            for (ts, db) in created {
+                p.extend_from_slice(&ts.to_le_bytes());
+                p.extend_from_slice(&db.to_le_bytes());
+            }
+            for (f, c) in forks {
+                for x in [f.tablespace, f.database, f.relfilenode] {
+                    p.extend_from_slice(&x.to_le_bytes());
+                }
+                p.push(f.fork);
+                p.push(u8::from(c.limit.is_some()));
+                p.extend_from_slice(&c.limit.unwrap_or(0).to_le_bytes());
+                p.extend_from_slice(&(c.runs.len() as u32).to_le_bytes());
+                for (first, n) in &c.runs {
+                    p.extend_from_slice(&first.to_le_bytes());
+                    p.extend_from_slice(&n.to_le_bytes());
+                }
+            }
+            b'C'
         }
         Msg::Listening(offer) => {
             put_bytes(&mut p, offer.addr.to_string().as_bytes());
@@ -320,6 +370,33 @@ fn parse(kind: u8, p: &[u8]) -> io::Result<Msg> {
             let addr = String::from_utf8_lossy(c.bytes()?).parse().map_err(|e| bad(format!("an address: {e}")))?;
             Msg::Listening(Offer { addr, cert: c.rest().to_vec() })
         }
+        b'W' => {
+            let (id, system_id, seg) = (c.u32()?, c.u64()?, c.u64()?);
+            let mut pieces = Vec::new();
+            while !c.0.is_empty() {
+                pieces.push((c.u32()?, c.u64()?, c.u64()?));
+            }
+            Msg::WalChanges { id, system_id, seg, pieces }
+        }
+        b'C' => {
+            let (id, wal_bytes, n) = (c.u32()?, c.u64()?, c.u32()? as usize);
+            // Each takes 8 bytes: a count the frame cannot hold is refused before anything is allocated.
+            if n > c.0.len() / 8 {
+                return Err(bad(format!("{n} databases in a frame of {} bytes", c.0.len())));
+            }
+            let created = (0..n).map(|_| Ok((c.u32()?, c.u32()?))).collect::<io::Result<_>>()?;
+            let mut forks = Vec::new();
+            while !c.0.is_empty() {
+                let fork = Fork { tablespace: c.u32()?, database: c.u32()?, relfilenode: c.u32()?, fork: c.u8()? };
+                let (has_limit, limit, n) = (c.u8()? != 0, c.u32()?, c.u32()? as usize);
+                if n > c.0.len() / 8 {
+                    return Err(bad(format!("{n} runs in a frame of {} bytes", c.0.len())));
+                }
+                let runs = (0..n).map(|_| Ok((c.u32()?, c.u32()?))).collect::<io::Result<_>>()?;
+                forks.push((fork, ForkChanges { runs, limit: has_limit.then_some(limit) }));
+            }
+            Msg::Changed { id, wal_bytes, created, forks }
+        }
         k => return Err(bad(format!("unknown frame kind {k}"))),
     };
     Ok(m)
@@ -448,6 +525,17 @@ mod tests {
         round_trip(Msg::Listen { token: [7; TOKEN_LEN], streams: 8, tls: true });
         round_trip(Msg::Listening(Offer { addr: "[fe80::1]:40000".parse().unwrap(), cert: vec![1, 2, 3] }));
         round_trip(Msg::Listening(Offer { addr: "10.0.0.1:5".parse().unwrap(), cert: vec![] }));
+        round_trip(Msg::WalChanges { id: 4, system_id: 77, seg: 16 << 20, pieces: vec![(1, 10, 20), (2, 20, 90)] });
+        let fork = Fork { tablespace: 1663, database: 5, relfilenode: 16384, fork: 2 };
+        round_trip(Msg::Changed {
+            id: 4,
+            wal_bytes: 1 << 33,
+            created: vec![(1663, 16400)],
+            forks: vec![
+                (fork, ForkChanges { runs: vec![(0, 3), (9, 1)], limit: None }),
+                (Fork { fork: 0, ..fork }, ForkChanges { runs: vec![], limit: Some(0) }),
+            ],
+        });
         assert_eq!(read_msg(&mut [].as_slice(), &mut Vec::new()).unwrap(), None);
         // A recycled buffer: its old contents never leak into the next message.
         let mut spare = vec![9u8; 100];

@@ -114,15 +114,17 @@ fn without_covering_summaries_a_resync_compares_and_says_why() {
     s.assert_standby(&s.replica, "fallback_standby", None);
 }
 
-/// PostgreSQL 15 with data checksums (initdb -k), which keeps no WAL summaries: a stale standby re-syncs by page
-/// LSNs, reading here only the pages the primary changed since its redo point and the files LSNs cannot speak
-/// for, and starts with the primary's data. A database dropped and created again under its old OID by
+/// PostgreSQL 15 with data checksums (initdb -k), where the primary's WAL cannot say what changed: it ran with
+/// wal_level = minimal for a while, and a table created and filled in one transaction then was never WAL-logged
+/// (the XLOG_PARAMETER_CHANGE its restart logged says so). A stale standby re-syncs by page LSNs, reading here
+/// only the pages the primary changed since its redo point and the files LSNs cannot speak for, and starts with
+/// the primary's data, that table's included. A database dropped and created again under its old OID by
 /// STRATEGY FILE_COPY while the standby was stale holds template1's pages with their old LSNs; it is not the
 /// database the standby knew, so it is compared whole and comes out as the primary's, without the table only
 /// the old one had.
 #[test]
 fn a_stale_pg15_standby_with_checksums_resyncs_by_page_lsns() {
-    let s = Setup::with_initdb("resync-lsn", PgInstall::of(15), &["--data-checksums"], &[]);
+    let s = Setup::with_initdb("resync-lsn", PgInstall::of(15), &["--data-checksums"], &["wal_keep_size = '1GB'"]);
     s.primary.pgbench_init(5);
     s.primary.psql("create database reborn");
     let in_reborn =
@@ -132,16 +134,24 @@ fn a_stale_pg15_standby_with_checksums_resyncs_by_page_lsns() {
     let run = stale_standby(&s, "lsn_standby", 150);
     s.primary.psql("drop database reborn");
     s.primary.psql(&format!("create database reborn oid {oid} strategy file_copy template template1"));
+    s.primary.psql("alter system set wal_level = minimal");
+    s.primary.psql("alter system set max_wal_senders = 0");
+    s.primary.restart();
+    s.primary.psql("begin; create table unlogged_by_minimal as select g from generate_series(1, 20000) g; commit");
+    s.primary.psql("alter system reset wal_level");
+    s.primary.psql("alter system reset max_wal_senders");
+    s.primary.restart();
 
     let out = run.run();
     let r = resync(&out);
     let f = json_figures(&out);
     assert_eq!(method(&r), "page-lsns", "{}", out.report());
-    assert!(r["why"].as_str().unwrap().contains("PostgreSQL 15 keeps no WAL summaries"), "{r}");
+    assert!(r["why"].as_str().unwrap().contains("wal_level = minimal"), "{r}");
     let here = r["read_replica_bytes"].as_u64().unwrap();
     assert!(here * 4 < f.bytes, "read {here} of {} bytes here", f.bytes);
     pgclone_verify(&s.lab, &s.replica);
     let standby = s.assert_standby(&s.replica, "lsn_standby", None);
+    assert_eq!(standby.psql("select count(*) from unlogged_by_minimal"), "20000");
     assert_eq!(in_reborn(&standby, "select count(*) from pg_class where relname = 'only_in_the_old'").trim(), "0");
     assert_eq!(
         in_reborn(&standby, "select count(*) from pg_class").trim(),
@@ -150,21 +160,21 @@ fn a_stale_pg15_standby_with_checksums_resyncs_by_page_lsns() {
     assert!(out.stderr.contains("1 of the primary's 4 databases are not the ones here"), "{}", out.report());
 }
 
-/// PostgreSQL 18 initdb's data checksums by default; with summarize_wal off a stale standby re-syncs by page LSNs
-/// (pg_control and pg_database as 18 lays them out) and catches up with the primary's data.
+/// PostgreSQL 18 with summarize_wal off: a stale standby re-syncs by the primary's WAL itself (18's page and
+/// record layout), reading on the primary the WAL since its redo point and the blocks it names, nothing here,
+/// and catches up with the primary's data.
 #[test]
-fn a_stale_pg18_standby_without_summaries_resyncs_by_page_lsns() {
-    let s = Setup::with_install("resync-lsn18", PgInstall::of(18), &[]);
-    assert_eq!(s.primary.psql("show data_checksums"), "on", "PostgreSQL 18's default");
+fn a_stale_pg18_standby_without_summaries_resyncs_by_the_primarys_wal() {
+    let s = Setup::with_install("resync-wal18", PgInstall::of(18), &[]);
     s.primary.pgbench_init(5);
-    let out = stale_standby(&s, "lsn18_standby", 150).run();
+    let out = stale_standby(&s, "wal18_standby", 150).run();
     let r = resync(&out);
-    assert_eq!(method(&r), "page-lsns", "{}", out.report());
-    assert!(r["why"].as_str().unwrap().contains("summarize_wal is off"), "{r}");
-    let here = r["read_replica_bytes"].as_u64().unwrap();
-    assert!(here * 4 < json_figures(&out).bytes, "read {here} bytes here");
-    assert!(!out.stderr.contains("databases are not the ones here"), "{}", out.report());
-    s.assert_standby(&s.replica, "lsn18_standby", None);
+    assert_eq!(method(&r), "wal-blocks", "{}", out.report());
+    assert!(r["why"].is_null(), "{r}");
+    assert_eq!(r["read_replica_bytes"], 0, "nothing here is read");
+    let read = r["read_primary_bytes"].as_u64().unwrap();
+    assert!(read * 4 < json_figures(&out).bytes, "read {read} bytes on the primary");
+    s.assert_standby(&s.replica, "wal18_standby", None);
 }
 
 /// An old primary after a failover: its last WAL (written after the standby was promoted) is not on the new
