@@ -292,6 +292,7 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
         why: resync.why().map(str::to_string),
         read_primary: copied.totals.read_primary,
         read_replica: copied.totals.read_replica,
+        read_wal: resync.wal_read(),
         kept: copied.plan.kept.iter().map(|p| p.display().to_string()).collect(),
     });
 

@@ -62,7 +62,8 @@ pub enum Resync {
     Compare { why: String, unchanged: Option<Unchanged> },
     /// Only what WAL from `from` (the replica's last redo pointer) up to the backup's start changed is fetched,
     /// as the primary's WAL summaries (`by` "wal-summaries") or its WAL itself ("wal-blocks") name it.
-    Changed { changes: Changes, from: Lsn, by: &'static str },
+    /// `wal_read`: bytes of WAL read to tell (none for summaries).
+    Changed { changes: Changes, from: Lsn, by: &'static str, wal_read: u64 },
 }
 
 impl Resync {
@@ -77,7 +78,15 @@ impl Resync {
         }
     }
 
-    /// Why the replica was compared rather than re-synced by summaries.
+    /// Bytes of WAL read to tell what changed.
+    pub fn wal_read(&self) -> u64 {
+        match self {
+            Resync::Changed { wal_read, .. } => *wal_read,
+            _ => 0,
+        }
+    }
+
+    /// Why the replica was compared rather than re-synced by what WAL changed.
     pub fn why(&self) -> Option<&str> {
         match self {
             Resync::Compare { why, .. } => Some(why),
@@ -290,9 +299,11 @@ pub fn choose(
                     Some(early) => by_wal_records(early, (stream, streamed, primary.seg), at.redo, start, cancel),
                 };
                 match by_summaries(primary, backup, history, at.redo) {
-                    Ok(changes) => Resync::Changed { changes, from: at.redo, by: "wal-summaries" },
+                    Ok(changes) => Resync::Changed { changes, from: at.redo, by: "wal-summaries", wal_read: 0 },
                     Err(why) => match by_wal(&mut at, why) {
-                        Ok(changes) => Resync::Changed { changes, from: at.redo, by: "wal-blocks" },
+                        Ok((changes, wal_read)) => {
+                            Resync::Changed { changes, from: at.redo, by: "wal-blocks", wal_read }
+                        }
                         Err(why) => match by_page_lsns(config, primary, backup, &at) {
                             Ok(unchanged) => Resync::Compare { why, unchanged: Some(unchanged) },
                             Err(not) => Resync::Compare { why: format!("{why}; {not}"), unchanged: None },
@@ -303,7 +314,7 @@ pub fn choose(
         },
     };
     match &resync {
-        Resync::Changed { changes, from, by: "wal-summaries" } => tracing::info!(
+        Resync::Changed { changes, from, by: "wal-summaries", .. } => tracing::info!(
             "re-sync by the primary's WAL summaries from the replica's redo point {from}: {} relation forks changed",
             changes.forks.len()
         ),
@@ -331,8 +342,8 @@ fn by_wal_records(
     redo: Lsn,
     start: Lsn,
     cancel: &Cancel,
-) -> Result<Changes, String> {
-    let Scanned { mut changes, .. } = early?;
+) -> Result<(Changes, u64), String> {
+    let Scanned { mut changes, mut wal_bytes } = early?;
     let from = redo.max(stream.start.lsn);
     if from < start {
         stream
@@ -343,8 +354,9 @@ fn by_wal_records(
         let local = wal_records::changes(streamed, &stretch)
             .map_err(|e| format!("the WAL streamed from {from} to the backup's start cannot be read: {e}"))?;
         changes.merge(local.changes);
+        wal_bytes += local.wal_bytes;
     }
-    Ok(changes)
+    Ok((changes, wal_bytes))
 }
 
 /// The relation pages a compare may leave unread (see the module), or why page LSNs cannot say which.

@@ -54,6 +54,8 @@ pub struct Resynced {
     pub why: Option<String>,
     pub read_primary: u64,
     pub read_replica: u64,
+    /// WAL read to tell what changed (`pg::wal_records`), on the primary and of the WAL streamed here.
+    pub read_wal: u64,
     /// The replica's own recovery settings and signal files left in place (`replica::recovery_settings`).
     pub kept: Vec<String>,
 }
@@ -123,8 +125,11 @@ impl Summary {
                 progress::bytes(r.read_primary),
                 progress::bytes(r.read_replica)
             );
+            if r.read_wal > 0 {
+                line.push_str(&format!(", and {} of WAL to tell what changed", progress::bytes(r.read_wal)));
+            }
             if let Some(why) = &r.why {
-                line.push_str(&format!(", not by WAL summaries: {why}"));
+                line.push_str(&format!(", not by the primary's WAL: {why}"));
             }
             lines.push(line);
             if !r.kept.is_empty() {
@@ -166,6 +171,7 @@ impl Summary {
                 "why": r.why,
                 "read_primary_bytes": r.read_primary,
                 "read_replica_bytes": r.read_replica,
+                "read_wal_bytes": r.read_wal,
                 "kept": r.kept,
             })
         });

@@ -94,7 +94,7 @@ pub struct Stretch<'a> {
     pub system_id: u64,
 }
 
-/// What a scan found: the blocks changed, and how much WAL it read.
+/// What a scan found: the blocks changed, and how many bytes of WAL segment files it read.
 #[derive(Debug, Default)]
 pub struct Scanned {
     pub changes: Changes,
@@ -108,8 +108,7 @@ pub fn changes(dir: &Path, stretch: &Stretch) -> Result<Scanned, ScanError> {
     while let Some(r) = wal.next()? {
         acc.record(&r).map_err(|e| ScanError(format!("the WAL record at {}: {e}", r.start)))?;
     }
-    let from = stretch.pieces.first().map_or(Lsn(0), |p| p.1);
-    Ok(Scanned { changes: acc.finish(), wal_bytes: wal.at.0.saturating_sub(from.0) })
+    Ok(Scanned { changes: acc.finish(), wal_bytes: wal.read })
 }
 
 /// The end of the backup that started at `start` on timeline `tli`: the end of its XLOG_BACKUP_END record
@@ -372,6 +371,8 @@ struct Records<'a> {
     /// The open segment file: its timeline and number, and a window of its bytes (position, bytes).
     open: Option<(u32, u64, File)>,
     window: (u64, Vec<u8>),
+    /// Bytes read from segment files.
+    read: u64,
     /// Where the next record starts, and where the last one started (for xl_prev).
     at: Lsn,
     prev: Option<Lsn>,
@@ -388,6 +389,7 @@ impl<'a> Records<'a> {
             magic: None,
             open: None,
             window: (0, Vec::new()),
+            read: 0,
             at: from,
             prev: None,
             buf: Vec::new(),
@@ -483,6 +485,7 @@ impl<'a> Records<'a> {
             let file = &self.open.as_ref().expect("opened above").2;
             file.read_exact_at(&mut bytes, wstart)
                 .map_err(|e| ScanError(format!("reading the WAL at {}: {e}", Lsn(page_start))))?;
+            self.read += len as u64;
             self.window = (wstart, bytes);
         }
         let at = (offset - self.window.0) as usize;
