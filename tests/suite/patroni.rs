@@ -2,13 +2,16 @@
 //! and two members on loopback with their own ports, and an sshd for pgclone. Member 2 is built by pgclone
 //! (`create_replica_methods: [pgclone]`, `command: pgclone patroni`, its keys as pgclone's flags) and streams;
 //! `patronictl reinit` of member 2 (`keep_data: true`) re-syncs its directory with pgclone, moving only what
-//! differs. A first method with a misspelled key fails, so that Patroni goes on to the next. Patroni's replication role gets the backup functions in the `post_bootstrap` script docs/patroni.md
-//! gives.
+//! differs. A first method with a misspelled key fails, so that Patroni goes on to the next. After a failover
+//! that leaves the old leader with WAL the new one never got, Patroni (no pg_rewind,
+//! `remove_data_directory_on_diverged_timelines`) hands the old leader's directory to pgclone, which re-syncs it.
+//! Patroni's replication role gets the backup functions in the `post_bootstrap` script docs/patroni.md gives.
 
 use crate::support::*;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 const SCOPE: &str = "pgc_test";
@@ -22,8 +25,9 @@ struct Member {
     conf: PathBuf,
     data: PathBuf,
     port: u16,
+    rest: u16,
     process: Bg,
-    _server: Server,
+    server: Server,
 }
 
 impl Drop for Member {
@@ -68,8 +72,26 @@ GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean), pg_backup_stop(boolean
 fn member(lab: &Lab, sshd: &Sshd, etcd: u16, n: u32, primary_data: &Path) -> Member {
     let name = format!("m{n}");
     let (port, rest) = (free_port(), free_port());
+    let conf = write_conf(lab, sshd, etcd, &name, (port, rest), primary_data);
     let data = lab.path().join(&name);
-    let conf = lab.write(
+    let server = Server::adopt(lab, &data, &name, port);
+    let process = start_patroni(lab, &name, &conf);
+    Member { name, conf, data, port, rest, process, server }
+}
+
+fn start_patroni(lab: &Lab, name: &str, conf: &Path) -> Bg {
+    let mut cmd = lab.cmd("patroni");
+    cmd.arg(conf);
+    lab.spawn(name, cmd)
+}
+
+/// Writes member `name`'s Patroni configuration (`<lab>/<name>.yml`, its data in `<lab>/<name>`) and returns its
+/// path; `primary_data` is the leader's data directory, for pgclone's `primary-pgdata` (all members live on one
+/// host here, each in its own directory). Every member may rejoin through pgclone: no pg_rewind,
+/// `remove_data_directory_on_diverged_timelines`, `keep_data` in every method before pgclone's.
+fn write_conf(lab: &Lab, sshd: &Sshd, etcd: u16, name: &str, (port, rest): (u16, u16), primary_data: &Path) -> PathBuf {
+    let data = lab.path().join(name);
+    lab.write(
         format!("{name}.yml"),
         &format!(
             "scope: {SCOPE}\nname: {name}\n\
@@ -82,6 +104,7 @@ fn member(lab: &Lab, sshd: &Sshd, etcd: u16, n: u32, primary_data: &Path) -> Mem
              \x20 post_bootstrap: {post}\n\
              postgresql:\n  listen: 127.0.0.1:{port}\n  connect_address: 127.0.0.1:{port}\n\
              \x20 data_dir: {data}\n  bin_dir: {PG15_BIN}\n  pgpass: {pgpass}\n\
+             \x20 use_pg_rewind: false\n  remove_data_directory_on_diverged_timelines: true\n\
              \x20 authentication:\n    replication:\n      username: replicator\n      password: {REPLICATION_PASSWORD}\n\
              \x20   superuser:\n      username: {SUPERUSER}\n      password: {PASSWORD}\n\
              \x20 parameters:\n    unix_socket_directories: {dir}\n\
@@ -100,12 +123,7 @@ fn member(lab: &Lab, sshd: &Sshd, etcd: u16, n: u32, primary_data: &Path) -> Mem
             ssh_config = sshd.config.display(),
             primary = primary_data.display(),
         ),
-    );
-    let mut cmd = lab.cmd("patroni");
-    cmd.arg(&conf);
-    let process = lab.spawn(&name, cmd);
-    let _server = Server::adopt(lab, &data, &name, port);
-    Member { name, conf, data, port, process, _server }
+    )
 }
 
 /// Waits until `log` holds `needle` `times` times.
@@ -130,10 +148,8 @@ fn summaries(m: &Member) -> Vec<String> {
     m.log().lines().filter(ours).map(str::to_string).collect()
 }
 
-#[test]
-fn patroni_builds_and_reinits_a_member_with_pgclone() {
-    let lab = Lab::new("patroni");
-    let sshd = Sshd::start(&lab);
+/// The post_bootstrap script in place, and one etcd member on loopback: (its process, its client port).
+fn start_etcd(lab: &Lab) -> (Bg, u16) {
     let post = lab.write("post_bootstrap.sh", POST_BOOTSTRAP);
     fs::set_permissions(&post, fs::Permissions::from_mode(0o755)).unwrap();
     let (etcd_port, peer_port) = (free_port(), free_port());
@@ -144,7 +160,14 @@ fn patroni_builds_and_reinits_a_member_with_pgclone() {
     etcd.args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer_port}")]);
     etcd.args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer_port}")]);
     etcd.args(["--initial-cluster", &format!("e1=http://127.0.0.1:{peer_port}")]);
-    let _etcd = lab.spawn("etcd", etcd);
+    (lab.spawn("etcd", etcd), etcd_port)
+}
+
+#[test]
+fn patroni_builds_and_reinits_a_member_with_pgclone() {
+    let lab = Lab::new("patroni");
+    let sshd = Sshd::start(&lab);
+    let (_etcd, etcd_port) = start_etcd(&lab);
 
     let m1_data = lab.path().join("m1");
     let m1 = member(&lab, &sshd, etcd_port, 1, &m1_data);
@@ -185,6 +208,165 @@ fn patroni_builds_and_reinits_a_member_with_pgclone() {
     });
     assert_eq!(m2.psql(&lab, "select count(*) from after_m2"), "200000");
     drop((m2, m1));
+}
+
+/// `pgbench` against a member, as the superuser; the caller adds the options and the database.
+fn pgbench(lab: &Lab, m: &Member) -> Command {
+    let mut cmd = lab.cmd(Path::new(PG15_BIN).join("pgbench"));
+    cmd.args(["-h", "127.0.0.1", "-p", &m.port.to_string(), "-U", SUPERUSER]);
+    cmd
+}
+
+/// A steady write load on a member (two clients, 200 transactions a second in all, for up to 10 minutes); ends
+/// when dropped.
+fn write_load(lab: &Lab, m: &Member) -> Bg {
+    let mut cmd = pgbench(lab, m);
+    cmd.args(["-n", "-c", "2", "-j", "2", "-R", "200", "-T", "600", "postgres"]);
+    lab.spawn(&format!("{}-pgbench", m.name), cmd)
+}
+
+fn signal(pid: u32, sig: Signal) {
+    let p = rustix::process::Pid::from_raw(pid as i32).expect("a process id");
+    rustix::process::kill_process(p, sig).unwrap_or_else(|e| panic!("kill -{sig:?} {pid}: {e}"));
+}
+
+/// Whether `pid` still runs (a zombie does not).
+fn alive(pid: u32) -> bool {
+    proc_stat(&Path::new("/proc").join(pid.to_string())).is_some_and(|(state, _)| state != 'Z')
+}
+
+/// A member's PostgreSQL dies at once, as in a power loss: SIGKILL for its postmaster and every process it
+/// started, nothing written after. Its Patroni is already gone, so the postmaster is an orphan whose zombie
+/// PID 1 may keep for a while (in a container, forever): postmaster.pid is removed once the processes are dead,
+/// or the next Patroni would take that zombie, whose pid and start time match the file, for a running
+/// postmaster. After a real crash that pid is simply gone.
+fn kill_postgres(m: &Member) {
+    let pidfile = m.data.join("postmaster.pid");
+    let text = fs::read_to_string(&pidfile).unwrap_or_else(|e| panic!("{}: {e}", pidfile.display()));
+    let postmaster: u32 = text.lines().next().and_then(|l| l.trim().parse().ok()).expect("a pid in postmaster.pid");
+    let mut pids: Vec<u32> = children_of(postmaster).into_iter().map(|(pid, _)| pid).collect();
+    pids.insert(0, postmaster);
+    for &pid in &pids {
+        let _ = rustix::process::kill_process(rustix::process::Pid::from_raw(pid as i32).unwrap(), Signal::KILL);
+    }
+    wait_for(&format!("{}'s PostgreSQL processes to die", m.name), T, || match pids.iter().find(|&&p| alive(p)) {
+        None => Ok(()),
+        Some(p) => Err(format!("pid {p} still alive")),
+    });
+    fs::remove_file(&pidfile).unwrap();
+}
+
+/// What must be equal on two members holding the same data: the pgbench tables' fingerprint and the names of
+/// the tables in `public`.
+fn data_of(m: &Member) -> String {
+    let tables = "select string_agg(relname, ',' order by relname) from pg_class \
+                  where relnamespace = 'public'::regnamespace and relkind = 'r'";
+    format!("{}\ntables: {}", m.server.fingerprint(), m.server.psql(tables))
+}
+
+/// A failover with a diverged former leader, rejoining through pgclone: with `use_pg_rewind: false`,
+/// `remove_data_directory_on_diverged_timelines: true` and `keep_data: true` in every method, Patroni (3.0.2:
+/// `Ha._handle_rewind_or_reinitialize` -> `Ha._do_reinitialize`, which stops PostgreSQL and keeps the directory;
+/// `Bootstrap.create_replica` leaves it uncleaned) hands the old leader's directory to pgclone, which re-syncs it
+/// from the new leader.
+///
+/// Under write load on m1 (the leader), m1's Patroni is killed, then its walsender to m2 is frozen (SIGSTOP) and
+/// m1 goes on writing (the load, and a table `only_old_leader`) WAL that m2 never receives; then m1's PostgreSQL is
+/// killed. m2 takes the leader key once m1's lapses (ttl) and promotes onto timeline 2, forking before m1's last
+/// WAL; the load moves to m2. m1's Patroni comes back: it starts m1 as a replica, finds its replayed WAL past the
+/// fork (rewind.py, `Rewind._check_timeline_and_lsn`), reinitializes it with pgclone keeping the directory
+/// (pgclone's summary: "re-synced ..."), and m1 streams from m2 with m2's data, without `only_old_leader`.
+#[test]
+fn a_former_leader_rejoins_through_pgclone_after_a_failover() {
+    let started = std::time::Instant::now();
+    let lab = Lab::new("patroni-failover");
+    let sshd = Sshd::start(&lab);
+    let (_etcd, etcd_port) = start_etcd(&lab);
+
+    let m1_data = lab.path().join("m1");
+    let mut m1 = member(&lab, &sshd, etcd_port, 1, &m1_data);
+    wait_log(&m1, "the leader with the lock", 1);
+    lab.run(pgbench(&lab, &m1).args(["-i", "-q", "-s", "2", "postgres"]));
+    let m2 = member(&lab, &sshd, etcd_port, 2, &m1_data);
+    wait_log(&m2, "replica has been created using pgclone", 1);
+    wait_streaming(&m1, &lab, "m2");
+    assert_eq!(summaries(&m2).len(), 1, "{}", m2.log());
+
+    let load = write_load(&lab, &m1);
+    wait_for("m2 to replay pgbench's writes", T, || {
+        match m2.psql(&lab, "select count(*) from pgbench_history").as_str() {
+            "0" => Err("no history rows on m2 yet".to_string()),
+            _ => Ok(()),
+        }
+    });
+
+    // The leader's Patroni dies first: the leader key then lapses after the ttl, and the position m1 last published
+    // is one m2 has (maximum_lag_on_failover). Then m1 writes what m2 never gets, and its PostgreSQL dies.
+    signal(m1.process.pid(), Signal::KILL);
+    let walsender: u32 = m1
+        .psql(&lab, "select pid from pg_stat_replication where application_name = 'm2'")
+        .parse()
+        .expect("m1's walsender to m2");
+    signal(walsender, Signal::STOP);
+    m1.psql(&lab, "create table only_old_leader as select g from generate_series(1, 1000) g");
+    std::thread::sleep(Duration::from_secs(2));
+    let m1_end = m1.psql(&lab, "select pg_current_wal_lsn()");
+    kill_postgres(&m1);
+    drop(load);
+    println!("m1 killed at {m1_end} ({:.0?} in)", started.elapsed());
+
+    wait_for("m2 to be promoted", T, || match m2.psql(&lab, "select pg_is_in_recovery()").as_str() {
+        "f" => Ok(()),
+        other => Err(format!("in recovery: {other}")),
+    });
+    let fork = m2.psql(&lab, "select pg_current_wal_lsn()");
+    println!("m2 promoted ({:.0?} in), at {fork}", started.elapsed());
+    // The divergence the test is about: m1 has WAL (and a table) that m2's timeline never had.
+    assert_eq!(m2.psql(&lab, "select to_regclass('only_old_leader') is null"), "t", "m2 received m1's last WAL");
+    let load = write_load(&lab, &m2);
+
+    // m1's Patroni comes back, its method's primary-pgdata now m2's directory (one host here).
+    write_conf(&lab, &sshd, etcd_port, &m1.name, (m1.port, m1.rest), &m2.data);
+    m1.process = start_patroni(&lab, &m1.name, &m1.conf);
+    wait_log(&m1, "replica has been created using pgclone", 1);
+    wait_streaming(&m2, &lab, "m1");
+    println!("m1 rejoined ({:.0?} in)", started.elapsed());
+    for line in m1.log().lines().filter(|l| {
+        ["Local timeline", "primary_timeline", "diverged", "uncleaned", "using pgclone", "from leader"]
+            .iter()
+            .any(|n| l.contains(n))
+    }) {
+        println!("patroni: {line}");
+    }
+    let log = m1.log();
+    assert!(log.contains("reinitializing due to diverged timelines"), "Patroni did not reinitialize m1:\n{log}");
+    assert!(log.contains("Leaving data directory uncleaned"), "Patroni did not keep m1's directory:\n{log}");
+    assert!(!log.contains("Removing data directory"), "Patroni removed m1's directory:\n{log}");
+    let resync = summaries(&m1);
+    println!("m1: {resync:?}");
+    assert_eq!(resync.len(), 1, "{log}");
+    assert!(resync[0].starts_with("pgclone: re-synced"), "not a re-sync of m1's directory: {}", resync[0]);
+
+    // Same data as the new leader once the load stops, and its timeline.
+    drop(load);
+    let sql = "select count(*) from pg_stat_activity where application_name = 'pgbench'";
+    wait_for("the load on m2 to end", T, || match m2.psql(&lab, sql).as_str() {
+        "0" => Ok(()),
+        n => Err(format!("{n} pgbench sessions")),
+    });
+    let end = m2.psql(&lab, "select pg_current_wal_lsn()");
+    wait_for(&format!("m1 to replay up to {end}"), T, || {
+        match m1.psql(&lab, &format!("select pg_last_wal_replay_lsn() >= '{end}'::pg_lsn")).as_str() {
+            "t" => Ok(()),
+            other => Err(other.to_string()),
+        }
+    });
+    assert_eq!(m1.psql(&lab, "select received_tli from pg_stat_wal_receiver"), "2");
+    let (on_m1, on_m2) = (data_of(&m1), data_of(&m2));
+    assert_eq!(on_m1, on_m2, "m1's data differs from the new leader's");
+    assert!(!on_m1.contains("only_old_leader"), "{on_m1}");
+    println!("m1 = m2:\n{on_m1}\n({:.0?} in all)", started.elapsed());
+    drop((m1, m2));
 }
 
 /// Without a cluster: `pgclone patroni --help` prints the subcommand's help (before, it failed with "Patroni gave
