@@ -105,6 +105,8 @@ pub struct Position {
     /// them, so no page LSN can speak for them (a database created by FILE_COPY during the copy holds pages
     /// torn between the template's old ones), only the WAL since the backup's start.
     copied: bool,
+    /// A former primary's own changes after the fork (`OwnWal`), fetched from the primary too.
+    own: Option<Scanned>,
     /// What the primary's WAL from `redo` up to the stream's start changed, read before pg_backup_start's
     /// checkpoint may recycle it (the stream's slot holds what follows), or why it could not be read; None when
     /// the primary's WAL summaries are to say it.
@@ -187,15 +189,82 @@ pub fn survey(
         (redo, redo_tli, checkpoint, end, end_tli, false)
     };
     if !timeline::reaches(history, redo_tli, redo) || !timeline::reaches(history, end_tli, end) {
-        return Err(format!(
+        let went = format!(
             "the replica's WAL (up to {end} on timeline {end_tli}) is not on the primary's history: it went its own \
              way, as an old primary's does after a failover"
-        ));
+        );
+        let fork = history.iter().find(|s| s.tli == end_tli).and_then(|s| s.end);
+        let Some(fork) = fork.filter(|_| redo_tli == end_tli && !copied) else { return Err(went) };
+        let own = OwnWal { pg_wal: &pg_wal, tli: end_tli, fork, redo, end, control: &control };
+        return own.position((config, primary, transport), (params, system_id), (sql, stream));
     }
     let claim = divergence::Claim { checkpoint, checkpoint_tli: redo_tli, end, end_tli };
     divergence::prove(&config.replica, &claim, (primary.seg, system_id), params, history)?;
     let early = early_wal(sql, primary, transport, (stream, system_id), redo);
-    Ok(Position { redo, end, control, copied, early })
+    Ok(Position { redo, end, control, copied, own: None, early })
+}
+
+/// A replica whose WAL went on past the point where the primary's timeline left its own, `fork`: a former
+/// primary after a failover, or a standby that replayed past the promotion. Its pages are the primary's as of the
+/// fork but for those its own WAL after the fork changed; and, as pg_rewind takes it (src/bin/pg_rewind: the
+/// last common checkpoint, findLastCheckpoint, and the pages the target's WAL names from its redo on,
+/// extractPageMap), but for those it changed from the redo point of the last checkpoint before the fork: a hint
+/// bit set after the fork, for a transaction whose fate the primary's timeline decided otherwise, is WAL-logged
+/// only as the first change of a page after a checkpoint (MarkBufferDirtyHint), and only with data checksums or
+/// wal_log_hints. Without either, such a page changes unseen, and every page is compared.
+struct OwnWal<'a> {
+    pg_wal: &'a Path,
+    tli: u32,
+    fork: Lsn,
+    /// The replica's redo pointer, and how far its WAL went, on `tli`.
+    redo: Lsn,
+    end: Lsn,
+    control: &'a [u8],
+}
+
+impl OwnWal<'_> {
+    fn position(
+        self,
+        (config, primary, transport): (&CloneConfig, Primary, &dyn Transport),
+        (params, system_id): (&[(&str, &str)], u64),
+        (sql, stream): (&mut Conn, &WalStream),
+    ) -> Result<Position, String> {
+        let fork = self.fork;
+        let checksums = control_file::data_checksum_version(self.control) != 0;
+        if !checksums && !control_file::wal_log_hints(self.control) {
+            return Err(format!(
+                "the replica's WAL went its own way after {fork} (a former primary), and with neither data checksums \
+                 nor wal_log_hints on there, the pages it set hint bits on after that are named by no WAL"
+            ));
+        }
+        let (checkpoint, common_redo) =
+            wal_records::checkpoint_before(self.pg_wal, primary.seg, system_id, self.tli, fork).map_err(|e| {
+                format!(
+                    "the replica's WAL went its own way after {fork}, and its own WAL before that cannot be read: {e}"
+                )
+            })?;
+        // Both copies' WAL up to the fork must be the same history (see `divergence`).
+        let claim = divergence::Claim { checkpoint, checkpoint_tli: self.tli, end: fork, end_tli: self.tli };
+        divergence::prove(&config.replica, &claim, (primary.seg, system_id), params, &stream.history)?;
+        let from = common_redo.min(self.redo);
+        let pieces = [(self.tli, from, self.end)];
+        let stretch = Stretch { pieces: &pieces, seg: primary.seg, system_id, hints: !checksums };
+        let own = wal_records::changes(self.pg_wal, &stretch).map_err(|e| {
+            format!(
+                "the replica's WAL went its own way after {fork}, and what it changed since {from} cannot be told: {e}"
+            )
+        })?;
+        tracing::info!(
+            "the replica's WAL left the primary's timeline at {fork}: its own WAL from {from} names {} relation forks \
+             changed here, fetched from the primary",
+            own.changes.forks.len()
+        );
+        // The pages here hold every change before the replica's redo pointer, and before the fork all of them are
+        // the primary's too.
+        let redo = self.redo.min(fork);
+        let early = early_wal(sql, primary, transport, (stream, system_id), redo);
+        Ok(Position { redo, end: fork, control: self.control.to_vec(), copied: false, own: Some(own), early })
+    }
 }
 
 /// What a backup_label (do_pg_backup_stop in xlog.c writes it; read_backup_label in xlogrecovery.c reads it) says:
@@ -254,7 +323,7 @@ fn early_wal(
         return Some(Ok(Scanned::default()));
     }
     let pieces = timeline::pieces(&stream.history, redo, to);
-    let stretch = Stretch { pieces: &pieces, seg: primary.seg, system_id };
+    let stretch = Stretch { pieces: &pieces, seg: primary.seg, system_id, hints: false };
     let scanned = transport
         .wal_changes(&stretch)?
         .map_err(|e| format!("the primary's WAL from the replica's redo point {redo} on cannot be read there: {e}"));
@@ -298,12 +367,21 @@ pub fn choose(
                     None => Err(why),
                     Some(early) => by_wal_records(early, (stream, streamed, primary.seg), at.redo, start, cancel),
                 };
+                let mut own = at.own.take();
+                let (redo, rejoin) = (at.redo, own.is_some());
+                let mut with_own = |mut changes: Changes, mut wal_read: u64, by| {
+                    if let Some(own) = own.take() {
+                        changes.merge(own.changes);
+                        wal_read += own.wal_bytes;
+                    }
+                    Resync::Changed { changes, from: redo, by, wal_read }
+                };
                 match by_summaries(primary, backup, history, at.redo) {
-                    Ok(changes) => Resync::Changed { changes, from: at.redo, by: "wal-summaries", wal_read: 0 },
+                    Ok(changes) => with_own(changes, 0, "wal-summaries"),
                     Err(why) => match by_wal(&mut at, why) {
-                        Ok((changes, wal_read)) => {
-                            Resync::Changed { changes, from: at.redo, by: "wal-blocks", wal_read }
-                        }
+                        Ok((changes, wal_read)) => with_own(changes, wal_read, "wal-blocks"),
+                        // Page LSNs cannot tell the pages a former primary changed after the fork.
+                        Err(why) if rejoin => Resync::Compare { why, unchanged: None },
                         Err(why) => match by_page_lsns(config, primary, backup, &at) {
                             Ok(unchanged) => Resync::Compare { why, unchanged: Some(unchanged) },
                             Err(not) => Resync::Compare { why: format!("{why}; {not}"), unchanged: None },
@@ -350,7 +428,7 @@ fn by_wal_records(
             .wait_for(start, cancel)
             .map_err(|e| format!("the WAL stream did not reach the backup's start {start}: {e}"))?;
         let pieces = [(stream.start.timeline, from, start)];
-        let stretch = Stretch { pieces: &pieces, seg, system_id: stream.start.system_id };
+        let stretch = Stretch { pieces: &pieces, seg, system_id: stream.start.system_id, hints: false };
         let local = wal_records::changes(streamed, &stretch)
             .map_err(|e| format!("the WAL streamed from {from} to the backup's start cannot be read: {e}"))?;
         changes.merge(local.changes);

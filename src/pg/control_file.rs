@@ -90,6 +90,11 @@ pub fn backup_unfinished(control: &[u8]) -> Option<Lsn> {
 /// `data_checksum_version`: 0 when data pages carry no checksums, else PG_DATA_CHECKSUM_VERSION (1). Only
 /// pg_checksums, on a stopped cluster, changes it. At 252 from 15 to 18 (measured on initdb's files, with and
 /// without -k).
+/// wal_log_hints as the server last started with it: a bool after backupEndRequired (168) and wal_level (172).
+pub fn wal_log_hints(control: &[u8]) -> bool {
+    control.get(176).is_some_and(|b| *b != 0)
+}
+
 pub fn data_checksum_version(control: &[u8]) -> u32 {
     u32_at(control, 252)
 }

@@ -92,6 +92,10 @@ pub struct Stretch<'a> {
     pub pieces: &'a [(u32, Lsn, Lsn)],
     pub seg: SegSize,
     pub system_id: u64,
+    /// Every change must be in the WAL, hint bits included (see `clone::resync`, a former primary without data
+    /// checksums): a server restarted within the stretch (XLOG_PARAMETER_CHANGE) may have run without
+    /// wal_log_hints for a while, and the stretch is refused.
+    pub hints: bool,
 }
 
 /// What a scan found: the blocks changed, and how many bytes of WAL segment files it read.
@@ -104,7 +108,7 @@ pub struct Scanned {
 /// Every change the WAL of `stretch`, in the segment files of `dir`, makes to relation files.
 pub fn changes(dir: &Path, stretch: &Stretch) -> Result<Scanned, ScanError> {
     let mut wal = Records::new(dir, stretch)?;
-    let mut acc = Acc::default();
+    let mut acc = Acc { hints: stretch.hints, ..Acc::default() };
     while let Some(r) = wal.next()? {
         acc.record(&r).map_err(|e| ScanError(format!("the WAL record at {}: {e}", r.start)))?;
     }
@@ -116,7 +120,7 @@ pub fn changes(dir: &Path, stretch: &Stretch) -> Result<Scanned, ScanError> {
 /// position by which every file copied during the backup was complete, as recovery takes it.
 pub fn backup_end(dir: &Path, seg: SegSize, system_id: u64, tli: u32, start: Lsn) -> Result<Lsn, ScanError> {
     let pieces = [(tli, start, Lsn(u64::MAX))];
-    let stretch = Stretch { pieces: &pieces, seg, system_id };
+    let stretch = Stretch { pieces: &pieces, seg, system_id, hints: false };
     let mut wal = Records::new(dir, &stretch)?;
     while let Some(r) = wal.next()? {
         if r.rmid() == RM_XLOG_ID && r.info() == XLOG_BACKUP_END && r.main()?.get(..8) == Some(&start.0.to_ne_bytes()) {
@@ -124,6 +128,39 @@ pub fn backup_end(dir: &Path, seg: SegSize, system_id: u64, tli: u32, start: Lsn
         }
     }
     fail(format!("no end of the backup started at {start} in the WAL"))
+}
+
+/// The last checkpoint record before `fork` on timeline `tli` (where another server's timeline left this one),
+/// and its redo pointer, found by walking back the xl_prev chain from the first record at or after the fork, as
+/// pg_rewind's findLastCheckpoint does (src/bin/pg_rewind/parsexlog.c).
+pub fn checkpoint_before(
+    dir: &Path,
+    seg: SegSize,
+    system_id: u64,
+    tli: u32,
+    fork: Lsn,
+) -> Result<(Lsn, Lsn), ScanError> {
+    const XLOG_CHECKPOINT_SHUTDOWN: u8 = 0x00;
+    const XLOG_CHECKPOINT_ONLINE: u8 = 0x10;
+    let pieces = [(tli, fork, Lsn(u64::MAX))];
+    let stretch = Stretch { pieces: &pieces, seg, system_id, hints: false };
+    let mut wal = Records::new(dir, &stretch)?;
+    let mut at = wal.next_start(fork);
+    loop {
+        let r = wal.read_at(at)?;
+        if r.start < fork
+            && r.rmid() == RM_XLOG_ID
+            && matches!(r.info(), XLOG_CHECKPOINT_SHUTDOWN | XLOG_CHECKPOINT_ONLINE)
+        {
+            // CheckPoint begins with redo.
+            let redo = r.main()?.get(..8).map(|b| u64::from_ne_bytes(b.try_into().expect("8 bytes")));
+            return redo.map(|redo| (r.start, Lsn(redo))).ok_or_else(|| ScanError("a short checkpoint record".into()));
+        }
+        at = r.prev();
+        if at.0 == 0 {
+            return fail(format!("no checkpoint record before {fork} in the WAL"));
+        }
+    }
 }
 
 /// One record, whole.
@@ -134,6 +171,11 @@ pub struct Record<'a> {
 }
 
 impl Record<'_> {
+    /// xl_prev: where the record before starts.
+    fn prev(&self) -> Lsn {
+        Lsn(u64::from_ne_bytes(self.bytes[8..16].try_into().expect("8 bytes")))
+    }
+
     fn rmid(&self) -> u8 {
         self.bytes[17]
     }
@@ -242,6 +284,8 @@ impl Cursor<'_> {
 struct Acc {
     forks: HashMap<Fork, (Vec<u32>, Option<u32>)>,
     created: HashSet<(u32, u32)>,
+    /// See `Stretch::hints`.
+    hints: bool,
 }
 
 impl Acc {
@@ -268,6 +312,13 @@ impl Acc {
                 c.skip(20)?;
                 if c.u32()? == 0 {
                     return fail("the server ran with wal_level = minimal, which leaves changes unlogged".into());
+                }
+                if self.hints {
+                    return fail(
+                        "the server was restarted with other settings, and may have run without \
+                                 wal_log_hints, which leaves hint bits unlogged"
+                            .into(),
+                    );
                 }
             }
             (RM_SMGR_ID, XLOG_SMGR_CREATE) => {
@@ -537,6 +588,12 @@ impl<'a> Records<'a> {
         Lsn(if pos.is_multiple_of(self.page) { pos + self.header_at(pos) } else { pos })
     }
 
+    /// The record at `lsn`, read on its own: nothing to check its xl_prev against.
+    fn read_at(&mut self, lsn: Lsn) -> Result<Record<'_>, ScanError> {
+        (self.at, self.prev) = (lsn, None);
+        self.next()?.ok_or_else(|| ScanError(format!("no WAL at {lsn}")))
+    }
+
     /// The next record of the stretch, whole and checked, or None past its end.
     fn next(&mut self) -> Result<Option<Record<'_>>, ScanError> {
         let start = self.at;
@@ -743,7 +800,7 @@ mod tests {
     }
 
     fn scan(dir: &Path, pieces: &[(u32, Lsn, Lsn)]) -> Result<Changes, ScanError> {
-        let stretch = Stretch { pieces, seg: SegSize::new(SEG).unwrap(), system_id: SYSID };
+        let stretch = Stretch { pieces, seg: SegSize::new(SEG).unwrap(), system_id: SYSID, hints: false };
         changes(dir, &stretch).map(|s| s.changes)
     }
 
@@ -882,6 +939,45 @@ mod tests {
         std::os::unix::fs::symlink(elsewhere.path().join(seg.file_name(1, 1)), d.path().join(seg.file_name(1, 1)))
             .unwrap();
         assert!(scan(d.path(), &[(1, from, to)]).is_err());
+    }
+
+    #[test]
+    fn the_last_checkpoint_before_a_fork_is_found_walking_back() {
+        let mut w = Wal::new();
+        let checkpoint = |w: &mut Wal, redo: u64| {
+            let mut c = redo.to_ne_bytes().to_vec();
+            c.extend([0u8; 80]);
+            w.record(RM_XLOG_ID, 0x10, &body(&[], 0, &c))
+        };
+        checkpoint(&mut w, SEG);
+        let redo = w.record(10, 0, &body(&[block(0, 0, Some(REL), 1, 0)], 0, &[]));
+        let online = checkpoint(&mut w, redo.0);
+        while w.pos < SEG + 3 * PAGE {
+            w.record(10, 0, &body(&[block(0, 0, Some(REL), 2, 3000)], 3000, &[]));
+        }
+        let last_common = w.record(10, 0, &body(&[block(0, 0, Some(REL), 3, 0)], 0, &[]));
+        let fork = Lsn(w.pos - 4);
+        assert!(fork > last_common);
+        // A checkpoint that began before the fork but ends after it is not one the primary has.
+        checkpoint(&mut w, last_common.0);
+        let d = tempfile::tempdir().unwrap();
+        w.write(d.path(), 1);
+        let seg = SegSize::new(SEG).unwrap();
+        assert_eq!(checkpoint_before(d.path(), seg, SYSID, 1, fork).unwrap(), (online, redo));
+        assert!(checkpoint_before(d.path(), seg, SYSID, 1, Lsn(SEG + 60)).is_err(), "none before it");
+    }
+
+    #[test]
+    fn a_restart_is_refused_where_every_hint_must_be_logged() {
+        let mut w = Wal::new();
+        let from = w.record(RM_XLOG_ID, XLOG_PARAMETER_CHANGE, &body(&[], 0, &words(&[100, 8, 10, 0, 64, 1, 1])));
+        let to = w.record(RM_XLOG_ID, 0x30, &body(&[], 0, &words(&[1])));
+        let d = tempfile::tempdir().unwrap();
+        w.write(d.path(), 1);
+        let pieces = [(1, from, to)];
+        let stretch = |hints| Stretch { pieces: &pieces, seg: SegSize::new(SEG).unwrap(), system_id: SYSID, hints };
+        assert!(changes(d.path(), &stretch(false)).is_ok());
+        assert!(changes(d.path(), &stretch(true)).unwrap_err().to_string().contains("wal_log_hints"));
     }
 
     #[test]

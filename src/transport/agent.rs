@@ -97,7 +97,7 @@ fn wal_changes<W: Write>(
     let (tx, rx) = crossbeam_channel::bounded(1);
     let pg_wal = pg_wal.to_path_buf();
     std::thread::spawn(move || {
-        let _ = tx.send(wal_records::changes(&pg_wal, &Stretch { pieces: &pieces, seg, system_id }));
+        let _ = tx.send(wal_records::changes(&pg_wal, &Stretch { pieces: &pieces, seg, system_id, hints: false }));
     });
     let scanned = loop {
         match rx.recv_timeout(Duration::from_secs(1)) {

@@ -177,10 +177,10 @@ fn a_stale_pg18_standby_without_summaries_resyncs_by_the_primarys_wal() {
     s.assert_standby(&s.replica, "wal18_standby", None);
 }
 
-/// An old primary after a failover: its last WAL (written after the standby was promoted) is not on the new
-/// primary's history, so its pages cannot be trusted to be the new primary's; the re-sync compares them all
-/// (with summaries on at the new primary), and the old primary then follows the new one, without the table
-/// only it had.
+/// An old primary after a failover, on PostgreSQL 17 without data checksums or wal_log_hints: its last WAL (written
+/// after the standby was promoted) is not on the new primary's history, and the hint bits it set after the fork
+/// are in no WAL, so its pages cannot be trusted to be the new primary's; the re-sync compares them all (with
+/// summaries on at the new primary), and the old primary then follows the new one, without the table only it had.
 #[test]
 fn an_old_primary_after_a_failover_is_compared_not_trusted() {
     let s = Setup::with_install("resync-failover", PgInstall::of(17), &["summarize_wal = on"]);
@@ -198,8 +198,46 @@ fn an_old_primary_after_a_failover_is_compared_not_trusted() {
     let out = run.run();
     let r = resync(&out);
     assert_eq!(method(&r), "page-hashes");
-    assert!(r["why"].as_str().unwrap().contains("not on the primary's history"), "{r}");
+    assert!(r["why"].as_str().unwrap().contains("neither data checksums nor wal_log_hints"), "{r}");
     assert!(json_figures(&out).moved > 0);
+    let old = assert_standby_matches(&s.lab, &new, &s.primary.data, "old_primary", None);
+    assert_eq!(old.psql("select count(*) from pg_class where relname = 'only_on_the_old'"), "0");
+    assert_eq!(old.psql("select timeline_id from pg_control_checkpoint()"), "2");
+}
+
+/// A former primary after a failover, with data checksums (PostgreSQL 16, initdb -k): after the standby was
+/// promoted it went on writing (rows of pgbench_accounts updated in pages the new primary never touches, a table
+/// created) and was shut down; the new primary wrote on. The re-sync takes the blocks the old primary's own WAL
+/// changed since the last checkpoint before the fork and those the new primary's WAL changed since the fork:
+/// the old primary's updates are undone (its pages fetched again), and it follows the new primary with its data,
+/// having read a small part of the data on either host. Killed instead of shut down, it would be refused that
+/// shortcut, with the reason.
+#[test]
+fn a_former_primary_rejoins_by_its_own_wal_and_the_new_primarys() {
+    let s = Setup::with_initdb("resync-rejoin", PgInstall::of(16), &["--data-checksums"], &["wal_keep_size = '1GB'"]);
+    s.primary.pgbench_init(5);
+    s.pgclone().run().assert_success();
+    let new = s.assert_standby(&s.replica, "new_primary", None);
+    new.promote();
+    assert_eq!(new.psql("select pg_is_in_recovery()"), "f");
+    s.primary.psql("update pgbench_accounts set abalance = abalance + 1000 where aid % 50000 < 500");
+    s.primary.psql("create table only_on_the_old as select generate_series(1, 10000) g");
+    s.primary.psql("checkpoint");
+    s.primary.psql("update pgbench_accounts set abalance = abalance + 7 where aid % 50000 between 600 and 700");
+    s.primary.stop_fast();
+    new.pgbench_transactions(100);
+
+    let mut run = Pgclone::new(&new, &s.sshd, &s.primary.data);
+    run.arg("--json");
+    let out = run.run();
+    let r = resync(&out);
+    let f = json_figures(&out);
+    assert_eq!(method(&r), "wal-blocks", "{}", out.report());
+    assert!(r["why"].is_null(), "{r}");
+    assert!(out.stderr.contains("the replica's WAL left the primary's timeline"), "{}", out.report());
+    assert_eq!(r["read_replica_bytes"], 0, "nothing here is read");
+    let read = r["read_primary_bytes"].as_u64().unwrap();
+    assert!(read * 4 < f.bytes, "read {read} of {} bytes on the primary", f.bytes);
     let old = assert_standby_matches(&s.lab, &new, &s.primary.data, "old_primary", None);
     assert_eq!(old.psql("select count(*) from pg_class where relname = 'only_on_the_old'"), "0");
     assert_eq!(old.psql("select timeline_id from pg_control_checkpoint()"), "2");
