@@ -19,6 +19,7 @@ mod suite {
     mod patroni;
     mod preflight;
     mod resync;
+    mod resync_wal;
     mod standby;
     mod strangers;
     mod transport_trust;
