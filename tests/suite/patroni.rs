@@ -346,6 +346,9 @@ fn a_former_leader_rejoins_through_pgclone_after_a_failover() {
     println!("m1: {resync:?}");
     assert_eq!(resync.len(), 1, "{log}");
     assert!(resync[0].starts_with("pgclone: re-synced"), "not a re-sync of m1's directory: {}", resync[0]);
+    // Data checksums are on: the old leader's own WAL since the last checkpoint before the fork names what it
+    // changed, and the new leader's WAL what changed there.
+    assert!(resync[0].contains(" by wal-blocks "), "m1 was not re-synced by the WAL of both: {}", resync[0]);
 
     // Same data as the new leader once the load stops, and its timeline.
     drop(load);
