@@ -179,11 +179,22 @@ impl WalStream {
     /// stays connected, holding its temporary slot and writing nothing more, until `close`: WAL the standby
     /// will need after the clone stays on the primary while the clone is finished.
     pub fn reach(&mut self, stop: Lsn, cancel: &Cancel) -> Result<Lsn, WalStreamError> {
+        self.shared.lock().stop_at = Some(stop);
+        self.wait(stop, cancel, |st| st.held)
+    }
+
+    /// Waits until everything before `lsn` is written here, streaming on.
+    pub fn wait_for(&self, lsn: Lsn, cancel: &Cancel) -> Result<(), WalStreamError> {
+        self.wait(lsn, cancel, |st| st.received >= lsn).map(drop)
+    }
+
+    /// Waits until `done` holds of the stream's state, returning the position received; fails when the stream
+    /// failed or ended, `cancel` fires, or nothing arrives for STALL_LIMIT on the way to `want`.
+    fn wait(&self, want: Lsn, cancel: &Cancel, done: impl Fn(&State) -> bool) -> Result<Lsn, WalStreamError> {
         let mut st = self.shared.lock();
-        st.stop_at = Some(stop);
         let (mut seen, mut since) = (st.received, Instant::now());
         loop {
-            if st.held {
+            if done(&st) {
                 return Ok(st.received);
             }
             if let Some(o) = &st.outcome {
@@ -193,29 +204,10 @@ impl WalStream {
             if st.received > seen {
                 (seen, since) = (st.received, Instant::now());
             } else if since.elapsed() > STALL_LIMIT {
-                return Err(WalStreamError::Stalled { at: seen, want: stop, secs: STALL_LIMIT.as_secs() });
+                return Err(WalStreamError::Stalled { at: seen, want, secs: STALL_LIMIT.as_secs() });
             }
             st = self.shared.changed.wait_timeout(st, Duration::from_millis(200)).unwrap_or_else(|e| e.into_inner()).0;
         }
-    }
-
-    /// Waits until everything before `lsn` is written here, streaming on.
-    pub fn wait_for(&self, lsn: Lsn, cancel: &Cancel) -> Result<(), WalStreamError> {
-        let mut st = self.shared.lock();
-        let (mut seen, mut since) = (st.received, Instant::now());
-        while st.received < lsn {
-            if let Some(o) = &st.outcome {
-                return Err(WalStreamError::Failed(o.clone().err().unwrap_or_else(|| "the stream ended early".into())));
-            }
-            cancel.check()?;
-            if st.received > seen {
-                (seen, since) = (st.received, Instant::now());
-            } else if since.elapsed() > STALL_LIMIT {
-                return Err(WalStreamError::Stalled { at: seen, want: lsn, secs: STALL_LIMIT.as_secs() });
-            }
-            st = self.shared.changed.wait_timeout(st, Duration::from_millis(200)).unwrap_or_else(|e| e.into_inner()).0;
-        }
-        Ok(())
     }
 
     /// Ends the stream as the protocol asks (CopyDone, then the server's CommandComplete); the temporary

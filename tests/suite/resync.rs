@@ -11,7 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 /// The `resync` object of a successful `--json` run.
-fn resync(out: &CmdOutput) -> serde_json::Value {
+pub(super) fn resync(out: &CmdOutput) -> serde_json::Value {
     out.assert_success();
     let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("one JSON object");
     println!("resync: {}", v["resync"]);
@@ -23,12 +23,12 @@ fn method(r: &serde_json::Value) -> &str {
 }
 
 /// `pgclone verify` of a clone before its first start.
-fn pgclone_verify(lab: &Lab, replica: &Path) {
+pub(super) fn pgclone_verify(lab: &Lab, replica: &Path) {
     lab.run(lab.cmd(lab.pgclone_bin()).arg("verify").arg(replica));
 }
 
 /// A standby that ran, made a restartpoint past its clone's start, and was shut down cleanly.
-fn run_and_stop(s: &Setup, name: &str) {
+pub(super) fn run_and_stop(s: &Setup, name: &str) {
     let standby = s.assert_standby(&s.replica, name, None);
     s.primary.psql("checkpoint");
     let lsn = s.primary.psql("select pg_current_wal_lsn()");
@@ -39,7 +39,7 @@ fn run_and_stop(s: &Setup, name: &str) {
 
 /// A clone, made with --json by the `Pgclone` returned (to run again for the re-sync), that ran as standby `name`,
 /// was stopped, and fell `transactions` pgbench transactions (of each of two clients) behind the primary.
-fn stale_standby(s: &Setup, name: &str, transactions: u32) -> Pgclone {
+pub(super) fn stale_standby(s: &Setup, name: &str, transactions: u32) -> Pgclone {
     let mut run = s.pgclone();
     run.arg("--json");
     run.run().assert_success();
@@ -176,6 +176,22 @@ fn a_stale_pg18_standby_without_summaries_resyncs_by_the_primarys_wal() {
     s.assert_standby(&s.replica, "wal18_standby", None);
 }
 
+/// The primary's clone, started as a standby and promoted: the new primary of a failover, on timeline 2.
+fn failed_over(s: &Setup) -> Postgres {
+    s.pgclone().run().assert_success();
+    let new = s.assert_standby(&s.replica, "new_primary", None);
+    new.promote();
+    assert_eq!(new.psql("select pg_is_in_recovery()"), "f");
+    new
+}
+
+/// A --json re-sync of `old` (an old primary's directory) from `new`.
+fn rejoin(s: &Setup, new: &Postgres, old: &Path) -> CmdOutput {
+    let mut run = Pgclone::new(new, &s.sshd, old);
+    run.arg("--json");
+    run.run()
+}
+
 /// An old primary after a failover, on PostgreSQL 17 without data checksums or wal_log_hints: its last WAL (written
 /// after the standby was promoted) is not on the new primary's history, and the hint bits it set after the fork
 /// are in no WAL, so its pages cannot be trusted to be the new primary's; the re-sync compares them all (with
@@ -184,17 +200,12 @@ fn a_stale_pg18_standby_without_summaries_resyncs_by_the_primarys_wal() {
 fn an_old_primary_after_a_failover_is_compared_not_trusted() {
     let s = Setup::with_install("resync-failover", PgInstall::of(17), &["summarize_wal = on"]);
     s.primary.pgbench_init(1);
-    s.pgclone().run().assert_success();
-    let new = s.assert_standby(&s.replica, "new_primary", None);
-    new.promote();
-    assert_eq!(new.psql("select pg_is_in_recovery()"), "f");
+    let new = failed_over(&s);
     s.primary.psql("create table only_on_the_old as select generate_series(1, 10000) g");
     s.primary.stop_fast();
     new.pgbench_transactions(100);
 
-    let mut run = Pgclone::new(&new, &s.sshd, &s.primary.data);
-    run.arg("--json");
-    let out = run.run();
+    let out = rejoin(&s, &new, &s.primary.data);
     let r = resync(&out);
     assert_eq!(method(&r), "page-hashes");
     assert!(r["why"].as_str().unwrap().contains("neither data checksums nor wal_log_hints"), "{r}");
@@ -209,26 +220,29 @@ fn an_old_primary_after_a_failover_is_compared_not_trusted() {
 /// created) and was shut down; the new primary wrote on. The re-sync takes the blocks the old primary's own WAL
 /// changed since the last checkpoint before the fork and those the new primary's WAL changed since the fork:
 /// the old primary's updates are undone (its pages fetched again), and it follows the new primary with its data,
-/// having read a small part of the data on either host. Killed instead of shut down, it would be refused that
-/// shortcut, with the reason.
+/// having read a small part of the data on either host. Killed, it is first refused that shortcut, with the
+/// reason (its files may hold changes its pg_control does not account for); started again (it recovers from the
+/// crash) and shut down, it rejoins.
 #[test]
 fn a_former_primary_rejoins_by_its_own_wal_and_the_new_primarys() {
     let s = Setup::with_initdb("resync-rejoin", PgInstall::of(16), &["--data-checksums"], &["wal_keep_size = '1GB'"]);
     s.primary.pgbench_init(5);
-    s.pgclone().run().assert_success();
-    let new = s.assert_standby(&s.replica, "new_primary", None);
-    new.promote();
-    assert_eq!(new.psql("select pg_is_in_recovery()"), "f");
+    let new = failed_over(&s);
     s.primary.psql("update pgbench_accounts set abalance = abalance + 1000 where aid % 50000 < 500");
     s.primary.psql("create table only_on_the_old as select generate_series(1, 10000) g");
     s.primary.psql("checkpoint");
     s.primary.psql("update pgbench_accounts set abalance = abalance + 7 where aid % 50000 between 600 and 700");
-    s.primary.stop_fast();
+    s.primary.kill();
     new.pgbench_transactions(100);
+    let killed = s.lab.path().join("killed");
+    s.lab.run(std::process::Command::new("cp").arg("-a").arg(&s.primary.data).arg(&killed));
+    let r = resync(&rejoin(&s, &new, &killed));
+    assert_eq!(method(&r), "page-hashes", "{r}");
+    assert!(r["why"].as_str().unwrap().contains("not shut down cleanly"), "{r}");
+    s.primary.start();
+    s.primary.stop_fast();
 
-    let mut run = Pgclone::new(&new, &s.sshd, &s.primary.data);
-    run.arg("--json");
-    let out = run.run();
+    let out = rejoin(&s, &new, &s.primary.data);
     let r = resync(&out);
     let f = json_figures(&out);
     assert_eq!(method(&r), "wal-blocks", "{}", out.report());

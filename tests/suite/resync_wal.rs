@@ -11,6 +11,7 @@
 //! hold the primary's data; each also asserts the method and that both hosts read little. The primaries keep
 //! 1 GB of WAL (`wal_keep_size`) so the proof that the replica's WAL is the primary's, and the agent, can read it.
 
+use super::resync::{pgclone_verify, resync, run_and_stop, stale_standby};
 use crate::support::*;
 use serde_json::Value;
 use std::fs;
@@ -20,14 +21,6 @@ use std::time::{Duration, Instant};
 
 /// The primary keeps the WAL a stale standby's re-sync reads.
 const KEEP_WAL: &str = "wal_keep_size = '1GB'";
-
-/// The `resync` object of a successful `--json` run.
-fn resync(out: &CmdOutput) -> Value {
-    out.assert_success();
-    let v: Value = serde_json::from_str(out.stdout.trim()).expect("one JSON object");
-    println!("resync: {}", v["resync"]);
-    v["resync"].clone()
-}
 
 /// A re-sync by the primary's WAL block references, without a reason for a slower method.
 #[track_caller]
@@ -46,32 +39,6 @@ fn assert_small_reads(out: &CmdOutput, r: &Value, primary_share: u64) {
     println!("read {there} bytes on the primary, {here} here, of {total}");
     assert!(there * primary_share < total, "read {there} of {total} bytes on the primary: {r}");
     assert!(here * 10 < total, "read {here} of {total} bytes here: {r}");
-}
-
-/// `pgclone verify` of a clone before its first start (its manifest).
-fn pgclone_verify(lab: &Lab, replica: &Path) {
-    lab.run(lab.cmd(lab.pgclone_bin()).arg("verify").arg(replica));
-}
-
-/// A standby that ran, made a restartpoint past its clone's start, and was shut down cleanly.
-fn run_and_stop(s: &Setup, name: &str) {
-    let standby = s.assert_standby(&s.replica, name, None);
-    s.primary.psql("checkpoint");
-    let lsn = s.primary.psql("select pg_current_wal_lsn()");
-    wait_replayed(&s.primary, name, &lsn, Duration::from_secs(60));
-    standby.psql("checkpoint");
-    standby.stop_fast();
-}
-
-/// A clone, made with --json by the `Pgclone` returned (to run again for the re-sync), that ran as standby `name`,
-/// was stopped, and fell `transactions` pgbench transactions (of each of two clients) behind the primary.
-fn stale_standby(s: &Setup, name: &str, transactions: u32) -> Pgclone {
-    let mut run = s.pgclone();
-    run.arg("--json");
-    run.run().assert_success();
-    run_and_stop(s, name);
-    s.primary.pgbench_transactions(transactions);
-    run
 }
 
 /// `psql -At` in database `db` of `pg`.

@@ -361,6 +361,16 @@ impl Postgres {
         self.pg_ctl(&["stop", "-m", "fast"]);
     }
 
+    /// `pg_ctl stop -m immediate`: the server is killed, as by a crash (its pg_control says "in production").
+    pub fn kill(&self) {
+        self.pg_ctl(&["stop", "-m", "immediate"]);
+    }
+
+    /// `pg_ctl start` of a stopped server (it recovers from a crash first).
+    pub fn start(&self) {
+        self.pg_ctl(&["start"]);
+    }
+
     /// `pg_ctl promote`: a standby becomes a primary on a new timeline (waits until it is one).
     pub fn promote(&self) {
         self.pg_ctl(&["promote"]);
