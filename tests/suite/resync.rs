@@ -308,7 +308,7 @@ fn a_page_damaged_here_is_repaired_by_paranoid_and_left_by_summaries() {
 
 /// Rows an index-only scan counts: it trusts the visibility map and visits no heap page that the map says is
 /// all-visible, so a stale map bit shows deleted rows as alive.
-fn index_only_count(pg: &Postgres, table: &str) -> String {
+pub(super) fn index_only_count(pg: &Postgres, table: &str) -> String {
     let plan = pg.psql(&format!(
         "set enable_seqscan = off; set enable_bitmapscan = off; explain (costs off) select count(*) from {table}"
     ));

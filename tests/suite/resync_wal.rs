@@ -11,7 +11,7 @@
 //! hold the primary's data; each also asserts the method and that both hosts read little. The primaries keep
 //! 1 GB of WAL (`wal_keep_size`) so the proof that the replica's WAL is the primary's, and the agent, can read it.
 
-use super::resync::{pgclone_verify, resync, run_and_stop, stale_standby};
+use super::resync::{index_only_count, pgclone_verify, resync, run_and_stop, stale_standby};
 use crate::support::*;
 use serde_json::Value;
 use std::fs;
@@ -70,17 +70,6 @@ fn table_in(lab: &Lab, pg: &Postgres, db: &str, table: &str, rows: u32) {
              insert into {table} select g, md5(g::text) from generate_series(1, {rows}) g"
         ),
     );
-}
-
-/// Rows an index-only scan counts: it trusts the visibility map and visits no heap page that the map says is
-/// all-visible, so a stale map bit shows deleted rows as alive.
-fn index_only_count(pg: &Postgres, table: &str) -> String {
-    let plan = pg.psql(&format!(
-        "set enable_seqscan = off; set enable_bitmapscan = off; explain (costs off) select count(*) from {table}"
-    ));
-    assert!(plan.contains("Index Only Scan"), "{plan}");
-    let out = pg.psql(&format!("set enable_seqscan = off; set enable_bitmapscan = off; select count(*) from {table}"));
-    out.lines().last().unwrap_or_default().to_string()
 }
 
 /// Per heap page of `table` (pg_visibility): its visibility map bits and its own PD_ALL_VISIBLE flag.
