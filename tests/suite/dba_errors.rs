@@ -198,3 +198,22 @@ fn a_replica_directory_that_is_not_empty_names_the_way_out() {
     assert!(replica.join("lost+found").is_dir());
     s.assert_clean();
 }
+
+/// The agent's binary travels while ssh logs in, before the primary's shell has checked --primary-pgdata: a data
+/// directory that is not there, or not a data directory, is still one clear line (exit 3) naming it, and the
+/// binary sent into the ended session leaves nothing on the primary (no agent directory, no process).
+#[test]
+fn a_wrong_primary_pgdata_is_one_line_while_the_agent_was_already_on_its_way() {
+    let s = Setup::new("wrongpgdata", &[]);
+    let missing = s.lab.path().join("no-such-pgdata");
+    let mut run = s.pgclone();
+    run.primary_pgdata = missing.clone();
+    let line = refusal(&run.run());
+    assert!(line.contains(&format!("--primary-pgdata {} does not exist", missing.display())), "{line}");
+    let not_data = s.lab.mkdir("not-a-data-directory");
+    run.primary_pgdata = not_data.clone();
+    let line = refusal(&run.run());
+    assert!(line.contains(&format!("--primary-pgdata {} on", not_data.display())), "{line}");
+    assert!(line.contains("is not a data directory"), "{line}");
+    s.assert_clean();
+}
