@@ -75,8 +75,8 @@ pub struct Args {
     pub drop_existing: bool,
 
     /// A re-sync compares every page already in the replica with the primary's, even where the primary's WAL
-    /// summaries (PostgreSQL 17+, summarize_wal = on) say which pages changed: it also repairs pages damaged
-    /// here since the replica last ran, at the cost of reading everything on both hosts
+    /// (or its WAL summaries) says which pages changed: it also repairs pages damaged here since the replica
+    /// last ran, at the cost of reading everything on both hosts
     #[arg(help_heading = "Copy", long)]
     pub paranoid: bool,
 

@@ -1,16 +1,21 @@
 //! How a re-run brings the replica directory up to date, chosen once the backup has started and before anything
-//! here changes. A fresh clone moves everything. A replica of the same cluster that was shut down cleanly (or
-//! stopped as a standby) fetches only what changed since its last restartpoint when the primary's WAL summaries
-//! can say what that is (`transfer::changed`); else every file here is compared with the primary's, but for
-//! the relation pages whose LSN says the primary has not changed them since, when page LSNs can be trusted.
+//! here changes. A fresh clone moves everything. A replica of the same cluster whose pages stand at a known point
+//! of the primary's history (a standby or primary shut down, a standby stopped anyhow, a clone never started,
+//! an old primary after a failover) fetches only the blocks WAL changed since then, as the primary's WAL
+//! summaries or its WAL itself name them (`transfer::changed`); else every file here is compared with the
+//! primary's, but for the relation pages whose LSN says the primary has not changed them since, when page LSNs
+//! can be trusted.
 //!
 //! Why summaries are enough: a restartpoint (or checkpoint) at redo pointer R has written every page change
 //! from WAL before R to disk, and a server writes no page whose LSN lies beyond what it has replayed, which a
 //! standby records as minRecoveryPoint (xlog.c) and a primary shut down cleanly ends with its shutdown
 //! checkpoint. So every page here is the primary's page as of R, or one WAL after R changed, provided that WAL
 //! is the primary's own: the replica's history up to its end must be on the primary's. The pages WAL in
-//! [R, backup start) changed are what the summaries list; changes after the backup start are replayed over
-//! full-page images, as for any base backup. What the summaries cannot see is damage done here by anything but
+//! [R, backup start) changed are what the summaries list, or the WAL's own block references
+//! (`pg::wal_records`); changes after the backup start are replayed over full-page images, as for any base
+//! backup. A clone that never started holds pages copied between its backup's start (its R) and the end record
+//! of that backup in its WAL. An old primary's pages are the primary's as of the fork but for those its own WAL
+//! names since the last checkpoint before it (`OwnWal`). What neither can see is damage done here by anything but
 //! PostgreSQL (a disk, a stray write): those pages are not read, and --paranoid compares them all.
 //!
 //! Why page LSNs are enough, with data checksums on: on the same conditions, a page the primary's files hold
@@ -144,50 +149,8 @@ pub fn survey(
         return Err("the replica's pg_control fails its CRC check".into());
     }
     let pg_wal = config.replica.join("pg_wal");
-    let label = config.replica.join("backup_label");
-    let (redo, redo_tli, checkpoint, end, end_tli, copied) = if std::fs::symlink_metadata(&label).is_ok() {
-        // Recovery from a backup has not begun (a clone never started): its pg_control is the primary's as the
-        // copy ended and says nothing of the copied pages. The backup_label says where the backup began; the
-        // backup's end record, in the WAL the copy keeps, where every copied page was complete.
-        let l = BackupLabel::read(&label)?;
-        let state = control_file::state(&control);
-        if state != control_file::DB_IN_PRODUCTION || control_file::backup_unfinished(&control).is_some() {
-            return Err(format!(
-                "the replica holds a backup_label and a pg_control that says \"{}\": its recovery began and \
-                 stopped before the backup's end, so its pages may be newer than anything it recorded",
-                control_file::state_name(state)
-            ));
-        }
-        let end = wal_records::backup_end(&pg_wal, primary.seg, system_id, l.timeline, l.start).map_err(|e| {
-            format!("the replica is a copy that never started, and its pg_wal does not show the backup's end ({e})")
-        })?;
-        (l.start, l.timeline, l.checkpoint, end, l.timeline, true)
-    } else {
-        if let Some(start) = control_file::backup_unfinished(&control) {
-            return Err(format!(
-                "the replica's recovery from a backup (started at {start}) never reached the backup's end, so its \
-                 pages may be newer than its minimum recovery point"
-            ));
-        }
-        let (redo, redo_tli) = (control_file::redo(&control), control_file::checkpoint_timeline(&control));
-        let checkpoint = control_file::checkpoint(&control);
-        // One byte into the checkpoint record: its WAL reaches at least that far.
-        let (end, end_tli) = match control_file::state(&control) {
-            DB_SHUTDOWNED => (Lsn(checkpoint.0 + 1), redo_tli),
-            DB_SHUTDOWNED_IN_RECOVERY | DB_IN_ARCHIVE_RECOVERY => match control_file::min_recovery_point(&control) {
-                (Lsn(0), _) => return Err("the replica's pg_control has no minimum recovery point".into()),
-                (min, tli) => (min.max(Lsn(checkpoint.0 + 1)), tli),
-            },
-            state => {
-                return Err(format!(
-                    "the replica's pg_control says \"{}\", not shut down cleanly: its files may hold changes its \
-                     pg_control does not account for",
-                    control_file::state_name(state)
-                ))
-            }
-        };
-        (redo, redo_tli, checkpoint, end, end_tli, false)
-    };
+    let Stand { redo, redo_tli, checkpoint, end, end_tli, copied } =
+        Stand::of(&config.replica, &control, (primary.seg, system_id))?;
     if !timeline::reaches(history, redo_tli, redo) || !timeline::reaches(history, end_tli, end) {
         let went = format!(
             "the replica's WAL (up to {end} on timeline {end_tli}) is not on the primary's history: it went its own \
@@ -202,6 +165,75 @@ pub fn survey(
     divergence::prove(&config.replica, &claim, (primary.seg, system_id), params, history)?;
     let early = early_wal(sql, primary, transport, (stream, system_id), redo);
     Ok(Position { redo, end, control, copied, own: None, early })
+}
+
+/// Where a replica's pages stand on its own WAL: every page holds all changes before `redo` (on `redo_tli`), none
+/// after `end` (on `end_tli`); `checkpoint` is the checkpoint record `redo` comes from; `copied`: a copy whose
+/// recovery never began (see `Position::copied`).
+struct Stand {
+    redo: Lsn,
+    redo_tli: u32,
+    checkpoint: Lsn,
+    end: Lsn,
+    end_tli: u32,
+    copied: bool,
+}
+
+impl Stand {
+    /// From the replica's pg_control (`control`), or, for a copy whose recovery never began, from its
+    /// backup_label and the WAL it keeps; or why its files may hold changes nothing here accounts for.
+    fn of(replica: &Path, control: &[u8], (seg, system_id): (SegSize, u64)) -> Result<Stand, String> {
+        let (pg_wal, label) = (replica.join("pg_wal"), replica.join("backup_label"));
+        if std::fs::symlink_metadata(&label).is_ok() {
+            // Recovery from a backup has not begun (a clone never started): its pg_control is the primary's as
+            // the copy ended and says nothing of the copied pages. The backup_label says where the backup
+            // began; the backup's end record, in the WAL the copy keeps, where every copied page was complete.
+            let l = BackupLabel::read(&label)?;
+            let state = control_file::state(control);
+            if state != control_file::DB_IN_PRODUCTION || control_file::backup_unfinished(control).is_some() {
+                return Err(format!(
+                    "the replica holds a backup_label and a pg_control that says \"{}\": its recovery began and \
+                     stopped before the backup's end, so its pages may be newer than anything it recorded",
+                    control_file::state_name(state)
+                ));
+            }
+            let end = wal_records::backup_end(&pg_wal, seg, system_id, l.timeline, l.start).map_err(|e| {
+                format!("the replica is a copy that never started, and its pg_wal does not show the backup's end ({e})")
+            })?;
+            return Ok(Stand {
+                redo: l.start,
+                redo_tli: l.timeline,
+                checkpoint: l.checkpoint,
+                end,
+                end_tli: l.timeline,
+                copied: true,
+            });
+        }
+        if let Some(start) = control_file::backup_unfinished(control) {
+            return Err(format!(
+                "the replica's recovery from a backup (started at {start}) never reached the backup's end, so its \
+                 pages may be newer than its minimum recovery point"
+            ));
+        }
+        let (redo, redo_tli) = (control_file::redo(control), control_file::checkpoint_timeline(control));
+        let checkpoint = control_file::checkpoint(control);
+        // One byte into the checkpoint record: its WAL reaches at least that far.
+        let (end, end_tli) = match control_file::state(control) {
+            DB_SHUTDOWNED => (Lsn(checkpoint.0 + 1), redo_tli),
+            DB_SHUTDOWNED_IN_RECOVERY | DB_IN_ARCHIVE_RECOVERY => match control_file::min_recovery_point(control) {
+                (Lsn(0), _) => return Err("the replica's pg_control has no minimum recovery point".into()),
+                (min, tli) => (min.max(Lsn(checkpoint.0 + 1)), tli),
+            },
+            state => {
+                return Err(format!(
+                    "the replica's pg_control says \"{}\", not shut down cleanly: its files may hold changes its \
+                     pg_control does not account for",
+                    control_file::state_name(state)
+                ))
+            }
+        };
+        Ok(Stand { redo, redo_tli, checkpoint, end, end_tli, copied: false })
+    }
 }
 
 /// A replica whose WAL went on past the point where the primary's timeline left its own, `fork`: a former

@@ -697,11 +697,12 @@ fn the_summary_is_one_short_line_with_its_details_before_it() {
     let out = s.pgclone().run();
     out.assert_success();
     let line = out.summary_line().to_string();
-    let prefix = format!("pgclone: re-synced {replica} by page-hashes in ");
+    // A clone that never started is re-synced from its backup's start by the primary's WAL.
+    let prefix = format!("pgclone: re-synced {replica} by wal-blocks in ");
     assert!(
         line.starts_with(&prefix) && line.contains(" moved over the link, ") && line.contains(" already in place, of "),
         "{line}"
     );
     assert!(line.len() < 200, "{} characters: {line}", line.len());
-    assert!(out.stderr.contains("re-sync by page-hashes: read "), "{}", out.report());
+    assert!(out.stderr.contains("re-sync by wal-blocks: read "), "{}", out.report());
 }
