@@ -188,25 +188,26 @@ fn native_no_ssh_clones_locally() {
     println!("--no-ssh native clone passed in {:.1?}", started.elapsed());
 }
 
-/// Case 3: Re-runs into a finished clone move only what differs: (a) after some writes, much less than the whole;
-/// (b) a block corrupted in place with size and mtime kept is found by the block hashes, and afterwards every
-/// copied file is byte-identical to the primary's.
+/// Case 3: Re-runs into a finished clone move only what differs: (a) after some writes, much less than the whole
+/// (by the primary's WAL since the clone's backup start); (b) a block corrupted in place with size and mtime kept
+/// is found by the block hashes of --paranoid (no WAL names it), and afterwards every copied file is
+/// byte-identical to the primary's.
 #[test]
 fn native_delta_rerun_moves_little_and_repairs_silent_corruption() {
     let started = Instant::now();
     let s = Setup::new("native-delta", &["autovacuum = off"]);
     s.primary.pgbench_init(8);
-    let native_run = || {
+    let native_run = |extra: &[&str]| {
         let mut run = s.pgclone();
         run.timeout = Duration::from_secs(300);
         native(&mut run, &s.lab);
-        run.arg("--json");
+        run.arg("--json").args(extra);
         let out = run.run();
         out.assert_success();
         println!("pgclone summary: {}", out.stderr.lines().rev().find(|l| l.starts_with("pgclone: ")).unwrap_or(""));
         json_figures(&out)
     };
-    let first = native_run();
+    let first = native_run(&[]);
     assert!(first.moved > 0 && first.reused == 0, "a fresh clone: {first:?}");
 
     // (a) some writes, then the primary stays idle: hint bits set by VACUUM and everything flushed, so nothing
@@ -215,7 +216,7 @@ fn native_delta_rerun_moves_little_and_repairs_silent_corruption() {
     s.lab.run(s.primary.client("pgbench", SUPERUSER).args(["-n", "-c", "1", "-t", "200", "postgres"]));
     s.primary.psql("vacuum");
     s.primary.psql("checkpoint");
-    let a = native_run();
+    let a = native_run(&[]);
     assert!(a.reused > 0, "(a) the re-run found nothing in place: {a:?}");
     // 200 random account updates dirty a few hundred pages (accounts, its primary key, tellers, branches,
     // history, visibility maps): a few percent of the data (2.7% measured). Moving whole changed files would
@@ -251,7 +252,7 @@ fn native_delta_rerun_moves_little_and_repairs_silent_corruption() {
         accounts, orig, bad
     );
 
-    let b = native_run();
+    let b = native_run(&["--paranoid"]);
     assert!(b.moved > 0, "(b) the corrupted block was not fetched: {b:?}");
     // 16 bytes lie in one 8 KiB page (two at most), the delta's unit; nothing else changed on the idle primary.
     assert!(b.moved <= 2 << 13, "(b) re-run after a 16-byte corruption moved {} bytes: {b:?}", b.moved);
