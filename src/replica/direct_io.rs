@@ -128,9 +128,10 @@ impl Target {
 }
 
 impl Drop for Target {
-    /// The rest of a file done with goes to the disk while the copy goes on.
+    /// The rest of a large file done with goes to the disk while the copy goes on; small files are left to
+    /// finalize's one sync, which gathers them (see DIRECT_MIN).
     fn drop(&mut self) {
-        if self.unflushed.get() > 0 {
+        if self.direct.is_some() && self.unflushed.get() > 0 {
             self.start_writeback();
         }
     }
