@@ -62,7 +62,7 @@ const SUMMARIZER_WAIT: Duration = Duration::from_secs(60);
 pub enum Resync {
     /// Nothing is here yet (an empty directory, or one --drop-existing emptied).
     Fresh,
-    /// Every file here is compared with the primary's, for the reason given (why summaries could not say what
+    /// Every file here is compared with the primary's, for the reason given (why WAL could not say what
     /// changed); with `unchanged`, but for the relation pages the primary has not changed since (page LSNs).
     Compare { why: String, unchanged: Option<Unchanged> },
     /// Only what WAL from `from` (the replica's last redo pointer) up to the backup's start changed is fetched,
@@ -341,20 +341,17 @@ fn early_wal(
     redo: Lsn,
 ) -> Option<Result<Scanned, String>> {
     let to = stream.start.lsn;
+    let pieces = timeline::pieces(&stream.history, redo, to);
     if primary.major >= 17 && wal_summary::enabled(sql).unwrap_or(false) {
-        let covered = wal_summary::available(sql).is_ok_and(|have| {
-            timeline::pieces(&stream.history, redo, to)
-                .iter()
-                .all(|(t, a, b)| wal_summary::first_gap(&have, *t, *a, *b).is_none())
-        });
+        let covered = wal_summary::available(sql)
+            .is_ok_and(|have| pieces.iter().all(|(t, a, b)| wal_summary::first_gap(&have, *t, *a, *b).is_none()));
         if covered {
             return None;
         }
     }
-    if redo >= to {
+    if pieces.is_empty() {
         return Some(Ok(Scanned::default()));
     }
-    let pieces = timeline::pieces(&stream.history, redo, to);
     let stretch = Stretch { pieces: &pieces, seg: primary.seg, system_id, hints: false };
     let scanned = transport
         .wal_changes(&stretch)?

@@ -19,8 +19,8 @@ use crate::pg::replication::ServerMessage;
 use crate::pg::{Conn, CopyData, PgError};
 use crate::sys::files;
 
-const SHORT_HEADER: u64 = 24;
-const LONG_HEADER: u64 = 40;
+pub(crate) const SHORT_HEADER: u64 = 24;
+pub(crate) const LONG_HEADER: u64 = 40;
 /// No record pgclone compares (a checkpoint's, the end of WAL) comes near this; a larger length is not a
 /// record start.
 const MAX_RECORD: u64 = 1 << 20;
@@ -43,7 +43,8 @@ pub struct Layout {
 }
 
 impl Layout {
-    fn header_at(&self, page_start: u64) -> u64 {
+    /// The size of the header of the page that starts at `page_start`.
+    pub(crate) fn header_at(&self, page_start: u64) -> u64 {
         if page_start.is_multiple_of(self.seg.bytes()) {
             LONG_HEADER
         } else {

@@ -24,12 +24,10 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::pg::lsn::{Lsn, SegSize};
+use crate::pg::wal_read::{Layout, LONG_HEADER};
 use crate::pg::wal_summary::{Changes, Fork, ForkChanges};
 use crate::sys::files;
 
-/// XLogPageHeaderData is MAXALIGN(20) bytes; XLogLongPageHeaderData, on a segment's first page, 40.
-const SHORT_HEADER: u64 = 24;
-const LONG_HEADER: u64 = 40;
 /// SizeOfXLogRecord: xl_tot_len, xl_xid, xl_prev, xl_info, xl_rmid, 2 bytes of padding, xl_crc.
 const RECORD_HEADER: usize = 24;
 /// XLogRecordMaxSize (xlogrecord.h).
@@ -410,13 +408,33 @@ fn dropped(xl_info: u8, main: &[u8]) -> Result<Vec<[u32; 3]>, ScanError> {
     Ok(rels)
 }
 
+/// The fields of XLogPageHeaderData (xlog_internal.h) a page is checked by: xlp_magic, xlp_info, xlp_pageaddr
+/// (after xlp_tli) and xlp_rem_len.
+struct PageHeader {
+    magic: u16,
+    info: u16,
+    addr: u64,
+    rem_len: u64,
+}
+
+impl PageHeader {
+    fn of(page: &[u8]) -> PageHeader {
+        PageHeader {
+            magic: u16::from_ne_bytes([page[0], page[1]]),
+            info: u16::from_ne_bytes([page[2], page[3]]),
+            addr: u64::from_ne_bytes(page[8..16].try_into().expect("8 bytes")),
+            rem_len: u64::from(u32::from_ne_bytes(page[16..20].try_into().expect("4 bytes"))),
+        }
+    }
+}
+
 /// Reads the records of a stretch in order, from segment files, checking every page and record (see the
 /// module).
 struct Records<'a> {
     dir: &'a Path,
     stretch: &'a Stretch<'a>,
-    /// XLOG_BLCKSZ, from the first segment's long header.
-    page: u64,
+    /// The segment size, and XLOG_BLCKSZ from the first segment's long header (0 until it is read).
+    layout: Layout,
     /// xlp_magic of the first page read: every page of one cluster's WAL has the same.
     magic: Option<u16>,
     /// The open segment file: its timeline and number, and a window of its bytes (position, bytes).
@@ -436,7 +454,7 @@ impl<'a> Records<'a> {
         let mut r = Records {
             dir,
             stretch,
-            page: 0,
+            layout: Layout { seg: stretch.seg, page: 0 },
             magic: None,
             open: None,
             window: (0, Vec::new()),
@@ -446,7 +464,7 @@ impl<'a> Records<'a> {
             buf: Vec::new(),
         };
         r.open(tli, from)?;
-        if from.0.is_multiple_of(r.page) {
+        if from.0.is_multiple_of(r.layout.page) {
             r.at = r.first_record(tli, from)?;
         }
         Ok(r)
@@ -456,14 +474,6 @@ impl<'a> Records<'a> {
     fn tli_at(&self, lsn: Lsn) -> u32 {
         let pieces = self.stretch.pieces;
         pieces.iter().find(|p| lsn < p.2).or(pieces.last()).map_or(1, |p| p.0)
-    }
-
-    fn header_at(&self, page_start: u64) -> u64 {
-        if page_start.is_multiple_of(self.stretch.seg.bytes()) {
-            LONG_HEADER
-        } else {
-            SHORT_HEADER
-        }
     }
 
     /// Opens the segment holding `lsn` on `tli`, or on a later timeline of the stretch (a promoted server keeps
@@ -496,12 +506,11 @@ impl<'a> Records<'a> {
         };
         let mut h = [0u8; LONG_HEADER as usize];
         file.read_exact_at(&mut h, 0).map_err(|e| ScanError(format!("reading the WAL segment for {lsn}: {e}")))?;
-        // XLogLongPageHeaderData: magic, info, timeline, page address, remaining length, then system identifier,
-        // segment size and page size.
+        // XLogLongPageHeaderData: the short header, then system identifier, segment size and page size.
+        let PageHeader { magic, info, addr, .. } = PageHeader::of(&h);
         let u32_at = |at: usize| u64::from(u32::from_ne_bytes(h[at..at + 4].try_into().expect("4 bytes")));
-        let u64_at = |at: usize| u64::from_ne_bytes(h[at..at + 8].try_into().expect("8 bytes"));
-        let (magic, info) = (u16::from_ne_bytes([h[0], h[1]]), u16::from_ne_bytes([h[2], h[3]]));
-        let (addr, sysid, seg_size, page) = (u64_at(8), u64_at(24), u32_at(32), u32_at(36));
+        let (sysid, seg_size, page) =
+            (u64::from_ne_bytes(h[24..32].try_into().expect("8 bytes")), u32_at(32), u32_at(36));
         let start = seg.segment_start(lsn).0;
         if info & XLP_LONG_HEADER == 0 || addr != start {
             return fail(format!("the WAL segment for {lsn} begins with another segment's page: it was recycled"));
@@ -509,13 +518,14 @@ impl<'a> Records<'a> {
         if sysid != self.stretch.system_id || seg_size != seg.bytes() {
             return fail(format!("the WAL segment for {lsn} is of another cluster (system {sysid})"));
         }
-        if !(page.is_power_of_two() && (1024..=65536).contains(&page)) || (self.page != 0 && page != self.page) {
+        let known = self.layout.page;
+        if !(page.is_power_of_two() && (1024..=65536).contains(&page)) || (known != 0 && page != known) {
             return fail(format!("the WAL segment for {lsn} names a page size of {page}"));
         }
         if *self.magic.get_or_insert(magic) != magic {
             return fail(format!("the WAL segment for {lsn} is of another PostgreSQL version (magic {magic:#x})"));
         }
-        self.page = page;
+        self.layout.page = page;
         self.open = Some((tli, segno, file));
         self.window = (0, Vec::new());
         Ok(())
@@ -528,7 +538,7 @@ impl<'a> Records<'a> {
         let seg = self.stretch.seg;
         let offset = seg.offset(Lsn(page_start));
         let (wstart, wbytes) = &self.window;
-        if !(offset >= *wstart && offset + self.page <= *wstart + wbytes.len() as u64) {
+        if !(offset >= *wstart && offset + self.layout.page <= *wstart + wbytes.len() as u64) {
             let wstart = offset / WINDOW * WINDOW;
             let len = WINDOW.min(seg.bytes() - wstart) as usize;
             let mut bytes = std::mem::take(&mut self.window.1);
@@ -540,10 +550,8 @@ impl<'a> Records<'a> {
             self.window = (wstart, bytes);
         }
         let at = (offset - self.window.0) as usize;
-        let page = &self.window.1[at..at + self.page as usize];
-        let magic = u16::from_ne_bytes([page[0], page[1]]);
-        let info = u16::from_ne_bytes([page[2], page[3]]);
-        let addr = u64::from_ne_bytes(page[8..16].try_into().expect("8 bytes"));
+        let page = &self.window.1[at..at + self.layout.page as usize];
+        let PageHeader { magic, info, addr, .. } = PageHeader::of(page);
         let long = page_start.is_multiple_of(seg.bytes());
         if addr != page_start
             || Some(magic) != self.magic
@@ -561,23 +569,18 @@ impl<'a> Records<'a> {
     /// The first record that starts on the page at `page_start`, after the end of one continued from before.
     fn first_record(&mut self, tli: u32, page_start: Lsn) -> Result<Lsn, ScanError> {
         let mut pos = page_start.0;
-        let page = self.page(tli, pos)?;
-        let (info, mut left) = (
-            u16::from_ne_bytes([page[2], page[3]]),
-            u64::from(u32::from_ne_bytes(page[16..20].try_into().expect("4 bytes"))),
-        );
-        if info & XLP_FIRST_IS_CONTRECORD == 0 {
-            left = 0;
-        }
-        pos += self.header_at(pos);
+        let PageHeader { info, rem_len, .. } = PageHeader::of(self.page(tli, pos)?);
+        let mut left = if info & XLP_FIRST_IS_CONTRECORD != 0 { rem_len } else { 0 };
+        let Layout { page, .. } = self.layout;
+        pos += self.layout.header_at(pos);
         loop {
-            let take = left.min(self.page - pos % self.page);
+            let take = left.min(page - pos % page);
             (pos, left) = (pos + take, left - take);
             if left == 0 {
                 return Ok(self.next_start(Lsn(pos)));
             }
             self.page(tli, pos)?;
-            pos += self.header_at(pos);
+            pos += self.layout.header_at(pos);
         }
     }
 
@@ -585,7 +588,7 @@ impl<'a> Records<'a> {
     /// falls.
     fn next_start(&self, end: Lsn) -> Lsn {
         let pos = end.0.next_multiple_of(8);
-        Lsn(if pos.is_multiple_of(self.page) { pos + self.header_at(pos) } else { pos })
+        Lsn(if pos.is_multiple_of(self.layout.page) { pos + self.layout.header_at(pos) } else { pos })
     }
 
     /// The record at `lsn`, read on its own: nothing to check its xl_prev against.
@@ -601,7 +604,7 @@ impl<'a> Records<'a> {
             return Ok(None);
         }
         let tli = self.tli_at(start);
-        let page = self.page;
+        let page = self.layout.page;
         let mut pos = start.0;
         let first = self.page(tli, pos / page * page)?;
         let off = (pos % page) as usize;
@@ -613,13 +616,12 @@ impl<'a> Records<'a> {
         buf.clear();
         while (buf.len() as u64) < tot_len {
             let page_start = pos / page * page;
-            let header = self.header_at(page_start);
+            let header = self.layout.header_at(page_start);
             let left = tot_len - buf.len() as u64;
             let p = self.page(tli, page_start)?;
             if pos == page_start {
-                let info = u16::from_ne_bytes([p[2], p[3]]);
-                let rem = u64::from(u32::from_ne_bytes(p[16..20].try_into().expect("4 bytes")));
-                if info & XLP_FIRST_IS_CONTRECORD == 0 || rem != left {
+                let PageHeader { info, rem_len, .. } = PageHeader::of(p);
+                if info & XLP_FIRST_IS_CONTRECORD == 0 || rem_len != left {
                     return fail(format!("the record at {start} on timeline {tli} does not go on at {}", Lsn(pos)));
                 }
                 pos += header;
@@ -655,6 +657,7 @@ impl<'a> Records<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pg::wal_read::SHORT_HEADER;
 
     const SEG: u64 = 1 << 20;
     const PAGE: u64 = 8192;

@@ -280,6 +280,41 @@ impl NativeTransport {
     fn give_back_control(&self, c: AgentConn) {
         lock(&self.control).push(c);
     }
+
+    /// The agent's answer to WalChanges, gathered within LISTING_BUDGET: whatever the primary's side sends, no
+    /// more than that is held here.
+    fn ask_wal_changes(&self, stretch: &Stretch) -> Result<Scanned, TransportError> {
+        let mut c = self.control()?;
+        let pieces = stretch.pieces.iter().map(|(t, a, b)| (*t, a.0, b.0)).collect();
+        c.send(&Msg::WalChanges { id: 0, system_id: stretch.system_id, seg: stretch.seg.bytes(), pieces })?;
+        let (mut scanned, mut footprint) = (Scanned::default(), 0u64);
+        loop {
+            match c.recv()? {
+                Msg::Changed { wal_bytes, created, forks, .. } => {
+                    footprint += 8 * created.len() as u64;
+                    footprint += forks.iter().map(|(_, c)| 32 + 8 * c.runs.len() as u64).sum::<u64>();
+                    if footprint > LISTING_BUDGET {
+                        return Err(TransportError::Agent(format!(
+                            "the primary's answer of changed blocks exceeds {} MiB",
+                            LISTING_BUDGET >> 20
+                        )));
+                    }
+                    scanned.wal_bytes = wal_bytes;
+                    scanned.changes.created.extend(created);
+                    scanned.changes.forks.extend(forks);
+                }
+                Msg::Done { .. } => {
+                    self.give_back_control(c);
+                    return Ok(scanned);
+                }
+                Msg::Error { message, .. } => {
+                    self.give_back_control(c);
+                    return Err(TransportError::Agent(message));
+                }
+                other => return Err(TransportError::Agent(format!("unexpected answer {other:?}"))),
+            }
+        }
+    }
 }
 
 impl Drop for NativeTransport {
@@ -349,43 +384,6 @@ fn data_channel(
         if tls { "TLS 1.3" } else { "clear text" }
     );
     Ok(Some(conns))
-}
-
-impl NativeTransport {
-    /// The agent's answer to WalChanges, gathered within LISTING_BUDGET: whatever the primary's side sends, no
-    /// more than that is held here.
-    fn ask_wal_changes(&self, stretch: &Stretch) -> Result<Scanned, TransportError> {
-        let mut c = self.control()?;
-        let pieces = stretch.pieces.iter().map(|(t, a, b)| (*t, a.0, b.0)).collect();
-        c.send(&Msg::WalChanges { id: 0, system_id: stretch.system_id, seg: stretch.seg.bytes(), pieces })?;
-        let (mut scanned, mut footprint) = (Scanned::default(), 0u64);
-        loop {
-            match c.recv()? {
-                Msg::Changed { wal_bytes, created, forks, .. } => {
-                    footprint += 8 * created.len() as u64;
-                    footprint += forks.iter().map(|(_, c)| 32 + 8 * c.runs.len() as u64).sum::<u64>();
-                    if footprint > LISTING_BUDGET {
-                        return Err(TransportError::Agent(format!(
-                            "the primary's answer of changed blocks exceeds {} MiB",
-                            LISTING_BUDGET >> 20
-                        )));
-                    }
-                    scanned.wal_bytes = wal_bytes;
-                    scanned.changes.created.extend(created);
-                    scanned.changes.forks.extend(forks);
-                }
-                Msg::Done { .. } => {
-                    self.give_back_control(c);
-                    return Ok(scanned);
-                }
-                Msg::Error { message, .. } => {
-                    self.give_back_control(c);
-                    return Err(TransportError::Agent(message));
-                }
-                other => return Err(TransportError::Agent(format!("unexpected answer {other:?}"))),
-            }
-        }
-    }
 }
 
 impl Transport for NativeTransport {

@@ -185,9 +185,9 @@ fn failed_over(s: &Setup) -> Postgres {
     new
 }
 
-/// A --json re-sync of `old` (an old primary's directory) from `new`.
-fn rejoin(s: &Setup, new: &Postgres, old: &Path) -> CmdOutput {
-    let mut run = Pgclone::new(new, &s.sshd, old);
+/// A --json re-sync of `dir` from `primary` (another server than the setup's: a promoted one).
+pub(super) fn resync_from(s: &Setup, primary: &Postgres, dir: &Path) -> CmdOutput {
+    let mut run = Pgclone::new(primary, &s.sshd, dir);
     run.arg("--json");
     run.run()
 }
@@ -205,7 +205,7 @@ fn an_old_primary_after_a_failover_is_compared_not_trusted() {
     s.primary.stop_fast();
     new.pgbench_transactions(100);
 
-    let out = rejoin(&s, &new, &s.primary.data);
+    let out = resync_from(&s, &new, &s.primary.data);
     let r = resync(&out);
     assert_eq!(method(&r), "page-hashes");
     assert!(r["why"].as_str().unwrap().contains("neither data checksums nor wal_log_hints"), "{r}");
@@ -236,13 +236,13 @@ fn a_former_primary_rejoins_by_its_own_wal_and_the_new_primarys() {
     new.pgbench_transactions(100);
     let killed = s.lab.path().join("killed");
     s.lab.run(std::process::Command::new("cp").arg("-a").arg(&s.primary.data).arg(&killed));
-    let r = resync(&rejoin(&s, &new, &killed));
+    let r = resync(&resync_from(&s, &new, &killed));
     assert_eq!(method(&r), "page-hashes", "{r}");
     assert!(r["why"].as_str().unwrap().contains("not shut down cleanly"), "{r}");
     s.primary.start();
     s.primary.stop_fast();
 
-    let out = rejoin(&s, &new, &s.primary.data);
+    let out = resync_from(&s, &new, &s.primary.data);
     let r = resync(&out);
     let f = json_figures(&out);
     assert_eq!(method(&r), "wal-blocks", "{}", out.report());
@@ -366,9 +366,7 @@ fn a_split_brain_on_one_timeline_number_is_compared_not_trusted() {
     b.psql("create table only_on_b as select generate_series(1, 1000) g");
     b.psql("checkpoint");
 
-    let mut run = Pgclone::new(&b, &s.sshd, &s.replica);
-    run.arg("--json");
-    let out = run.run();
+    let out = resync_from(&s, &b, &s.replica);
     let r = resync(&out);
     assert_eq!(method(&r), "page-hashes", "{}", out.report());
     assert!(r["why"].as_str().unwrap().contains("split brain"), "{r}");

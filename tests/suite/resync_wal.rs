@@ -11,7 +11,7 @@
 //! hold the primary's data; each also asserts the method and that both hosts read little. The primaries keep
 //! 1 GB of WAL (`wal_keep_size`) so the proof that the replica's WAL is the primary's, and the agent, can read it.
 
-use super::resync::{index_only_count, pgclone_verify, resync, run_and_stop, stale_standby};
+use super::resync::{index_only_count, pgclone_verify, resync, resync_from, run_and_stop, stale_standby};
 use crate::support::*;
 use serde_json::Value;
 use std::fs;
@@ -402,9 +402,7 @@ fn a_stale_standby_resyncs_by_wal_blocks_across_a_timeline_switch() {
     b.pgbench_transactions(100);
     b.psql("create table after_the_switch as select generate_series(1, 10000) g");
 
-    let mut run = Pgclone::new(&b, &s.sshd, &s.replica);
-    run.arg("--json");
-    let out = run.run();
+    let out = resync_from(&s, &b, &s.replica);
     let r = resync(&out);
     assert_wal_blocks(&out, &r);
     assert_small_reads(&out, &r, 4);
