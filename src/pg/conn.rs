@@ -358,6 +358,12 @@ impl Conn {
 
     /// Waits until the connection's socket is readable (or the timeout passes), then consumes input.
     pub fn wait_readable(&mut self, timeout: Duration) -> Result<(), PgError> {
+        self.wait_readable_or(timeout, None)
+    }
+
+    /// `wait_readable`, also returning as soon as `wake` is readable (another thread's eventfd: a loop that
+    /// waits on the server can then be told something at once, not after `timeout`).
+    pub fn wait_readable_or(&mut self, timeout: Duration, wake: Option<BorrowedFd<'_>>) -> Result<(), PgError> {
         // SAFETY: valid connection.
         let fd: RawFd = unsafe { ffi::PQsocket(self.raw.as_ptr()) };
         if fd < 0 {
@@ -365,7 +371,8 @@ impl Conn {
         }
         // SAFETY: libpq keeps the socket open while the connection lives, which outlasts this call.
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        let mut fds = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
+        let mut fds = vec![rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
+        fds.extend(wake.as_ref().map(|w| rustix::event::PollFd::new(w, rustix::event::PollFlags::IN)));
         let ts =
             rustix::time::Timespec { tv_sec: timeout.as_secs() as i64, tv_nsec: i64::from(timeout.subsec_nanos()) };
         match rustix::event::poll(&mut fds, Some(&ts)) {

@@ -10,6 +10,7 @@
 //! and the slot disappears with the connection whatever happens to pgclone.
 
 use std::fs::{File, OpenOptions};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -70,10 +71,12 @@ pub struct WalStream {
     thread: Option<JoinHandle<()>>,
 }
 
-#[derive(Default)]
 struct Shared {
     state: Mutex<State>,
     changed: Condvar,
+    /// Wakes the stream's thread from its wait on the server when `State` asks something of it (stop, close,
+    /// quit): otherwise it would notice only at its next poll timeout, on an idle primary 100 ms later.
+    wake: OwnedFd,
 }
 
 #[derive(Default)]
@@ -89,8 +92,28 @@ struct State {
 }
 
 impl Shared {
+    fn new() -> Result<Shared, WalStreamError> {
+        let flags = rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK;
+        let wake = rustix::event::eventfd(0, flags).map_err(|e| WalStreamError::Thread(e.into()))?;
+        Ok(Shared { state: Mutex::default(), changed: Condvar::new(), wake })
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes the state and wakes the stream's thread to act on it.
+    fn tell(&self, change: impl FnOnce(&mut State)) {
+        change(&mut self.lock());
+        self.changed.notify_all();
+        // An eventfd counts; a full count (never, at one write per request) only means it is already readable.
+        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+    }
+
+    /// Clears the wake-up once the thread is awake, before it looks at the state again.
+    fn woken(&self) {
+        let mut count = [0u8; 8];
+        let _ = rustix::io::read(&self.wake, &mut count);
     }
 }
 
@@ -154,7 +177,7 @@ impl WalStream {
         tracing::debug!(%start.lsn, timeline, slot, "WAL stream started");
 
         let wire = conn.wire();
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared::new()?);
         shared.lock().received = start.lsn;
         let writer = SegmentWriter { dir: dir.to_path_buf(), seg, timeline, open: None };
         let thread_shared = shared.clone();
@@ -179,7 +202,7 @@ impl WalStream {
     /// stays connected, holding its temporary slot and writing nothing more, until `close`: WAL the standby
     /// will need after the clone stays on the primary while the clone is finished.
     pub fn reach(&mut self, stop: Lsn, cancel: &Cancel) -> Result<Lsn, WalStreamError> {
-        self.shared.lock().stop_at = Some(stop);
+        self.shared.tell(|st| st.stop_at = Some(stop));
         self.wait(stop, cancel, |st| st.held)
     }
 
@@ -213,8 +236,7 @@ impl WalStream {
     /// Ends the stream as the protocol asks (CopyDone, then the server's CommandComplete); the temporary
     /// slot goes with the connection.
     pub fn close(mut self) -> Result<(), WalStreamError> {
-        self.shared.lock().close = true;
-        self.shared.changed.notify_all();
+        self.shared.tell(|st| st.close = true);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -226,8 +248,7 @@ impl WalStream {
 impl Drop for WalStream {
     /// Abandons the stream (on failure paths): the thread drops the connection, and with it the slot.
     fn drop(&mut self) {
-        self.shared.lock().quit = true;
-        self.shared.changed.notify_all();
+        self.shared.tell(|st| st.quit = true);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -278,9 +299,11 @@ fn receive(mut conn: Conn, mut writer: SegmentWriter, shared: &Shared, start: Ls
                     ServerMessage::Keepalive { reply_requested, .. } => reply_now = reply_requested,
                 }
             }
-            CopyData::WouldBlock => conn
-                .wait_readable(Duration::from_millis(100))
-                .map_err(|source| WalStreamError::Command { what: "waiting for WAL", source })?,
+            CopyData::WouldBlock => {
+                conn.wait_readable_or(Duration::from_millis(100), Some(shared.wake.as_fd()))
+                    .map_err(|source| WalStreamError::Command { what: "waiting for WAL", source })?;
+                shared.woken();
+            }
             CopyData::Done => return Err(WalStreamError::ServerEnded(received)),
         }
         if reply_now || last_status.is_none_or(|t| t.elapsed() >= STATUS_INTERVAL) {

@@ -8,6 +8,7 @@
 use std::cell::Cell;
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -94,15 +95,12 @@ impl Target {
         Ok(())
     }
 
-    /// Starts writing back what went through the page cache, without waiting, as PostgreSQL's pg_flush_data
-    /// does for the files it copies (its posix_fadvise fallback, src/backend/storage/file/fd.c): a re-sync's
-    /// scattered pages are small writes the page cache takes, and without this finalize's sync would write them
-    /// all at the end, after the copy, rather than while it runs. POSIX_FADV_DONTNEED starts the writeback of the
-    /// file's dirty pages (WB_SYNC_NONE) and drops its clean ones, which nothing here reads again soon. It
-    /// makes nothing durable: finalize's sync still does.
+    /// Starts writing back what went through the page cache (see `Flusher`): a re-sync's scattered pages are
+    /// small writes the page cache takes, and without this finalize's sync would write them all at the end,
+    /// after the copy, rather than while it runs. It makes nothing durable: finalize's sync still does.
     fn start_writeback(&self) {
         self.unflushed.set(0);
-        let _ = rustix::fs::fadvise(&self.file, 0, None, rustix::fs::Advice::DontNeed);
+        Flusher::get().start(&self.file);
     }
 
     /// Fills `buf` from `offset`; fewer bytes only at the end of the file.
@@ -133,6 +131,40 @@ impl Drop for Target {
     fn drop(&mut self) {
         if self.direct.is_some() && self.unflushed.get() > 0 {
             self.start_writeback();
+        }
+    }
+}
+
+/// Starts the writeback of files handed to it, on a thread of its own, as PostgreSQL's pg_flush_data does for
+/// the files it copies (sync_file_range with SYNC_FILE_RANGE_WRITE, src/backend/storage/file/fd.c). The kernel
+/// walks only the file's dirty pages (write_cache_pages, by the dirty tag), but submitting them blocks for as
+/// long as the device queue is full, which for a re-sync's scattered pages is most of the copy's time: on the
+/// copy's own threads (measured here, 100 MB of changed 8 KiB pages) the calls took 0.2 s of a 0.5 s copy.
+/// POSIX_FADV_DONTNEED, pg_flush_data's fallback, also walks and evicts every clean cached page of the file.
+/// A hint only: when the thread is behind, further files are not queued, and finalize's sync writes them.
+struct Flusher(crossbeam_channel::Sender<File>);
+
+impl Flusher {
+    fn get() -> &'static Flusher {
+        static FLUSHER: std::sync::OnceLock<Flusher> = std::sync::OnceLock::new();
+        FLUSHER.get_or_init(|| {
+            let (tx, rx) = crossbeam_channel::bounded::<File>(64);
+            // Lives as long as the process, idle in recv between copies; a thread that cannot start leaves
+            // every file to finalize's sync.
+            let _ = std::thread::Builder::new().name("writeback".into()).spawn(move || {
+                for file in rx {
+                    // SAFETY: a descriptor we own until `file` drops; offset 0 and length 0 mean the whole file.
+                    let _ = unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+                }
+            });
+            Flusher(tx)
+        })
+    }
+
+    /// Queues the writeback of `file`'s dirty pages (through a duplicate of its descriptor), without waiting.
+    fn start(&self, file: &File) {
+        if let Ok(f) = file.try_clone() {
+            let _ = self.0.try_send(f);
         }
     }
 }

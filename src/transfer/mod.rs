@@ -23,6 +23,7 @@ pub use plan::{check_listing, plan, Plan, Tablespace};
 /// Small files travel together so that thousands of catalog files do not cost a request each.
 const BATCH_BYTES: u64 = 16 << 20;
 const BATCH_FILES: usize = 2000;
+const MIB: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
@@ -143,19 +144,36 @@ pub fn reusable(meta: &std::fs::Metadata, size: u64) -> u64 {
     meta.len().min(meta.blocks() * 512).min(size)
 }
 
+/// What `prune` found in an existing replica.
+#[derive(Debug, Default)]
+pub struct Pruned {
+    /// Entries at paths the plan does not name, left for `remove` (see `prune`).
+    pub doomed: Vec<PathBuf>,
+    /// The space the doomed regular files on the data directory's filesystem take (allocated bytes), free
+    /// there once they are removed.
+    pub doomed_bytes: u64,
+    /// Entries removed at once: at a path the plan names, but of the wrong kind.
+    pub removed: usize,
+    /// Bytes of planned files already present (allocated), which the copy may reuse.
+    pub present: u64,
+}
+
 /// Makes an existing replica (a re-run) hold nothing the plan does not: files the primary no longer has
 /// (dropped tables), files a clone never copies (postmaster.pid, pg_internal.init), stale WAL and runtime
 /// state, and entries of the wrong kind; but the files the plan keeps (`Plan::keep`) and what is not this
 /// cluster's in a tablespace location. Never follows a symlink except pg_wal's (--replica-waldir), whose stale
-/// contents go too, and a tablespace's. Returns how many entries went, and the bytes of planned files already
-/// present (allocated), which the copy may reuse.
-pub fn prune(plan: &Plan, dest: &Path) -> Result<(usize, u64), TransferError> {
+/// contents go too, and a tablespace's. An entry of the wrong kind at a planned path goes now, before the copy
+/// puts the planned one there; entries at paths the plan does not name are only listed (`Pruned::doomed`): no
+/// copy writes there, so `remove` can delete them while the copy runs (a former primary's pg_wal holds
+/// gigabytes of segments, and unlinking them takes a while on a filesystem that discards freed blocks).
+pub fn prune(plan: &Plan, dest: &Path) -> Result<Pruned, TransferError> {
     let files: HashMap<&Path, u64> = plan.files.iter().map(|(p, size)| (p.as_path(), *size)).collect();
     let dirs: HashSet<&Path> = plan.dirs.iter().map(|(p, _)| p.as_path()).collect();
     let links: HashMap<&Path, &Path> = plan.symlinks.iter().map(|(l, t)| (l.as_path(), t.as_path())).collect();
     let tablespaces: HashMap<&Path, &Path> =
         plan.tablespaces.iter().map(|t| (t.link.as_path(), t.local.as_path())).collect();
-    let (mut removed, mut present) = (0, 0);
+    let mut pruned = Pruned::default();
+    let device = std::fs::metadata(dest).at("reading", dest)?.dev();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         let dir = dest.join(&rel);
@@ -181,15 +199,39 @@ pub fn prune(plan: &Plan, dest: &Path) -> Result<(usize, u64), TransferError> {
                 stack.push(rel);
             } else if location {
             } else if let Some(size) = planned_size {
-                present += reusable(&meta, *size);
+                pruned.present += reusable(&meta, *size);
             } else if !planned_link && !kept {
-                if meta.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) }
-                    .at("removing", &path)?;
-                removed += 1;
+                let named = files.contains_key(rel.as_path())
+                    || dirs.contains(rel.as_path())
+                    || links.contains_key(rel.as_path())
+                    || tablespaces.contains_key(rel.as_path());
+                if named {
+                    remove_entry(&path)?;
+                    pruned.removed += 1;
+                } else {
+                    if meta.is_file() && meta.dev() == device {
+                        pruned.doomed_bytes += meta.blocks() * 512;
+                    }
+                    pruned.doomed.push(path);
+                }
             }
         }
     }
-    Ok((removed, present))
+    Ok(pruned)
+}
+
+/// Removes `prune`'s doomed entries; returns how many went.
+pub fn remove(doomed: &[PathBuf]) -> Result<usize, TransferError> {
+    for path in doomed {
+        remove_entry(path)?;
+    }
+    Ok(doomed.len())
+}
+
+/// A directory with all it holds (never through a link: remove_dir_all does not follow them), or anything else.
+fn remove_entry(path: &Path) -> Result<(), TransferError> {
+    let is_dir = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir());
+    Ok(if is_dir { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) }.at("removing", path)?)
 }
 
 /// Refuses to start a copy the replica's filesystem cannot hold: failing after hours on ENOSPC helps
@@ -209,7 +251,6 @@ pub fn check_space(plan: &Plan, dest: &Path, reusable: u64, margin: u64) -> Resu
 /// about sixteen ranges, so the last ones end close together (on a link that caps each flow, a 64 MiB range is
 /// seconds of one connection's time). Whole MiB: ranges stay aligned to pages and to direct I/O.
 fn fair_split(max: u64, total: u64, workers: usize) -> u64 {
-    const MIB: u64 = 1 << 20;
     let fair = (total / (workers.max(1) as u64 * 16)).max(4 * MIB);
     (fair.min(max) / MIB * MIB).max(max.min(MIB))
 }
@@ -229,8 +270,10 @@ pub enum Mode<'a> {
 /// Groups the plan's files (largest first) into jobs: a file larger than `split` becomes ranges of that size,
 /// each a job of its own; other large files go alone, small ones (and short runs of changed blocks) in
 /// batches. Also returns what is counted before any job runs: the files fetched in changed runs, in place.
-fn jobs(plan: &Plan, split: Option<u64>, mode: Mode) -> (Vec<Vec<Piece>>, Copied) {
+fn jobs(plan: &Plan, split: Option<u64>, mode: Mode, workers: usize) -> (Vec<Vec<Piece>>, Copied) {
     let mut jobs = Vec::new();
+    // Ranges of split files, queued before the other jobs.
+    let mut head: Vec<Piece> = Vec::new();
     let mut batch = Vec::new();
     let mut batch_bytes = 0;
     let mut counted = Copied::default();
@@ -268,14 +311,31 @@ fn jobs(plan: &Plan, split: Option<u64>, mode: Mode) -> (Vec<Vec<Piece>>, Copied
             },
         };
         match split {
-            Some(chunk) if *size > chunk => jobs.extend(ranges((0, *size)).map(|r| vec![piece(Some(r), how)])),
+            Some(chunk) if *size > chunk => head.extend(ranges((0, *size)).map(|r| piece(Some(r), how))),
             _ => add(piece(None, how), &mut jobs),
         }
     }
     if !batch.is_empty() {
         jobs.push(batch);
     }
-    (jobs, counted)
+    // The ranges taken last end the copy, each worker's at its own time: a range is seconds of one flow's time on
+    // a link that caps each flow, while the others sit idle. The last `workers` ranges' worth goes last, in
+    // pieces an eighth of a range long, so the workers' final pieces end close together.
+    let mut tail: Vec<Piece> = Vec::new();
+    if let Some(chunk) = split.filter(|c| *c >= 2 * MIB) {
+        let small = (chunk / 8 / MIB * MIB).max(MIB);
+        let mut bytes = 0;
+        while bytes < workers as u64 * chunk {
+            let Some(p) = head.pop() else { break };
+            bytes += p.len();
+            let (offset, len) = p.range.expect("split files are ranges");
+            let pieces = (0..len.div_ceil(small)).map(|i| (offset + i * small, small.min(len - i * small)));
+            tail.extend(pieces.rev().map(|r| Piece { range: Some(r), ..p.clone() }));
+        }
+        tail.reverse();
+    }
+    let head = head.into_iter().map(|p| vec![p]);
+    (head.chain(jobs).chain(tail.into_iter().map(|p| vec![p])).collect(), counted)
 }
 
 /// What the workers saw land in the replica (see `Sink::landed`).
@@ -347,7 +407,7 @@ pub fn copy(
     cancel: &Cancel,
 ) -> Result<(Copied, Landed), TransferError> {
     let split = transport.split_size().map(|max| fair_split(max, plan.total_bytes, parallel));
-    let (jobs, counted) = jobs(plan, split, mode);
+    let (jobs, counted) = jobs(plan, split, mode, parallel);
     // Files in place but for their changed runs count now; the runs show as they arrive.
     progress.add(counted, jobs.iter().flatten().filter(|p| p.how == How::Changed).map(Piece::len).sum());
     let n_jobs = jobs.len();
@@ -438,7 +498,7 @@ mod tests {
     fn prune_keeps_only_what_the_plan_has() {
         let d = tempfile::tempdir().unwrap();
         let r = d.path();
-        for dir in ["base/1", "pg_wal/archive_status", "pg_replslot/old"] {
+        for dir in ["base/1/300", "pg_wal/archive_status", "pg_replslot/old"] {
             std::fs::create_dir_all(r.join(dir)).unwrap();
         }
         for (f, len) in
@@ -456,9 +516,13 @@ mod tests {
             files: vec![("base/1/100".into(), 5), ("base/1/300".into(), 9)],
             ..Default::default()
         };
-        let (removed, present) = prune(&plan, r).unwrap();
-        assert_eq!(present, 5);
-        assert_eq!(removed, 5, "base/1/200, postmaster.pid, the WAL segment, pg_replslot/old, link");
+        let pruned = prune(&plan, r).unwrap();
+        assert_eq!(pruned.present, 5);
+        assert_eq!(pruned.removed, 1, "base/1/300, planned as a file, is a directory here");
+        assert!(!r.join("base/1/300").exists());
+        assert_eq!(pruned.doomed.len(), 5, "base/1/200, postmaster.pid, the WAL segment, pg_replslot/old, link");
+        assert!(r.join("postmaster.pid").exists(), "the doomed stay until removed");
+        assert_eq!(remove(&pruned.doomed).unwrap(), 5);
         assert!(r.join("base/1/100").exists() && r.join("pg_wal/archive_status").is_dir());
         assert!(!r.join("base/1/200").exists() && !r.join("pg_replslot/old").exists() && !r.join("link").exists());
     }
@@ -474,7 +538,6 @@ mod tests {
 
     #[test]
     fn ranges_give_every_worker_several() {
-        const MIB: u64 = 1 << 20;
         assert_eq!(fair_split(64 * MIB, 2_000_000_000, 8), 14 * MIB);
         assert_eq!(fair_split(64 * MIB, 20 << 30, 2), 64 * MIB, "never above the maximum");
         assert_eq!(fair_split(64 * MIB, 10 * MIB, 2), 4 * MIB, "never below 4 MiB");
@@ -487,22 +550,33 @@ mod tests {
         let mut p = Plan { files: vec![("big".into(), 40 << 20), ("mid".into(), 16 << 20)], ..Default::default() };
         p.files.extend((0..2500).map(|i| (PathBuf::from(format!("s{i}")), 1)));
         p.files.extend((0..3).map(|i| (PathBuf::from(format!("m{i}")), 6 << 20)));
-        let (j, counted) = jobs(&p, None, Mode::Fresh);
+        let (j, counted) = jobs(&p, None, Mode::Fresh, 1);
         assert_eq!(counted, Copied::default());
         assert_eq!(j[0], vec![Piece::whole("big".into(), 40 << 20, How::Fetch)]);
         assert_eq!(j[1], vec![Piece::whole("mid".into(), 16 << 20, How::Fetch)]);
         assert_eq!(j[2].len(), 2000);
         assert_eq!(j.iter().map(Vec::len).sum::<usize>(), 2505);
-        // Split: "big" becomes three ranges, the last one short; the rest is as before.
-        let (j, _) = jobs(&p, Some(16 << 20), Mode::Compare(&[]));
-        let big: Vec<_> = j[..3].iter().map(|v| v[0].range.unwrap()).collect();
-        assert_eq!(big, vec![(0, 16 << 20), (16 << 20, 16 << 20), (32 << 20, 8 << 20)]);
-        assert!(j[0][0].counts_file() && !j[1][0].counts_file());
-        assert_eq!(j[3], vec![Piece::whole("mid".into(), 16 << 20, How::Compare(None))]);
+        // Split: "big" becomes three ranges, the last one short. The last ranges worth one range per worker go
+        // last, in eighths (16 MiB and 8 MiB, here, for one worker); the rest is as before.
+        let (j, _) = jobs(&p, Some(16 << 20), Mode::Compare(&[]), 1);
+        assert_eq!(
+            j[0],
+            vec![Piece { range: Some((0, 16 << 20)), ..Piece::whole("big".into(), 40 << 20, How::Compare(None)) }]
+        );
+        assert!(j[0][0].counts_file());
+        assert_eq!(j[1], vec![Piece::whole("mid".into(), 16 << 20, How::Compare(None))]);
+        let tail: Vec<_> = j[j.len() - 12..].iter().map(|v| v[0].range.unwrap()).collect();
+        assert_eq!(tail, (8..20).map(|i| (i * 2 * MIB, 2 * MIB)).collect::<Vec<_>>());
+        assert!(j[j.len() - 12..].iter().all(|v| v.len() == 1 && !v[0].counts_file()));
+        assert_eq!(j.len(), 1 + 1 + 2 + 12, "a range, mid, two batches (the small files, m0..m2), the tail");
+        // With two workers, the whole file goes in eighths.
+        let (j, _) = jobs(&p, Some(16 << 20), Mode::Compare(&[]), 2);
+        assert_eq!(j[0], vec![Piece::whole("mid".into(), 16 << 20, How::Compare(None))]);
+        assert!(j[j.len() - 20][0].counts_file(), "the first piece still counts the file");
         // Changed runs: "big" fetched in two runs (one split), "mid" whole, the small files untouched.
         let mut fetches = vec![Fetch::Ranges(vec![(0, 8192), (20 << 20, 17 << 20)]), Fetch::Whole];
         fetches.extend((0..2503).map(|_| Fetch::Ranges(vec![])));
-        let (j, counted) = jobs(&p, Some(16 << 20), Mode::Changed(&fetches));
+        let (j, counted) = jobs(&p, Some(16 << 20), Mode::Changed(&fetches), 1);
         assert_eq!(counted.files, 2504);
         assert_eq!(counted.bytes, (40 << 20) + 2500 + 3 * (6 << 20));
         let runs: Vec<_> = j.iter().flatten().filter(|p| p.how == How::Changed).map(|p| p.range.unwrap()).collect();
