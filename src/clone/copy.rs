@@ -16,7 +16,7 @@ use crate::pg::lsn::Lsn;
 use crate::progress::{self, Progress};
 use crate::replica;
 use crate::sys::cancel::Cancel;
-use crate::transfer::{self, Mode, Plan, Pruned, TransferError};
+use crate::transfer::{self, Mode, Plan, TransferError};
 use crate::transport::{Copied, How, IgnoreSink, Piece, Transport};
 
 /// What the copy achieved.
@@ -85,11 +85,19 @@ pub fn run(
     if !matches!(resync, Resync::Fresh) && config.recovery.is_none() {
         plan.keep(replica::recovery_settings(replica));
     }
-    let pruned = if !matches!(resync, Resync::Fresh) { transfer::prune(&plan, replica)? } else { Pruned::default() };
-    let reused = pruned.present;
-    // Room for the WAL segments of the run and rsync's temporary copies besides the data itself; what is being
-    // removed meanwhile counts as free.
-    transfer::check_space(&plan, replica, reused + pruned.doomed_bytes, 8 * primary.seg.bytes())?;
+    let reused = if !matches!(resync, Resync::Fresh) {
+        let (removed, present) = transfer::prune(&plan, replica)?;
+        replica::sync_filesystem(replica)?;
+        tracing::info!(
+            "re-sync: removed {removed} entries the primary does not have; {} already here",
+            progress::bytes(present)
+        );
+        present
+    } else {
+        0
+    };
+    // Room for the WAL segments of the run and rsync's temporary copies besides the data itself.
+    transfer::check_space(&plan, replica, reused, 8 * primary.seg.bytes())?;
     // Every file the copy creates gets PostgreSQL's mode (0600, or 0640 with group access), whatever the
     // transport: PostgreSQL refuses a server.key others may read.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(plan.umask()));
@@ -114,9 +122,7 @@ pub fn run(
     );
     let progress = Progress::new(plan.total_bytes, config.progress, config.progress_interval);
     let pages_before = (primary.checksums && config.verify_checksums).then_some(backup.start_lsn);
-    let (copied, removed) = std::thread::scope(|s| {
-        let doomed = &pruned.doomed;
-        let removing = s.spawn(move || transfer::remove(doomed));
+    let copied = std::thread::scope(|s| {
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         let (plan, progress) = (&plan, &progress);
         s.spawn(move || {
@@ -126,7 +132,7 @@ pub fn run(
         });
         // This thread supervises: the backup session sits idle during the copy, and a server that ends
         // it (pg_terminate_backend, restart) must stop the clone now, not at pg_backup_stop.
-        let copied = loop {
+        loop {
             match done_rx.recv_timeout(Duration::from_secs(1)) {
                 Ok(result) => break result,
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
@@ -139,18 +145,10 @@ pub fn run(
                     break Err(Cancelled("the copy thread died".into()).into())
                 }
             }
-        };
-        (copied, removing.join().unwrap_or_else(|_| Err(Cancelled("the removing thread died".into()).into())))
+        }
     });
     progress.finish();
     let (totals, landed) = copied?;
-    let removed = removed? + pruned.removed;
-    if !matches!(resync, Resync::Fresh) {
-        tracing::info!(
-            "re-sync: removed {removed} entries the primary does not have; {} was already here",
-            progress::bytes(reused)
-        );
-    }
     cancel.check()?;
     transfer::keep_private(&plan, replica)?;
     timing.end("copy");

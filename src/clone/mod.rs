@@ -299,7 +299,8 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
     let (end, mut sql, control, wal_end) = backup_stop(backup, &*transport, dirs.run.path(), primary)?;
     let (data_channel, compression) = (transport.data_channel(), transport.compression());
     let transport_name = transport.name();
-    drop(transport);
+    // The agents end (each waits for its ssh session to exit) while the WAL is reached and laid in place.
+    let ending = Ending(Some(std::thread::spawn(move || drop(transport))));
     timing.end("backup stop");
 
     let timeline = stream.start.timeline;
@@ -327,6 +328,7 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
         sync: config.sync_method,
     }
     .run()?;
+    drop(ending);
     timing.end("finalize");
 
     // Only now that the clone is complete does the standby get a permanent slot: a copy of the stream's
@@ -370,6 +372,17 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
         resynced,
         clear_text,
     })
+}
+
+/// The transport being ended on a thread of its own; waited for when dropped, on every path out of the run.
+struct Ending(Option<std::thread::JoinHandle<()>>);
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 /// The run's private directory, and with --temp-waldir a private subdirectory there for the stream, so that

@@ -83,7 +83,7 @@ struct Shared {
 struct State {
     received: Lsn,
     stop_at: Option<Lsn>,
-    /// Everything through `stop_at` is written and synced; the stream now only holds its slot.
+    /// Everything through `stop_at` is written; the stream now only holds its slot.
     held: bool,
     /// End the stream properly (CopyDone) rather than just dropping the connection.
     close: bool,
@@ -198,9 +198,9 @@ impl WalStream {
         Ok(WalStream { start, history, wire, shared, thread: Some(thread) })
     }
 
-    /// Waits until everything through `stop` (pg_backup_stop's position) is written and synced. The stream then
-    /// stays connected, holding its temporary slot and writing nothing more, until `close`: WAL the standby
-    /// will need after the clone stays on the primary while the clone is finished.
+    /// Waits until everything through `stop` (pg_backup_stop's position) is written (finalize's sync makes it
+    /// durable). The stream then stays connected, holding its temporary slot and writing nothing more, until
+    /// `close`: WAL the standby will need after the clone stays on the primary while the clone is finished.
     pub fn reach(&mut self, stop: Lsn, cancel: &Cancel) -> Result<Lsn, WalStreamError> {
         self.shared.tell(|st| st.stop_at = Some(stop));
         self.wait(stop, cancel, |st| st.held)
@@ -272,9 +272,11 @@ fn receive(mut conn: Conn, mut writer: SegmentWriter, shared: &Shared, start: Ls
                 conn.end_copy().map_err(|source| WalStreamError::Command { what: "ending the stream", source })?;
                 return Ok(received);
             }
+            // Not synced here: finalize lays these segments into the clone's pg_wal and makes them durable with
+            // every copied file in its one sync, before pg_control goes in place (after a segment switch, the
+            // open segment holds megabytes of padding a sync here would write first). The position reported
+            // stays the last one synced.
             if !held && st.stop_at.is_some_and(|stop| received >= stop) {
-                writer.sync()?;
-                flushed = received;
                 held = true;
                 st.held = true;
                 shared.changed.notify_all();

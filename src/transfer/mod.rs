@@ -144,36 +144,19 @@ pub fn reusable(meta: &std::fs::Metadata, size: u64) -> u64 {
     meta.len().min(meta.blocks() * 512).min(size)
 }
 
-/// What `prune` found in an existing replica.
-#[derive(Debug, Default)]
-pub struct Pruned {
-    /// Entries at paths the plan does not name, left for `remove` (see `prune`).
-    pub doomed: Vec<PathBuf>,
-    /// The space the doomed regular files on the data directory's filesystem take (allocated bytes), free
-    /// there once they are removed.
-    pub doomed_bytes: u64,
-    /// Entries removed at once: at a path the plan names, but of the wrong kind.
-    pub removed: usize,
-    /// Bytes of planned files already present (allocated), which the copy may reuse.
-    pub present: u64,
-}
-
 /// Makes an existing replica (a re-run) hold nothing the plan does not: files the primary no longer has
 /// (dropped tables), files a clone never copies (postmaster.pid, pg_internal.init), stale WAL and runtime
 /// state, and entries of the wrong kind; but the files the plan keeps (`Plan::keep`) and what is not this
 /// cluster's in a tablespace location. Never follows a symlink except pg_wal's (--replica-waldir), whose stale
-/// contents go too, and a tablespace's. An entry of the wrong kind at a planned path goes now, before the copy
-/// puts the planned one there; entries at paths the plan does not name are only listed (`Pruned::doomed`): no
-/// copy writes there, so `remove` can delete them while the copy runs (a former primary's pg_wal holds
-/// gigabytes of segments, and unlinking them takes a while on a filesystem that discards freed blocks).
-pub fn prune(plan: &Plan, dest: &Path) -> Result<Pruned, TransferError> {
+/// contents go too, and a tablespace's. Returns how many entries went, and the bytes of planned files already
+/// present (allocated), which the copy may reuse.
+pub fn prune(plan: &Plan, dest: &Path) -> Result<(usize, u64), TransferError> {
     let files: HashMap<&Path, u64> = plan.files.iter().map(|(p, size)| (p.as_path(), *size)).collect();
     let dirs: HashSet<&Path> = plan.dirs.iter().map(|(p, _)| p.as_path()).collect();
     let links: HashMap<&Path, &Path> = plan.symlinks.iter().map(|(l, t)| (l.as_path(), t.as_path())).collect();
     let tablespaces: HashMap<&Path, &Path> =
         plan.tablespaces.iter().map(|t| (t.link.as_path(), t.local.as_path())).collect();
-    let mut pruned = Pruned::default();
-    let device = std::fs::metadata(dest).at("reading", dest)?.dev();
+    let (mut removed, mut present) = (0, 0);
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         let dir = dest.join(&rel);
@@ -199,39 +182,15 @@ pub fn prune(plan: &Plan, dest: &Path) -> Result<Pruned, TransferError> {
                 stack.push(rel);
             } else if location {
             } else if let Some(size) = planned_size {
-                pruned.present += reusable(&meta, *size);
+                present += reusable(&meta, *size);
             } else if !planned_link && !kept {
-                let named = files.contains_key(rel.as_path())
-                    || dirs.contains(rel.as_path())
-                    || links.contains_key(rel.as_path())
-                    || tablespaces.contains_key(rel.as_path());
-                if named {
-                    remove_entry(&path)?;
-                    pruned.removed += 1;
-                } else {
-                    if meta.is_file() && meta.dev() == device {
-                        pruned.doomed_bytes += meta.blocks() * 512;
-                    }
-                    pruned.doomed.push(path);
-                }
+                if meta.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) }
+                    .at("removing", &path)?;
+                removed += 1;
             }
         }
     }
-    Ok(pruned)
-}
-
-/// Removes `prune`'s doomed entries; returns how many went.
-pub fn remove(doomed: &[PathBuf]) -> Result<usize, TransferError> {
-    for path in doomed {
-        remove_entry(path)?;
-    }
-    Ok(doomed.len())
-}
-
-/// A directory with all it holds (never through a link: remove_dir_all does not follow them), or anything else.
-fn remove_entry(path: &Path) -> Result<(), TransferError> {
-    let is_dir = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir());
-    Ok(if is_dir { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) }.at("removing", path)?)
+    Ok((removed, present))
 }
 
 /// Refuses to start a copy the replica's filesystem cannot hold: failing after hours on ENOSPC helps
@@ -498,7 +457,7 @@ mod tests {
     fn prune_keeps_only_what_the_plan_has() {
         let d = tempfile::tempdir().unwrap();
         let r = d.path();
-        for dir in ["base/1/300", "pg_wal/archive_status", "pg_replslot/old"] {
+        for dir in ["base/1", "pg_wal/archive_status", "pg_replslot/old"] {
             std::fs::create_dir_all(r.join(dir)).unwrap();
         }
         for (f, len) in
@@ -516,13 +475,9 @@ mod tests {
             files: vec![("base/1/100".into(), 5), ("base/1/300".into(), 9)],
             ..Default::default()
         };
-        let pruned = prune(&plan, r).unwrap();
-        assert_eq!(pruned.present, 5);
-        assert_eq!(pruned.removed, 1, "base/1/300, planned as a file, is a directory here");
-        assert!(!r.join("base/1/300").exists());
-        assert_eq!(pruned.doomed.len(), 5, "base/1/200, postmaster.pid, the WAL segment, pg_replslot/old, link");
-        assert!(r.join("postmaster.pid").exists(), "the doomed stay until removed");
-        assert_eq!(remove(&pruned.doomed).unwrap(), 5);
+        let (removed, present) = prune(&plan, r).unwrap();
+        assert_eq!(present, 5);
+        assert_eq!(removed, 5, "base/1/200, postmaster.pid, the WAL segment, pg_replslot/old, link");
         assert!(r.join("base/1/100").exists() && r.join("pg_wal/archive_status").is_dir());
         assert!(!r.join("base/1/200").exists() && !r.join("pg_replslot/old").exists() && !r.join("link").exists());
     }

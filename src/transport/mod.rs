@@ -344,7 +344,7 @@ pub enum TransportError {
     Cancelled(#[from] Cancelled),
 }
 
-pub trait Transport: Sync {
+pub trait Transport: Send + Sync {
     /// Every entry under the primary's data directory (not following symlinks).
     fn list(&self) -> Result<Vec<RemoteEntry>, TransportError>;
 

@@ -333,6 +333,9 @@ impl Drop for NativeTransport {
 /// between the hosts, or an ssh connection through a jump host to an address only it can route to). Once the
 /// first has come through, one that still fails after its tries (`channel::connect_tried`) does not fail the
 /// clone: the connections made so far are returned, and the workers without one move their data over ssh.
+/// Data connections opened at once (see `data_channel`).
+const AT_ONCE: usize = 8;
+
 fn data_channel(
     control: &mut AgentConn,
     channel: DataChannel,
@@ -362,20 +365,34 @@ fn data_channel(
         }
         Err(why) => return Err(TransportError::DataChannel(why)),
     };
+    // The others at once, each handshake a round trip or two: at most half as many at a time as the agent lets
+    // wait for their handshake (channel's GATE), which ends the oldest beyond that.
     let mut conns = vec![AgentConn::over(first, None)];
-    for n in 1..workers {
-        match channel::connect_tried(&offer, &token, REACH_TIMEOUT) {
-            Ok(halves) => conns.push(AgentConn::over(halves, None)),
-            Err(e) => {
-                tracing::warn!(
-                    "data connection {} of {workers} to {} failed ({e}); {} worker(s) move their data over ssh",
-                    n + 1,
-                    offer.addr,
-                    workers - n
-                );
-                break;
+    let rest: Vec<usize> = (1..workers).collect();
+    let mut failed = None;
+    for wave in rest.chunks(AT_ONCE) {
+        let reached: Vec<_> = std::thread::scope(|s| {
+            let tries: Vec<_> =
+                wave.iter().map(|_| s.spawn(|| channel::connect_tried(&offer, &token, REACH_TIMEOUT))).collect();
+            tries.into_iter().map(|t| t.join().unwrap_or_else(|_| Err(std::io::Error::other("panicked")))).collect()
+        });
+        for r in reached {
+            match r {
+                Ok(halves) => conns.push(AgentConn::over(halves, None)),
+                Err(e) => failed = failed.or(Some(e)),
             }
         }
+        if failed.is_some() {
+            break;
+        }
+    }
+    if let Some(e) = failed {
+        let missing = workers - conns.len();
+        tracing::warn!(
+            "{missing} of {workers} data connections to {} could not be opened ({e}); {missing} worker(s) move their \
+             data over ssh",
+            offer.addr
+        );
     }
     tracing::debug!(
         "{} data connections to {} ({})",
