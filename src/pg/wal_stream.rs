@@ -233,8 +233,8 @@ impl WalStream {
         }
     }
 
-    /// Ends the stream as the protocol asks (CopyDone, then the server's CommandComplete); the temporary
-    /// slot goes with the connection.
+    /// Ends the stream as the protocol asks (CopyDone, then the server's CommandComplete; done already once it
+    /// reached its stop, see `hold`); the temporary slot goes with the connection.
     pub fn close(mut self) -> Result<(), WalStreamError> {
         self.shared.tell(|st| st.close = true);
         if let Some(t) = self.thread.take() {
@@ -260,10 +260,9 @@ fn receive(mut conn: Conn, mut writer: SegmentWriter, shared: &Shared, start: Ls
     let mut received = start;
     let mut flushed = start;
     let mut last_status: Option<Instant> = None;
-    let mut held = false;
     loop {
         {
-            let mut st = shared.lock();
+            let st = shared.lock();
             if st.quit {
                 return Ok(received);
             }
@@ -272,23 +271,15 @@ fn receive(mut conn: Conn, mut writer: SegmentWriter, shared: &Shared, start: Ls
                 conn.end_copy().map_err(|source| WalStreamError::Command { what: "ending the stream", source })?;
                 return Ok(received);
             }
-            // Not synced here: finalize lays these segments into the clone's pg_wal and makes them durable with
-            // every copied file in its one sync, before pg_control goes in place (after a segment switch, the
-            // open segment holds megabytes of padding a sync here would write first). The position reported
-            // stays the last one synced.
-            if !held && st.stop_at.is_some_and(|stop| received >= stop) {
-                held = true;
-                st.held = true;
-                shared.changed.notify_all();
+            if st.stop_at.is_some_and(|stop| received >= stop) {
+                drop(st);
+                return hold(conn, shared, received);
             }
         }
         let mut reply_now = false;
         match conn.get_copy_data().map_err(|source| WalStreamError::Command { what: "receiving WAL", source })? {
             CopyData::Message(m) => {
                 match ServerMessage::parse(&m).map_err(|e| WalStreamError::Protocol(e.to_string()))? {
-                    // Holding: the clone has its WAL; what arrives now is not written, and the position we report
-                    // stays put, so the slot keeps what the standby will ask for at its first start.
-                    ServerMessage::XLogData { .. } if held => {}
                     ServerMessage::XLogData { start, data, .. } => {
                         if start != received {
                             return Err(WalStreamError::Protocol(format!("WAL data at {start}, expected {received}")));
@@ -319,6 +310,27 @@ fn receive(mut conn: Conn, mut writer: SegmentWriter, shared: &Shared, start: Ls
             last_status = Some(Instant::now());
         }
     }
+}
+
+/// The clone has its WAL through the stop position: streaming ends now (CopyDone), while finalize runs, and the
+/// session stays until `close` or `quit`, holding the slot where we last reported (a temporary slot lives as long
+/// as its session, released but kept, slot.c ReplicationSlotCleanup): WAL the standby will ask for at its first
+/// start stays on the primary. Ending here rather than at `close` takes the server's last messages off the
+/// run's path: its CopyDone comes after whatever WAL it had already sent, megabytes of padding after a segment
+/// switch, at the link's pace. Not synced here either: finalize lays the segments into the clone's pg_wal and
+/// makes them durable with every copied file in its one sync, before pg_control goes in place.
+fn hold(mut conn: Conn, shared: &Shared, received: Lsn) -> Result<Lsn, WalStreamError> {
+    {
+        let mut st = shared.lock();
+        st.held = true;
+        shared.changed.notify_all();
+    }
+    conn.end_copy().map_err(|source| WalStreamError::Command { what: "ending the stream", source })?;
+    let mut st = shared.lock();
+    while !st.close && !st.quit {
+        st = shared.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+    }
+    Ok(received)
 }
 
 /// Writes streamed WAL into segment files: `NAME.partial` while open, pre-sized to the segment size,
