@@ -310,12 +310,7 @@ impl Conn {
     /// Ends our side of a CopyBoth stream and collects the server's final results, as the protocol asks
     /// (protocol-replication: the client sends CopyDone and waits for CommandComplete).
     pub fn end_copy(&mut self) -> Result<(), PgError> {
-        // SAFETY: valid connection.
-        if unsafe { ffi::PQputCopyEnd(self.raw.as_ptr(), std::ptr::null()) } != 1 {
-            return Err(PgError::new(self.error_message()));
-        }
-        // SAFETY: valid connection.
-        unsafe { ffi::PQflush(self.raw.as_ptr()) };
+        self.send_copy_done()?;
         // The server may still send CopyData before its own CopyDone: drain it, then read results to the end.
         loop {
             match self.get_copy_data()? {
@@ -325,6 +320,17 @@ impl Conn {
             }
         }
         self.copy_ended()
+    }
+
+    /// Sends our CopyDone (the first half of `end_copy`, for a caller that drains the rest itself).
+    pub fn send_copy_done(&mut self) -> Result<(), PgError> {
+        // SAFETY: valid connection.
+        if unsafe { ffi::PQputCopyEnd(self.raw.as_ptr(), std::ptr::null()) } != 1 {
+            return Err(PgError::new(self.error_message()));
+        }
+        // SAFETY: valid connection.
+        unsafe { ffi::PQflush(self.raw.as_ptr()) };
+        Ok(())
     }
 
     /// Reads the results that follow the server's end of a copy stream: its error, when it ended the stream
