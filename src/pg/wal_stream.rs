@@ -268,7 +268,7 @@ fn receive(mut conn: Conn, mut writer: SegmentWriter, shared: &Shared, start: Ls
             }
             if st.close {
                 drop(st);
-                conn.end_copy().map_err(|source| WalStreamError::Command { what: "ending the stream", source })?;
+                end_streaming(&mut conn, shared)?;
                 return Ok(received);
             }
             if st.stop_at.is_some_and(|stop| received >= stop) {
@@ -317,20 +317,31 @@ fn receive(mut conn: Conn, mut writer: SegmentWriter, shared: &Shared, start: Ls
 /// as its session, released but kept, slot.c ReplicationSlotCleanup): WAL the standby will ask for at its first
 /// start stays on the primary. Ending here rather than at `close` takes the server's last messages off the
 /// run's path: its CopyDone comes after whatever WAL it had already sent, megabytes of padding after a segment
-/// switch, at the link's pace; a run that fails or is interrupted meanwhile (`quit`) does not wait for them. Not
-/// synced here either: finalize lays the segments into the clone's pg_wal and makes them durable with every
-/// copied file in its one sync, before pg_control goes in place.
+/// switch, at the link's pace. Not synced here either: finalize lays the segments into the clone's pg_wal and
+/// makes them durable with every copied file in its one sync, before pg_control goes in place.
 fn hold(mut conn: Conn, shared: &Shared, received: Lsn) -> Result<Lsn, WalStreamError> {
     {
         let mut st = shared.lock();
         st.held = true;
         shared.changed.notify_all();
     }
+    end_streaming(&mut conn, shared)?;
+    let mut st = shared.lock();
+    while !st.close && !st.quit {
+        st = shared.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+    }
+    Ok(received)
+}
+
+/// Ends streaming as the protocol asks (protocol-replication: our CopyDone, then the server's last CopyData, its
+/// CopyDone and CommandComplete), giving way to `quit`: a run that fails or is interrupted does not wait on the
+/// server.
+fn end_streaming(conn: &mut Conn, shared: &Shared) -> Result<(), WalStreamError> {
     let ending = |source| WalStreamError::Command { what: "ending the stream", source };
     conn.send_copy_done().map_err(ending)?;
     loop {
         if shared.lock().quit {
-            return Ok(received);
+            return Ok(());
         }
         match conn.get_copy_data().map_err(ending)? {
             CopyData::Message(_) => {}
@@ -338,15 +349,9 @@ fn hold(mut conn: Conn, shared: &Shared, received: Lsn) -> Result<Lsn, WalStream
                 conn.wait_readable_or(Duration::from_millis(100), Some(shared.wake.as_fd())).map_err(ending)?;
                 shared.woken();
             }
-            CopyData::Done => break,
+            CopyData::Done => return conn.copy_ended().map_err(ending),
         }
     }
-    conn.copy_ended().map_err(ending)?;
-    let mut st = shared.lock();
-    while !st.close && !st.quit {
-        st = shared.changed.wait(st).unwrap_or_else(|e| e.into_inner());
-    }
-    Ok(received)
 }
 
 /// Writes streamed WAL into segment files: `NAME.partial` while open, pre-sized to the segment size,

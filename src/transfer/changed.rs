@@ -1,10 +1,11 @@
 //! A re-sync by what WAL changed (the primary's WAL summaries, or its WAL's own block references): which bytes
 //! of each planned file to fetch, when every page the replica holds is the primary's page as of the replica's
-//! last restartpoint, or newer on the primary's own history (the conditions `clone::resync` checks). The rules are those PostgreSQL's incremental backup applies to a file
-//! of the prior backup (src/backend/backup/basebackup_incremental.c, GetFileBackupMethod), here applied to the
-//! replica's file in place: whole files where the summaries cannot speak for them (and the visibility map,
-//! whose cleared bits they never name), else the blocks they name as modified or beyond a truncation, and
-//! whatever lies past the end of the replica's copy.
+//! last restartpoint, or newer on the primary's own history (the conditions `clone::resync` checks). The rules
+//! are those PostgreSQL's incremental backup applies to a file of the prior backup
+//! (src/backend/backup/basebackup_incremental.c, GetFileBackupMethod), here applied to the replica's file in
+//! place: whole files where the summaries cannot speak for them (and the visibility map, whose cleared bits they
+//! never name), else the blocks they name as modified or beyond a truncation, and whatever lies past the end of
+//! the replica's copy.
 //!
 //! Without summaries, a re-sync by page LSNs (also chosen in `clone::resync`) compares every file, but leaves
 //! unread here the relation pages the primary last changed before the replica's redo point: `unread` says

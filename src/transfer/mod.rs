@@ -248,10 +248,7 @@ fn jobs(plan: &Plan, split: Option<u64>, mode: Mode, workers: usize) -> (Vec<Vec
         }
     };
     // Ranges of at most `split` bytes covering (offset, len).
-    let ranges = |(offset, len): (u64, u64)| {
-        let chunk = split.unwrap_or(len).max(1);
-        (0..len.div_ceil(chunk)).map(move |i| (offset + i * chunk, chunk.min(len - i * chunk)))
-    };
+    let ranges = |r: (u64, u64)| cut(r, split.unwrap_or(r.1));
     for (i, (path, size)) in plan.files.iter().enumerate() {
         let piece = |range, how| Piece { path: path.clone(), size: *size, range, how };
         let how = match mode {
@@ -280,21 +277,26 @@ fn jobs(plan: &Plan, split: Option<u64>, mode: Mode, workers: usize) -> (Vec<Vec
     // The ranges taken last end the copy, each worker's at its own time: a range is seconds of one flow's time on
     // a link that caps each flow, while the others sit idle. The last `workers` ranges' worth goes last, in
     // pieces an eighth of a range long, so the workers' final pieces end close together.
-    let mut tail: Vec<Piece> = Vec::new();
+    let mut last: Vec<Piece> = Vec::new();
+    let mut small = 0;
     if let Some(chunk) = split.filter(|c| *c >= 2 * MIB) {
-        let small = (chunk / 8 / MIB * MIB).max(MIB);
-        let mut bytes = 0;
-        while bytes < workers as u64 * chunk {
+        small = (chunk / 8 / MIB * MIB).max(MIB);
+        while last.iter().map(Piece::len).sum::<u64>() < workers as u64 * chunk {
             let Some(p) = head.pop() else { break };
-            bytes += p.len();
-            let (offset, len) = p.range.expect("split files are ranges");
-            let pieces = (0..len.div_ceil(small)).map(|i| (offset + i * small, small.min(len - i * small)));
-            tail.extend(pieces.rev().map(|r| Piece { range: Some(r), ..p.clone() }));
+            last.push(p);
         }
-        tail.reverse();
     }
+    let tail = last.into_iter().rev().flat_map(|p| {
+        cut(p.range.expect("split files are ranges"), small).map(move |r| vec![Piece { range: Some(r), ..p.clone() }])
+    });
     let head = head.into_iter().map(|p| vec![p]);
-    (head.chain(jobs).chain(tail.into_iter().map(|p| vec![p])).collect(), counted)
+    (head.chain(jobs).chain(tail).collect(), counted)
+}
+
+/// Ranges of at most `chunk` bytes covering (offset, len).
+fn cut((offset, len): (u64, u64), chunk: u64) -> impl Iterator<Item = (u64, u64)> {
+    let chunk = chunk.max(1);
+    (0..len.div_ceil(chunk)).map(move |i| (offset + i * chunk, chunk.min(len - i * chunk)))
 }
 
 /// What the workers saw land in the replica (see `Sink::landed`).

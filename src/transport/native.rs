@@ -328,14 +328,14 @@ impl Drop for NativeTransport {
     }
 }
 
+/// Data connections opened at once (see `data_channel`).
+const AT_ONCE: usize = 8;
+
 /// Opens up to `workers` direct data connections to the control agent for `channel`, or None for ssh connections
 /// of their own (`--data-channel ssh`, or `auto` when the agent's port cannot be reached from here: a firewall
 /// between the hosts, or an ssh connection through a jump host to an address only it can route to). Once the
 /// first has come through, one that still fails after its tries (`channel::connect_tried`) does not fail the
 /// clone: the connections made so far are returned, and the workers without one move their data over ssh.
-/// Data connections opened at once (see `data_channel`).
-const AT_ONCE: usize = 8;
-
 fn data_channel(
     control: &mut AgentConn,
     channel: DataChannel,
@@ -368,12 +368,12 @@ fn data_channel(
     // The others at once, each handshake a round trip or two: at most half as many at a time as the agent lets
     // wait for their handshake (channel's GATE), which ends the oldest beyond that.
     let mut conns = vec![AgentConn::over(first, None)];
-    let rest: Vec<usize> = (1..workers).collect();
     let mut failed = None;
-    for wave in rest.chunks(AT_ONCE) {
+    while conns.len() < workers && failed.is_none() {
+        let wave = (workers - conns.len()).min(AT_ONCE);
         let reached: Vec<_> = std::thread::scope(|s| {
             let tries: Vec<_> =
-                wave.iter().map(|_| s.spawn(|| channel::connect_tried(&offer, &token, REACH_TIMEOUT))).collect();
+                (0..wave).map(|_| s.spawn(|| channel::connect_tried(&offer, &token, REACH_TIMEOUT))).collect();
             tries.into_iter().map(|t| t.join().unwrap_or_else(|_| Err(std::io::Error::other("panicked")))).collect()
         });
         for r in reached {
@@ -381,9 +381,6 @@ fn data_channel(
                 Ok(halves) => conns.push(AgentConn::over(halves, None)),
                 Err(e) => failed = failed.or(Some(e)),
             }
-        }
-        if failed.is_some() {
-            break;
         }
     }
     if let Some(e) = failed {

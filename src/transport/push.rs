@@ -5,10 +5,11 @@
 //!
 //! One ssh session (the run's only ssh login) does it all: its shell reads the system identifier of the data
 //! directory (preflight's check), makes the directory (0700, under the session's $TMPDIR), reads the binary from
-//! standard input (sent as the session starts, so that it travels while ssh logs in, not after), and runs it as the run's control agent on the rest of its input only once the copy has the
-//! size and the SHA-256 we passed on its command line: the verdict is the primary's own, taken before exec, so a
-//! copy cut short (a link that dropped, a full $TMPDIR) or changed on the way never runs, not even for the moment
-//! it would take us to read a checksum and object. With --remote-pgclone the same session runs the installed
+//! standard input (sent as the session starts, so that it travels while ssh logs in, not after), and runs it as
+//! the run's control agent on the rest of its input only once the copy has the size and the SHA-256 we passed on
+//! its command line: the verdict is the primary's own, taken before exec, so a copy cut short (a link that
+//! dropped, a full $TMPDIR) or changed on the way never runs, not even for the moment it would take us to read a
+//! checksum and object. With --remote-pgclone the same session runs the installed
 //! agent instead. The agent ends when that input ends (we close it, pgclone dies and the kernel closes the pipe,
 //! or the link drops and sshd closes the session) or when it has heard nothing from us for a minute (a link cut
 //! for good); the shell then removes the directory.
