@@ -192,8 +192,12 @@ fn listen_gated(
                     waiting.enter(id, watched, gate);
                     (sock, peer)
                 }
+                // Woken by the next connection at once (a sleep here held every wave of connections up to its
+                // length); at least every 20 ms, to end handshakes past their deadline.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(20));
+                    let mut fds = [rustix::event::PollFd::new(&listener, rustix::event::PollFlags::IN)];
+                    let _ =
+                        rustix::event::poll(&mut fds, Some(&rustix::time::Timespec { tv_sec: 0, tv_nsec: 20_000_000 }));
                     continue;
                 }
                 // The listener itself is fine: a failed accept is this one connection's, or a shortage that passes.
@@ -244,6 +248,9 @@ fn listen_gated(
 /// Handshake (if TLS) and token check of one accepted connection; the accept loop ends it at the gate's deadline.
 fn admit(sock: TcpStream, config: Option<Arc<ServerConfig>>, token: &[u8; TOKEN_LEN]) -> io::Result<Halves> {
     sock.set_nonblocking(false)?;
+    // The agent writes through a buffer of its own: what it sends goes out at once, never held back for an
+    // acknowledgement of the last segment (Nagle's algorithm), which the client may delay.
+    sock.set_nodelay(true)?;
     keep_alive(&sock)?;
     let (mut r, w): Halves = match config {
         Some(config) => {
