@@ -1,11 +1,15 @@
 //! The connections the copy runs on, opened together because both mostly wait on the network: the WAL stream
 //! (a replication connection on a temporary slot, which from its creation keeps every segment the clone needs)
-//! and the transport (agents or an rsync daemon on the primary).
+//! and the transport (agents or an rsync daemon on the primary). The backup starts as soon as the stream runs,
+//! while the transport still logs in, when nothing it does can take WAL a re-sync has yet to read (`Backup`).
 
 use std::path::Path;
 
 use super::preflight::{self, Primary};
+use super::resync::WalToRead;
 use super::{CloneConfig, CloneError};
+use crate::pg::backup_session::BackupSession;
+use crate::pg::lsn::{Lsn, SegSize};
 use crate::pg::wal_stream::WalStream;
 use crate::pg::{Conn, Wire};
 use crate::sys::cancel::Cancel;
@@ -28,6 +32,24 @@ pub struct Connect<'a> {
     pub resync: bool,
     /// PostgreSQL connections go through the run's ssh tunnel (--bypass-rep-traffic).
     pub tunnel: bool,
+    /// Start the backup too (a run, not --check).
+    pub backup: Option<Backup>,
+}
+
+/// pg_backup_start as soon as the stream runs, so that its checkpoint (a restartpoint on a standby) takes place
+/// while the transport's ssh login and agent start, not after them. A re-sync then still reads the primary's WAL
+/// from the replica's redo point (`WalToRead`, resync::survey), and a checkpoint removes or recycles the segments
+/// before its redo pointer but for those a replication slot or wal_keep_size keeps (xlog.c, CreateCheckPoint
+/// and KeepLogSeg). So then the backup starts early only when one of them keeps that WAL
+/// (`wal_kept`); else after the survey has read it, as when nothing overlapped.
+pub struct Backup {
+    pub wal: Option<WalToRead>,
+}
+
+/// The SQL session as the connections leave it: the backup already started in it, or not yet.
+pub enum Session {
+    Idle(Conn),
+    Started(BackupSession),
 }
 
 pub struct Connected {
@@ -39,30 +61,46 @@ pub struct Connected {
     pub system_id: u64,
     /// The PostgreSQL connections that travel in clear text (see `clear_text`).
     pub clear_text: Vec<&'static str>,
+    pub session: Session,
 }
 
 impl Connect<'_> {
-    /// `sql`: the checked SQL session, which the stream consults when the server is a standby.
-    pub fn run(self, sql: &mut Conn, cancel: &Cancel) -> Result<Connected, CloneError> {
+    /// `sql`: the checked SQL session, which the stream consults when the server is a standby, and where the
+    /// backup starts.
+    pub fn run(self, sql: Conn, cancel: &Cancel) -> Result<Connected, CloneError> {
         let (slot, temporary) = match &self.config.stream_slot {
             Some(name) => (name.clone(), false),
             None => (format!("pgclone_{}_{:04x}", std::process::id(), rand_u16()), true),
         };
         let params: Vec<(&str, &str)> = self.params.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let sql_wire = sql.wire();
-        let standby_session = self.primary.in_recovery.then_some(sql);
         let pgdata = self.pgdata;
+        let (config, primary, streamed, backup) = (self.config, self.primary, self.streamed, self.backup);
+        let slot_name = slot.as_str();
         // The transport on this thread: its child processes must not outlive the thread that started them
         // (PR_SET_PDEATHSIG fires when the forking thread ends).
         let (stream, transport) = std::thread::scope(|s| {
-            let stream = s.spawn(|| {
-                let slot = (slot.as_str(), temporary);
-                WalStream::start(&params, self.streamed, self.primary.seg, slot, standby_session, cancel.clone())
+            let stream = s.spawn(move || {
+                let mut sql = sql;
+                let standby_session = primary.in_recovery.then_some(&mut sql);
+                let stream = WalStream::start(
+                    &params,
+                    streamed,
+                    primary.seg,
+                    (slot_name, temporary),
+                    standby_session,
+                    cancel.clone(),
+                )?;
+                let session = match backup {
+                    Some(b) => b.start_early(sql, &stream, (slot_name, primary.seg), config)?,
+                    None => Session::Idle(sql),
+                };
+                Ok::<_, CloneError>((stream, session))
             });
             let transport = transport::open(&self.config.transport, pgdata, self.run_dir, self.resync);
             (stream.join().expect("starting the WAL stream does not panic"), transport)
         });
-        let stream = stream?;
+        let (stream, session) = stream?;
         let transport = transport?;
         let system_id = self.system_id.or(transport.system_id()).expect("read by preflight or by the transport");
         preflight::same_cluster(pgdata, system_id, stream.start.system_id)?;
@@ -72,8 +110,56 @@ impl Connect<'_> {
             stream.start.timeline
         );
         let clear_text = clear_text(&[(SQL_SESSION, sql_wire), (WAL_STREAM, stream.wire)], self.tunnel);
-        Ok(Connected { stream, transport, slot, system_id, clear_text })
+        Ok(Connected { stream, transport, slot, system_id, clear_text, session })
     }
+}
+
+impl Backup {
+    fn start_early(
+        self,
+        mut sql: Conn,
+        stream: &WalStream,
+        (slot, seg): (&str, SegSize),
+        config: &CloneConfig,
+    ) -> Result<Session, CloneError> {
+        if let Some(wal) = &self.wal {
+            // The server's position lies within the stream's first segment.
+            let now = Lsn(stream.start.lsn.0 + seg.bytes());
+            let kept = wal.oldest(&stream.history).and_then(|oldest| wal_kept(&mut sql, slot, oldest, now));
+            if let Err(why) = kept {
+                tracing::info!("the backup starts after the re-sync has read the primary's WAL: {why}");
+                return Ok(Session::Idle(sql));
+            }
+        }
+        Ok(Session::Started(super::backup_start(sql, stream, config)?))
+    }
+}
+
+/// Whether the primary keeps its WAL from `oldest` through a checkpoint that starts now (`now`: no earlier than
+/// the server's position), or why that is not known: our slot holds it (it reserved WAL from the redo pointer at
+/// its creation, slot.c ReplicationSlotReserveWal, and confirms nothing until `WalStream::unpin`), or
+/// wal_keep_size does (it keeps that much WAL behind the checkpoint's own record, xlog.c KeepLogSeg); half of it,
+/// for the WAL the primary writes until the checkpoint.
+fn wal_kept(sql: &mut Conn, slot: &str, oldest: Lsn, now: Lsn) -> Result<(), String> {
+    let rows = sql
+        .query_params(
+            "SELECT (SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = $1), \
+             pg_size_bytes(current_setting('wal_keep_size'))",
+            &[slot],
+        )
+        .map_err(|e| format!("reading the slot's reserved position and wal_keep_size: {e}"))?;
+    let reserved: Option<Lsn> = rows.get(0, 0).and_then(|l| l.parse().ok());
+    let keep: u64 = rows.get(0, 1).and_then(|k| k.parse().ok()).unwrap_or(0);
+    let since = now.0.saturating_sub(oldest.0);
+    if reserved.is_some_and(|r| r <= oldest) || since <= keep / 2 {
+        return Ok(());
+    }
+    Err(format!(
+        "slot {slot} holds the WAL from {} on, and wal_keep_size ({}) is less than twice the {} written since",
+        reserved.map_or("nowhere".into(), |r| r.to_string()),
+        crate::progress::bytes(keep),
+        crate::progress::bytes(since)
+    ))
 }
 
 /// The run's PostgreSQL connections, by the names `--json` gives them (`postgres_clear_text`).

@@ -201,7 +201,7 @@ impl std::fmt::Display for CheckReport {
 pub fn check(config: &CloneConfig, cancel: &Cancel) -> Result<CheckReport, CloneError> {
     preflight::not_root()?;
     let dirs = RunDirs::create(config)?;
-    let Checked { tunnel, pgdata, params, mut sql, primary, replica: state, system_id, .. } =
+    let Checked { tunnel, pgdata, params, sql, primary, replica: state, system_id, .. } =
         preflight::run(config, dirs.run.path())?;
     preflight::wal_space(&dirs.streamed, primary.seg)?;
     let resync = matches!(state, ReplicaState::Unfinished | ReplicaState::Cluster(_));
@@ -215,8 +215,9 @@ pub fn check(config: &CloneConfig, cancel: &Cancel) -> Result<CheckReport, Clone
         run_dir: dirs.run.path(),
         resync,
         tunnel: tunnel.is_some(),
+        backup: None,
     };
-    let Connected { transport, system_id: found, clear_text, .. } = connect.run(&mut sql, cancel)?;
+    let Connected { transport, system_id: found, clear_text, .. } = connect.run(sql, cancel)?;
     preflight::replica_matches(&config.replica, state, found)?;
     let (files, bytes) = copy::check(config, &*transport, primary, resync)?;
     Ok(CheckReport {
@@ -244,7 +245,7 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
 
     // The run's private directory first: a --bypass-rep-traffic tunnel, opened by preflight, has its socket there.
     let dirs = RunDirs::create(config)?;
-    let Checked { tunnel, pgdata, params, mut sql, primary, replica: state, system_id, pg_ctl, recovery } =
+    let Checked { tunnel, pgdata, params, sql, primary, replica: state, system_id, pg_ctl, recovery } =
         preflight::run(config, dirs.run.path())?;
     cancel.check()?;
     timing.end("preflight");
@@ -262,8 +263,9 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
         run_dir: dirs.run.path(),
         resync: existing,
         tunnel: tunnel.is_some(),
+        backup: Some(connect::Backup { wal: resync::WalToRead::of(config, state, primary) }),
     };
-    let Connected { mut stream, transport, slot, system_id: found, clear_text } = connect.run(&mut sql, cancel)?;
+    let Connected { mut stream, transport, slot, system_id: found, clear_text, session } = connect.run(sql, cancel)?;
     if system_id.is_none() {
         preflight::replica_matches(&config.replica, state, found)?;
     }
@@ -271,10 +273,16 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
     cancel.check()?;
     timing.end("connect");
 
-    // Before pg_control goes: how a replica already here is brought up to date depends on it.
+    // Before pg_control goes: how a replica already here is brought up to date depends on it. What the survey
+    // reads of the primary's WAL is kept there until it is done: by the stream's slot or wal_keep_size through
+    // the backup's checkpoint, or by starting the backup after it (`connect::Backup`).
     let pq: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let surveyed = resync::survey(config, state, primary, &*transport, (&pq, system_id), (&mut sql, &stream));
-    let mut backup = backup_start(sql, &stream, config)?;
+    let survey = |sql: &mut Conn| resync::survey(config, state, primary, &*transport, (&pq, system_id), (sql, &stream));
+    let (surveyed, mut backup) = match session {
+        connect::Session::Started(mut backup) => (survey(backup.session()), backup),
+        connect::Session::Idle(mut sql) => (survey(&mut sql), backup_start(sql, &stream, config)?),
+    };
+    stream.unpin();
     confirm_live_pgdata(config, &pgdata, &*transport, dirs.run.path(), backup.start_lsn, primary)?;
     let resync = resync::choose(config, state, primary, &mut backup, (&stream, &streamed), surveyed, cancel);
     let plan = copy::plan(config, &*transport, primary)?;

@@ -112,14 +112,44 @@ pub struct Position {
     copied: bool,
     /// A former primary's own changes after the fork (`OwnWal`), fetched from the primary too.
     own: Option<Scanned>,
-    /// What the primary's WAL from `redo` up to the stream's start changed, read before pg_backup_start's
-    /// checkpoint may recycle it (the stream's slot holds what follows), or why it could not be read; None when
-    /// the primary's WAL summaries are to say it.
+    /// What the primary's WAL from `redo` up to the stream's start changed, read while that WAL is kept there
+    /// (before pg_backup_start's checkpoint, or held through it, see clone::connect), or why it could not be
+    /// read; None when the primary's WAL summaries are to say it.
     early: Option<Result<Scanned, String>>,
 }
 
-/// Before pg_backup_start, whose checkpoint may recycle the primary's WAL the proof reads: where a replica of
-/// this cluster stands (see the module), or why its files cannot be taken for the primary's pages of a point of
+/// The primary's WAL a re-sync's `survey` will read there, known before it runs: for clone::connect to tell
+/// whether pg_backup_start may come first.
+pub struct WalToRead(Stand);
+
+impl WalToRead {
+    /// None when the survey reads none of it: no cluster here, --paranoid, or a replica whose own files already
+    /// say they must be compared (`Stand`). The system identifier of the replica's own WAL is its pg_control's
+    /// (a replica of another cluster is refused before the survey).
+    pub fn of(config: &CloneConfig, state: ReplicaState, primary: Primary) -> Option<WalToRead> {
+        if !matches!(state, ReplicaState::Cluster(_)) || config.paranoid || primary.major > 18 {
+            return None;
+        }
+        let control = control_file::read(&config.replica.join(CONTROL_FILE)).ok()?;
+        let system_id = control_file::system_id(&control);
+        Stand::of(&config.replica, &control, (primary.seg, system_id)).ok().map(WalToRead)
+    }
+
+    /// The oldest position read, from the replica's redo point on (the divergence proof reads its checkpoint
+    /// record and its end, both later); or why it cannot be known yet: a replica whose WAL left the primary's
+    /// timelines is read from the last checkpoint before the fork, which only its own WAL tells (`OwnWal`).
+    pub fn oldest(&self, history: &[Span]) -> Result<Lsn, String> {
+        let s = &self.0;
+        if timeline::reaches(history, s.redo_tli, s.redo) && timeline::reaches(history, s.end_tli, s.end) {
+            return Ok(s.redo);
+        }
+        Err("the replica's WAL left the primary's timeline, and the last checkpoint before the fork is yet to be found"
+            .into())
+    }
+}
+
+/// Before pg_backup_start's checkpoint, or with the WAL it reads held through it (clone::connect): where a
+/// replica of this cluster stands (see the module), or why its files cannot be taken for the primary's pages of a point of
 /// its history. `params` reach the primary, `system_id` is the cluster's, `history` the primary's timelines.
 pub fn survey(
     config: &CloneConfig,
@@ -330,7 +360,7 @@ impl BackupLabel {
     }
 }
 
-/// Before pg_backup_start (see `Position::early`): what the primary's WAL from `redo` to the stream's start
+/// While the primary keeps it (see `Position::early`): what the primary's WAL from `redo` to the stream's start
 /// changed, read there by the agent; nothing to read when the replica's redo point lies past the stream's start.
 /// Not read when the primary keeps WAL summaries that reach back to `redo`: they say the same for less.
 fn early_wal(

@@ -7,7 +7,9 @@
 //!
 //! The stream holds a TEMPORARY physical slot: from its creation the primary keeps every segment we have
 //! not confirmed, so a checkpoint (pg_backup_start's fast one included) cannot remove WAL the clone needs,
-//! and the slot disappears with the connection whatever happens to pgclone.
+//! and the slot disappears with the connection whatever happens to pgclone. It confirms nothing until `unpin`:
+//! until then the slot holds the WAL from where it reserved it (the redo pointer at its creation), which a
+//! re-sync may still read on the primary (see clone::connect).
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, OwnedFd};
@@ -82,6 +84,8 @@ struct Shared {
 #[derive(Default)]
 struct State {
     received: Lsn,
+    /// Confirm no flush position yet (see `WalStream::unpin`).
+    unpinned: bool,
     stop_at: Option<Lsn>,
     /// Everything through `stop_at` is written; the stream now only holds its slot.
     held: bool,
@@ -198,6 +202,13 @@ impl WalStream {
         Ok(WalStream { start, history, wire, shared, thread: Some(thread) })
     }
 
+    /// From now on the stream confirms the positions it has flushed, as a standby does, and its slot moves on
+    /// with them. Before, each standby status update confirms none (an invalid flush position moves no slot:
+    /// walsender.c, ProcessStandbyReplyMessage), so the slot holds the WAL from where it reserved it.
+    pub fn unpin(&self) {
+        self.shared.tell(|st| st.unpinned = true);
+    }
+
     /// Waits until everything through `stop` (pg_backup_stop's position) is written (finalize's sync makes it
     /// durable). The stream then stays connected, holding its temporary slot and writing nothing more, until
     /// `close`: WAL the standby will need after the clone stays on the primary while the clone is finished.
@@ -304,7 +315,9 @@ fn receive(mut conn: Conn, mut writer: SegmentWriter, shared: &Shared, start: Ls
                 writer.sync()?;
                 flushed = received;
             }
-            let status = StandbyStatus { written: received, flushed, applied: Lsn(0), reply_requested: false };
+            let confirmed = if shared.lock().unpinned { flushed } else { Lsn(0) };
+            let status =
+                StandbyStatus { written: received, flushed: confirmed, applied: Lsn(0), reply_requested: false };
             conn.put_copy_data(&status.encode(SystemTime::now()))
                 .map_err(|source| WalStreamError::Command { what: "sending status", source })?;
             last_status = Some(Instant::now());

@@ -458,3 +458,74 @@ fn on_pg18_wal_blocks_replace_page_lsns_and_wal_summaries_stay_preferred() {
     assert_eq!(r["method"], "wal-summaries", "{r}\n{}", out.report());
     s.assert_standby(&s.replica, "pg18_standby", None);
 }
+
+/// The replica's redo point (pg_controldata's), and the primary's last checkpoint's (where a slot created now
+/// reserves WAL from), as LSNs.
+fn redo_points(s: &Setup) -> (u64, u64) {
+    let controldata = s.lab.run(s.lab.cmd(Path::new(PG15_BIN).join("pg_controldata")).arg(&s.replica));
+    let replica = controldata.lines().find_map(|l| l.strip_prefix("Latest checkpoint's REDO location:")).unwrap();
+    (lsn(replica), lsn(&s.primary.psql("select redo_lsn from pg_control_checkpoint()")))
+}
+
+/// The backup starts while ssh logs in, before the re-sync reads the primary's WAL from the replica's redo point,
+/// only where its checkpoint cannot take that WAL. With `wal_keep_size = 0` and no checkpoint on the primary since
+/// the standby's last restartpoint, only the stream's slot keeps it: the slot reserves WAL from the primary's last
+/// redo point, which is the replica's, and must confirm no flush position until the WAL is read. The primary
+/// writes during the re-sync, so the stream receives WAL at once and would confirm it (moving the slot to the
+/// stream's start) before the checkpoint ends. Several WAL switches since make the checkpoint remove or recycle
+/// those segments if nothing held them; the re-sync must still go by WAL blocks, without a word about starting
+/// late.
+#[test]
+fn the_backups_early_checkpoint_keeps_the_wal_a_resync_reads() {
+    let s = Setup::with_install("walblocks-early", PgInstall::of(15), &["wal_keep_size = 0"]);
+    s.primary.pgbench_init(2);
+    let run = stale_standby(&s, "early_standby", 30);
+    for _ in 0..3 {
+        s.primary.pgbench_transactions(20);
+        s.primary.psql("select pg_switch_wal()");
+    }
+    let (replica, primary) = redo_points(&s);
+    assert!(
+        replica >= primary,
+        "the primary checkpointed after the standby's last restartpoint: {replica:x} < {primary:x}"
+    );
+    let mut writes = s.primary.client("pgbench", SUPERUSER);
+    writes.args(["-n", "-c", "2", "-j", "2", "-R", "100", "-T", "600", "postgres"]);
+    let load = s.lab.spawn("writes", writes);
+    std::thread::sleep(Duration::from_millis(500));
+    let out = run.run();
+    stop_load(load, &s.primary);
+    let r = resync(&out);
+    assert_wal_blocks(&out, &r);
+    assert!(!out.stderr.contains("the backup starts after"), "the backup started late\n{}", out.report());
+    s.assert_standby(&s.replica, "early_standby", None);
+}
+
+/// When neither the stream's slot nor wal_keep_size keeps the WAL from the replica's redo point through a
+/// checkpoint that starts now, the backup starts only once the re-sync has read it, and says why. The primary
+/// keeps 64 MB of WAL; it checkpoints once after the standby stopped (its slot would then reserve WAL from after
+/// the replica's redo point; wal_keep_size still keeps that point), then writes 64 MB more: a checkpoint now would
+/// move wal_keep_size's horizon past the replica's redo point. The re-sync must still go by WAL blocks.
+#[test]
+fn the_backup_starts_after_the_resync_read_wal_nothing_else_keeps() {
+    let s = Setup::with_install("walblocks-late", PgInstall::of(15), &["wal_keep_size = 64MB"]);
+    s.primary.pgbench_init(2);
+    let run = stale_standby(&s, "late_standby", 30);
+    s.primary.psql("select pg_switch_wal()");
+    s.primary.psql("checkpoint");
+    for _ in 0..5 {
+        s.primary.pgbench_transactions(20);
+        s.primary.psql("select pg_switch_wal()");
+    }
+    let (replica, primary) = redo_points(&s);
+    assert!(replica < primary, "the primary did not checkpoint after the standby's last restartpoint");
+    let out = run.run();
+    let r = resync(&out);
+    assert_wal_blocks(&out, &r);
+    let line = out.stderr.lines().find(|l| l.contains("the backup starts after")).unwrap_or_else(|| {
+        panic!("no word of the backup starting late\n{}", out.report());
+    });
+    assert!(line.contains("wal_keep_size (67.1 MB)"), "{line}");
+    println!("{line}");
+    s.assert_standby(&s.replica, "late_standby", None);
+}
