@@ -32,7 +32,8 @@ pub struct Connect<'a> {
     pub resync: bool,
     /// PostgreSQL connections go through the run's ssh tunnel (--bypass-rep-traffic).
     pub tunnel: bool,
-    /// Start the backup too (a run, not --check).
+    /// Start the backup too: a run (not --check) with a fast checkpoint. A spread one takes minutes, which the
+    /// overlap would not shorten, and a transport that fails meanwhile would be reported only after it.
     pub backup: Option<Backup>,
 }
 

@@ -263,7 +263,7 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
         run_dir: dirs.run.path(),
         resync: existing,
         tunnel: tunnel.is_some(),
-        backup: Some(connect::Backup { wal: resync::WalToRead::of(config, state, primary) }),
+        backup: config.fast_checkpoint.then(|| connect::Backup { wal: resync::WalToRead::of(config, state, primary) }),
     };
     let Connected { mut stream, transport, slot, system_id: found, clear_text, session } = connect.run(sql, cancel)?;
     if system_id.is_none() {
