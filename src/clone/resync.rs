@@ -149,8 +149,9 @@ impl WalToRead {
 }
 
 /// Before pg_backup_start's checkpoint, or with the WAL it reads held through it (clone::connect): where a
-/// replica of this cluster stands (see the module), or why its files cannot be taken for the primary's pages of a point of
-/// its history. `params` reach the primary, `system_id` is the cluster's, `history` the primary's timelines.
+/// replica of this cluster stands (see the module), or why its files cannot be taken for the primary's pages of
+/// a point of its history. `params` reach the primary, `system_id` is the cluster's, `history` the primary's
+/// timelines.
 pub fn survey(
     config: &CloneConfig,
     state: ReplicaState,

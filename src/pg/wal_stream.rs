@@ -84,7 +84,7 @@ struct Shared {
 #[derive(Default)]
 struct State {
     received: Lsn,
-    /// Confirm no flush position yet (see `WalStream::unpin`).
+    /// Status updates confirm the flushed position (see `WalStream::unpin`); until then, none.
     unpinned: bool,
     stop_at: Option<Lsn>,
     /// Everything through `stop_at` is written; the stream now only holds its slot.
