@@ -98,7 +98,7 @@ impl Connect<'_> {
                 };
                 Ok::<_, CloneError>((stream, session))
             });
-            let transport = transport::open(&self.config.transport, pgdata, self.run_dir, self.resync);
+            let transport = transport::open(&config.transport, pgdata, self.run_dir, self.resync);
             (stream.join().expect("starting the WAL stream does not panic"), transport)
         });
         let (stream, session) = stream?;
@@ -132,8 +132,18 @@ impl Backup {
                 return Ok(Session::Idle(sql));
             }
         }
-        Ok(Session::Started(super::backup_start(sql, stream, config)?))
+        Ok(Session::Started(backup_start(sql, stream, config)?))
     }
+}
+
+/// pg_backup_start in the session the checks used; the stream must already hold the WAL from the backup's start.
+pub fn backup_start(sql: Conn, stream: &WalStream, config: &CloneConfig) -> Result<BackupSession, CloneError> {
+    let backup = BackupSession::start(sql, &config.label, config.fast_checkpoint)?;
+    if backup.start_lsn < stream.start.lsn {
+        return Err(CloneError::StreamTooLate { start: backup.start_lsn, stream: stream.start.lsn });
+    }
+    tracing::info!("backup started at {}", backup.start_lsn);
+    Ok(backup)
 }
 
 /// Whether the primary keeps its WAL from `oldest` through a checkpoint that starts now (`now`: no earlier than

@@ -19,7 +19,7 @@ use crate::error::{Cancelled, IoAt, IoContext};
 use crate::pg::backup_session::{BackupEnd, BackupError, BackupSession};
 use crate::pg::control_file::{self, CONTROL_FILE};
 use crate::pg::lsn::Lsn;
-use crate::pg::wal_stream::{WalStream, WalStreamError};
+use crate::pg::wal_stream::WalStreamError;
 use crate::pg::Conn;
 use crate::replica::run_dir::{self, MadeDirs, RunDir};
 use crate::replica::{self, ReplicaError, ReplicaLock};
@@ -280,7 +280,7 @@ fn phases(config: &CloneConfig, _lock: ReplicaLock, cancel: &Cancel) -> Result<S
     let survey = |sql: &mut Conn| resync::survey(config, state, primary, &*transport, (&pq, system_id), (sql, &stream));
     let (surveyed, mut backup) = match session {
         connect::Session::Started(mut backup) => (survey(backup.session()), backup),
-        connect::Session::Idle(mut sql) => (survey(&mut sql), backup_start(sql, &stream, config)?),
+        connect::Session::Idle(mut sql) => (survey(&mut sql), connect::backup_start(sql, &stream, config)?),
     };
     stream.unpin();
     confirm_live_pgdata(config, &pgdata, &*transport, dirs.run.path(), backup.start_lsn, primary)?;
@@ -455,16 +455,6 @@ fn prepare_replica(config: &CloneConfig, state: ReplicaState) -> Result<(), Clon
         replica::link_waldir(replica, w)?;
     }
     Ok(())
-}
-
-/// pg_backup_start in the session the checks used; the stream must already hold the WAL from the backup's start.
-fn backup_start(sql: Conn, stream: &WalStream, config: &CloneConfig) -> Result<BackupSession, CloneError> {
-    let backup = BackupSession::start(sql, &config.label, config.fast_checkpoint)?;
-    if backup.start_lsn < stream.start.lsn {
-        return Err(CloneError::StreamTooLate { start: backup.start_lsn, stream: stream.start.lsn });
-    }
-    tracing::info!("backup started at {}", backup.start_lsn);
-    Ok(backup)
 }
 
 /// The directory the transport reads must be the backed-up server's own (see `preflight::live_directory`):
