@@ -30,6 +30,10 @@ const DIRECT_MIN_IO: usize = 128 << 10;
 /// How many bytes a file takes through the page cache before its writeback is started (see `Target::write_at`).
 const WRITEBACK_EVERY: u64 = 8 << 20;
 
+/// The largest folio the page cache builds (PMD order, 2 MiB on x86-64 and arm64 with 4 KiB pages; folios
+/// are naturally aligned), so a range aligned to it holds whole folios only (see `Target::evict_for`).
+const FOLIO_MAX: u64 = 2 << 20;
+
 /// A local file: aligned whole blocks go through an O_DIRECT descriptor, everything else (and everything on
 /// filesystems without O_DIRECT, such as tmpfs before Linux 6.6) through the ordinary one. Linux keeps the
 /// two views of a file coherent (a direct read first writes back dirty cached pages of its range).
@@ -38,6 +42,8 @@ pub struct Target {
     direct: Option<File>,
     /// Bytes written through the page cache since its writeback was last started.
     unflushed: Cell<u64>,
+    /// Where the clean cache `evict_for` last dropped ends.
+    evicted_to: Cell<u64>,
 }
 
 impl Target {
@@ -56,7 +62,7 @@ impl Target {
         };
         let file = open(OFlags::empty())?;
         let direct = if size >= DIRECT_MIN { open(OFlags::DIRECT).ok() } else { None };
-        Ok(Target { file, direct, unflushed: Cell::new(0) })
+        Ok(Target { file, direct, unflushed: Cell::new(0), evicted_to: Cell::new(0) })
     }
 
     /// Opens an existing file to read, never through a symbolic link.
@@ -65,7 +71,7 @@ impl Target {
         let large = file.metadata()?.len() >= DIRECT_MIN;
         let flags = OFlags::DIRECT | OFlags::NOFOLLOW;
         let direct = large.then(|| OpenOptions::new().read(true).custom_flags(flags.bits() as i32).open(path));
-        Ok(Target { file, direct: direct.and_then(Result::ok), unflushed: Cell::new(0) })
+        Ok(Target { file, direct: direct.and_then(Result::ok), unflushed: Cell::new(0), evicted_to: Cell::new(0) })
     }
 
     /// Direct for large aligned transfers only: each direct one waits for the disk, so the few pages a delta
@@ -86,6 +92,9 @@ impl Target {
                 other => return other,
             }
         }
+        if self.direct.is_some() {
+            self.evict_for(offset, buf.len());
+        }
         self.file.write_all_at(buf, offset)?;
         let unflushed = self.unflushed.get() + buf.len() as u64;
         self.unflushed.set(unflushed);
@@ -93,6 +102,28 @@ impl Target {
             self.start_writeback();
         }
         Ok(())
+    }
+
+    /// Drops the clean cached folios around a small write into a large file before it is made. Readahead
+    /// caches a file read through in folios of up to 2 MiB without buffer heads (fs/ext4/readpage.c,
+    /// ext4_mpage_readpages); an 8 KiB write into one makes ext4 attach a buffer head to each of its blocks
+    /// (ext4_block_write_begin → create_empty_buffers) and dirties the folio, whose writeback walks them all
+    /// again (mpage_process_page_bufs). Measured on a stale standby whose files had been read through: its
+    /// 13,000 changed pages took 0.29-0.42 s to write that way, 0.13-0.18 s with this, the difference being
+    /// the kernel's slab allocations and folio writeback (perf); whole re-syncs went from 0.81 s to 0.66 s.
+    /// Into files the page cache holds from writes, the copy takes longer (0.14 s became 0.23-0.27 s) and
+    /// finalize's sync shorter (0.08-0.10 s became 0.02-0.03 s), the re-sync as long as before; into a cold
+    /// cache it changes nothing. Only the 2 MiB ranges written to are dropped, so the rest of the file stays
+    /// cached for the standby. A hint: fadvise drops clean, unmapped folios only (mm/fadvise.c,
+    /// mapping_try_invalidate), so nothing written is lost. A file's pieces arrive in ascending offsets (a
+    /// plan's runs are in order), so each range is dropped once.
+    fn evict_for(&self, offset: u64, len: usize) {
+        let start = (offset & !(FOLIO_MAX - 1)).max(self.evicted_to.get());
+        let end = (offset + len as u64).next_multiple_of(FOLIO_MAX);
+        if let Some(n) = end.checked_sub(start).and_then(std::num::NonZeroU64::new) {
+            let _ = rustix::fs::fadvise(&self.file, start, Some(n), rustix::fs::Advice::DontNeed);
+            self.evicted_to.set(end);
+        }
     }
 
     /// Starts writing back what went through the page cache (see `Flusher`): a re-sync's scattered pages are
@@ -193,4 +224,36 @@ pub fn read_at_full(f: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> 
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pages written into a large file that is cached (read through) land beside each other and beside the
+    /// pages written before in the same 2 MiB ranges, in any order: the eviction before each write drops
+    /// clean cache only, never what was written and not yet on disk.
+    #[test]
+    fn scattered_page_writes_into_a_cached_file_keep_every_byte() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("rel");
+        let size = 3 * FOLIO_MAX + 4096;
+        let mut expect: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &expect).unwrap();
+        let _ = std::fs::read(&path).unwrap();
+        let page = 8192u64;
+        // Ascending, then back into ranges already dropped, then across a range's end.
+        let offsets = [0, 5 * page, FOLIO_MAX + 3 * page, 2 * page, FOLIO_MAX - page / 2, 3 * FOLIO_MAX - page];
+        for (round, &offset) in offsets.iter().enumerate() {
+            let t = Target::open(&path, size).unwrap();
+            for (k, &o) in offsets[..=round].iter().enumerate() {
+                let bytes = vec![(round * 10 + k) as u8; page as usize];
+                t.write_at(&bytes, o).unwrap();
+                expect[o as usize..(o + page) as usize].copy_from_slice(&bytes);
+            }
+            assert!(t.evicted_to.get() >= offset + page, "the ranges written to were dropped first");
+            drop(t);
+            assert!(std::fs::read(&path).unwrap() == expect, "round {round}: every byte as written");
+        }
+    }
 }
