@@ -111,9 +111,9 @@ impl Target {
     /// again (mpage_process_page_bufs). Measured on a stale standby whose files had been read through: its
     /// 13,000 changed pages took 0.29-0.42 s to write that way, 0.13-0.18 s with this, the difference being
     /// the kernel's slab allocations and folio writeback (perf); whole re-syncs went from 0.81 s to 0.66 s.
-    /// Into files the page cache holds from writes, the copy takes longer (0.14 s became 0.23-0.27 s) and
-    /// finalize's sync shorter (0.08-0.10 s became 0.02-0.03 s), the re-sync as long as before; into a cold
-    /// cache it changes nothing. Only the 2 MiB ranges written to are dropped, so the rest of the file stays
+    /// Into files the page cache holds from writes, the copy takes longer (0.13-0.22 s became 0.23-0.27 s)
+    /// and finalize's sync shorter (0.08-0.11 s became 0.02-0.05 s), the re-sync as long as before; into a
+    /// cold cache it changes nothing. Only the 2 MiB ranges written to are dropped, so the rest of the file stays
     /// cached for the standby. A hint: fadvise drops clean, unmapped folios only (mm/fadvise.c,
     /// mapping_try_invalidate), so nothing written is lost. A file's pieces arrive in ascending offsets (a
     /// plan's runs are in order), so each range is dropped once.
