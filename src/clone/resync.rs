@@ -37,7 +37,7 @@
 
 use std::collections::HashSet;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::preflight::{Primary, ReplicaState};
@@ -120,7 +120,14 @@ pub struct Position {
 
 /// The primary's WAL a re-sync's `survey` will read there, known before it runs: for clone::connect to tell
 /// whether pg_backup_start may come first.
-pub struct WalToRead(Stand);
+pub struct WalToRead {
+    stand: Stand,
+    /// The replica's pg_wal, its segment size and system identifier: a former primary's own WAL tells where the
+    /// survey's reads begin.
+    pg_wal: PathBuf,
+    seg: SegSize,
+    system_id: u64,
+}
 
 impl WalToRead {
     /// None when the survey reads none of it: no cluster here, --paranoid, or a replica whose own files already
@@ -132,19 +139,24 @@ impl WalToRead {
         }
         let control = control_file::read(&config.replica.join(CONTROL_FILE)).ok()?;
         let system_id = control_file::system_id(&control);
-        Stand::of(&config.replica, &control, (primary.seg, system_id)).ok().map(WalToRead)
+        let stand = Stand::of(&config.replica, &control, (primary.seg, system_id)).ok()?;
+        Some(WalToRead { stand, pg_wal: config.replica.join("pg_wal"), seg: primary.seg, system_id })
     }
 
     /// The oldest position read, from the replica's redo point on (the divergence proof reads its checkpoint
-    /// record and its end, both later); or why it cannot be known yet: a replica whose WAL left the primary's
-    /// timelines is read from the last checkpoint before the fork, which only its own WAL tells (`OwnWal`).
+    /// record and its end, both later); or why it cannot be known. A former primary (`OwnWal`) is read from the
+    /// last checkpoint before the fork, which its own WAL tells: the proof reads the primary's WAL at that record,
+    /// and the scan from the replica's redo point or the fork, whichever comes first.
     pub fn oldest(&self, history: &[Span]) -> Result<Lsn, String> {
-        let s = &self.0;
+        let s = &self.stand;
         if timeline::reaches(history, s.redo_tli, s.redo) && timeline::reaches(history, s.end_tli, s.end) {
             return Ok(s.redo);
         }
-        Err("the replica's WAL left the primary's timeline, and the last checkpoint before the fork is yet to be found"
-            .into())
+        let fork = s.fork(history).ok_or("the replica's WAL is not on the primary's history")?;
+        let (checkpoint, _) =
+            wal_records::checkpoint_before(&self.pg_wal, self.seg, self.system_id, s.end_tli, fork)
+                .map_err(|e| format!("the replica's own WAL before the fork at {fork} cannot be read: {e}"))?;
+        Ok(checkpoint.min(s.redo))
     }
 }
 
@@ -180,15 +192,14 @@ pub fn survey(
         return Err("the replica's pg_control fails its CRC check".into());
     }
     let pg_wal = config.replica.join("pg_wal");
-    let Stand { redo, redo_tli, checkpoint, end, end_tli, copied } =
-        Stand::of(&config.replica, &control, (primary.seg, system_id))?;
+    let stand = Stand::of(&config.replica, &control, (primary.seg, system_id))?;
+    let Stand { redo, redo_tli, checkpoint, end, end_tli, copied } = stand;
     if !timeline::reaches(history, redo_tli, redo) || !timeline::reaches(history, end_tli, end) {
         let went = format!(
             "the replica's WAL (up to {end} on timeline {end_tli}) is not on the primary's history: it went its own \
              way, as an old primary's does after a failover"
         );
-        let fork = history.iter().find(|s| s.tli == end_tli).and_then(|s| s.end);
-        let Some(fork) = fork.filter(|_| redo_tli == end_tli && !copied) else { return Err(went) };
+        let Some(fork) = stand.fork(history) else { return Err(went) };
         let own = OwnWal { pg_wal: &pg_wal, tli: end_tli, fork, redo, end, control: &control };
         return own.position((config, primary, transport), (params, system_id), (sql, stream));
     }
@@ -211,6 +222,13 @@ struct Stand {
 }
 
 impl Stand {
+    /// Where the primary's timeline left the replica's, for a replica whose WAL went on past it on one timeline
+    /// since its redo point (`OwnWal`): the end of that timeline in the primary's history.
+    fn fork(&self, history: &[Span]) -> Option<Lsn> {
+        let fork = history.iter().find(|s| s.tli == self.end_tli).and_then(|s| s.end);
+        fork.filter(|_| self.redo_tli == self.end_tli && !self.copied)
+    }
+
     /// From the replica's pg_control (`control`), or, for a copy whose recovery never began, from its
     /// backup_label and the WAL it keeps; or why its files may hold changes nothing here accounts for.
     fn of(replica: &Path, control: &[u8], (seg, system_id): (SegSize, u64)) -> Result<Stand, String> {

@@ -9,6 +9,7 @@ use crate::support::*;
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// The `resync` object of a successful `--json` run.
 pub(super) fn resync(out: &CmdOutput) -> serde_json::Value {
@@ -248,12 +249,58 @@ fn a_former_primary_rejoins_by_its_own_wal_and_the_new_primarys() {
     assert_eq!(method(&r), "wal-blocks", "{}", out.report());
     assert!(r["why"].is_null(), "{r}");
     assert!(out.stderr.contains("the replica's WAL left the primary's timeline"), "{}", out.report());
+    assert!(!out.stderr.contains("the backup starts after"), "wal_keep_size keeps it all\n{}", out.report());
     assert_eq!(r["read_replica_bytes"], 0, "nothing here is read");
     let read = r["read_primary_bytes"].as_u64().unwrap();
     assert!(read * 4 < f.bytes, "read {read} of {} bytes on the primary", f.bytes);
     let old = assert_standby_matches(&s.lab, &new, &s.primary.data, "old_primary", None);
     assert_eq!(old.psql("select count(*) from pg_class where relname = 'only_on_the_old'"), "0");
     assert_eq!(old.psql("select timeline_id from pg_control_checkpoint()"), "2");
+}
+
+/// A former primary's re-sync reads the new primary's WAL from the last checkpoint before the fork (the divergence
+/// proof reads that record there), which lies before the fork and before the old primary's own redo point: the
+/// backup's checkpoint may come first only where it keeps the WAL from there. The old primary checkpoints and
+/// writes 14 segments of WAL, which the standby replays; the standby is promoted, checkpoints, and writes 4
+/// segments more, keeping 256 MB (16 segments). A checkpoint now would keep the WAL from about 2 segments after
+/// the old primary's last checkpoint before the fork, well before the fork itself: a backup started early on the
+/// strength of the fork's position or the old primary's redo point would take the WAL the proof reads, and the
+/// re-sync would compare every page. It must start late, say why, and rejoin by WAL blocks.
+#[test]
+fn a_former_primarys_backup_starts_late_when_the_checkpoint_before_the_fork_would_go() {
+    let conf = ["wal_keep_size = '256MB'", "checkpoint_timeout = '1h'", "max_wal_size = '4GB'"];
+    let s = Setup::with_initdb("resync-rejoin-late", PgInstall::of(15), &["--data-checksums"], &conf);
+    s.primary.pgbench_init(2);
+    s.pgclone().run().assert_success();
+    let new = s.assert_standby(&s.replica, "new_primary", None);
+    s.primary.psql("checkpoint");
+    for _ in 0..14 {
+        s.primary.pgbench_transactions(5);
+        s.primary.psql("select pg_switch_wal()");
+    }
+    let end = s.primary.psql("select pg_current_wal_lsn()");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while new.psql(&format!("select pg_last_wal_replay_lsn() >= '{end}'")) != "t" {
+        assert!(Instant::now() < deadline, "the standby did not replay up to {end}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    new.promote();
+    new.psql("checkpoint");
+    s.primary.pgbench_transactions(20);
+    s.primary.stop_fast();
+    for _ in 0..4 {
+        new.pgbench_transactions(5);
+        new.psql("select pg_switch_wal()");
+    }
+
+    let out = resync_from(&s, &new, &s.primary.data);
+    let r = resync(&out);
+    assert_eq!(method(&r), "wal-blocks", "{}", out.report());
+    let line = out.stderr.lines().find(|l| l.contains("the backup starts after")).unwrap_or_else(|| {
+        panic!("no word of the backup starting late\n{}", out.report());
+    });
+    assert!(line.contains("wal_keep_size (268.4 MB)"), "{line}");
+    assert_standby_matches(&s.lab, &new, &s.primary.data, "old_primary", None);
 }
 
 /// A page damaged here (size and modification time kept) while the primary's stays the same: --paranoid
