@@ -114,8 +114,8 @@ impl Target {
     /// Into files the page cache holds from writes, the copy takes longer (0.13-0.22 s became 0.23-0.27 s)
     /// and finalize's sync shorter (0.08-0.11 s became 0.02-0.05 s), the re-sync as long as before; into a
     /// cold cache it changes nothing. Only the 2 MiB ranges written to are dropped, so the rest of the file stays
-    /// cached for the standby. A hint: fadvise drops clean, unmapped folios only (mm/fadvise.c,
-    /// mapping_try_invalidate), so nothing written is lost. A file's pieces arrive in ascending offsets (a
+    /// cached for the standby. A hint: fadvise drops clean, unmapped folios only (mm/fadvise.c
+    /// generic_fadvise → mm/truncate.c mapping_try_invalidate), so nothing written is lost. A file's pieces arrive in ascending offsets (a
     /// plan's runs are in order), so each range is dropped once.
     fn evict_for(&self, offset: u64, len: usize) {
         let start = (offset & !(FOLIO_MAX - 1)).max(self.evicted_to.get());
