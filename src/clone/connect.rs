@@ -40,10 +40,10 @@ pub struct Connect<'a> {
 /// pg_backup_start as soon as the stream runs, so that its checkpoint (a restartpoint on a standby) takes place
 /// while the transport's ssh login and agent start, not after them. A re-sync then still reads the primary's WAL
 /// from the replica's redo point, a former primary's from its last checkpoint before the fork (`WalToRead`,
-/// resync::survey), and a checkpoint removes or recycles the segments
-/// before its redo pointer but for those a replication slot or wal_keep_size keeps (xlog.c, CreateCheckPoint
-/// and KeepLogSeg). So then the backup starts early only when one of them keeps that WAL
-/// (`wal_kept`); else after the survey has read it, as when nothing overlapped.
+/// resync::survey), and a checkpoint removes or recycles the segments before its redo pointer but for those a
+/// replication slot or wal_keep_size keeps (xlog.c, CreateCheckPoint and KeepLogSeg). So then the backup starts
+/// early only when one of them keeps that WAL (`wal_kept`); else after the survey has read it, as when nothing
+/// overlapped.
 pub struct Backup {
     pub wal: Option<WalToRead>,
 }
